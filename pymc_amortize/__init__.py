@@ -1,0 +1,33 @@
+"""Amortized variational inference for PyMC.
+
+Importing the package makes ``pm.fit(method="amortized")`` available; every other ``pm.fit``
+method behaves as before.
+"""
+
+from pymc_amortize import registration
+from pymc_amortize.analysis import LocalLatent, UnitPlate, find_local_latents
+from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
+from pymc_amortize.encoders import MLPEncoder
+from pymc_amortize.errors import AmortizationError, DivergenceWarning
+from pymc_amortize.fit import fit_amortized
+from pymc_amortize.inference import AmortizedVI, DivergenceInfo
+from pymc_amortize.objectives import ELBO
+
+registration.install()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ELBO",
+    "AmortizationError",
+    "AmortizedApproximation",
+    "AmortizedVI",
+    "DivergenceInfo",
+    "DivergenceWarning",
+    "LocalLatent",
+    "LocalPosterior",
+    "MLPEncoder",
+    "UnitPlate",
+    "find_local_latents",
+    "fit_amortized",
+]

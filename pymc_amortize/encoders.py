@@ -1,0 +1,176 @@
+"""Inference functions f_phi(x_n) -> (mean, log_sd) of q(z_n), built from pytensor-ml layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.traversal import graph_inputs
+from pytensor.tensor.random.type import RandomType
+from pytensor.tensor.variable import TensorVariable
+from pytensor_ml.activations import GELU, LeakyReLU, ReLU, SoftPlus, Tanh
+from pytensor_ml.layers import Linear, Sequential
+from pytensor_ml.state import NormalInitializer, XavierNormalInitializer, initialize_params
+
+from pymc_amortize.errors import AmortizationError
+
+__all__ = ["Encoder", "MLPEncoder", "encoder_params"]
+
+#: An encoder maps a symbolic (B, n_inputs) matrix to the (B, event_size) mean and log-sd of q(z_n).
+Encoder = Callable[[TensorVariable], tuple[TensorVariable, TensorVariable]]
+
+ACTIVATIONS = {
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "tanh": Tanh,
+    "softplus": SoftPlus,
+    "gelu": GELU,
+}
+
+
+def _activation(activation: str | Callable) -> Callable:
+    if callable(activation):
+        return activation
+    try:
+        return ACTIVATIONS[activation]()
+    except KeyError:
+        raise AmortizationError(
+            f"Unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)} or a callable."
+        ) from None
+
+
+def _mlp(name: str, n_in: int, widths: Sequence[int], activation: Callable) -> tuple[Callable, int]:
+    layers, width_in = [], n_in
+    for i, width in enumerate(widths):
+        layers += [Linear(f"{name}_hidden{i}", n_in=width_in, n_out=int(width)), activation]
+        width_in = int(width)
+    return (Sequential(*layers) if layers else (lambda X: X)), width_in
+
+
+@dataclass
+class MLPEncoder:
+    """The paper's encoder: two MLPs, one for the mean and one for the log-sd of q(z_n).
+
+    Each is ``n_inputs -> widths... -> event_size`` with ``activation`` between layers;
+    ``widths=()`` is an affine map (the ideal encoder of the linear-Gaussian model).
+
+    Parameters
+    ----------
+    n_inputs : int
+        Width of one unit's encoder input.
+    event_size : int
+        Size of one unit's latent z_n.
+    widths : sequence of int
+        Hidden layer widths, shared by both networks.
+    activation : str or callable
+        ``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"softplus"``, ``"gelu"`` or a pytensor-ml
+        activation.
+    init_scale : float
+        The sd of q(z_n) at the start of the fit. The output layers start with small weights and a
+        log-sd bias of ``log(init_scale)``, so every unit starts near N(init_mean, init_scale²), as
+        NumPyro's ``AutoNormal`` does; large initial scales make the first steps noisy.
+    init_mean : float
+        Bias of the mean head at the start (the model's initial point of the latent).
+    name : str
+        Prefix of the parameter names (kept unique per latent, for checkpoints).
+    random_seed : int or Generator, optional
+        Seed of the initial weights.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        import pytensor.tensor as pt
+        from pymc_amortize import MLPEncoder
+
+        encoder = MLPEncoder(n_inputs=1, event_size=1, widths=(16, 16), random_seed=0)
+        mean, log_sd = encoder(pt.matrix("x"))
+    """
+
+    n_inputs: int
+    event_size: int
+    widths: Sequence[int] = (32, 32)
+    activation: str | Callable = "relu"
+    init_scale: float = 0.1
+    init_mean: float = 0.0
+    name: str = "encoder"
+    random_seed: int | np.random.Generator | None = None
+
+    def __post_init__(self):
+        if any(int(w) <= 0 for w in self.widths):
+            raise AmortizationError(f"encoder_widths must be positive integers; got {self.widths}.")
+        if self.init_scale <= 0:
+            raise AmortizationError(f"init_scale must be positive; got {self.init_scale}.")
+        act = _activation(self.activation)
+        self._mean_trunk, width = _mlp(f"{self.name}_mean", self.n_inputs, self.widths, act)
+        self._log_sd_trunk, _ = _mlp(f"{self.name}_log_sd", self.n_inputs, self.widths, act)
+        small = NormalInitializer(std=0.01)
+        self._mean_head = Linear(
+            f"{self.name}_mean_out", n_in=width, n_out=self.event_size, weight_initializer=small
+        )
+        self._log_sd_head = Linear(
+            f"{self.name}_log_sd_out", n_in=width, n_out=self.event_size, weight_initializer=small
+        )
+        # Redraw every weight from one seed so that a fit is reproducible.
+        params = encoder_params(self(pt.matrix("probe", shape=(None, self.n_inputs))), exclude=())
+        hidden = XavierNormalInitializer()
+        initializers = {p: hidden for p in params if "_hidden" in p.name and p.name.endswith("_W")}
+        for param, value in zip(
+            params, initialize_params(params, self.random_seed, initializers), strict=True
+        ):
+            param.set_value(value)
+        self._mean_head.b.set_value(np.full(self.event_size, self.init_mean))
+        self._log_sd_head.b.set_value(np.full(self.event_size, np.log(self.init_scale)))
+
+    def __call__(self, X: TensorVariable) -> tuple[TensorVariable, TensorVariable]:
+        mean = self._mean_head(self._mean_trunk(X))
+        log_sd = self._log_sd_head(self._log_sd_trunk(X))
+        return mean, log_sd
+
+
+def encoder_params(
+    outputs: Sequence[TensorVariable], exclude: Sequence[SharedVariable]
+) -> list[SharedVariable]:
+    """The trainable shared variables an encoder's outputs depend on.
+
+    pytensor-ml marks its weights as ``TrainableParameter``; an encoder written by hand with plain
+    ``pytensor.shared`` weights is supported too, so every float shared variable that is not data
+    (``exclude``) or a random generator counts.
+    """
+    excluded = set(exclude)
+    params = []
+    for var in graph_inputs(outputs):
+        if (
+            isinstance(var, SharedVariable)
+            and var not in excluded
+            and not isinstance(var.type, RandomType)
+            and var.type.dtype.startswith("float")
+            and var not in params
+        ):
+            params.append(var)
+    return params
+
+
+def check_encoder_outputs(name: str, outputs: object, event_size: int) -> tuple:
+    """Reject an encoder output that is not a (mean, log_sd) pair of (B, event_size) matrices."""
+    if not isinstance(outputs, tuple | list) or len(outputs) != 2:
+        raise AmortizationError(
+            f"The encoder of '{name}' must return a pair (mean, log_sd); it returned "
+            f"{type(outputs).__name__}. For a network with one output of width 2*d, return "
+            "tuple(pt.split(out, [d, d], 2, axis=-1))."
+        )
+    checked = []
+    for label, out in zip(("mean", "log_sd"), outputs, strict=True):
+        out = pt.as_tensor(out)
+        if out.ndim == 1 and event_size == 1:
+            out = out[:, None]
+        if out.ndim != 2 or out.type.shape[-1] not in (None, event_size):
+            raise AmortizationError(
+                f"The encoder of '{name}' returned a {label} of shape {out.type.shape}; it must be "
+                f"(batch, {event_size}), one row of {event_size} per unit."
+            )
+        checked.append(out)
+    return tuple(checked)

@@ -1,0 +1,148 @@
+"""Entry points: ``fit_amortized`` and the ``pm.fit(method="amortized")`` route."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pymc as pm
+import xarray as xr
+
+from pymc_amortize.analysis import EncoderInputSpec
+from pymc_amortize.approximation import AmortizedApproximation
+from pymc_amortize.encoders import Encoder
+from pymc_amortize.errors import AmortizationError
+from pymc_amortize.inference import AmortizedVI
+
+__all__ = ["fit_amortized"]
+
+_CONSTRUCTOR_OPTIONS = set(inspect.signature(AmortizedVI.__init__).parameters) - {"self"}
+_FIT_OPTIONS = set(inspect.signature(AmortizedVI.fit).parameters) - {"self", "n"}
+
+
+def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
+    """Serve ``pm.fit(method="amortized", ...)``; ``arguments`` are pm.fit's bound arguments."""
+    options = dict(arguments.pop("kwargs", {}))
+    inf_kwargs = dict(arguments.pop("inf_kwargs", None) or {})
+    arguments.pop("method")
+    n = arguments.pop("n", 10_000)
+    constructor = {k: v for k, v in arguments.items() if k in _CONSTRUCTOR_OPTIONS and v is not None}
+    constructor |= inf_kwargs
+    fit_options = {k: v for k, v in arguments.items() if k in _FIT_OPTIONS}
+    for key, value in options.items():
+        if key in _CONSTRUCTOR_OPTIONS:
+            constructor[key] = value
+        elif key in _FIT_OPTIONS:
+            fit_options[key] = value
+        else:
+            allowed = sorted(_CONSTRUCTOR_OPTIONS | _FIT_OPTIONS)
+            raise TypeError(
+                f"pm.fit(method='amortized') got an unknown option {key!r}. Options: "
+                f"{', '.join(allowed)}."
+            )
+    unknown_inf = set(constructor) - _CONSTRUCTOR_OPTIONS
+    if unknown_inf:
+        raise TypeError(f"inf_kwargs has unknown option(s) {sorted(unknown_inf)} for AmortizedVI.")
+    return AmortizedVI(**constructor).fit(n, **fit_options)
+
+
+def fit_amortized(
+    model: pm.Model | None = None,
+    *,
+    local: Mapping[str, EncoderInputSpec] | None = None,
+    n: int = 10_000,
+    draws: int = 1000,
+    encoder: Encoder | Mapping[str, Encoder] | None = None,
+    encoder_widths: Sequence[int] = (32, 32),
+    activation: str | Callable = "relu",
+    batch_size: int | None = None,
+    obj_n_mc: int = 1,
+    obj_optimizer: Callable | None = None,
+    random_seed: int | None = None,
+    progressbar: bool = True,
+    **options: Any,
+) -> xr.DataTree:
+    """Fit amortized VI and return posterior draws as ArviZ data.
+
+    The pymc-extras style entry point; ``pm.fit(method="amortized", ...)`` takes the same options
+    and returns the approximation itself (for ``encode`` and ``sample_new_units``).
+
+    Parameters
+    ----------
+    model : pm.Model, optional
+        Taken from the context when omitted.
+    local : mapping, optional
+        ``{latent: encoder inputs}``; detected from the model's dims when omitted.
+    n : int
+        Optimisation steps.
+    draws : int
+        Posterior draws in the result.
+    encoder, encoder_widths, activation
+        The encoder: a user encoder, or the widths and activation of the default MLP.
+    batch_size : int, optional
+        Units per step (full batch when omitted).
+    obj_n_mc : int
+        Monte Carlo draws per step.
+    obj_optimizer : callable, optional
+        A PyMC optimizer, e.g. ``pm.adam(learning_rate=1e-2)``; Adam with learning rate 1e-3 when
+        omitted.
+    random_seed : int, optional
+        Seeds initial weights, draws and minibatches.
+    progressbar : bool
+        Show PyMC's progress bar.
+    **options
+        Further options of :class:`~pymc_amortize.AmortizedVI` and its ``fit``.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``posterior`` and ``observed_data`` as from ``pm.sample``, and a ``loss`` group with the
+        loss (−ELBO) per step.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        import numpy as np
+        import pymc as pm
+        from pymc_amortize import fit_amortized
+
+        x = np.random.default_rng(0).normal(size=500)
+        with pm.Model(coords={"unit": range(500)}) as model:
+            theta = pm.Normal("theta", 0, 10)
+            z = pm.Normal("z", 0, 1, dims="unit")
+            pm.Normal("x", theta + z, 1, observed=x, dims="unit")
+            idata = fit_amortized(n=2_000, encoder_widths=(), random_seed=1)
+    """
+    model = pm.modelcontext(model)
+    constructor = {k: v for k, v in options.items() if k in _CONSTRUCTOR_OPTIONS}
+    fit_options = {k: v for k, v in options.items() if k in _FIT_OPTIONS}
+    unknown = set(options) - set(constructor) - set(fit_options)
+    if unknown:
+        raise TypeError(f"fit_amortized got unknown option(s) {sorted(unknown)}.")
+    if not isinstance(draws, int | np.integer) or draws <= 0:
+        raise AmortizationError(f"draws must be a positive integer; got {draws!r}.")
+    inference = AmortizedVI(
+        local,
+        model=model,
+        encoder=encoder,
+        encoder_widths=encoder_widths,
+        activation=activation,
+        batch_size=batch_size,
+        random_seed=random_seed,
+        **constructor,
+    )
+    approx = inference.fit(
+        n,
+        progressbar=progressbar,
+        obj_n_mc=obj_n_mc,
+        obj_optimizer=obj_optimizer,
+        **fit_options,
+    )
+    idata = approx.sample(draws, random_seed=random_seed)
+    idata["loss"] = xr.DataTree(
+        xr.Dataset({"loss": ("step", approx.hist)}, coords={"step": np.arange(approx.hist.size)})
+    )
+    return idata

@@ -1,0 +1,387 @@
+"""Amortized VI as a PyMC :class:`~pymc.variational.inference.Inference`.
+
+Subclassing PyMC's ``Inference`` keeps its loop: the rich progress bar, callbacks called as
+``callback(approx, losses, i)``, ``hist``, ``refine`` and ``StopIteration`` handling. What differs
+is the objective (minibatched over units, see :mod:`pymc_amortize.logjoint`) and the divergence
+guard, which keeps the best parameters instead of raising from deep inside the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pymc.progress_bar import default_progress_theme
+from pymc.pytensorf import compile as compile_pymc
+from pymc.variational.inference import Inference
+from pymc.variational.updates import total_norm_constraint
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.tensor.random.type import RandomType
+
+from pymc_amortize.analysis import EncoderInputSpec, UnitPlate, find_local_latents
+from pymc_amortize.approximation import AmortizedApproximation
+from pymc_amortize.encoders import Encoder, MLPEncoder
+from pymc_amortize.errors import AmortizationError, DivergenceWarning
+from pymc_amortize.logjoint import build_batch_logjoint
+from pymc_amortize.objectives import ELBO, Objective
+
+__all__ = ["AmortizedVI", "DivergenceInfo"]
+
+_HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
+
+
+@dataclass(frozen=True)
+class DivergenceInfo:
+    """Where a fit met a non-finite loss, and what was restored."""
+
+    step: int
+    nonfinite_params: tuple[str, ...]
+    restored_step: int
+
+    def message(self) -> str:
+        params = ", ".join(self.nonfinite_params) or "none (the loss alone)"
+        return (
+            f"Amortized VI diverged at step {self.step}: the loss became NaN or infinite "
+            f"(non-finite parameters: {params}). Stopped and restored the best parameters, from "
+            f"step {self.restored_step}. Resume with a smaller learning rate, e.g. "
+            "pm.fit(..., obj_optimizer=pm.adam(learning_rate=1e-3)), or "
+            "total_grad_norm_constraint=10."
+        )
+
+
+class _GuardedStep:
+    """Calls the compiled step; on a non-finite loss restores the best snapshot and stops.
+
+    The state (parameters and optimizer moments) is snapshotted every ``checkpoint_every`` steps
+    when the mean loss over that window is the best so far, which costs one copy per window.
+    """
+
+    def __init__(self, fn: Callable, state: Sequence[SharedVariable], checkpoint_every: int = 100):
+        self.fn = fn
+        self.state = list(state)
+        self.checkpoint_every = checkpoint_every
+        self.step = 0
+        self.best_loss = np.inf
+        self.best_step = 0
+        self.best_values = self._snapshot()
+        self.window = 0.0
+        self.diverged: DivergenceInfo | None = None
+
+    def _snapshot(self) -> list[np.ndarray]:
+        return [v.get_value(borrow=False) for v in self.state]
+
+    def __call__(self) -> np.ndarray:
+        loss = self.fn()
+        self.step += 1
+        if not np.isfinite(loss):
+            bad = tuple(
+                v.name or "unnamed" for v in self.state if not np.isfinite(v.get_value()).all()
+            )
+            for var, value in zip(self.state, self.best_values, strict=True):
+                var.set_value(value)
+            self.diverged = DivergenceInfo(self.step, bad, self.best_step)
+            raise StopIteration(self.diverged.message())
+        self.window += float(loss)
+        if self.step % self.checkpoint_every == 0:
+            mean = self.window / self.checkpoint_every
+            self.window = 0.0
+            if mean < self.best_loss:
+                self.best_loss, self.best_step = mean, self.step
+                self.best_values = self._snapshot()
+        return loss
+
+    @property
+    def profile(self):
+        return self.fn.profile
+
+
+class AmortizedObjective:
+    """Builds and compiles the training step of an :class:`AmortizedApproximation`."""
+
+    def __init__(
+        self,
+        approx: AmortizedApproximation,
+        *,
+        batch_size: int | None,
+        objective: Objective,
+        random_seed: int | None,
+    ):
+        self.approx = approx
+        self.batch_size = batch_size
+        self.objective = objective
+        self.random_seed = random_seed
+        self.logjoint = build_batch_logjoint(
+            approx.model, approx.plate, minibatch=batch_size is not None
+        )
+        self.guard: _GuardedStep | None = None
+
+    def loss(self, obj_n_mc: int) -> pt.TensorVariable:
+        """The symbolic loss of one step, with its own shared random generators."""
+        approx, plate = self.approx, self.approx.plate
+        n_units = plate.size
+        batch = n_units if self.batch_size is None else self.batch_size
+        rngs = iter(pytensor.shared(np.random.default_rng(), name=f"rng_{i}") for i in range(99))
+        if self.batch_size is None:
+            index = None
+        else:
+            # Our own index draw rather than pm.Minibatch: the encoder inputs, the local
+            # placeholders and every unit data array must share these indices. Drawn with
+            # replacement like pm.Minibatch, so a step costs O(B) whatever N is.
+            index = pt.random.integers(0, n_units, size=(batch,), rng=next(rngs))
+
+        def rows(var):
+            return var if index is None else var[index]
+
+        data = {name: rows(node) for name, (_, node) in self.logjoint.unit_data.items()}
+        global_draws, entropy = {}, pt.zeros(())
+        if approx.global_group is not None:
+            eps = pt.random.normal(size=(obj_n_mc, approx.n_global), rng=next(rngs))
+            global_draws = approx.global_draws(eps)
+            log_sd = pt.log(pt.softplus(approx.global_group.rho))
+            entropy = log_sd.sum() + approx.n_global * _HALF_LOG_2PI_E
+
+        scale = n_units / batch
+        local_draws = {}
+        for latent in plate.latents:
+            mean, log_sd = approx.symbolic_encode(latent.name, rows(approx.encoder_inputs[latent.name]))
+            eps = pt.random.normal(size=(obj_n_mc, batch, latent.event_size), rng=next(rngs))
+            draws = mean + pt.exp(log_sd) * eps
+            local_draws[latent.value_name] = draws.reshape((obj_n_mc, batch, *latent.event_shape))
+            entropy = entropy + scale * log_sd.sum() + n_units * latent.event_size * _HALF_LOG_2PI_E
+
+        log_joint = self.logjoint.per_draw(
+            global_draws, local_draws, data, pt.constant(batch, dtype="int64"), scale
+        )
+        return self.objective.loss(log_joint, entropy)
+
+    def step_function(
+        self,
+        *,
+        score: bool = True,
+        obj_n_mc: int = 1,
+        obj_optimizer: Callable | None = None,
+        total_grad_norm_constraint: float | None = None,
+        compile_kwargs: dict | None = None,
+    ) -> _GuardedStep:
+        if not isinstance(obj_n_mc, int | np.integer) or obj_n_mc <= 0:
+            raise AmortizationError(f"obj_n_mc must be a positive integer; got {obj_n_mc!r}.")
+        optimizer = obj_optimizer if obj_optimizer is not None else pm.adam(learning_rate=1e-3)
+        loss = self.loss(int(obj_n_mc))
+        params = self.approx.params
+        grads = pytensor.grad(loss, params)
+        if total_grad_norm_constraint is not None:
+            grads = total_norm_constraint(grads, total_grad_norm_constraint)
+        updates = optimizer(grads, params)
+        fn = compile_pymc(
+            [], loss, updates=updates, random_seed=self.random_seed, **(compile_kwargs or {})
+        )
+        # Everything the optimizer writes (parameters and its moments) is snapshotted together.
+        state = [
+            v for v in updates if isinstance(v, SharedVariable) and not isinstance(v.type, RandomType)
+        ]
+        self.guard = _GuardedStep(fn, state)
+        return self.guard
+
+
+def _build_encoders(
+    plate: UnitPlate,
+    model: pm.Model,
+    encoder: Encoder | Mapping[str, Encoder] | None,
+    encoder_widths: Sequence[int],
+    activation: str | Callable,
+    init_scale: float,
+    random_seed: int | None,
+) -> tuple[dict[str, Encoder], frozenset[str]]:
+    if encoder is not None and not isinstance(encoder, Mapping):
+        if len(plate.latents) != 1:
+            raise AmortizationError(
+                "The model has several local latents "
+                f"({', '.join(plate.latent_names)}); pass encoder={{latent name: encoder}}."
+            )
+        encoder = {plate.latents[0].name: encoder}
+    user = dict(encoder or {})
+    unknown = set(user) - set(plate.latent_names)
+    if unknown:
+        raise AmortizationError(
+            f"encoder= names {sorted(unknown)}, which are not local latents "
+            f"({', '.join(plate.latent_names)})."
+        )
+    seeds = np.random.SeedSequence(random_seed).spawn(len(plate.latents))
+    initial_point = model.initial_point()
+    encoders, owned = {}, set()
+    for latent, seed in zip(plate.latents, seeds, strict=True):
+        if latent.name in user:
+            if not callable(user[latent.name]):
+                raise AmortizationError(
+                    f"The encoder of '{latent.name}' must be callable: symbolic (B, k) inputs -> "
+                    "(mean, log_sd)."
+                )
+            encoders[latent.name] = user[latent.name]
+            continue
+        n_inputs = (
+            latent.input_matrix.shape[1]
+            if latent.input_matrix is not None
+            else sum(
+                int(np.prod(_data_shape(model, n)[1:], dtype=int)) for n in latent.input_names
+            )
+        )
+        encoders[latent.name] = MLPEncoder(
+            n_inputs=n_inputs,
+            event_size=latent.event_size,
+            widths=tuple(encoder_widths),
+            activation=activation,
+            init_scale=init_scale,
+            init_mean=float(np.mean(initial_point[latent.value_name])),
+            name=f"{latent.name}_encoder",
+            random_seed=np.random.default_rng(seed),
+        )
+        owned.add(latent.name)
+    return encoders, frozenset(owned)
+
+
+def _data_shape(model: pm.Model, name: str) -> tuple[int, ...]:
+    from pymc_amortize.analysis import data_value
+
+    return data_value(model, name).shape
+
+
+class AmortizedVI(Inference):
+    """Amortized variational inference: q(θ) ∏_n q(z_n; f_φ(x_n)).
+
+    Parameters
+    ----------
+    local : mapping, optional
+        ``{latent: inputs}``: the local latents and the data that feed their encoders (an observed
+        variable or ``pm.Data`` name, a list of names, or an (N, k) array). Detected from the
+        model's dims when omitted.
+    model : pm.Model, optional
+        Taken from the context when omitted.
+    encoder : callable or mapping, optional
+        A user encoder, ``(B, k) tensor -> (mean, log_sd)``, e.g. built from pytensor-ml layers; a
+        mapping gives one per latent. Its weights are copied, never trained in place.
+    encoder_widths : sequence of int
+        Hidden widths of the default MLP encoder; ``()`` is an affine encoder.
+    activation : str or callable
+        Activation of the default encoder.
+    init_scale : float
+        sd of every q(z_n) at the start.
+    batch_size : int, optional
+        Units per step. Local terms are evaluated on the batch only and scaled by N/B. Full batch
+        when omitted.
+    standardize_inputs : bool
+        Centre and scale each encoder input column (a reparameterisation for an affine first layer).
+    objective : ELBO
+        The variational objective.
+    random_seed : int, optional
+        Seeds the initial weights, the Monte Carlo draws and the minibatches.
+    start, start_sigma : dict, optional
+        Initial mean and sd of the globals, as for ADVI.
+    """
+
+    def __init__(
+        self,
+        local: Mapping[str, EncoderInputSpec] | None = None,
+        *,
+        model: pm.Model | None = None,
+        encoder: Encoder | Mapping[str, Encoder] | None = None,
+        encoder_widths: Sequence[int] = (32, 32),
+        activation: str | Callable = "relu",
+        init_scale: float = 0.1,
+        batch_size: int | None = None,
+        standardize_inputs: bool = True,
+        objective: Objective = ELBO(),
+        random_seed: int | None = None,
+        start: Mapping[str, np.ndarray] | None = None,
+        start_sigma: Mapping[str, np.ndarray] | None = None,
+    ):
+        model = pm.modelcontext(model)
+        plate = find_local_latents(model, local)
+        if batch_size is not None and (
+            not isinstance(batch_size, int | np.integer) or not 0 < batch_size <= plate.size
+        ):
+            raise AmortizationError(
+                f"batch_size must be an integer in [1, {plate.size}] (the number of units); got "
+                f"{batch_size!r}."
+            )
+        if batch_size == plate.size:
+            batch_size = None
+        encoders, owned = _build_encoders(
+            plate, model, encoder, encoder_widths, activation, init_scale, random_seed
+        )
+        approx = AmortizedApproximation(
+            model,
+            plate,
+            encoders,
+            owned_encoders=owned,
+            standardize_inputs=standardize_inputs,
+            start=start,
+            start_sigma=start_sigma,
+            random_seed=random_seed,
+        )
+        self.hist = np.asarray(())
+        self.state = None
+        self.objective = AmortizedObjective(
+            approx, batch_size=batch_size, objective=objective, random_seed=random_seed
+        )
+
+    def _maybe_score(self, score):
+        # The loss comes with every step for free, and PyMC's loop without loss assumes a
+        # single-group approximation; always score.
+        return True
+
+    def fit(
+        self,
+        n: int = 10_000,
+        score: bool | None = None,
+        callbacks: Sequence[Callable] | None = None,
+        progressbar: bool = True,
+        progressbar_theme=default_progress_theme,
+        *,
+        backend: str | None = None,
+        include_transformed: bool = False,
+        obj_n_mc: int = 1,
+        obj_optimizer: Callable | None = None,
+        total_grad_norm_constraint: float | None = None,
+        compile_kwargs: dict | None = None,
+    ) -> AmortizedApproximation:
+        """Run ``n`` optimisation steps and return the approximation.
+
+        A step that makes the loss NaN or infinite stops the fit with a
+        :class:`~pymc_amortize.DivergenceWarning`; the best parameters seen are restored, so the
+        returned approximation is usable and ``refine`` resumes from it.
+        """
+        if not isinstance(n, int | np.integer) or n <= 0:
+            raise AmortizationError(f"n (the number of steps) must be a positive integer; got {n!r}.")
+        approx = super().fit(
+            n,
+            score,
+            callbacks,
+            progressbar,
+            progressbar_theme,
+            backend=backend,
+            include_transformed=include_transformed,
+            obj_n_mc=obj_n_mc,
+            obj_optimizer=obj_optimizer,
+            total_grad_norm_constraint=total_grad_norm_constraint,
+            compile_kwargs=compile_kwargs,
+        )
+        self._warn_if_diverged()
+        return approx
+
+    def refine(self, n, progressbar=True, progressbar_theme=default_progress_theme):
+        super().refine(n, progressbar, progressbar_theme)
+        self.approx.hist = self.hist
+        self._warn_if_diverged()
+
+    def _warn_if_diverged(self):
+        guard = self.objective.guard
+        if guard is not None and guard.diverged is not None:
+            self.approx.divergence = guard.diverged
+            warnings.warn(guard.diverged.message(), DivergenceWarning, stacklevel=3)
+            guard.diverged = None

@@ -1,0 +1,137 @@
+"""The model's log joint on a minibatch of units, for several posterior draws at once.
+
+PyMC refuses ``total_size`` on unobserved variables, so the N/B scaling of the local prior terms is
+ours: the model's per-term log densities are cloned with the local value variables, the unit data
+and the unit dim length replaced by batch-sized tensors, then vectorised over Monte Carlo draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pymc as pm
+import pytensor.tensor as pt
+from pytensor.graph.basic import Variable
+from pytensor.graph.traversal import ancestors
+from pytensor.graph.replace import clone_replace, vectorize_graph
+from pytensor.tensor.variable import TensorVariable
+
+from pymc_amortize.analysis import UnitPlate
+from pymc_amortize.errors import AmortizationError
+
+__all__ = ["BatchLogJoint", "build_batch_logjoint"]
+
+
+@dataclass(frozen=True)
+class BatchLogJoint:
+    """Log joint of one draw on one batch, as a graph with placeholder inputs.
+
+    Attributes
+    ----------
+    global_terms, unit_terms : list of TensorVariable
+        Per-variable log densities; unit terms have one leading entry per batch unit.
+    global_values : dict
+        Value variable of each global latent (by value name), as in the model.
+    local_values : dict
+        Batch placeholder (B, *event_shape) of each local latent (by value name).
+    unit_data : dict
+        Batch placeholder of each unit data array (by name) and the model's full-data node.
+    batch_size : TensorVariable
+        Placeholder of the number of units in the batch.
+    """
+
+    global_terms: list[TensorVariable]
+    unit_terms: list[TensorVariable]
+    global_values: dict[str, TensorVariable]
+    local_values: dict[str, TensorVariable]
+    unit_data: dict[str, tuple[TensorVariable, Variable]]
+    batch_size: TensorVariable
+
+    def per_draw(
+        self,
+        global_draws: dict[str, TensorVariable],
+        local_draws: dict[str, TensorVariable],
+        unit_data: dict[str, TensorVariable],
+        batch_size: TensorVariable,
+        scale: TensorVariable,
+    ) -> TensorVariable:
+        """log p(x, θ, z) for each of S draws, the unit terms scaled by ``scale`` (N/B).
+
+        ``global_draws`` have shape (S, *shape), ``local_draws`` (S, B, *event_shape).
+        """
+        replace = {self.global_values[k]: v for k, v in global_draws.items()}
+        replace |= {self.local_values[k]: v for k, v in local_draws.items()}
+        terms = self.global_terms + self.unit_terms
+        drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
+        terms = vectorize_graph(terms, replace)
+        data = {placeholder: unit_data[name] for name, (placeholder, _) in self.unit_data.items()}
+        data[self.batch_size] = batch_size
+        terms = clone_replace(terms, data, rebuild_strict=False)
+        n_global = len(self.global_terms)
+        total = pt.zeros(())
+        for i, (term, has_draw_axis) in enumerate(zip(terms, drawn, strict=True)):
+            # Sum everything but the leading draw axis; a term no draw enters has no such axis.
+            summed = term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
+            total = total + (summed if i < n_global else scale * summed)
+        return total
+
+
+def build_batch_logjoint(model: pm.Model, plate: UnitPlate, *, minibatch: bool) -> BatchLogJoint:
+    """Clone the model's log density with batch-sized placeholders for every per-unit quantity."""
+    local_rvs = [model[name] for name in plate.latent_names]
+    local_value_vars = [model.rvs_to_values[rv] for rv in local_rvs]
+    replace: dict[Variable, Variable] = {}
+    local_values = {}
+    for latent, value_var in zip(plate.latents, local_value_vars, strict=True):
+        placeholder = pt.tensor(
+            f"{latent.value_name}_batch",
+            dtype=value_var.dtype,
+            shape=(None, *latent.event_shape),
+        )
+        replace[value_var] = placeholder
+        local_values[latent.value_name] = placeholder
+
+    unit_data = {}
+    for name in plate.unit_data:
+        var = model[name]
+        node = model.rvs_to_values[var] if var in model.observed_RVs else var
+        placeholder = pt.tensor(f"{name}_batch", dtype=node.dtype, shape=(None, *node.type.shape[1:]))
+        replace[node] = placeholder
+        unit_data[name] = (placeholder, node)
+
+    batch_size = pt.scalar("n_units_in_batch", dtype="int64")
+    if plate.dim is not None:
+        replace[model.dim_lengths[plate.dim]] = batch_size
+
+    varlist = model.free_RVs + model.observed_RVs + model.potentials
+    terms = model.logp(vars=varlist, sum=False)
+    # rebuild_strict=False re-derives every node's static type, so (N,)-shaped types become (B,).
+    terms = clone_replace(terms, replace, rebuild_strict=False)
+
+    unit_inputs = set(replace.values()) - {batch_size}
+    global_terms, unit_terms = [], []
+    for var, term in zip(varlist, terms, strict=True):
+        per_unit = bool(unit_inputs & set(ancestors([term])))
+        if not per_unit:
+            global_terms.append(term)
+            continue
+        if minibatch and term.ndim == 0:
+            raise AmortizationError(
+                f"The log density of '{var.name}' couples the units (it is not one term per unit), "
+                "so it cannot be estimated from a minibatch of units. Fit with batch_size=None."
+            )
+        unit_terms.append(term)
+
+    global_values = {
+        model.rvs_to_values[rv].name: model.rvs_to_values[rv]
+        for rv in model.free_RVs
+        if rv not in local_rvs
+    }
+    return BatchLogJoint(
+        global_terms=global_terms,
+        unit_terms=unit_terms,
+        global_values=global_values,
+        local_values=local_values,
+        unit_data=unit_data,
+        batch_size=batch_size,
+    )
