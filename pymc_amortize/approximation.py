@@ -11,8 +11,8 @@ import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 import xarray as xr
-from pymc.backends.ndarray import NDArray
 from pymc.backends.base import MultiTrace
+from pymc.backends.ndarray import NDArray
 from pymc.variational.approximations import MeanFieldGroup
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
@@ -127,7 +127,10 @@ class AmortizedApproximation:
         global_rvs = [rv for rv in model.free_RVs if rv.name not in local_rvs]
         self.global_group = (
             MeanFieldGroup(
-                global_rvs, model=model, random_seed=random_seed, start=start,
+                global_rvs,
+                model=model,
+                random_seed=random_seed,
+                start=start,
                 start_sigma=start_sigma,
             )
             if global_rvs
@@ -161,7 +164,9 @@ class AmortizedApproximation:
                 copies = {}
             else:
                 # Train copies, so that the user's encoder object keeps its weights.
-                copies = {p: pytensor.shared(p.get_value(borrow=False), name=p.name) for p in params}
+                copies = {
+                    p: pytensor.shared(p.get_value(borrow=False), name=p.name) for p in params
+                }
             self._param_copies[latent.name] = copies
             self.encoder_params += [copies.get(p, p) for p in params]
         self._encode_fns: dict[str, pytensor.compile.Function] = {}
@@ -294,7 +299,11 @@ class AmortizedApproximation:
         return out
 
     def sample(
-        self, draws: int = 1000, *, random_seed: int | None = None, return_inferencedata: bool = True
+        self,
+        draws: int = 1000,
+        *,
+        random_seed: int | None = None,
+        return_inferencedata: bool = True,
     ) -> xr.DataTree | MultiTrace:
         """Draw from the approximation for the fitted units.
 
@@ -305,7 +314,9 @@ class AmortizedApproximation:
         rng = np.random.default_rng(random_seed)
         values = self._draw_globals(draws, rng) | self._draw_locals(draws, rng, self.encode())
         # PyMC's own trace turns value-space points into constrained values and deterministics.
-        trace = NDArray(model=self.model, test_point={k: np.asarray(v[0]) for k, v in values.items()})
+        trace = NDArray(
+            model=self.model, test_point={k: np.asarray(v[0]) for k, v in values.items()}
+        )
         trace.setup(draws=draws, chain=0)
         try:
             for i in range(draws):
@@ -343,7 +354,8 @@ class AmortizedApproximation:
                 value = transform.backward(pt.as_tensor(value), *rv.owner.inputs).eval()
             posterior[latent.name] = value[None]
         dims = {
-            latent.name: [unit_dim] + [f"{latent.name}_dim_{i}" for i in range(len(latent.event_shape))]
+            latent.name: [unit_dim]
+            + [f"{latent.name}_dim_{i}" for i in range(len(latent.event_shape))]
             for latent in self.plate.latents
         }
         return az.from_dict({"posterior": posterior}, dims=dims)

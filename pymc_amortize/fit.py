@@ -28,7 +28,9 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
     inf_kwargs = dict(arguments.pop("inf_kwargs", None) or {})
     arguments.pop("method")
     n = arguments.pop("n", 10_000)
-    constructor = {k: v for k, v in arguments.items() if k in _CONSTRUCTOR_OPTIONS and v is not None}
+    constructor = {
+        k: v for k, v in arguments.items() if k in _CONSTRUCTOR_OPTIONS and v is not None
+    }
     constructor |= inf_kwargs
     fit_options = {k: v for k, v in arguments.items() if k in _FIT_OPTIONS}
     for key, value in options.items():

@@ -101,6 +101,23 @@ class _GuardedStep:
         return self.fn.profile
 
 
+class _RandomDraws:
+    """Random draws for one graph, each from its own shared generator, with their updates.
+
+    One generator per draw (sharing one correlates the draws); ``pm.compile`` reseeds them all
+    from the fit's ``random_seed``.
+    """
+
+    def __init__(self):
+        self.updates: dict[SharedVariable, pt.TensorVariable] = {}
+
+    def __call__(self, rv, *args, size) -> pt.TensorVariable:
+        rng = pytensor.shared(np.random.default_rng())
+        next_rng, value = rv(*args, size=size, rng=rng, return_next_rng=True)
+        self.updates[rng] = next_rng
+        return value
+
+
 class AmortizedObjective:
     """Builds and compiles the training step of an :class:`AmortizedApproximation`."""
 
@@ -121,19 +138,23 @@ class AmortizedObjective:
         )
         self.guard: _GuardedStep | None = None
 
-    def loss(self, obj_n_mc: int) -> pt.TensorVariable:
-        """The symbolic loss of one step, with its own shared random generators."""
+    def mc_terms(
+        self, n_draws: int, random: _RandomDraws, *, full_batch: bool = False
+    ) -> tuple[pt.TensorVariable, pt.TensorVariable]:
+        """Symbolic (n_draws,) log joint draws (local terms scaled by N/B) and the exact entropy.
+
+        The graph draws its own minibatch and noise through ``random``.
+        """
         approx, plate = self.approx, self.approx.plate
         n_units = plate.size
-        batch = n_units if self.batch_size is None else self.batch_size
-        rngs = iter(pytensor.shared(np.random.default_rng(), name=f"rng_{i}") for i in range(99))
-        if self.batch_size is None:
+        batch = n_units if (self.batch_size is None or full_batch) else self.batch_size
+        if batch == n_units:
             index = None
         else:
             # Our own index draw rather than pm.Minibatch: the encoder inputs, the local
             # placeholders and every unit data array must share these indices. Drawn with
             # replacement like pm.Minibatch, so a step costs O(B) whatever N is.
-            index = pt.random.integers(0, n_units, size=(batch,), rng=next(rngs))
+            index = random(pt.random.integers, 0, n_units, size=(batch,))
 
         def rows(var):
             return var if index is None else var[index]
@@ -141,7 +162,7 @@ class AmortizedObjective:
         data = {name: rows(node) for name, (_, node) in self.logjoint.unit_data.items()}
         global_draws, entropy = {}, pt.zeros(())
         if approx.global_group is not None:
-            eps = pt.random.normal(size=(obj_n_mc, approx.n_global), rng=next(rngs))
+            eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, approx.n_global))
             global_draws = approx.global_draws(eps)
             log_sd = pt.log(pt.softplus(approx.global_group.rho))
             entropy = log_sd.sum() + approx.n_global * _HALF_LOG_2PI_E
@@ -149,16 +170,32 @@ class AmortizedObjective:
         scale = n_units / batch
         local_draws = {}
         for latent in plate.latents:
-            mean, log_sd = approx.symbolic_encode(latent.name, rows(approx.encoder_inputs[latent.name]))
-            eps = pt.random.normal(size=(obj_n_mc, batch, latent.event_size), rng=next(rngs))
+            mean, log_sd = approx.symbolic_encode(
+                latent.name, rows(approx.encoder_inputs[latent.name])
+            )
+            eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, batch, latent.event_size))
             draws = mean + pt.exp(log_sd) * eps
-            local_draws[latent.value_name] = draws.reshape((obj_n_mc, batch, *latent.event_shape))
+            local_draws[latent.value_name] = draws.reshape((n_draws, batch, *latent.event_shape))
             entropy = entropy + scale * log_sd.sum() + n_units * latent.event_size * _HALF_LOG_2PI_E
 
         log_joint = self.logjoint.per_draw(
             global_draws, local_draws, data, pt.constant(batch, dtype="int64"), scale
         )
-        return self.objective.loss(log_joint, entropy)
+        return log_joint, entropy
+
+    def estimate_elbo(
+        self, n_draws: int = 1000, *, repeats: int = 1, random_seed: int | None = None
+    ) -> tuple[float, float]:
+        """Monte Carlo ELBO at the current parameters, and its standard error.
+
+        Full batch (all units), ``n_draws`` draws per evaluation, ``repeats`` evaluations; the
+        parameters are not changed.
+        """
+        random = _RandomDraws()
+        log_joint, entropy = self.mc_terms(n_draws, random, full_batch=True)
+        fn = compile_pymc([], log_joint + entropy, updates=random.updates, random_seed=random_seed)
+        values = np.concatenate([fn() for _ in range(repeats)])
+        return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
 
     def step_function(
         self,
@@ -172,18 +209,22 @@ class AmortizedObjective:
         if not isinstance(obj_n_mc, int | np.integer) or obj_n_mc <= 0:
             raise AmortizationError(f"obj_n_mc must be a positive integer; got {obj_n_mc!r}.")
         optimizer = obj_optimizer if obj_optimizer is not None else pm.adam(learning_rate=1e-3)
-        loss = self.loss(int(obj_n_mc))
+        random = _RandomDraws()
+        loss = self.objective.loss(*self.mc_terms(int(obj_n_mc), random))
         params = self.approx.params
         grads = pytensor.grad(loss, params)
         if total_grad_norm_constraint is not None:
             grads = total_norm_constraint(grads, total_grad_norm_constraint)
         updates = optimizer(grads, params)
+        updates.update(random.updates)
         fn = compile_pymc(
             [], loss, updates=updates, random_seed=self.random_seed, **(compile_kwargs or {})
         )
         # Everything the optimizer writes (parameters and its moments) is snapshotted together.
         state = [
-            v for v in updates if isinstance(v, SharedVariable) and not isinstance(v.type, RandomType)
+            v
+            for v in updates
+            if isinstance(v, SharedVariable) and not isinstance(v.type, RandomType)
         ]
         self.guard = _GuardedStep(fn, state)
         return self.guard
@@ -227,9 +268,7 @@ def _build_encoders(
         n_inputs = (
             latent.input_matrix.shape[1]
             if latent.input_matrix is not None
-            else sum(
-                int(np.prod(_data_shape(model, n)[1:], dtype=int)) for n in latent.input_names
-            )
+            else sum(int(np.prod(_data_shape(model, n)[1:], dtype=int)) for n in latent.input_names)
         )
         encoders[latent.name] = MLPEncoder(
             n_inputs=n_inputs,
@@ -276,8 +315,8 @@ class AmortizedVI(Inference):
         when omitted.
     standardize_inputs : bool
         Centre and scale each encoder input column (a reparameterisation for an affine first layer).
-    objective : ELBO
-        The variational objective.
+    objective : ELBO, optional
+        The variational objective (the ELBO when omitted).
     random_seed : int, optional
         Seeds the initial weights, the Monte Carlo draws and the minibatches.
     start, start_sigma : dict, optional
@@ -295,7 +334,7 @@ class AmortizedVI(Inference):
         init_scale: float = 0.1,
         batch_size: int | None = None,
         standardize_inputs: bool = True,
-        objective: Objective = ELBO(),
+        objective: Objective | None = None,
         random_seed: int | None = None,
         start: Mapping[str, np.ndarray] | None = None,
         start_sigma: Mapping[str, np.ndarray] | None = None,
@@ -327,7 +366,10 @@ class AmortizedVI(Inference):
         self.hist = np.asarray(())
         self.state = None
         self.objective = AmortizedObjective(
-            approx, batch_size=batch_size, objective=objective, random_seed=random_seed
+            approx,
+            batch_size=batch_size,
+            objective=objective if objective is not None else ELBO(),
+            random_seed=random_seed,
         )
 
     def _maybe_score(self, score):
@@ -357,7 +399,9 @@ class AmortizedVI(Inference):
         returned approximation is usable and ``refine`` resumes from it.
         """
         if not isinstance(n, int | np.integer) or n <= 0:
-            raise AmortizationError(f"n (the number of steps) must be a positive integer; got {n!r}.")
+            raise AmortizationError(
+                f"n (the number of steps) must be a positive integer; got {n!r}."
+            )
         approx = super().fit(
             n,
             score,

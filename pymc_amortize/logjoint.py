@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pymc as pm
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
-from pytensor.graph.traversal import ancestors
 from pytensor.graph.replace import clone_replace, vectorize_graph
+from pytensor.graph.traversal import ancestors
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import UnitPlate
@@ -95,7 +95,9 @@ def build_batch_logjoint(model: pm.Model, plate: UnitPlate, *, minibatch: bool) 
     for name in plate.unit_data:
         var = model[name]
         node = model.rvs_to_values[var] if var in model.observed_RVs else var
-        placeholder = pt.tensor(f"{name}_batch", dtype=node.dtype, shape=(None, *node.type.shape[1:]))
+        placeholder = pt.tensor(
+            f"{name}_batch", dtype=node.dtype, shape=(None, *node.type.shape[1:])
+        )
         replace[node] = placeholder
         unit_data[name] = (placeholder, node)
 

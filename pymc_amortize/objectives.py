@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
 __all__ = ["ELBO", "Objective"]

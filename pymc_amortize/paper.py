@@ -17,15 +17,22 @@ LINEAR_TAU = 1.155
 LINEAR_SIGMA = 2.43
 
 
-def linear_data(n_units: int, *, tau: float = LINEAR_TAU, sigma: float = LINEAR_SIGMA,
-                theta: float = 0.0, random_seed: int | None = None) -> np.ndarray:
+def linear_data(
+    n_units: int,
+    *,
+    tau: float = LINEAR_TAU,
+    sigma: float = LINEAR_SIGMA,
+    theta: float = 0.0,
+    random_seed: int | None = None,
+) -> np.ndarray:
     """Draw x_n = θ + τ z_n + σ ε_n with z_n, ε_n ~ N(0, 1)."""
     rng = np.random.default_rng(random_seed)
     return theta + tau * rng.standard_normal(n_units) + sigma * rng.standard_normal(n_units)
 
 
-def linear_model(x: np.ndarray, *, tau: float = LINEAR_TAU, sigma: float = LINEAR_SIGMA
-                 ) -> pm.Model:
+def linear_model(
+    x: np.ndarray, *, tau: float = LINEAR_TAU, sigma: float = LINEAR_SIGMA
+) -> pm.Model:
     """x_n ~ N(θ + τ z_n, σ²), z_n ~ N(0, 1), flat prior on θ (the paper's linear model)."""
     with pm.Model(coords={"unit": np.arange(len(x))}) as model:
         theta = pm.Flat("theta")
@@ -49,8 +56,9 @@ class LinearOptimum:
         return self.z_slope * (np.asarray(x) - self.x_mean)
 
 
-def linear_optimum(x: np.ndarray, *, tau: float = LINEAR_TAU, sigma: float = LINEAR_SIGMA
-                   ) -> LinearOptimum:
+def linear_optimum(
+    x: np.ndarray, *, tau: float = LINEAR_TAU, sigma: float = LINEAR_SIGMA
+) -> LinearOptimum:
     """Closed-form F-VI optimum: q(θ) = N(x̄, σ²/N), q(z_n) = N(τ(x_n − x̄)/(σ²+τ²), σ²/(σ²+τ²))."""
     x = np.asarray(x)
     v = sigma**2 + tau**2
@@ -63,9 +71,16 @@ def linear_optimum(x: np.ndarray, *, tau: float = LINEAR_TAU, sigma: float = LIN
     )
 
 
-def linear_elbo(x: np.ndarray, theta_mean: float, theta_sd: float, z_mean: np.ndarray,
-                z_sd: np.ndarray, *, tau: float = LINEAR_TAU, sigma: float = LINEAR_SIGMA
-                ) -> float:
+def linear_elbo(
+    x: np.ndarray,
+    theta_mean: float,
+    theta_sd: float,
+    z_mean: np.ndarray,
+    z_sd: np.ndarray,
+    *,
+    tau: float = LINEAR_TAU,
+    sigma: float = LINEAR_SIGMA,
+) -> float:
     """The exact ELBO of a mean-field Gaussian q on the linear model (flat prior: log p(θ) = 0).
 
     No Monte Carlo error, so two solutions can be compared to any precision.
@@ -75,7 +90,7 @@ def linear_elbo(x: np.ndarray, theta_mean: float, theta_sd: float, z_mean: np.nd
     residual = (x - theta_mean - tau * z_mean) ** 2 + theta_sd**2 + tau**2 * z_var
     log_lik = -0.5 * np.log(2 * np.pi * sigma**2) * x.size - residual.sum() / (2 * sigma**2)
     log_prior_z = -0.5 * np.log(2 * np.pi) * x.size - 0.5 * (z_mean**2 + z_var).sum()
-    entropy = 0.5 * np.log(2 * np.pi * np.e * theta_sd**2) + 0.5 * np.log(
-        2 * np.pi * np.e * z_var
-    ).sum()
+    entropy = (
+        0.5 * np.log(2 * np.pi * np.e * theta_sd**2) + 0.5 * np.log(2 * np.pi * np.e * z_var).sum()
+    )
     return float(log_lik + log_prior_z + entropy)
