@@ -62,3 +62,27 @@ def test_fit_amortized_returns_datatree_with_loss():
     assert idata.posterior["z"].dims == ("chain", "draw", "unit")
     assert idata["loss"]["loss"].shape == (200,)
     assert "x" in idata.observed_data
+
+
+def test_pymc_callbacks_and_progressbar_work():
+    from pymc.variational.callbacks import CheckParametersConvergence, Tracker
+
+    calls = []
+
+    def stop_at_40(approx, losses, i):
+        calls.append((i, losses.size))
+        if i == 40:
+            raise StopIteration("enough")
+
+    with small_model():
+        tracker = Tracker(theta_mu=lambda: 0.0)
+        approx = pm.fit(
+            100,
+            method="amortized",
+            encoder_widths=(4,),
+            callbacks=[tracker, CheckParametersConvergence(every=10), stop_at_40],
+            progressbar=True,
+        )
+    assert calls[0] == (1, 1) and calls[-1][0] == 40
+    assert len(tracker["theta_mu"]) == 40
+    assert approx.hist.size == 39  # PyMC's loop drops the step that raised StopIteration
