@@ -36,7 +36,7 @@ extensions = [
     "myst_nb",
 ]
 
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "make_*.py"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 templates_path = ["_templates"]
 html_static_path = ["_static"]
 
