@@ -196,7 +196,7 @@ class AmortizedApproximation:
         return tuple(graph_replace(list(outputs), copies)) if copies else outputs
 
     def global_draws(self, eps: TensorVariable) -> dict[str, TensorVariable]:
-        """Value-space draws (S, *shape) of each global from standard normal ``eps`` (S, D)."""
+        """Value-space draws ``(S, *shape)`` of each global from standard normal ``eps`` (S, D)."""
         group = self.global_group
         flat = group.mean + pt.softplus(group.rho) * eps
         return {
@@ -231,7 +231,7 @@ class AmortizedApproximation:
         Returns
         -------
         dict of str to LocalPosterior
-            Per local latent, the mean and sd arrays of shape (M, *event_shape) on the latent's
+            Per local latent, the mean and sd arrays of shape ``(M, *event_shape)`` on the latent's
             unconstrained space.
 
         Examples

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with a Python >= 3.12 and install pymc_amortize with its test extras.
+# Create .venv with a Python >= 3.12 and install pymc_amortize with its test and docs extras.
 # PyMC 6 needs Python 3.12+; on machines whose default python3 is older we look in pyenv too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +39,4 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,docs]"

@@ -1,0 +1,47 @@
+"""The code on the documentation's pages runs, and gives the closed-form answer it promises."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pymc_amortize.paper import linear_optimum
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def run_python_blocks(page: str) -> dict:
+    """Execute a page's ```python blocks in order, in one namespace, and return it."""
+    text = (DOCS / page).read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    assert blocks, f"{page} has no python code blocks"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, f"{page}:python-block", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_getting_started_page_runs_and_matches_closed_form():
+    ns = run_python_blocks("getting_started.md")
+    x, opt = ns["x"], linear_optimum(ns["x"])
+    assert ns["idata"].posterior["z"].sizes["unit"] == x.size
+    # The encoder's q(z_n) for fitted and for new units is the closed-form optimum.
+    np.testing.assert_allclose(ns["q"].mean, opt.z_mean(x), atol=0.03)
+    np.testing.assert_allclose(ns["q"].sd, opt.z_sd, atol=0.03)
+    np.testing.assert_allclose(ns["q_new"].mean, opt.z_mean(np.array([0.3, 4.0])), atol=0.03)
+    assert ns["new"].posterior["z"].shape == (1, 500, 2)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_index_page_example_runs_and_matches_closed_form():
+    ns = run_python_blocks("index.md")
+    x, opt = ns["x"], linear_optimum(ns["x"])
+    q = ns["approx"].encode()["z"]
+    np.testing.assert_allclose(q.mean, opt.z_mean(x), atol=0.03)
+    np.testing.assert_allclose(q.sd, opt.z_sd, atol=0.03)
+    theta = ns["idata"].posterior["theta"]
+    assert abs(float(theta.mean()) - opt.theta_mean) < 4 * opt.theta_sd
