@@ -12,6 +12,7 @@ from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.fit import fit_amortized
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO
+from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 
 registration.install()
 
@@ -27,7 +28,9 @@ __all__ = [
     "LocalLatent",
     "LocalPosterior",
     "MLPEncoder",
+    "PSISDiagnostic",
     "UnitPlate",
     "find_local_latents",
     "fit_amortized",
+    "psis_diagnostic",
 ]

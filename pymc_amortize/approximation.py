@@ -21,6 +21,7 @@ from pytensor.tensor.variable import TensorVariable
 from pymc_amortize.analysis import LocalLatent, UnitPlate, data_value
 from pymc_amortize.encoders import Encoder, check_encoder_outputs, encoder_params
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.results import method_groups
 
 __all__ = ["AmortizedApproximation", "LocalPosterior"]
 
@@ -123,6 +124,10 @@ class AmortizedApproximation:
         self.model = model
         self.plate = plate
         self.hist = np.asarray(())
+        #: Wall-clock seconds of each step, aligned with ``hist``.
+        self.step_seconds = np.asarray(())
+        #: Options of the fit (batch size, optimizer, ...), for the results' attributes.
+        self.settings: dict[str, object] = {}
         local_rvs = set(plate.latent_names)
         global_rvs = [rv for rv in model.free_RVs if rv.name not in local_rvs]
         self.global_group = (
@@ -309,11 +314,28 @@ class AmortizedApproximation:
 
         Returns ArviZ data with the globals, the local latents and the deterministics under the
         model's dims and coords (or a :class:`~pymc.backends.base.MultiTrace`), as
-        ``pm.sample`` would.
+        ``pm.sample`` would. Besides ``posterior`` and ``observed_data``, the data carry the
+        groups ``amortized_fit`` (loss and wall time per step; the method, encoder and settings
+        as attributes), ``variational_params`` (mean and sd of q(θ)) and ``encoder_outputs``
+        (mean and sd of each q(z_n)), see :func:`pymc_amortize.results.method_groups`.
         """
         rng = np.random.default_rng(random_seed)
         values = self._draw_globals(draws, rng) | self._draw_locals(draws, rng, self.encode())
-        # PyMC's own trace turns value-space points into constrained values and deterministics.
+        if not return_inferencedata:
+            return self.trace_from_values(values)
+        idata = pm.to_inference_data(
+            self.trace_from_values(values), model=self.model, log_likelihood=False
+        )
+        for name, dataset in method_groups(self).items():
+            idata[name] = xr.DataTree(dataset)
+        return idata
+
+    def trace_from_values(self, values: Mapping[str, np.ndarray]) -> MultiTrace:
+        """A one-chain trace of value-space draws ``{value name: (draws, *shape)}``.
+
+        PyMC's own trace turns value-space points into constrained values and deterministics.
+        """
+        draws = len(next(iter(values.values())))
         trace = NDArray(
             model=self.model, test_point={k: np.asarray(v[0]) for k, v in values.items()}
         )
@@ -323,10 +345,7 @@ class AmortizedApproximation:
                 trace.record({k: np.asarray(v[i]) for k, v in values.items()}, in_warmup=False)
         finally:
             trace.close()
-        multi_trace = MultiTrace([trace])
-        if not return_inferencedata:
-            return multi_trace
-        return pm.to_inference_data(multi_trace, model=self.model, log_likelihood=False)
+        return MultiTrace([trace])
 
     def sample_new_units(
         self,

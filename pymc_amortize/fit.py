@@ -100,8 +100,9 @@ def fit_amortized(
     Returns
     -------
     xarray.DataTree
-        ``posterior`` and ``observed_data`` as from ``pm.sample``, and a ``loss`` group with the
-        loss (−ELBO) per step.
+        ``posterior`` and ``observed_data`` as from ``pm.sample``; ``amortized_fit`` (loss and
+        wall time per step, the method and settings as attributes), ``variational_params`` and
+        ``encoder_outputs`` (see :mod:`pymc_amortize.results`).
 
     Examples
     --------
@@ -143,8 +144,4 @@ def fit_amortized(
         obj_optimizer=obj_optimizer,
         **fit_options,
     )
-    idata = approx.sample(draws, random_seed=random_seed)
-    idata["loss"] = xr.DataTree(
-        xr.Dataset({"loss": ("step", approx.hist)}, coords={"step": np.arange(approx.hist.size)})
-    )
-    return idata
+    return approx.sample(draws, random_seed=random_seed)

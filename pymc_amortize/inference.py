@@ -8,7 +8,9 @@ guard, which keeps the best parameters instead of raising from deep inside the l
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,12 +74,17 @@ class _GuardedStep:
         self.best_values = self._snapshot()
         self.window = 0.0
         self.diverged: DivergenceInfo | None = None
+        # Wall-clock seconds of each finished step. Timed here rather than in a PyMC callback:
+        # callbacks run after a step, so they cannot see when a run's first step starts.
+        self.seconds: list[float] = []
 
     def _snapshot(self) -> list[np.ndarray]:
         return [v.get_value(borrow=False) for v in self.state]
 
     def __call__(self) -> np.ndarray:
+        started = time.perf_counter()
         loss = self.fn()
+        elapsed = time.perf_counter() - started
         self.step += 1
         if not np.isfinite(loss):
             bad = tuple(
@@ -87,6 +94,7 @@ class _GuardedStep:
                 var.set_value(value)
             self.diverged = DivergenceInfo(self.step, bad, self.best_step)
             raise StopIteration(self.diverged.message())
+        self.seconds.append(elapsed)
         self.window += float(loss)
         if self.step % self.checkpoint_every == 0:
             mean = self.window / self.checkpoint_every
@@ -290,6 +298,16 @@ def _data_shape(model: pm.Model, name: str) -> tuple[int, ...]:
     return data_value(model, name).shape
 
 
+def _describe_optimizer(optimizer: Callable | None) -> str:
+    """A short text naming an optimizer and its settings, e.g. ``adam(learning_rate=0.01)``."""
+    if optimizer is None:
+        return "adam(learning_rate=0.001)"
+    if isinstance(optimizer, functools.partial):
+        options = ", ".join(f"{k}={v}" for k, v in optimizer.keywords.items())
+        return f"{getattr(optimizer.func, '__name__', 'optimizer')}({options})"
+    return getattr(optimizer, "__name__", type(optimizer).__name__)
+
+
 class AmortizedVI(Inference):
     """Amortized variational inference: q(θ) ∏_n q(z_n; f_φ(x_n)).
 
@@ -363,6 +381,13 @@ class AmortizedVI(Inference):
             start_sigma=start_sigma,
             random_seed=random_seed,
         )
+        approx.settings = {
+            "batch_size": batch_size if batch_size is not None else plate.size,
+            "init_scale": init_scale,
+            "standardize_inputs": standardize_inputs,
+            "objective": type(objective).__name__ if objective is not None else "ELBO",
+            "random_seed": random_seed,
+        }
         self.hist = np.asarray(())
         self.state = None
         self.objective = AmortizedObjective(
@@ -402,6 +427,11 @@ class AmortizedVI(Inference):
             raise AmortizationError(
                 f"n (the number of steps) must be a positive integer; got {n!r}."
             )
+        self.approx.settings |= {
+            "obj_n_mc": obj_n_mc,
+            "obj_optimizer": _describe_optimizer(obj_optimizer),
+        }
+        timed_before, hist_before = self.approx.step_seconds, self.hist.size
         approx = super().fit(
             n,
             score,
@@ -415,13 +445,25 @@ class AmortizedVI(Inference):
             total_grad_norm_constraint=total_grad_norm_constraint,
             compile_kwargs=compile_kwargs,
         )
+        self._record_step_seconds(timed_before, hist_before, first=0)
         self._warn_if_diverged()
         return approx
 
     def refine(self, n, progressbar=True, progressbar_theme=default_progress_theme):
+        timed_before, hist_before = self.approx.step_seconds, self.hist.size
+        first = len(self.objective.guard.seconds) if self.objective.guard is not None else 0
         super().refine(n, progressbar, progressbar_theme)
         self.approx.hist = self.hist
+        self._record_step_seconds(timed_before, hist_before, first=first)
         self._warn_if_diverged()
+
+    def _record_step_seconds(self, timed_before: np.ndarray, hist_before: int, *, first: int):
+        """Append this run's step times to ``approx.step_seconds``, aligned with ``hist``."""
+        n_steps = self.hist.size - hist_before
+        timed = np.asarray(self.objective.guard.seconds[first : first + n_steps], dtype=float)
+        # An interrupted run can keep a loss without its time; pad so the arrays stay aligned.
+        timed = np.pad(timed, (0, n_steps - timed.size), constant_values=np.nan)
+        self.approx.step_seconds = np.concatenate([timed_before, timed])
 
     def _warn_if_diverged(self):
         guard = self.objective.guard

@@ -47,6 +47,24 @@ class BatchLogJoint:
     unit_data: dict[str, tuple[TensorVariable, Variable]]
     batch_size: TensorVariable
 
+    def _terms_per_draw(
+        self,
+        global_draws: dict[str, TensorVariable],
+        local_draws: dict[str, TensorVariable],
+        unit_data: dict[str, TensorVariable],
+        batch_size: TensorVariable,
+    ) -> tuple[list[TensorVariable], list[bool]]:
+        """Every term with the draws and the batch's data substituted, and whether it has a
+        leading draw axis (a term no draw enters has none)."""
+        replace = {self.global_values[k]: v for k, v in global_draws.items()}
+        replace |= {self.local_values[k]: v for k, v in local_draws.items()}
+        terms = self.global_terms + self.unit_terms
+        drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
+        terms = vectorize_graph(terms, replace)
+        data = {placeholder: unit_data[name] for name, (placeholder, _) in self.unit_data.items()}
+        data[self.batch_size] = batch_size
+        return clone_replace(terms, data, rebuild_strict=False), drawn
+
     def per_draw(
         self,
         global_draws: dict[str, TensorVariable],
@@ -59,14 +77,7 @@ class BatchLogJoint:
 
         ``global_draws`` have shape (S, *shape), ``local_draws`` (S, B, *event_shape).
         """
-        replace = {self.global_values[k]: v for k, v in global_draws.items()}
-        replace |= {self.local_values[k]: v for k, v in local_draws.items()}
-        terms = self.global_terms + self.unit_terms
-        drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
-        terms = vectorize_graph(terms, replace)
-        data = {placeholder: unit_data[name] for name, (placeholder, _) in self.unit_data.items()}
-        data[self.batch_size] = batch_size
-        terms = clone_replace(terms, data, rebuild_strict=False)
+        terms, drawn = self._terms_per_draw(global_draws, local_draws, unit_data, batch_size)
         n_global = len(self.global_terms)
         total = pt.zeros(())
         for i, (term, has_draw_axis) in enumerate(zip(terms, drawn, strict=True)):
@@ -74,6 +85,36 @@ class BatchLogJoint:
             summed = term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
             total = total + (summed if i < n_global else scale * summed)
         return total
+
+    def per_unit(
+        self,
+        global_draws: dict[str, TensorVariable],
+        local_draws: dict[str, TensorVariable],
+        unit_data: dict[str, TensorVariable],
+        batch_size: TensorVariable,
+    ) -> tuple[TensorVariable, TensorVariable]:
+        """log p(θ) per draw (S,) and log p(x_n, z_n | θ) per draw and unit (S, B), unscaled.
+
+        Needs every unit term to have a leading unit axis (one factor per unit).
+        """
+        terms, drawn = self._terms_per_draw(global_draws, local_draws, unit_data, batch_size)
+        n_global = len(self.global_terms)
+        n_draws = next(iter((global_draws | local_draws).values())).shape[0]
+        global_total = pt.zeros((n_draws,))
+        for term, has_draw_axis in zip(terms[:n_global], drawn[:n_global], strict=True):
+            global_total += (
+                term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
+            )
+        unit_total = pt.zeros((n_draws, batch_size))
+        for term, has_draw_axis in zip(terms[n_global:], drawn[n_global:], strict=True):
+            unit_axis = 1 if has_draw_axis else 0
+            if term.ndim <= unit_axis:
+                raise AmortizationError(
+                    "A log density term of the model couples the units (it has no per-unit "
+                    "axis), so the log joint does not factorise over units."
+                )
+            unit_total += term.sum(axis=tuple(range(unit_axis + 1, term.ndim)))
+        return global_total, unit_total
 
 
 def build_batch_logjoint(model: pm.Model, plate: UnitPlate, *, minibatch: bool) -> BatchLogJoint:

@@ -60,7 +60,7 @@ def test_fit_amortized_returns_datatree_with_loss():
             n=200, draws=100, encoder_widths=(), random_seed=0, progressbar=False
         )
     assert idata.posterior["z"].dims == ("chain", "draw", "unit")
-    assert idata["loss"]["loss"].shape == (200,)
+    assert idata["amortized_fit"]["loss"].shape == (200,)
     assert "x" in idata.observed_data
 
 

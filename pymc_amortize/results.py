@@ -1,0 +1,215 @@
+"""The method-specific groups of an amortized fit's ArviZ data, in pymc-extras' spirit.
+
+Besides ``posterior`` and ``observed_data``, the DataTree of ``approx.sample()`` and
+``fit_amortized`` carries:
+
+``amortized_fit``
+    ``loss`` (−ELBO, as in ``approx.hist``) and ``step_seconds`` (wall-clock seconds) per step;
+    attributes name the method, the encoders and the fit's settings.
+``variational_params``
+    Mean and sd of q(θ) for each global, on its unconstrained (value) space, under the model's
+    dims and coords, with a leading ``param`` dim (``"mean"``, ``"sd"``).
+``encoder_outputs``
+    Mean and sd of q(z_n) for each local latent and unit (the encoder's outputs), on the value
+    space, under the model's dims and coords, with the same ``param`` dim.
+
+Every attribute is a string or a number, so the tree survives ``to_netcdf`` and ``to_zarr``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pymc as pm
+import xarray as xr
+
+from pymc_amortize.encoders import MLPEncoder
+
+if TYPE_CHECKING:
+    from pymc_amortize.approximation import AmortizedApproximation
+
+__all__ = ["describe_encoder", "fit_trace", "method_groups"]
+
+METHOD = "amortized_vi"
+PARAM_COORD = ["mean", "sd"]
+
+
+def fit_trace(loss: np.ndarray, step_seconds: np.ndarray | None = None) -> xr.Dataset:
+    """Loss and wall time per step as a Dataset over ``step`` (1, 2, ...).
+
+    Used for the ``amortized_fit`` group; call it on any PyMC fit (e.g. ADVI's ``approx.hist``
+    and step times you measured) to compare fits with :func:`pymc_amortize.plots.plot_loss`.
+
+    Parameters
+    ----------
+    loss : ndarray
+        Loss (−ELBO) of each step.
+    step_seconds : ndarray, optional
+        Wall-clock seconds of each step; NaN where unknown.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``loss`` and ``step_seconds`` along ``step``.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        advi = pm.fit(5_000, method="advi", model=model)
+        trace = fit_trace(advi.hist)
+    """
+    loss = np.asarray(loss, dtype=float).ravel()
+    if step_seconds is None:
+        seconds = np.full(loss.size, np.nan)
+    else:
+        seconds = np.asarray(step_seconds, dtype=float).ravel()[: loss.size]
+        seconds = np.pad(seconds, (0, loss.size - seconds.size), constant_values=np.nan)
+    return xr.Dataset(
+        {
+            "loss": ("step", loss, {"long_name": "loss (−ELBO)"}),
+            "step_seconds": ("step", seconds, {"long_name": "wall time of the step", "units": "s"}),
+        },
+        coords={"step": np.arange(1, loss.size + 1)},
+    )
+
+
+def describe_encoder(encoder: object) -> str:
+    """A short text naming an encoder's architecture, e.g. ``MLPEncoder(widths=(16, 16), relu)``."""
+    if isinstance(encoder, MLPEncoder):
+        activation = (
+            encoder.activation
+            if isinstance(encoder.activation, str)
+            else type(encoder.activation).__name__
+        )
+        widths = tuple(int(w) for w in encoder.widths)
+        kind = "affine" if not widths else activation
+        return f"MLPEncoder(inputs={encoder.n_inputs}, widths={widths}, {kind})"
+    return f"user encoder ({type(encoder).__name__})"
+
+
+def _attr(value: object) -> str | int | float:
+    """netCDF attributes are strings or numbers; everything else is written as text."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int | float | np.integer | np.floating):
+        return value.item() if isinstance(value, np.generic) else value
+    return str(value)
+
+
+def _dims(model: pm.Model, name: str, shape: Sequence[int]) -> list[str]:
+    """The model's dims of ``name`` where they fit ``shape``, else PyMC's ``{name}_dim_{i}``."""
+    model_dims = model.named_vars_to_dims.get(name) or ()
+    if len(model_dims) != len(shape):
+        model_dims = (None,) * len(shape)  # e.g. a transform that changes the shape
+    dims = []
+    for i, (dim, size) in enumerate(zip(model_dims, shape, strict=True)):
+        coords = model.coords.get(dim) if dim is not None else None
+        fits = dim is not None and (coords is None or len(coords) == size)
+        dims.append(dim if fits else f"{name}_dim_{i}")
+    return dims
+
+
+def _coords(model: pm.Model, dims: Sequence[str]) -> dict[str, np.ndarray]:
+    return {d: np.asarray(model.coords[d]) for d in dims if model.coords.get(d) is not None}
+
+
+def _param_dataarray(
+    model: pm.Model, rv_name: str, value_name: str, mean: np.ndarray, sd: np.ndarray
+) -> xr.DataArray:
+    """Mean and sd stacked along ``param``; named by the value variable (``sigma_log__``),
+    because the Gaussian lives on its space, with the latent's model dims."""
+    dims = _dims(model, rv_name, mean.shape)
+    return xr.DataArray(
+        np.stack([mean, sd]),
+        dims=["param", *dims],
+        coords={"param": PARAM_COORD, **_coords(model, dims)},
+        attrs={"variable": rv_name, "space": "unconstrained (value) space"},
+    )
+
+
+def variational_params(approx: AmortizedApproximation) -> xr.Dataset:
+    """Mean and sd of q(θ) for each global, by value variable, under the model's dims."""
+    model = approx.model
+    data = {}
+    group = approx.global_group
+    if group is not None:
+        mu = group.mean.get_value()
+        sd = np.logaddexp(0.0, group.rho.get_value())
+        rv_names = {value.name: rv.name for rv, value in model.rvs_to_values.items()}
+        for value_name, slc, shape, _ in group.ordering.values():
+            rv_name = rv_names[value_name]
+            data[value_name] = _param_dataarray(
+                model, rv_name, value_name, mu[slc].reshape(shape), sd[slc].reshape(shape)
+            )
+    return xr.Dataset(data)
+
+
+def encoder_outputs(approx: AmortizedApproximation) -> xr.Dataset:
+    """Mean and sd of q(z_n) for each local latent and unit, under the model's dims."""
+    model = approx.model
+    encoded = approx.encode()
+    data = {}
+    for latent in approx.plate.latents:
+        q = encoded[latent.name]
+        data[latent.value_name] = _param_dataarray(
+            model, latent.name, latent.value_name, q.mean, q.sd
+        )
+    return xr.Dataset(data)
+
+
+def fit_attributes(approx: AmortizedApproximation) -> dict[str, str | int | float]:
+    """The method, encoders and fit settings as netCDF-safe attributes."""
+    import pymc_amortize
+
+    encoders = "; ".join(
+        f"{name}: {describe_encoder(encoder)}" for name, encoder in approx._encoders.items()
+    )
+    attrs = {
+        "method": METHOD,
+        "library": "pymc_amortize",
+        "library_version": pymc_amortize.__version__,
+        "local_latents": ", ".join(approx.plate.latent_names),
+        "unit_dim": approx.plate.dim or "",
+        "n_units": approx.plate.size,
+        "encoder": encoders,
+        "encoder_params": int(sum(p.get_value().size for p in approx.encoder_params)),
+        "global_dim": approx.n_global,
+    }
+    attrs |= {name: _attr(value) for name, value in approx.settings.items()}
+    divergence = getattr(approx, "divergence", None)
+    if divergence is not None:
+        attrs["divergence"] = divergence.message()
+    return attrs
+
+
+def method_groups(approx: AmortizedApproximation) -> dict[str, xr.Dataset]:
+    """The ``amortized_fit``, ``variational_params`` and ``encoder_outputs`` groups.
+
+    Parameters
+    ----------
+    approx : AmortizedApproximation
+        A fitted approximation.
+
+    Returns
+    -------
+    dict of str to xarray.Dataset
+        One Dataset per group, ready for ``idata[name] = xr.DataTree(dataset)``.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        approx = pm.fit(2_000, method="amortized", model=model)
+        groups = method_groups(approx)
+        groups["encoder_outputs"]["z"].sel(param="sd")
+    """
+    fit = fit_trace(approx.hist, approx.step_seconds)
+    fit.attrs = fit_attributes(approx)
+    return {
+        "amortized_fit": fit,
+        "variational_params": variational_params(approx),
+        "encoder_outputs": encoder_outputs(approx),
+    }

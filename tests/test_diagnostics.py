@@ -1,0 +1,287 @@
+"""ArviZ results groups, PSIS k̂ (overall and per unit), corrected draws and plots."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pymc as pm
+import pytest
+import xarray as xr
+from scipy.stats import spearmanr
+
+from pymc_amortize import AmortizationError, AmortizedVI, fit_amortized
+from pymc_amortize.paper import LINEAR_SIGMA, LINEAR_TAU, linear_data, linear_model
+from pymc_amortize.plots import plot_encoder, plot_khat, plot_loss, plot_posterior_comparison
+from pymc_amortize.psis import khat_verdict, pareto_khat, psis_diagnostic
+from pymc_amortize.results import fit_trace
+
+SAW_ALPHA = 0.75
+
+
+@pytest.fixture(scope="module")
+def linear_fit():
+    x = linear_data(1_000, random_seed=0)
+    model = linear_model(x)
+    inference = AmortizedVI(model=model, encoder_widths=(), random_seed=1)
+    inference.fit(3000, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
+    approx = inference.fit(1000, obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
+    return x, model, approx
+
+
+def saw_data(n_units, seed):
+    """The paper's saw series: z_n ~ N(x_{n-1}, 1), x_n ~ N(α(θ + z_n), 1), x_0 = 0."""
+    rng = np.random.default_rng(seed)
+    theta = rng.normal()
+    x = np.zeros(n_units + 1)
+    for n in range(1, n_units + 1):
+        x[n] = rng.normal(SAW_ALPHA * (theta + rng.normal(x[n - 1], 1.0)), 1.0)
+    return x[:-1], x[1:]
+
+
+def saw_model(x_prev, x):
+    with pm.Model(coords={"unit": np.arange(x.size)}) as model:
+        previous = pm.Data("x_prev", x_prev, dims="unit")
+        theta = pm.Normal("theta", 0.0, 1.0)
+        z = pm.Normal("z", previous, 1.0, dims="unit")
+        pm.Normal("x", SAW_ALPHA * (theta + z), 1.0, observed=x, dims="unit")
+    return model
+
+
+@pytest.fixture(scope="module")
+def saw_fits():
+    x_prev, x = saw_data(200, seed=0)
+    model = saw_model(x_prev, x)
+    fits = {}
+    for label, inputs in (("x only", "x"), ("x_prev and x", ["x_prev", "x"])):
+        inference = AmortizedVI({"z": inputs}, model=model, encoder_widths=(), random_seed=1)
+        fits[label] = inference.fit(
+            1500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False
+        )
+    return x_prev, x, fits
+
+
+# -- k̂ itself ----------------------------------------------------------------------------------
+def test_pareto_khat_recovers_known_right_tails():
+    rng = np.random.default_rng(0)
+    shapes = np.array([0.3, 0.8, 1.2])
+    # Pareto weights with tail index 1/k have shape k; log of them are the log weights.
+    log_w = np.log(rng.pareto(1.0 / shapes[:, None], size=(3, 4000)) + 1.0)
+    smoothed, khat = pareto_khat(xr.DataArray(log_w, dims=("case", "draw")))
+    # A function fitting the left tail (log w not negated for arviz-stats) gives k̂ ≈ −1.
+    np.testing.assert_allclose(khat.values, shapes, atol=0.15)
+    assert khat.dims == ("case",)
+    np.testing.assert_allclose(np.exp(smoothed).sum("draw"), 1.0)
+    _, exact = pareto_khat(xr.DataArray(np.full(500, 3.0), dims="draw"))
+    assert float(exact) == -np.inf  # weights of an exact q are constant: no tail
+    assert [khat_verdict(k) for k in (0.2, 0.6, 0.9, np.nan)] == [
+        "good",
+        "usable",
+        "unreliable",
+        "unreliable",
+    ]
+
+
+# -- PSIS on fitted models ---------------------------------------------------------------------
+def test_linear_model_khat_small_overall_and_per_unit(linear_fit):
+    _, _, approx = linear_fit
+    diagnostic = psis_diagnostic(approx, draws=1000, random_seed=0)
+    assert diagnostic.khat < 0.5
+    per_unit = diagnostic.khat_per_unit
+    assert per_unit.dims == ("unit",)
+    np.testing.assert_array_equal(per_unit["unit"], approx.model.coords["unit"])
+    assert float(per_unit.max()) < 0.7
+    assert float(per_unit.median()) < 0.3
+    assert diagnostic.flagged_units().size == 0
+    assert "good" in diagnostic.summary()
+
+
+def test_resampled_draws_correct_mean_field_variance_of_theta(linear_fit):
+    x, _, approx = linear_fit
+    # Flat prior: marginally x_n ~ N(θ, σ² + τ²), so θ | x ~ N(x̄, (σ² + τ²)/N); mean-field
+    # q(θ) has sd σ/√N, 10% too small. Importance resampling recovers the exact sd.
+    exact_sd = np.sqrt(LINEAR_SIGMA**2 + LINEAR_TAU**2) / np.sqrt(x.size)
+    diagnostic = psis_diagnostic(approx, draws=4000, random_seed=2)
+    q_sd = float(np.logaddexp(0.0, approx.global_group.rho.get_value()[0]))
+    corrected = diagnostic.resample(12_000, random_seed=3)
+    theta = corrected.posterior["theta"]
+    assert theta.sizes["draw"] == 12_000
+    assert corrected.posterior["z"].dims == ("chain", "draw", "unit")
+    # Measured over seeds: the corrected sd removes 40-100% of q's bias (Pareto smoothing trims
+    # the largest weights, so some remains); uniform weights would remove none.
+    assert abs(float(theta.std()) - exact_sd) < 0.75 * abs(q_sd - exact_sd)
+    assert float(theta.mean()) == pytest.approx(x.mean(), abs=0.3 * exact_sd)
+
+
+def test_saw_khat_flags_units_the_exact_fvi_optimum_says_are_poor(saw_fits):
+    x_prev, x, fits = saw_fits
+    approx = fits["x only"]
+    diagnostic = psis_diagnostic(approx, draws=1000, random_seed=0)
+    # Exact per-unit F-VI optimum given q(θ) (CAVI): a Gaussian with precision 1 + α² and mean
+    # (x_{n-1} + α(x_n − α E[θ])) / (1 + α²). An encoder on x_n alone cannot see x_{n-1}.
+    theta_mean = approx.global_group.mean.get_value()[0]
+    precision = 1.0 + SAW_ALPHA**2
+    opt_mean = (x_prev + SAW_ALPHA * (x - SAW_ALPHA * theta_mean)) / precision
+    opt_sd = 1.0 / np.sqrt(precision)
+    q = approx.encode()["z"]
+    kl = np.log(opt_sd / q.sd) + (q.sd**2 + (q.mean - opt_mean) ** 2) / (2 * opt_sd**2) - 0.5
+    khat = diagnostic.khat_per_unit.values
+    # Random k̂ would give a rank correlation near 0 and a top-10% overlap near 10%.
+    assert spearmanr(khat, kl).statistic > 0.6
+    top = x.size // 10
+    overlap = np.intersect1d(np.argsort(-khat)[:top], np.argsort(-kl)[:top]).size / top
+    assert overlap >= 0.4
+    assert diagnostic.khat > 0.7
+    assert diagnostic.flagged_units().size > 0
+
+    # The expanded-domain encoder (x_{n-1}, x_n) is ideal here: nothing is flagged.
+    ideal = psis_diagnostic(fits["x_prev and x"], draws=1000, random_seed=0)
+    assert ideal.khat < 0.7
+    assert float(ideal.khat_per_unit.max()) < 0.7
+
+
+def test_psis_rejects_a_pymc_approximation():
+    with linear_model(linear_data(20, random_seed=0)):
+        advi = pm.fit(10, method="advi", progressbar=False)
+    with pytest.raises(AmortizationError, match="AmortizedApproximation"):
+        psis_diagnostic(advi)
+
+
+# -- the DataTree ------------------------------------------------------------------------------
+def test_datatree_groups_have_model_dims_and_values(linear_fit):
+    _, model, approx = linear_fit
+    idata = approx.sample(100, random_seed=0)
+    assert {"posterior", "observed_data", "amortized_fit", "variational_params"} <= set(
+        idata.children
+    )
+    fit = idata["amortized_fit"]
+    np.testing.assert_array_equal(fit["loss"].values, approx.hist)
+    assert fit["step"].values[0] == 1 and fit.sizes["step"] == 4000
+    seconds = fit["step_seconds"].values
+    assert np.isfinite(seconds).all() and (seconds > 0).all()
+    assert fit.attrs["method"] == "amortized_vi"
+    assert "MLPEncoder" in fit.attrs["encoder"] and "affine" in fit.attrs["encoder"]
+    assert fit.attrs["obj_optimizer"].startswith("adam(learning_rate=0.001")
+    outputs = idata["encoder_outputs"]["z"]
+    assert outputs.dims == ("param", "unit")
+    np.testing.assert_array_equal(outputs["unit"], model.coords["unit"])
+    q = approx.encode()["z"]
+    np.testing.assert_allclose(outputs.sel(param="mean"), q.mean)
+    np.testing.assert_allclose(outputs.sel(param="sd"), q.sd)
+    theta = idata["variational_params"]["theta"]
+    assert theta.dims == ("param",)
+    assert float(theta.sel(param="mean")) == approx.global_group.mean.get_value()[0]
+
+
+@pytest.fixture(scope="module")
+def transformed_fit():
+    """Globals with a transform and with model dims; two fit runs and a refine."""
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(3), 20)
+    x = rng.normal(np.array([-1.0, 0.0, 2.0])[groups], 1.5)
+    coords = {"unit": [f"u{i}" for i in range(60)], "group": ["a", "b", "c"]}
+    with pm.Model(coords=coords) as model:
+        group_mean = pm.Normal("group_mean", 0.0, 3.0, dims="group")
+        noise = pm.HalfNormal("noise", 2.0)
+        z = pm.Normal("z", group_mean[groups], 1.0, dims="unit")
+        pm.Normal("x", z, noise, observed=x, dims="unit")
+        inference = AmortizedVI(local={"z": "x"}, encoder_widths=(4,), random_seed=0)
+    inference.fit(150, progressbar=False)
+    inference.fit(100, progressbar=False)
+    inference.refine(50, progressbar=False)
+    return model, inference.approx
+
+
+def test_step_seconds_align_with_loss_over_fits_and_refine(transformed_fit):
+    _, approx = transformed_fit
+    assert approx.hist.shape == approx.step_seconds.shape == (300,)
+    assert np.isfinite(approx.step_seconds).all() and (approx.step_seconds > 0).all()
+
+
+@pytest.mark.parametrize("store", ["netcdf", "zarr"])
+def test_datatree_round_trips(transformed_fit, tmp_path, store):
+    _, approx = transformed_fit
+    idata = approx.sample(50, random_seed=0)
+    params = idata["variational_params"]
+    assert params["group_mean"].dims == ("param", "group")
+    np.testing.assert_array_equal(params["group_mean"]["group"], ["a", "b", "c"])
+    assert params["noise_log__"].attrs["variable"] == "noise"
+    assert idata["encoder_outputs"]["z"]["unit"].values[0] == "u0"
+    if store == "netcdf":
+        idata.to_netcdf(tmp_path / "fit.nc", engine="h5netcdf")
+        back = xr.open_datatree(tmp_path / "fit.nc", engine="h5netcdf")
+    else:
+        idata.to_zarr(tmp_path / "fit.zarr", consolidated=False)
+        back = xr.open_datatree(tmp_path / "fit.zarr", engine="zarr", consolidated=False)
+    for group in ("posterior", "amortized_fit", "variational_params", "encoder_outputs"):
+        xr.testing.assert_identical(back[group].to_dataset(), idata[group].to_dataset())
+    assert back["amortized_fit"].attrs == idata["amortized_fit"].attrs
+
+
+def test_fit_amortized_carries_the_method_groups():
+    x = linear_data(50, random_seed=1)
+    idata = fit_amortized(
+        linear_model(x), n=100, draws=20, encoder_widths=(), random_seed=0, progressbar=False
+    )
+    assert idata["amortized_fit"].sizes["step"] == 100
+    assert idata["encoder_outputs"]["z"].sizes["unit"] == 50
+    assert idata["amortized_fit"].attrs["batch_size"] == 50
+
+
+# -- plots -------------------------------------------------------------------------------------
+def test_plot_loss_draws_each_fit_by_step_and_time(linear_fit, saw_fits):
+    _, _, approx = linear_fit
+    _, _, fits = saw_fits
+    untimed = fit_trace(approx.hist[:500])
+    fig = plot_loss(
+        {
+            "linear": approx.sample(10),
+            "saw": fits["x only"].sample(10),
+            "untimed": untimed,
+        },
+        window=20,
+    )
+    by_step, by_time = fig.axes
+    assert len(by_step.lines) == 3 and len(by_time.lines) == 2
+    assert by_step.get_xlabel() == "step" and by_time.get_xlabel() == "wall time (s)"
+    assert by_step.get_ylabel().startswith("loss")
+    plt.close(fig)
+
+
+def test_plot_posterior_comparison_overlays_fits(saw_fits):
+    _, _, fits = saw_fits
+    posteriors = {label: approx.sample(200, random_seed=0) for label, approx in fits.items()}
+    fig = plot_posterior_comparison(posteriors, var_names=["theta"], kind="dist")
+    (ax,) = fig.axes
+    assert len(ax.lines) >= 2  # one density per fit
+    assert ax.get_ylabel() == "density" and ax.get_xlabel()
+    plt.close(fig)
+    fig = plot_posterior_comparison(
+        posteriors, var_names=["theta", "z"], kind="forest", coords={"unit": [0, 1, 2]}
+    )
+    assert len(fig.axes) == 2
+    assert any(ax.get_xlabel() == "posterior value" for ax in fig.axes)
+    plt.close(fig)
+
+
+def test_plot_khat_and_encoder(saw_fits):
+    x_prev, x, fits = saw_fits
+    approx = fits["x only"]
+    diagnostic = psis_diagnostic(approx, draws=200, random_seed=0)
+    fig = plot_khat(diagnostic)
+    (ax,) = fig.axes
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == x.size
+    assert len(ax.lines) == 2  # the 0.5 and 0.7 thresholds
+    assert ax.get_xlabel() == "x" and "k̂" in ax.get_ylabel()
+    plt.close(fig)
+
+    precision = 1.0 + SAW_ALPHA**2
+    fig = plot_encoder(approx, reference={"mean": (x_prev + SAW_ALPHA * x) / precision})
+    mean_ax, sd_ax = fig.axes
+    assert len(mean_ax.lines) == 1 and len(mean_ax.collections) == 1
+    assert len(sd_ax.lines) == 1 and len(sd_ax.collections) == 0
+    assert mean_ax.get_xlabel() == "x" and "mean" in mean_ax.get_ylabel()
+    plt.close(fig)
+    with pytest.raises(AmortizationError, match="input columns"):
+        plot_encoder(fits["x_prev and x"])
