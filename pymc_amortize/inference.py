@@ -466,9 +466,10 @@ class AmortizedVI(Inference):
 
         recorded_step.profile = None
         try:
-            return super()._iterate_with_loss(
+            state = super()._iterate_with_loss(
                 s, n, recorded_step, progressbar, progressbar_theme, callbacks
             )
+            return state._replace(step=step_func)  # refine steps without the recorder
         except IndexError:
             guard = self.objective.guard
             if guard is None or guard.diverged is None:

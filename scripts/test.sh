@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-.venv/bin/ruff check pymc_amortize tests benchmarks
+.venv/bin/ruff check pymc_amortize tests benchmarks docs
 .venv/bin/python -m pytest "$@"

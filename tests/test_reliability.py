@@ -117,8 +117,15 @@ def test_divergence_in_a_short_fit_warns_instead_of_pymcs_index_error():
     inference = AmortizedVI(model=unit_model(), encoder_widths=(), random_seed=0)
     with pytest.warns(DivergenceWarning, match=r"diverged at step"):
         approx = inference.fit(5, obj_optimizer=pm.adam(learning_rate=1e6), progressbar=False)
-    assert approx.hist.size == approx.divergence.step - 1
+    diverged_at = approx.divergence.step
+    assert approx.hist.size == diverged_at - 1
     assert all(np.isfinite(v).all() for v in _param_values(approx))
+    # A short fit that does not diverge leaves PyMC's state on our guarded step, for refine.
+    inference.fit(3, obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
+    assert inference.state.step is inference.objective.guard
+    inference.refine(4, progressbar=False)
+    assert inference.approx.divergence is None
+    assert inference.hist.size == diverged_at - 1 + 3 + 4
 
 
 def test_non_finite_parameters_after_the_last_update_are_restored():
