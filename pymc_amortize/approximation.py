@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -134,7 +135,12 @@ def _probe_encoder(
     Compiled in FAST_COMPILE mode (no backend compilation): this runs once.
     """
     try:
-        mean, log_sd = pytensor.function([probe], list(outputs), mode="FAST_COMPILE")(matrix)
+        with warnings.catch_warnings():
+            # FAST_COMPILE's rewrites read PyTensor's BLAS flags, which warns on a pip install;
+            # this Python-only probe uses no BLAS, so the warning would only mislead.
+            warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
+            probe_fn = pytensor.function([probe], list(outputs), mode="FAST_COMPILE")
+        mean, log_sd = probe_fn(matrix)
     except Exception as error:
         raise AmortizationError(
             f"The encoder of '{latent.name}' failed on the {matrix.shape[0]} units' inputs "
