@@ -6,6 +6,7 @@ descriptions. Nothing is compiled and nothing in the model is changed.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -165,7 +166,7 @@ def _resolve_inputs(
     if not names or not all(isinstance(n, str) for n in names):
         raise AmortizationError(
             f"local['{name}'] must be a data name, a list of data names or an (n_units, k) array; "
-            f"got {spec!r}."
+            f"got {reprlib.repr(spec)}."
         )
     known = _data_names(model)
     for data_name in names:
@@ -175,6 +176,28 @@ def _resolve_inputs(
                 f"pm.Data container of the model. Known data: {', '.join(known) or 'none'}."
             )
     return names, None
+
+
+def _check_no_imputation(model: pm.Model) -> None:
+    """Refuse observed data with missing values, which PyMC has rewritten into latents.
+
+    PyMC imputes NaN entries of ``observed=``: the variable becomes a Deterministic stitched from
+    ``<name>_observed`` (observed) and ``<name>_unobserved`` (a new free variable), so its units
+    are no longer one observed row each.
+    """
+    observed = {rv.name for rv in model.observed_RVs}
+    free = {rv.name for rv in model.free_RVs}
+    for det in model.deterministics:
+        name = det.name
+        if f"{name}_observed" in observed and f"{name}_unobserved" in free:
+            missing = model[f"{name}_unobserved"]
+            n_missing = int(np.prod(model.initial_point()[model.rvs_to_values[missing].name].shape))
+            raise AmortizationError(
+                f"The observed data of '{name}' has {n_missing} missing (NaN) value(s), which "
+                f"PyMC imputes as the free variable '{name}_unobserved'. Amortized VI needs "
+                f"complete unit data: drop or fill the missing entries of '{name}' before "
+                "building the model."
+            )
 
 
 def find_local_latents(
@@ -197,6 +220,7 @@ def find_local_latents(
     UnitPlate
         The units, their local latents and the data arrays a minibatch selects rows of.
     """
+    _check_no_imputation(model)
     if local is None:
         local = {}
         for rv in model.free_RVs:
@@ -213,7 +237,7 @@ def find_local_latents(
             )
     elif not isinstance(local, Mapping) or not local:
         raise AmortizationError(
-            f"local= must be a non-empty mapping {{latent name: encoder inputs}}; got {local!r}."
+            f"local= must be a non-empty mapping {{latent name: encoder inputs}}; got {reprlib.repr(local)}."
         )
 
     rvs = {name: _check_local_candidate(model, name) for name in local}

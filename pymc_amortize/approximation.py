@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -69,7 +70,19 @@ def encoder_input_matrix(
                 f"The encoder of '{latent.name}' needs '{name}' for the new units; got "
                 f"{sorted(data)}."
             )
-        columns.append(np.asarray(data[name]))
+        column = np.asarray(data[name])
+        if column.dtype.kind not in "biuf":
+            raise AmortizationError(
+                f"'{name}' feeds the encoder of '{latent.name}' but has dtype {column.dtype}; it "
+                "must be numeric."
+            )
+        if not np.isfinite(column).all():
+            bad = np.flatnonzero(~np.isfinite(column.reshape(column.shape[0], -1)).all(axis=1))
+            raise AmortizationError(
+                f"'{name}' feeds the encoder of '{latent.name}' but has NaN or inf in {bad.size} "
+                f"unit(s) (first: row {bad[0]}); the encoder needs finite inputs."
+            )
+        columns.append(column)
     rows = {c.shape[0] if c.ndim else None for c in columns}
     if len(rows) != 1 or None in rows:
         raise AmortizationError(
@@ -97,6 +110,56 @@ def _checked_matrix(name: str, matrix: np.ndarray, n_units: int | None) -> np.nd
             f"{bad[0]}); the encoder needs finite inputs."
         )
     return matrix.astype(pytensor.config.floatX)
+
+
+def _call_encoder(name: str, encoder: Encoder, inputs: TensorVariable) -> object:
+    """Build a user encoder's graph, naming the latent when the encoder itself fails."""
+    try:
+        return encoder(inputs)
+    except Exception as error:
+        raise AmortizationError(
+            f"The encoder of '{name}' failed on a symbolic input of shape (batch, "
+            f"{inputs.type.shape[1]}): {type(error).__name__}: {_first_line(error)}"
+        ) from error
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
+def _probe_encoder(
+    latent: LocalLatent, probe: TensorVariable, outputs: tuple, matrix: np.ndarray
+) -> None:
+    """Run a user encoder once on every unit, so that a shape or value known only at run time is
+    reported here, with the latent's name, rather than from deep inside the first step.
+
+    Compiled in FAST_COMPILE mode (no backend compilation): this runs once.
+    """
+    try:
+        with warnings.catch_warnings():
+            # FAST_COMPILE's rewrites read PyTensor's BLAS flags, which warns on a pip install;
+            # this Python-only probe uses no BLAS, so the warning would only mislead.
+            warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
+            probe_fn = pytensor.function([probe], list(outputs), mode="FAST_COMPILE")
+        mean, log_sd = probe_fn(matrix)
+    except Exception as error:
+        raise AmortizationError(
+            f"The encoder of '{latent.name}' failed on the {matrix.shape[0]} units' inputs "
+            f"(shape {matrix.shape}): {type(error).__name__}: {_first_line(error)}"
+        ) from error
+    expected = (matrix.shape[0], latent.event_size)
+    for label, value in (("mean", mean), ("log_sd", log_sd)):
+        if value.shape != expected:
+            raise AmortizationError(
+                f"The encoder of '{latent.name}' returned a {label} of shape {value.shape} for "
+                f"{matrix.shape[0]} units; it must be {expected}, one row of "
+                f"{latent.event_size} per unit."
+            )
+        if not np.isfinite(value).all():
+            raise AmortizationError(
+                f"The encoder of '{latent.name}' returned a {label} with NaN or inf at its initial "
+                "weights; check its initialisation and inputs."
+            )
 
 
 class AmortizedApproximation:
@@ -162,12 +225,15 @@ class AmortizedApproximation:
             )
             probe = pt.matrix(f"{latent.name}_probe", shape=(None, matrix.shape[1]))
             outputs = check_encoder_outputs(
-                latent.name, self._encoders[latent.name](probe), latent.event_size
+                latent.name,
+                _call_encoder(latent.name, self._encoders[latent.name], probe),
+                latent.event_size,
             )
             params = encoder_params(outputs, exclude=list(self.encoder_inputs.values()))
             if latent.name in owned_encoders:
                 copies = {}
             else:
+                _probe_encoder(latent, probe, outputs, self.encoder_inputs[latent.name].get_value())
                 # Train copies, so that the user's encoder object keeps its weights.
                 copies = {
                     p: pytensor.shared(p.get_value(borrow=False), name=p.name) for p in params
@@ -175,6 +241,24 @@ class AmortizedApproximation:
             self._param_copies[latent.name] = copies
             self.encoder_params += [copies.get(p, p) for p in params]
         self._encode_fns: dict[str, pytensor.compile.Function] = {}
+        #: Where the last fit or refine diverged (a :class:`~pymc_amortize.DivergenceInfo`), or None.
+        self.divergence = None
+
+    def nonfinite_params(self) -> tuple[str, ...]:
+        """Names of the parameters with a NaN or infinite entry, globals by variable."""
+        names = []
+        if self.global_group is not None:
+            for label, param in (("mean", self.global_group.mean), ("rho", self.global_group.rho)):
+                value = param.get_value(borrow=True)
+                for var_name, slc, _, _ in self.global_group.ordering.values():
+                    if not np.isfinite(value[slc]).all():
+                        names.append(f"{label} of {var_name}")
+        names += [
+            p.name or "unnamed encoder weight"
+            for p in self.encoder_params
+            if not np.isfinite(p.get_value(borrow=True)).all()
+        ]
+        return tuple(names)
 
     # -- what PyMC's Inference loop reads -------------------------------------------------------
     @property

@@ -21,7 +21,7 @@ import pytensor
 import pytensor.tensor as pt
 from pymc.progress_bar import default_progress_theme
 from pymc.pytensorf import compile as compile_pymc
-from pymc.variational.inference import Inference
+from pymc.variational.inference import Inference, State
 from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
@@ -40,7 +40,7 @@ _HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
 
 @dataclass(frozen=True)
 class DivergenceInfo:
-    """Where a fit met a non-finite loss, and what was restored."""
+    """Where a fit met a non-finite loss or parameter, and what was restored."""
 
     step: int
     nonfinite_params: tuple[str, ...]
@@ -49,10 +49,11 @@ class DivergenceInfo:
     def message(self) -> str:
         params = ", ".join(self.nonfinite_params) or "none (the loss alone)"
         return (
-            f"Amortized VI diverged at step {self.step}: the loss became NaN or infinite "
-            f"(non-finite parameters: {params}). Stopped and restored the best parameters, from "
-            f"step {self.restored_step}. Resume with a smaller learning rate, e.g. "
-            "pm.fit(..., obj_optimizer=pm.adam(learning_rate=1e-3)), or "
+            f"Amortized VI diverged at step {self.step}: the loss or the parameters became NaN or "
+            f"infinite (non-finite parameters: {params}). Stopped and restored the best "
+            f"parameters, from step {self.restored_step}. To resume from them, call fit again on "
+            "the same AmortizedVI with a smaller learning rate, e.g. "
+            "inference.fit(n, obj_optimizer=pm.adam(learning_rate=1e-3)), or pass "
             "total_grad_norm_constraint=10."
         )
 
@@ -61,12 +62,20 @@ class _GuardedStep:
     """Calls the compiled step; on a non-finite loss restores the best snapshot and stops.
 
     The state (parameters and optimizer moments) is snapshotted every ``checkpoint_every`` steps
-    when the mean loss over that window is the best so far, which costs one copy per window.
+    when the mean loss over that window is the best so far and the state is finite, which costs
+    one copy per window. ``describe_nonfinite`` names the model parameters that are not finite.
     """
 
-    def __init__(self, fn: Callable, state: Sequence[SharedVariable], checkpoint_every: int = 100):
+    def __init__(
+        self,
+        fn: Callable,
+        state: Sequence[SharedVariable],
+        describe_nonfinite: Callable[[], tuple[str, ...]],
+        checkpoint_every: int = 100,
+    ):
         self.fn = fn
         self.state = list(state)
+        self.describe_nonfinite = describe_nonfinite
         self.checkpoint_every = checkpoint_every
         self.step = 0
         self.best_loss = np.inf
@@ -81,28 +90,41 @@ class _GuardedStep:
     def _snapshot(self) -> list[np.ndarray]:
         return [v.get_value(borrow=False) for v in self.state]
 
+    def _state_is_finite(self) -> bool:
+        return all(np.isfinite(v.get_value(borrow=True)).all() for v in self.state)
+
+    def _restore(self) -> None:
+        self.diverged = DivergenceInfo(self.step, self.describe_nonfinite(), self.best_step)
+        for var, value in zip(self.state, self.best_values, strict=True):
+            var.set_value(value.copy())
+
     def __call__(self) -> np.ndarray:
         started = time.perf_counter()
         loss = self.fn()
         elapsed = time.perf_counter() - started
         self.step += 1
         if not np.isfinite(loss):
-            bad = tuple(
-                v.name or "unnamed" for v in self.state if not np.isfinite(v.get_value()).all()
-            )
-            for var, value in zip(self.state, self.best_values, strict=True):
-                var.set_value(value)
-            self.diverged = DivergenceInfo(self.step, bad, self.best_step)
+            self._restore()
             raise StopIteration(self.diverged.message())
         self.seconds.append(elapsed)
         self.window += float(loss)
         if self.step % self.checkpoint_every == 0:
             mean = self.window / self.checkpoint_every
             self.window = 0.0
-            if mean < self.best_loss:
+            # The loss is computed before the update, so the state itself must be checked too.
+            if mean < self.best_loss and self._state_is_finite():
                 self.best_loss, self.best_step = mean, self.step
                 self.best_values = self._snapshot()
         return loss
+
+    def check_final_state(self) -> None:
+        """Restore the best snapshot when the last update left a non-finite parameter.
+
+        The last step's loss is that of the parameters before its update, so a blow-up in the
+        very last update is only seen here.
+        """
+        if self.diverged is None and not self._state_is_finite():
+            self._restore()
 
     @property
     def profile(self):
@@ -234,7 +256,7 @@ class AmortizedObjective:
             for v in updates
             if isinstance(v, SharedVariable) and not isinstance(v.type, RandomType)
         ]
-        self.guard = _GuardedStep(fn, state)
+        self.guard = _GuardedStep(fn, state, self.approx.nonfinite_params)
         return self.guard
 
 
@@ -450,6 +472,10 @@ class AmortizedVI(Inference):
         return approx
 
     def refine(self, n, progressbar=True, progressbar_theme=default_progress_theme):
+        if not isinstance(n, int | np.integer) or n <= 0:
+            raise AmortizationError(
+                f"n (the number of steps) must be a positive integer; got {n!r}."
+            )
         timed_before, hist_before = self.approx.step_seconds, self.hist.size
         first = len(self.objective.guard.seconds) if self.objective.guard is not None else 0
         super().refine(n, progressbar, progressbar_theme)
@@ -465,9 +491,40 @@ class AmortizedVI(Inference):
         timed = np.pad(timed, (0, n_steps - timed.size), constant_values=np.nan)
         self.approx.step_seconds = np.concatenate([timed_before, timed])
 
+    def _iterate_with_loss(self, s, n, step_func, progressbar, progressbar_theme, callbacks):
+        if n >= 10:
+            return super()._iterate_with_loss(
+                s, n, step_func, progressbar, progressbar_theme, callbacks
+            )
+        # PyMC 6.4's loop, stopped early in a run of fewer than 10 steps, logs `scores[i]` after
+        # cutting `scores` to i entries and so raises IndexError. For such short runs we keep the
+        # losses ourselves and finish its bookkeeping (hist, State) when that happens.
+        losses: list[float] = []
+
+        def recorded_step():
+            loss = step_func()
+            losses.append(loss)
+            return loss
+
+        recorded_step.profile = None
+        try:
+            state = super()._iterate_with_loss(
+                s, n, recorded_step, progressbar, progressbar_theme, callbacks
+            )
+            return state._replace(step=step_func)  # refine steps without the recorder
+        except IndexError:
+            guard = self.objective.guard
+            if guard is None or guard.diverged is None:
+                raise
+            self.hist = np.concatenate([self.hist, np.asarray(losses, dtype=float)])
+            return State(len(losses) + s, step=step_func, callbacks=callbacks, score=True)
+
     def _warn_if_diverged(self):
         guard = self.objective.guard
-        if guard is not None and guard.diverged is not None:
-            self.approx.divergence = guard.diverged
+        if guard is None:
+            return
+        guard.check_final_state()
+        self.approx.divergence = guard.diverged
+        if guard.diverged is not None:
             warnings.warn(guard.diverged.message(), DivergenceWarning, stacklevel=3)
             guard.diverged = None

@@ -163,6 +163,14 @@ def build_batch_logjoint(model: pm.Model, plate: UnitPlate, *, minibatch: bool) 
                 f"The log density of '{var.name}' couples the units (it is not one term per unit), "
                 "so it cannot be estimated from a minibatch of units. Fit with batch_size=None."
             )
+        if minibatch and term.type.shape[0] is not None:
+            raise AmortizationError(
+                f"The log density of '{var.name}' has a fixed length of {term.type.shape[0]} "
+                "units in the model (a literal shape= or a parameter array of that length), so it "
+                "cannot be evaluated on a minibatch of units. Give the unit axis a dim "
+                "(pm.Model(coords={'unit': range(N)}) and dims='unit'), or fit with "
+                "batch_size=None."
+            )
         unit_terms.append(term)
 
     global_values = {

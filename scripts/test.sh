@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-.venv/bin/ruff check pymc_amortize tests benchmarks docs/conf.py
+.venv/bin/ruff check pymc_amortize tests benchmarks docs
 .venv/bin/python -m pytest "$@"
 if [ "$#" -eq 0 ]; then
     # Every notebook runs top to bottom on its small settings; they are committed without outputs.
