@@ -158,8 +158,8 @@ def test_fit_amortized_same_seed_same_result_different_seed_different():
     for name in ("theta", "z"):
         np.testing.assert_array_equal(first.posterior[name], again.posterior[name])
         assert not np.array_equal(first.posterior[name], other.posterior[name])
-    np.testing.assert_array_equal(first["loss"]["loss"], again["loss"]["loss"])
-    assert not np.array_equal(first["loss"]["loss"], other["loss"]["loss"])
+    np.testing.assert_array_equal(first["amortized_fit"]["loss"], again["amortized_fit"]["loss"])
+    assert not np.array_equal(first["amortized_fit"]["loss"], other["amortized_fit"]["loss"])
 
 
 def test_new_unit_draws_and_elbo_estimate_follow_the_seed():
