@@ -7,11 +7,18 @@ method behaves as before.
 from pymc_amortize import registration
 from pymc_amortize.analysis import LocalLatent, UnitPlate, find_local_latents
 from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
+from pymc_amortize.diagnostics import (
+    AmortizationGap,
+    MeanFieldELBO,
+    SemiAmortizedApproximation,
+    amortization_gap,
+    refine,
+)
 from pymc_amortize.encoders import MLPEncoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.fit import fit_amortized
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
-from pymc_amortize.objectives import ELBO
+from pymc_amortize.objectives import ELBO, IWAE
 
 registration.install()
 
@@ -19,7 +26,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "IWAE",
     "AmortizationError",
+    "AmortizationGap",
     "AmortizedApproximation",
     "AmortizedVI",
     "DivergenceInfo",
@@ -27,7 +36,11 @@ __all__ = [
     "LocalLatent",
     "LocalPosterior",
     "MLPEncoder",
+    "MeanFieldELBO",
+    "SemiAmortizedApproximation",
     "UnitPlate",
+    "amortization_gap",
     "find_local_latents",
     "fit_amortized",
+    "refine",
 ]
