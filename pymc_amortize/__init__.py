@@ -19,6 +19,7 @@ from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.fit import fit_amortized
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO, IWAE
+from pymc_amortize.serialization import load_approximation, save_approximation
 
 registration.install()
 
@@ -42,5 +43,7 @@ __all__ = [
     "amortization_gap",
     "find_local_latents",
     "fit_amortized",
+    "load_approximation",
     "refine",
+    "save_approximation",
 ]

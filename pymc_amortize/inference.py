@@ -386,6 +386,13 @@ class AmortizedVI(Inference):
             start_sigma=start_sigma,
             random_seed=random_seed,
         )
+        # What save_approximation needs to rebuild the encoders on load.
+        approx.build_options = {
+            "encoder_widths": [int(w) for w in encoder_widths],
+            "activation": activation,
+            "standardize_inputs": bool(standardize_inputs),
+            "user_encoders": bool(encoder) or not isinstance(activation, str),
+        }
         self.hist = np.asarray(())
         self.state = None
         self.objective = AmortizedObjective(
