@@ -7,6 +7,7 @@ method behaves as before.
 from pymc_amortize import registration
 from pymc_amortize.analysis import LocalLatent, UnitPlate, find_local_latents
 from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
+from pymc_amortize.compare import Comparison, compare
 from pymc_amortize.diagnostics import (
     AmortizationGap,
     MeanFieldELBO,
@@ -32,6 +33,7 @@ __all__ = [
     "AmortizationGap",
     "AmortizedApproximation",
     "AmortizedVI",
+    "Comparison",
     "DivergenceInfo",
     "DivergenceWarning",
     "LocalLatent",
@@ -41,6 +43,7 @@ __all__ = [
     "SemiAmortizedApproximation",
     "UnitPlate",
     "amortization_gap",
+    "compare",
     "find_local_latents",
     "fit_amortized",
     "load_approximation",
