@@ -38,8 +38,8 @@ def log_evidence(x, tau=TAU, sigma=SIGMA):
 
 def fit(model, objective=None, seed=1):
     inference = AmortizedVI(model=model, encoder_widths=(), objective=objective, random_seed=seed)
-    inference.fit(1500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
-    approx = inference.fit(1000, obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
+    inference.fit(2500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
+    approx = inference.fit(1500, obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
     return inference, approx
 
 
