@@ -7,12 +7,21 @@ method behaves as before.
 from pymc_amortize import registration
 from pymc_amortize.analysis import LocalLatent, UnitPlate, find_local_latents
 from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
+from pymc_amortize.compare import Comparison, compare
+from pymc_amortize.diagnostics import (
+    AmortizationGap,
+    MeanFieldELBO,
+    SemiAmortizedApproximation,
+    amortization_gap,
+    refine,
+)
 from pymc_amortize.encoders import MLPEncoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.fit import fit_amortized
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
-from pymc_amortize.objectives import ELBO
+from pymc_amortize.objectives import ELBO, IWAE
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
+from pymc_amortize.serialization import load_approximation, save_approximation
 
 registration.install()
 
@@ -20,17 +29,27 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "IWAE",
     "AmortizationError",
+    "AmortizationGap",
     "AmortizedApproximation",
     "AmortizedVI",
+    "Comparison",
     "DivergenceInfo",
     "DivergenceWarning",
     "LocalLatent",
     "LocalPosterior",
     "MLPEncoder",
+    "MeanFieldELBO",
     "PSISDiagnostic",
+    "SemiAmortizedApproximation",
     "UnitPlate",
+    "amortization_gap",
+    "compare",
     "find_local_latents",
     "fit_amortized",
+    "load_approximation",
     "psis_diagnostic",
+    "refine",
+    "save_approximation",
 ]

@@ -23,8 +23,13 @@ _FIT_OPTIONS = set(inspect.signature(AmortizedVI.fit).parameters) - {"self", "n"
 
 
 def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
-    """Serve ``pm.fit(method="amortized", ...)``; ``arguments`` are pm.fit's bound arguments."""
+    """Serve ``pm.fit(method="amortized", ...)``; ``arguments`` are pm.fit's bound arguments.
+
+    ``refine=n`` adds ``n`` steps of per-unit F-VI after the A-VI fit (semi-amortized VI, see
+    :func:`pymc_amortize.refine`) and returns a ``SemiAmortizedApproximation``.
+    """
     options = dict(arguments.pop("kwargs", {}))
+    refine_steps = options.pop("refine", None)
     inf_kwargs = dict(arguments.pop("inf_kwargs", None) or {})
     arguments.pop("method")
     n = arguments.pop("n", 10_000)
@@ -47,7 +52,17 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
     unknown_inf = set(constructor) - _CONSTRUCTOR_OPTIONS
     if unknown_inf:
         raise TypeError(f"inf_kwargs has unknown option(s) {sorted(unknown_inf)} for AmortizedVI.")
-    return AmortizedVI(**constructor).fit(n, **fit_options)
+    approx = AmortizedVI(**constructor).fit(n, **fit_options)
+    if refine_steps is None:
+        return approx
+    from pymc_amortize.diagnostics import refine
+
+    return refine(
+        approx,
+        refine_steps,
+        random_seed=constructor.get("random_seed"),
+        progressbar=fit_options.get("progressbar", True),
+    )
 
 
 def fit_amortized(

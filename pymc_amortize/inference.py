@@ -148,6 +148,11 @@ class _RandomDraws:
         return value
 
 
+def _gaussian_log_q(eps: pt.TensorVariable, log_sd: pt.TensorVariable, axis) -> pt.TensorVariable:
+    """log q of the draws mean + sd·eps, summed over ``axis`` (the reparameterised form)."""
+    return (-0.5 * eps**2 - log_sd - 0.5 * math.log(2.0 * math.pi)).sum(axis=axis)
+
+
 class AmortizedObjective:
     """Builds and compiles the training step of an :class:`AmortizedApproximation`."""
 
@@ -170,8 +175,9 @@ class AmortizedObjective:
 
     def mc_terms(
         self, n_draws: int, random: _RandomDraws, *, full_batch: bool = False
-    ) -> tuple[pt.TensorVariable, pt.TensorVariable]:
-        """Symbolic (n_draws,) log joint draws (local terms scaled by N/B) and the exact entropy.
+    ) -> tuple[pt.TensorVariable, pt.TensorVariable, pt.TensorVariable]:
+        """Symbolic (n_draws,) log joint draws (local terms scaled by N/B), the exact entropy, and
+        the (n_draws,) log q of the draws (local terms scaled likewise).
 
         The graph draws its own minibatch and noise through ``random``.
         """
@@ -190,12 +196,13 @@ class AmortizedObjective:
             return var if index is None else var[index]
 
         data = {name: rows(node) for name, (_, node) in self.logjoint.unit_data.items()}
-        global_draws, entropy = {}, pt.zeros(())
+        global_draws, entropy, log_q = {}, pt.zeros(()), pt.zeros((n_draws,))
         if approx.global_group is not None:
             eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, approx.n_global))
             global_draws = approx.global_draws(eps)
             log_sd = pt.log(pt.softplus(approx.global_group.rho))
             entropy = log_sd.sum() + approx.n_global * _HALF_LOG_2PI_E
+            log_q = _gaussian_log_q(eps, log_sd, axis=1)
 
         scale = n_units / batch
         local_draws = {}
@@ -207,23 +214,31 @@ class AmortizedObjective:
             draws = mean + pt.exp(log_sd) * eps
             local_draws[latent.value_name] = draws.reshape((n_draws, batch, *latent.event_shape))
             entropy = entropy + scale * log_sd.sum() + n_units * latent.event_size * _HALF_LOG_2PI_E
+            log_q = log_q + scale * _gaussian_log_q(eps, log_sd, axis=(1, 2))
 
         log_joint = self.logjoint.per_draw(
             global_draws, local_draws, data, pt.constant(batch, dtype="int64"), scale
         )
-        return log_joint, entropy
+        return log_joint, entropy, log_q
 
     def estimate_elbo(
-        self, n_draws: int = 1000, *, repeats: int = 1, random_seed: int | None = None
+        self,
+        n_draws: int = 1000,
+        *,
+        repeats: int = 1,
+        random_seed: int | None = None,
+        objective: Objective | None = None,
     ) -> tuple[float, float]:
-        """Monte Carlo ELBO at the current parameters, and its standard error.
+        """Monte Carlo ELBO (or ``objective``'s bound) at the current parameters, and its SE.
 
-        Full batch (all units), ``n_draws`` draws per evaluation, ``repeats`` evaluations; the
-        parameters are not changed.
+        Full batch (all units), ``n_draws`` estimates per evaluation (each from K draws for
+        ``IWAE(K)``), ``repeats`` evaluations; the parameters are not changed.
         """
+        objective = objective if objective is not None else ELBO()
         random = _RandomDraws()
-        log_joint, entropy = self.mc_terms(n_draws, random, full_batch=True)
-        fn = compile_pymc([], log_joint + entropy, updates=random.updates, random_seed=random_seed)
+        terms = self.mc_terms(n_draws * objective.n_particles, random, full_batch=True)
+        estimates = objective.per_estimate(*terms)
+        fn = compile_pymc([], estimates, updates=random.updates, random_seed=random_seed)
         values = np.concatenate([fn() for _ in range(repeats)])
         return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
 
@@ -240,7 +255,8 @@ class AmortizedObjective:
             raise AmortizationError(f"obj_n_mc must be a positive integer; got {obj_n_mc!r}.")
         optimizer = obj_optimizer if obj_optimizer is not None else pm.adam(learning_rate=1e-3)
         random = _RandomDraws()
-        loss = self.objective.loss(*self.mc_terms(int(obj_n_mc), random))
+        n_draws = int(obj_n_mc) * self.objective.n_particles
+        loss = self.objective.loss(*self.mc_terms(n_draws, random))
         params = self.approx.params
         grads = pytensor.grad(loss, params)
         if total_grad_norm_constraint is not None:
@@ -355,8 +371,9 @@ class AmortizedVI(Inference):
         when omitted.
     standardize_inputs : bool
         Centre and scale each encoder input column (a reparameterisation for an affine first layer).
-    objective : ELBO, optional
-        The variational objective (the ELBO when omitted).
+    objective : ELBO or IWAE, optional
+        The variational objective (the ELBO when omitted); ``IWAE(K)`` for the importance-weighted
+        bound (full batch only).
     random_seed : int, optional
         Seeds the initial weights, the Monte Carlo draws and the minibatches.
     start, start_sigma : dict, optional
@@ -390,6 +407,12 @@ class AmortizedVI(Inference):
             )
         if batch_size == plate.size:
             batch_size = None
+        if batch_size is not None and objective is not None and objective.n_particles > 1:
+            raise AmortizationError(
+                f"objective={objective!r} needs batch_size=None: the importance-weighted bound is "
+                "a log-mean-exp over the whole data set's weights, and a minibatch's scaled weight "
+                "gives a biased estimate of it. Use the ELBO with batch_size, or the full batch."
+            )
         encoders, owned = _build_encoders(
             plate, model, encoder, encoder_widths, activation, init_scale, random_seed
         )
@@ -403,12 +426,16 @@ class AmortizedVI(Inference):
             start_sigma=start_sigma,
             random_seed=random_seed,
         )
+        # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
         approx.settings = {
             "batch_size": batch_size if batch_size is not None else plate.size,
             "init_scale": init_scale,
-            "standardize_inputs": standardize_inputs,
+            "standardize_inputs": bool(standardize_inputs),
             "objective": type(objective).__name__ if objective is not None else "ELBO",
             "random_seed": random_seed,
+            "encoder_widths": [int(w) for w in encoder_widths],
+            "activation": activation if isinstance(activation, str) else repr(activation),
+            "user_encoders": bool(encoder) or not isinstance(activation, str),
         }
         self.hist = np.asarray(())
         self.state = None
