@@ -1,4 +1,4 @@
-"""PSIS diagnostics on the linear and saw models: the numbers behind tests/test_diagnostics.py.
+"""PSIS diagnostics on the linear and saw models: the numbers behind tests/test_psis_and_results.py.
 
 Run: ``source scripts/env.sh && python -m benchmarks.psis_diagnostics`` (about a minute).
 """
@@ -9,7 +9,7 @@ import numpy as np
 import pymc as pm
 from scipy.stats import spearmanr
 
-import tests.test_diagnostics as t
+import tests.test_psis_and_results as t
 from pymc_amortize import AmortizedVI
 from pymc_amortize.paper import LINEAR_SIGMA, LINEAR_TAU, linear_data, linear_model
 from pymc_amortize.psis import psis_diagnostic
