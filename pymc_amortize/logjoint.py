@@ -63,10 +63,13 @@ class BatchLogJoint:
         replace |= {self.local_values[k]: v for k, v in local_draws.items()}
         terms = self.global_terms + self.unit_terms
         drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
-        terms = vectorize_graph(terms, replace)
         data = {placeholder: unit_data[name] for name, (placeholder, _) in self.unit_data.items()}
         data[self.batch_size] = batch_size
+        # Data first, draws second: clone_replace clones every ancestor of its outputs, so run
+        # after the draws were in, it would copy the encoder graph, and the draws and the entropy
+        # would each get their own copy and their own (duplicated) backward pass.
         terms = clone_replace(terms, data, rebuild_strict=False)
+        terms = vectorize_graph(terms, replace)
         n_global = len(self.global_terms)
         total = pt.zeros(())
         for i, (term, has_draw_axis) in enumerate(zip(terms, drawn, strict=True)):
