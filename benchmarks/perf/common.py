@@ -1,0 +1,160 @@
+"""Shared harness of the performance benchmarks: step builders, interleaved timing, results files.
+
+Every ratio in these benchmarks is measured in one process, with the contenders timed in turn
+(A, B, A, B, ...) after a warm-up, so that a machine whose speed drifts (a shared 2-core box) moves
+both sides of a ratio together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pymc as pm
+import pytensor
+
+import pymc_amortize  # noqa: F401  (registers method="amortized")
+from pymc_amortize.inference import AmortizedVI
+
+RESULTS = Path(__file__).parent / "results"
+
+
+# -- step builders ----------------------------------------------------------------------------
+def avi_inference(bench, *, batch_size=None, random_seed=0, **kwargs) -> AmortizedVI:
+    with bench.model:
+        return AmortizedVI(
+            bench.local,
+            encoder_widths=bench.encoder_widths,
+            batch_size=batch_size,
+            random_seed=random_seed,
+            **kwargs,
+        )
+
+
+def avi_step(bench, *, batch_size=None, lr=1e-2, mode=None, random_seed=0) -> Callable:
+    """The compiled A-VI step (no Python guard): one call is one Adam step."""
+    inference = avi_inference(bench, batch_size=batch_size, random_seed=random_seed)
+    kwargs = {"mode": mode} if mode else {}
+    guard = inference.objective.step_function(
+        obj_optimizer=pm.adam(learning_rate=lr), compile_kwargs=kwargs
+    )
+    return _synced(guard.fn)
+
+
+def _synced(fn: Callable) -> Callable:
+    # The JAX backend returns before the work is done; reading the loss waits for it (as the
+    # guard's float() does in a fit, and as the NumPyro step does).
+    def step() -> float:
+        out = fn()
+        return float(out[0] if isinstance(out, list) else out)
+
+    return step
+
+
+def advi_step(bench, *, lr=1e-2, mode=None, random_seed=0) -> Callable:
+    """PyMC ADVI's compiled step on the same model object."""
+    with bench.model:
+        advi = pm.ADVI(random_seed=random_seed)
+    kwargs = {"mode": mode} if mode else {}
+    return _synced(
+        advi.objective.step_function(
+            score=True, obj_optimizer=pm.adam(learning_rate=lr), compile_kwargs=kwargs
+        )
+    )
+
+
+def n_params(shared_vars) -> int:
+    return int(sum(np.asarray(v.get_value()).size for v in shared_vars))
+
+
+# -- timing -----------------------------------------------------------------------------------
+def interleaved(
+    contenders: dict[str, Callable], *, repeats: int, calls: int, warmup: int = 2
+) -> dict[str, np.ndarray]:
+    """Seconds per call of each contender: ``repeats`` rounds, each timing ``calls`` calls of every
+    contender in turn. Returns the per-round means (the min/median over rounds are the figures)."""
+    for fn in contenders.values():
+        for _ in range(warmup * calls):
+            fn()
+    out = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            out[name].append((time.perf_counter() - start) / calls)
+    return {name: np.asarray(v) for name, v in out.items()}
+
+
+def summary(seconds: np.ndarray) -> dict:
+    return {
+        "min_ms": float(seconds.min() * 1e3),
+        "median_ms": float(np.median(seconds) * 1e3),
+        "max_ms": float(seconds.max() * 1e3),
+    }
+
+
+def paired_ratio(a: np.ndarray, b: np.ndarray) -> float:
+    """Median of the round-by-round ratios a/b (rounds were timed back to back)."""
+    return float(np.median(a / b))
+
+
+# -- machine and results ----------------------------------------------------------------------
+def machine() -> dict:
+    import numpy
+    import pymc
+
+    versions = {"python": platform.python_version(), "pymc": pymc.__version__}
+    versions |= {"pytensor": pytensor.__version__, "numpy": numpy.__version__}
+    try:
+        import jax
+        import numpyro
+
+        versions |= {"jax": jax.__version__, "numpyro": numpyro.__version__}
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+        "pytensor_default_mode": str(pytensor.config.mode),
+        "versions": versions,
+    }
+
+
+def write_results(name: str, payload: dict, table: str, *, quick: bool) -> Path:
+    """Save a benchmark's JSON and its markdown section (read by ``benchmarks.perf.report``)."""
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"benchmark": name, "quick": quick, "machine": machine()} | payload
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1, default=float))
+    (RESULTS / f"{name}.md").write_text(table)
+    print(table)
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,143 @@
+"""Benchmark 5: where a step's time goes — per-call overhead vs arithmetic, and what we removed.
+
+    python -m benchmarks.perf.profile_step [--quick]
+
+Timed in turn in one process, nonlinear model, NUMBA, float64:
+
+* a trivial compiled function (one scalar update): PyTensor's fixed cost per call;
+* the compiled A-VI step at B = 10, B = 1,000 and full batch, and the B = 1,000 step through the
+  divergence guard that ``pm.fit`` calls (the guard's Python cost per step);
+* the full-batch step built as before this branch: pytensor-ml layers left as opaque
+  ``OpFromGraph`` nodes (the old ``symbolic_encode``) and the data replaced after the draws (the old
+  ``per_draw``, which duplicated the log-sd network's backward pass).
+
+Graph sizes (apply nodes, matrix products) of the compiled full-batch steps are printed too.
+(PyTensor's own profiler cannot split a NUMBA step, which compiles to one function, by node.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import numpy as np
+import pymc as pm
+import pytensor
+from pytensor.graph.replace import clone_replace, vectorize_graph
+from pytensor.graph.traversal import ancestors
+from pytensor_ml.base import LayerOp
+
+import pymc_amortize.approximation as approximation_module
+import pymc_amortize.logjoint as logjoint_module
+from benchmarks.perf import common, models
+
+
+def _old_per_draw(self, global_draws, local_draws, unit_data, batch_size, scale):
+    replace = {self.global_values[k]: v for k, v in global_draws.items()}
+    replace |= {self.local_values[k]: v for k, v in local_draws.items()}
+    terms = self.global_terms + self.unit_terms
+    drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
+    terms = vectorize_graph(terms, replace)
+    data = {placeholder: unit_data[name] for name, (placeholder, _) in self.unit_data.items()}
+    data[self.batch_size] = batch_size
+    terms = clone_replace(terms, data, rebuild_strict=False)
+    total = 0.0
+    for i, (term, has_draw_axis) in enumerate(zip(terms, drawn, strict=True)):
+        summed = term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
+        total = total + (summed if i < len(self.global_terms) else scale * summed)
+    return total
+
+
+@contextlib.contextmanager
+def before_this_branch():
+    """Build steps as the core did before: opaque layers, data replaced after the draws."""
+    inline, per_draw = approximation_module.inline_layers, logjoint_module.BatchLogJoint.per_draw
+    approximation_module.inline_layers = list
+    logjoint_module.BatchLogJoint.per_draw = _old_per_draw
+    try:
+        yield
+    finally:
+        approximation_module.inline_layers = inline
+        logjoint_module.BatchLogJoint.per_draw = per_draw
+
+
+def graph_size(fn) -> tuple[int, int, int]:
+    """Apply nodes, matrix products and opaque pytensor-ml layer ops of a compiled function."""
+    nodes = fn.maker.fgraph.toposort()
+    dots = sum(1 for n in nodes if "Dot" in type(n.op).__name__ or "Gemm" in str(n.op))
+    opaque = sum(1 for n in nodes if isinstance(n.op, LayerOp) or "LOp" in str(n.op))
+    return len(nodes), dots, opaque
+
+
+def _guarded(bench, batch):
+    inference = common.avi_inference(bench, batch_size=batch)
+    return inference.objective.step_function(obj_optimizer=pm.adam(learning_rate=1e-2))
+
+
+def run(
+    *, quick: bool = False, n_units: int = 10_000, write: bool = True, repeats=None, calls=None
+):
+    repeats = repeats or (7 if quick else 21)
+    calls = calls or (20 if quick else 50)
+    bench = models.build("nonlinear", n_units)
+    counter = pytensor.shared(np.float64(0.0))
+    trivial = pytensor.function([], counter, updates={counter: counter + 1.0}, mode="NUMBA")
+    guard = _guarded(bench, min(1_000, n_units))
+    full = _guarded(bench, None)
+    with before_this_branch():
+        old = _guarded(bench, None)
+    contenders = {
+        "trivial compiled call": trivial,
+        "A-VI step B=10": common.avi_step(bench, batch_size=10),
+        "A-VI step B=1,000": guard.fn,
+        "A-VI step B=1,000 through the guard": guard,
+        "A-VI step full batch": full.fn,
+        "A-VI step full batch, before this branch": old.fn,
+    }
+    times = common.interleaved(contenders, repeats=repeats, calls=calls)
+    ref = times["A-VI step full batch"]
+    rows = []
+    for name, seconds in times.items():
+        s = common.summary(seconds)
+        rows.append([name, s["median_ms"], s["min_ms"], common.paired_ratio(seconds, ref)])
+    new_size, old_size = graph_size(full.fn), graph_size(old.fn)
+    overhead = {
+        "fixed_call_ms": float(np.median(times["trivial compiled call"]) * 1e3),
+        "guard_ms": float(
+            np.median(times["A-VI step B=1,000 through the guard"] - times["A-VI step B=1,000"])
+            * 1e3
+        ),
+        "old_over_new_full": common.paired_ratio(
+            times["A-VI step full batch, before this branch"], ref
+        ),
+    }
+    table = (
+        f"Nonlinear model, N = {n_units:,}, NUMBA, float64; {repeats} interleaved rounds of "
+        f"{calls} calls.\n\n"
+        + common.markdown_table(["call", "median ms", "min ms", "÷ full-batch step"], rows)
+        + f"\nCompiled full-batch step: {new_size[0]} apply nodes, {new_size[1]} matrix products "
+        f"and {new_size[2]} opaque layer ops (before this branch: {old_size[0]} nodes, "
+        f"{old_size[1]} products, {old_size[2]} opaque layer ops). "
+        f"Fixed cost per compiled call ≈ {overhead['fixed_call_ms'] * 1e3:.0f} µs; the guard adds "
+        f"≈ {overhead['guard_ms'] * 1e3:.0f} µs per step; the old full-batch step took "
+        f"{overhead['old_over_new_full']:.2f}× the current one.\n"
+    )
+    payload = {
+        "times_ms": {k: common.summary(v) for k, v in times.items()},
+        "graph": {"now": new_size, "before": old_size},
+        "overhead": overhead,
+    }
+    if write:
+        common.write_results("profile_step", payload, table, quick=quick)
+    return payload
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    run(quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
