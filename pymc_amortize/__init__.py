@@ -10,8 +10,10 @@ from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
 from pymc_amortize.encoders import MLPEncoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.fit import fit_amortized
+from pymc_amortize.indexed import IndexedLocal, IndexedPlate, find_indexed_plate
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO
+from pymc_amortize.pooled import IndexedApproximation, PooledEncoder
 
 registration.install()
 
@@ -24,10 +26,15 @@ __all__ = [
     "AmortizedVI",
     "DivergenceInfo",
     "DivergenceWarning",
+    "IndexedApproximation",
+    "IndexedLocal",
+    "IndexedPlate",
     "LocalLatent",
     "LocalPosterior",
     "MLPEncoder",
+    "PooledEncoder",
     "UnitPlate",
+    "find_indexed_plate",
     "find_local_latents",
     "fit_amortized",
 ]

@@ -28,6 +28,7 @@ from pymc_amortize.analysis import EncoderInputSpec, UnitPlate, find_local_laten
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.encoders import Encoder, MLPEncoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
+from pymc_amortize.indexed import IndexedPlate, find_indexed_plate
 from pymc_amortize.logjoint import build_batch_logjoint
 from pymc_amortize.objectives import ELBO, Objective
 
@@ -133,10 +134,14 @@ class AmortizedObjective:
         self.batch_size = batch_size
         self.objective = objective
         self.random_seed = random_seed
-        self.logjoint = build_batch_logjoint(
-            approx.model, approx.plate, minibatch=batch_size is not None
-        )
+        self.logjoint = self.build_logjoint()
         self.guard: _GuardedStep | None = None
+
+    def build_logjoint(self):
+        """The model's log joint on a batch, with placeholders for the per-unit quantities."""
+        return build_batch_logjoint(
+            self.approx.model, self.approx.plate, minibatch=self.batch_size is not None
+        )
 
     def mc_terms(
         self, n_draws: int, random: _RandomDraws, *, full_batch: bool = False
@@ -290,6 +295,16 @@ def _data_shape(model: pm.Model, name: str) -> tuple[int, ...]:
     return data_value(model, name).shape
 
 
+def _unit_path(plate: UnitPlate | IndexedPlate) -> tuple[Callable, type, type]:
+    """Encoder builder, approximation and objective classes for one kind of unit plate."""
+    if isinstance(plate, IndexedPlate):
+        # Imported here: the pooled path builds on this module's objective.
+        from pymc_amortize import pooled
+
+        return pooled.build_pooled_encoders, pooled.IndexedApproximation, pooled.IndexedObjective
+    return _build_encoders, AmortizedApproximation, AmortizedObjective
+
+
 class AmortizedVI(Inference):
     """Amortized variational inference: q(θ) ∏_n q(z_n; f_φ(x_n)).
 
@@ -340,7 +355,9 @@ class AmortizedVI(Inference):
         start_sigma: Mapping[str, np.ndarray] | None = None,
     ):
         model = pm.modelcontext(model)
-        plate = find_local_latents(model, local)
+        # Units that own many rows through an index array (the radon model) take the pooled path.
+        plate = find_indexed_plate(model, local) or find_local_latents(model, local)
+        build_encoders, approximation, objective_class = _unit_path(plate)
         if batch_size is not None and (
             not isinstance(batch_size, int | np.integer) or not 0 < batch_size <= plate.size
         ):
@@ -350,10 +367,10 @@ class AmortizedVI(Inference):
             )
         if batch_size == plate.size:
             batch_size = None
-        encoders, owned = _build_encoders(
+        encoders, owned = build_encoders(
             plate, model, encoder, encoder_widths, activation, init_scale, random_seed
         )
-        approx = AmortizedApproximation(
+        approx = approximation(
             model,
             plate,
             encoders,
@@ -365,7 +382,7 @@ class AmortizedVI(Inference):
         )
         self.hist = np.asarray(())
         self.state = None
-        self.objective = AmortizedObjective(
+        self.objective = objective_class(
             approx,
             batch_size=batch_size,
             objective=objective if objective is not None else ELBO(),
