@@ -319,6 +319,8 @@ class AmortizedApproximation:
         """
         rng = np.random.default_rng(random_seed)
         values = self._draw_globals(draws, rng) | self._draw_locals(draws, rng, self.encode())
+        # PyMC's trace passes a point's values to its function by position: model order.
+        values = {var.name: values[var.name] for var in self.model.value_vars}
         # PyMC's own trace turns value-space points into constrained values and deterministics.
         trace = NDArray(
             model=self.model, test_point={k: np.asarray(v[0]) for k, v in values.items()}

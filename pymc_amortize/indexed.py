@@ -34,12 +34,19 @@ from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.replace import clone_replace
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.subtensor import AdvancedSubtensor
+from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import LocalLatent, data_value
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.logjoint import BatchLogJoint
 
-__all__ = ["IndexedLocal", "IndexedLogJoint", "IndexedPlate", "find_indexed_plate"]
+__all__ = [
+    "IndexedLocal",
+    "IndexedLogJoint",
+    "IndexedPlate",
+    "find_indexed_plate",
+    "gather_unit_rows",
+]
 
 #: The key of the index array in new data when the model's index is a plain array (no name).
 INDEX_KEY = "index"
@@ -152,6 +159,25 @@ class IndexedPlate:
     def row_order(self) -> np.ndarray:
         """Row numbers sorted by unit (stable), int64 (n_rows,)."""
         return np.argsort(self.index, kind="stable").astype(np.int64)
+
+
+def gather_unit_rows(
+    units: TensorVariable,
+    counts: TensorVariable,
+    offsets: TensorVariable,
+    row_order: TensorVariable,
+) -> tuple[TensorVariable, TensorVariable]:
+    """All rows of the drawn ``units`` (B,) from a CSR layout, as (batch slot, row number) pairs.
+
+    Unit u's rows are ``row_order[offsets[u] : offsets[u] + counts[u]]``; they are laid end to end
+    in the order of ``units``. Returns the batch slot (0..B-1) of each gathered row, i.e. the
+    index remapped to the batch, and the row numbers into the full data. O(B + rows gathered).
+    """
+    n_rows = counts[units]
+    slot = pt.repeat(pt.arange(units.shape[0], dtype="int64"), n_rows)
+    start_minus_position = offsets[units] - (pt.cumsum(n_rows) - n_rows)
+    position = pt.arange(slot.shape[0], dtype="int64")
+    return slot, row_order[pt.repeat(start_minus_position, n_rows) + position]
 
 
 def _index_uses(model: pm.Model) -> list[tuple[str, Variable, str]]:

@@ -36,7 +36,12 @@ from pymc_amortize.encoders import (
     encoder_params,
 )
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.indexed import UNIT_COVARIATES_KEY, IndexedPlate, build_indexed_logjoint
+from pymc_amortize.indexed import (
+    UNIT_COVARIATES_KEY,
+    IndexedPlate,
+    build_indexed_logjoint,
+    gather_unit_rows,
+)
 from pymc_amortize.inference import _HALF_LOG_2PI_E, AmortizedObjective, _RandomDraws
 
 __all__ = ["IndexedApproximation", "IndexedObjective", "PooledEncoder"]
@@ -482,11 +487,9 @@ class IndexedObjective(AmortizedObjective):
             # B unit ids with replacement, then all their rows from the CSR layout: unit u's rows
             # are row_order[offsets[u] : offsets[u] + counts[u]], laid end to end.
             units = random(pt.random.integers, 0, n_units, size=(batch,))
-            counts = approx.row_counts[units]
-            unit_of_row = pt.repeat(pt.arange(batch, dtype="int64"), counts)
-            start_minus_position = approx.row_offsets[units] - (pt.cumsum(counts) - counts)
-            position = pt.arange(unit_of_row.shape[0], dtype="int64")
-            rows = approx.row_order[pt.repeat(start_minus_position, counts) + position]
+            unit_of_row, rows = gather_unit_rows(
+                units, approx.row_counts, approx.row_offsets, approx.row_order
+            )
 
         def select(var, index):
             return var if index is None or var is None else var[index]
