@@ -313,12 +313,16 @@ class AmortizedVI(Inference):
     local : mapping, optional
         ``{latent: inputs}``: the local latents and the data that feed their encoders (an observed
         variable or ``pm.Data`` name, a list of names, or an (N, k) array). Detected from the
-        model's dims when omitted.
+        model's dims when omitted. For units that own many rows through an index array
+        (``y ~ N(a[county_idx], ...)``) give ``{latent: IndexedLocal(...)}``, or nothing: a
+        latent used as ``a[index]`` in an observation is found, and each unit is encoded from the
+        set of its rows by a :class:`~pymc_amortize.PooledEncoder`.
     model : pm.Model, optional
         Taken from the context when omitted.
     encoder : callable or mapping, optional
         A user encoder, ``(B, k) tensor -> (mean, log_sd)``, e.g. built from pytensor-ml layers; a
-        mapping gives one per latent. Its weights are copied, never trained in place.
+        mapping gives one per latent. Its weights are copied, never trained in place. For an
+        indexed latent it takes ``(rows, unit_of_row, n_units, unit_covariates)``.
     encoder_widths : sequence of int
         Hidden widths of the default MLP encoder; ``()`` is an affine encoder.
     activation : str or callable
@@ -327,7 +331,7 @@ class AmortizedVI(Inference):
         sd of every q(z_n) at the start.
     batch_size : int, optional
         Units per step. Local terms are evaluated on the batch only and scaled by N/B. Full batch
-        when omitted.
+        when omitted. For an indexed latent a step takes all rows of its B units.
     standardize_inputs : bool
         Centre and scale each encoder input column (a reparameterisation for an affine first layer).
     objective : ELBO, optional

@@ -197,38 +197,27 @@ def _row_matrix(
 
 
 def _unit_covariate_matrix(
-    plate: IndexedPlate, data: Mapping[str, np.ndarray] | None, n_units: int | None
+    plate: IndexedPlate, data: Mapping[str, np.ndarray], n_units: int | None
 ) -> np.ndarray | None:
+    """The (n_units, c) unit covariates from ``data`` (model data or new units'), or None."""
     if plate.unit_covariates is not None:
-        matrix = plate.unit_covariates if data is None else data.get(UNIT_COVARIATES_KEY)
-        label = UNIT_COVARIATES_KEY
+        names = (UNIT_COVARIATES_KEY,)
     elif plate.unit_covariate_names:
-        if data is not None and (missing := set(plate.unit_covariate_names) - set(data)):
-            raise AmortizationError(
-                f"The encoder needs the unit covariate(s) {sorted(missing)} of the new units."
-            )
-        source = data if data is not None else {}
-        matrix = (
-            np.column_stack(
-                [
-                    np.asarray(source[n]).reshape(len(source[n]), -1)
-                    for n in plate.unit_covariate_names
-                ]
-            )
-            if data is not None
-            else None
-        )
-        label = ", ".join(plate.unit_covariate_names)
+        names = plate.unit_covariate_names
     else:
         return None
-    if matrix is None:
+    if missing := [n for n in names if n not in data]:
         raise AmortizationError(
-            f"The encoder needs per-unit covariates; pass them as new_data['{label}'] "
-            "(one row per new unit)."
+            f"The encoder needs the unit covariates {missing} of the new units, one row per unit."
         )
-    matrix = np.asarray(matrix)
-    matrix = matrix.reshape(matrix.shape[0], -1) if matrix.ndim else matrix.reshape(1, 1)
-    return _checked_matrix(label, matrix, n_units)
+    columns = [np.asarray(data[n]) for n in names]
+    columns = [c.reshape(c.shape[0], -1) if c.ndim else c.reshape(1, 1) for c in columns]
+    if len({c.shape[0] for c in columns}) != 1:
+        raise AmortizationError(
+            f"The unit covariates {list(names)} have different numbers of rows "
+            f"{[c.shape[0] for c in columns]}."
+        )
+    return _checked_matrix(", ".join(names), np.column_stack(columns), n_units)
 
 
 def build_pooled_encoders(
@@ -290,11 +279,12 @@ def build_pooled_encoders(
 
 def _fitted_unit_covariates(plate: IndexedPlate, model: pm.Model) -> np.ndarray | None:
     if plate.unit_covariates is not None:
-        return _checked_matrix(UNIT_COVARIATES_KEY, plate.unit_covariates, plate.size)
-    if not plate.unit_covariate_names:
-        return None
-    data = {n: data_value(model, n) for n in plate.unit_covariate_names}
-    return _unit_covariate_matrix(plate, data, plate.size)
+        return _unit_covariate_matrix(
+            plate, {UNIT_COVARIATES_KEY: plate.unit_covariates}, plate.size
+        )
+    return _unit_covariate_matrix(
+        plate, {n: data_value(model, n) for n in plate.unit_covariate_names}, plate.size
+    )
 
 
 class IndexedApproximation(AmortizedApproximation):

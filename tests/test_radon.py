@@ -254,6 +254,23 @@ def test_pm_fit_and_sample_give_arviz_data_under_model_dims(radon):
     assert {"mu_a", "sigma_a", "b", "sigma"} <= set(post.data_vars)
 
 
+def test_unit_covariates_feed_the_encoder(radon):
+    data, _ = radon
+    model = _uranium_model(data)
+    approx = pm.fit(300, method="amortized", model=model, random_seed=0, progressbar=False)
+    assert approx.encode()["a"].mean.shape == (85,)
+    rows = {"y": np.array([1.0, 2.0, 0.5]), "floor": np.zeros(3), "index": np.array([0, 1, 1])}
+    with pytest.raises(AmortizationError, match=r"unit covariates \['uranium'\]"):
+        approx.encode(rows)
+    q = approx.encode(rows | {"uranium": np.array([-1.0, 0.0, 2.0])})["a"]
+    assert q.mean.shape == (3,) and np.isfinite(q.sd).all()  # the third county has no rows
+    # An explicit covariate array instead of model data.
+    explicit = {"a": IndexedLocal(inputs=["y"], unit_covariates=np.ones((85, 2)))}
+    approx = pm.fit(50, method="amortized", model=model, local=explicit, progressbar=False)
+    q = approx.encode({"y": np.array([1.0]), "unit_covariates": np.ones((1, 2))})["a"]
+    assert q.mean.shape == (1,)
+
+
 def test_bad_indexed_specs_are_named(radon):
     data, model = radon
     with pytest.raises(AmortizationError, match="no variable 'cnty'"):
