@@ -36,7 +36,7 @@ from pytensor.graph.traversal import ancestors
 from pytensor.tensor.subtensor import AdvancedSubtensor
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import LocalLatent, data_value
+from pymc_amortize.analysis import LocalLatent, data_value, find_local_latents
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.logjoint import BatchLogJoint
 
@@ -253,6 +253,15 @@ def _check_rows(model: pm.Model, names: Sequence[str], n_rows: int, what: str) -
     return names
 
 
+def _has_row_units(model: pm.Model) -> bool:
+    """Whether the model has latents with one row per unit, which auto-detection prefers."""
+    try:
+        find_local_latents(model)
+    except AmortizationError:
+        return False
+    return True
+
+
 def find_indexed_plate(
     model: pm.Model, local: Mapping[str, object] | None = None
 ) -> IndexedPlate | None:
@@ -265,7 +274,8 @@ def find_indexed_plate(
     local : mapping, optional
         ``local=`` as given to ``pm.fit(method="amortized")``. Values that are
         :class:`IndexedLocal` name indexed latents; when ``local`` is omitted, every free latent
-        used as ``latent[index]`` in an observation is one. Any other ``local`` (per-row units)
+        used as ``latent[index]`` in an observation is one, unless the model has latents with one
+        row per unit (found from its dims), which keep the per-row path. Any other ``local``
         returns None.
 
     Returns
@@ -281,7 +291,7 @@ def find_indexed_plate(
     """
     uses = _index_uses(model)
     if local is None:
-        if not uses:
+        if not uses or _has_row_units(model):
             return None
         specs = {name: IndexedLocal() for name, _, _ in uses}
     else:

@@ -271,6 +271,20 @@ def test_unit_covariates_feed_the_encoder(radon):
     assert q.mean.shape == (1,)
 
 
+def test_per_row_units_keep_their_path():
+    # A global group effect looked up by index next to a per-row local: auto-detection keeps z.
+    rng = np.random.default_rng(0)
+    group = rng.integers(0, 3, 50)
+    with pm.Model(coords={"unit": range(50), "group": range(3)}) as model:
+        beta = pm.Normal("beta", 0, 1, dims="group")
+        z = pm.Normal("z", 0, 1, dims="unit")
+        pm.Normal("x", beta[group] + z, 1, observed=rng.normal(size=50), dims="unit")
+    assert find_indexed_plate(model) is None
+    assert AmortizedVI(model=model).approx.plate.latent_names == ("z",)
+    plate = find_indexed_plate(model, {"beta": IndexedLocal()})
+    assert plate.latent_names == ("beta",) and plate.size == 3
+
+
 def test_bad_indexed_specs_are_named(radon):
     data, model = radon
     with pytest.raises(AmortizationError, match="no variable 'cnty'"):
