@@ -18,8 +18,10 @@ from pymc_amortize.diagnostics import (
 from pymc_amortize.encoders import MLPEncoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.fit import fit_amortized
+from pymc_amortize.indexed import IndexedLocal, IndexedPlate, find_indexed_plate
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO, IWAE
+from pymc_amortize.pooled import IndexedApproximation, PooledEncoder
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 from pymc_amortize.serialization import load_approximation, save_approximation
 
@@ -37,15 +39,20 @@ __all__ = [
     "Comparison",
     "DivergenceInfo",
     "DivergenceWarning",
+    "IndexedApproximation",
+    "IndexedLocal",
+    "IndexedPlate",
     "LocalLatent",
     "LocalPosterior",
     "MLPEncoder",
     "MeanFieldELBO",
     "PSISDiagnostic",
+    "PooledEncoder",
     "SemiAmortizedApproximation",
     "UnitPlate",
     "amortization_gap",
     "compare",
+    "find_indexed_plate",
     "find_local_latents",
     "fit_amortized",
     "load_approximation",

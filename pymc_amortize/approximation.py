@@ -209,12 +209,21 @@ class AmortizedApproximation:
         self._encoders = dict(encoders)
         self._param_copies: dict[str, dict[SharedVariable, SharedVariable]] = {}
         self.encoder_params: list[SharedVariable] = []
-        for latent in plate.latents:
+        self._init_encoders(owned_encoders, standardize_inputs)
+        self._encode_fns: dict[str, pytensor.compile.Function] = {}
+        #: Where the last fit or refine diverged (a :class:`~pymc_amortize.DivergenceInfo`), or None.
+        self.divergence = None
+
+    def _init_encoders(self, owned_encoders: frozenset[str], standardize_inputs: bool) -> None:
+        """Encoder inputs, their scaling and the trainable copies of the encoders' weights."""
+        for latent in self.plate.latents:
             matrix = (
-                _checked_matrix(latent.name, latent.input_matrix, plate.size)
+                _checked_matrix(latent.name, latent.input_matrix, self.plate.size)
                 if latent.input_matrix is not None
                 else encoder_input_matrix(
-                    latent, {n: data_value(model, n) for n in latent.input_names}, plate.size
+                    latent,
+                    {n: data_value(self.model, n) for n in latent.input_names},
+                    self.plate.size,
                 )
             )
             scaling = InputScaling.fit(matrix, standardize_inputs)
@@ -240,9 +249,6 @@ class AmortizedApproximation:
                 }
             self._param_copies[latent.name] = copies
             self.encoder_params += [copies.get(p, p) for p in params]
-        self._encode_fns: dict[str, pytensor.compile.Function] = {}
-        #: Where the last fit or refine diverged (a :class:`~pymc_amortize.DivergenceInfo`), or None.
-        self.divergence = None
 
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""
@@ -421,6 +427,8 @@ class AmortizedApproximation:
         PyMC's own trace turns value-space points into constrained values and deterministics.
         """
         draws = len(next(iter(values.values())))
+        # PyMC's trace passes a point's values to its function by position: model order.
+        values = {var.name: values[var.name] for var in self.model.value_vars}
         trace = NDArray(
             model=self.model, test_point={k: np.asarray(v[0]) for k, v in values.items()}
         )

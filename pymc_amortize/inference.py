@@ -26,10 +26,11 @@ from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 
-from pymc_amortize.analysis import EncoderInputSpec, UnitPlate, find_local_latents
+from pymc_amortize.analysis import EncoderInputSpec, LocalLatent, UnitPlate, find_local_latents
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.encoders import Encoder, MLPEncoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
+from pymc_amortize.indexed import IndexedPlate, find_indexed_plate
 from pymc_amortize.logjoint import build_batch_logjoint
 from pymc_amortize.objectives import ELBO, Objective
 
@@ -168,10 +169,45 @@ class AmortizedObjective:
         self.batch_size = batch_size
         self.objective = objective
         self.random_seed = random_seed
-        self.logjoint = build_batch_logjoint(
-            approx.model, approx.plate, minibatch=batch_size is not None
-        )
+        self.logjoint = self.build_logjoint()
         self.guard: _GuardedStep | None = None
+
+    def build_logjoint(self):
+        """The model's log joint on a batch, with placeholders for the per-unit quantities."""
+        return build_batch_logjoint(
+            self.approx.model, self.approx.plate, minibatch=self.batch_size is not None
+        )
+
+    def draw_globals(
+        self, n_draws: int, random: _RandomDraws
+    ) -> tuple[dict[str, pt.TensorVariable], pt.TensorVariable, pt.TensorVariable]:
+        """Draws (S, *shape) of each global from q(θ), its exact entropy and the draws' log q."""
+        group = self.approx.global_group
+        if group is None:
+            return {}, pt.zeros(()), pt.zeros((n_draws,))
+        eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, self.approx.n_global))
+        log_sd = pt.log(pt.softplus(group.rho))
+        entropy = log_sd.sum() + self.approx.n_global * _HALF_LOG_2PI_E
+        return self.approx.global_draws(eps), entropy, _gaussian_log_q(eps, log_sd, axis=1)
+
+    def draw_local(
+        self,
+        latent: LocalLatent,
+        mean: pt.TensorVariable,
+        log_sd: pt.TensorVariable,
+        n_draws: int,
+        random: _RandomDraws,
+        *,
+        scale: float,
+    ) -> tuple[pt.TensorVariable, pt.TensorVariable, pt.TensorVariable]:
+        """Draws (S, B, *event_shape) of one local latent from the encoder's (B, d) mean and
+        log-sd, with its entropy and the draws' log q, both scaled to all N units."""
+        batch = mean.shape[0]
+        eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, batch, latent.event_size))
+        draws = (mean + pt.exp(log_sd) * eps).reshape((n_draws, batch, *latent.event_shape))
+        n_units = self.approx.plate.size
+        entropy = scale * log_sd.sum() + n_units * latent.event_size * _HALF_LOG_2PI_E
+        return draws, entropy, scale * _gaussian_log_q(eps, log_sd, axis=(1, 2))
 
     def mc_terms(
         self, n_draws: int, random: _RandomDraws, *, full_batch: bool = False
@@ -196,25 +232,18 @@ class AmortizedObjective:
             return var if index is None else var[index]
 
         data = {name: rows(node) for name, (_, node) in self.logjoint.unit_data.items()}
-        global_draws, entropy, log_q = {}, pt.zeros(()), pt.zeros((n_draws,))
-        if approx.global_group is not None:
-            eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, approx.n_global))
-            global_draws = approx.global_draws(eps)
-            log_sd = pt.log(pt.softplus(approx.global_group.rho))
-            entropy = log_sd.sum() + approx.n_global * _HALF_LOG_2PI_E
-            log_q = _gaussian_log_q(eps, log_sd, axis=1)
-
+        global_draws, entropy, log_q = self.draw_globals(n_draws, random)
         scale = n_units / batch
         local_draws = {}
         for latent in plate.latents:
             mean, log_sd = approx.symbolic_encode(
                 latent.name, rows(approx.encoder_inputs[latent.name])
             )
-            eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, batch, latent.event_size))
-            draws = mean + pt.exp(log_sd) * eps
-            local_draws[latent.value_name] = draws.reshape((n_draws, batch, *latent.event_shape))
-            entropy = entropy + scale * log_sd.sum() + n_units * latent.event_size * _HALF_LOG_2PI_E
-            log_q = log_q + scale * _gaussian_log_q(eps, log_sd, axis=(1, 2))
+            draws, local_entropy, local_log_q = self.draw_local(
+                latent, mean, log_sd, n_draws, random, scale=scale
+            )
+            local_draws[latent.value_name] = draws
+            entropy, log_q = entropy + local_entropy, log_q + local_log_q
 
         log_joint = self.logjoint.per_draw(
             global_draws, local_draws, data, pt.constant(batch, dtype="int64"), scale
@@ -346,6 +375,16 @@ def _describe_optimizer(optimizer: Callable | None) -> str:
     return getattr(optimizer, "__name__", type(optimizer).__name__)
 
 
+def _unit_path(plate: UnitPlate | IndexedPlate) -> tuple[Callable, type, type]:
+    """Encoder builder, approximation and objective classes for one kind of unit plate."""
+    if isinstance(plate, IndexedPlate):
+        # Imported here: the pooled path builds on this module's objective.
+        from pymc_amortize import pooled
+
+        return pooled.build_pooled_encoders, pooled.IndexedApproximation, pooled.IndexedObjective
+    return _build_encoders, AmortizedApproximation, AmortizedObjective
+
+
 class AmortizedVI(Inference):
     """Amortized variational inference: q(θ) ∏_n q(z_n; f_φ(x_n)).
 
@@ -354,12 +393,16 @@ class AmortizedVI(Inference):
     local : mapping, optional
         ``{latent: inputs}``: the local latents and the data that feed their encoders (an observed
         variable or ``pm.Data`` name, a list of names, or an (N, k) array). Detected from the
-        model's dims when omitted.
+        model's dims when omitted. For units that own many rows through an index array
+        (``y ~ N(a[county_idx], ...)``) give ``{latent: IndexedLocal(...)}``, or nothing: a
+        latent used as ``a[index]`` in an observation is found, and each unit is encoded from the
+        set of its rows by a :class:`~pymc_amortize.PooledEncoder`.
     model : pm.Model, optional
         Taken from the context when omitted.
     encoder : callable or mapping, optional
         A user encoder, ``(B, k) tensor -> (mean, log_sd)``, e.g. built from pytensor-ml layers; a
-        mapping gives one per latent. Its weights are copied, never trained in place.
+        mapping gives one per latent. Its weights are copied, never trained in place. For an
+        indexed latent it takes ``(rows, unit_of_row, n_units, unit_covariates)``.
     encoder_widths : sequence of int
         Hidden widths of the default MLP encoder; ``()`` is an affine encoder.
     activation : str or callable
@@ -368,7 +411,7 @@ class AmortizedVI(Inference):
         sd of every q(z_n) at the start.
     batch_size : int, optional
         Units per step. Local terms are evaluated on the batch only and scaled by N/B. Full batch
-        when omitted.
+        when omitted. For an indexed latent a step takes all rows of its B units.
     standardize_inputs : bool
         Centre and scale each encoder input column (a reparameterisation for an affine first layer).
     objective : ELBO or IWAE, optional
@@ -397,7 +440,9 @@ class AmortizedVI(Inference):
         start_sigma: Mapping[str, np.ndarray] | None = None,
     ):
         model = pm.modelcontext(model)
-        plate = find_local_latents(model, local)
+        # Units that own many rows through an index array (the radon model) take the pooled path.
+        plate = find_indexed_plate(model, local) or find_local_latents(model, local)
+        build_encoders, approximation, objective_class = _unit_path(plate)
         if batch_size is not None and (
             not isinstance(batch_size, int | np.integer) or not 0 < batch_size <= plate.size
         ):
@@ -413,10 +458,10 @@ class AmortizedVI(Inference):
                 "a log-mean-exp over the whole data set's weights, and a minibatch's scaled weight "
                 "gives a biased estimate of it. Use the ELBO with batch_size, or the full batch."
             )
-        encoders, owned = _build_encoders(
+        encoders, owned = build_encoders(
             plate, model, encoder, encoder_widths, activation, init_scale, random_seed
         )
-        approx = AmortizedApproximation(
+        approx = approximation(
             model,
             plate,
             encoders,
@@ -439,7 +484,7 @@ class AmortizedVI(Inference):
         }
         self.hist = np.asarray(())
         self.state = None
-        self.objective = AmortizedObjective(
+        self.objective = objective_class(
             approx,
             batch_size=batch_size,
             objective=objective if objective is not None else ELBO(),
