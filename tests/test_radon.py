@@ -198,7 +198,7 @@ def test_minibatch_elbo_is_unbiased(avi):
     inference.objective.batch_size = 20
     try:
         random = _RandomDraws()
-        log_joint, entropy = inference.objective.mc_terms(1, random)
+        log_joint, entropy, _ = inference.objective.mc_terms(1, random)
         fn = pm.compile([], log_joint.mean() + entropy, updates=random.updates, random_seed=1)
         values = np.array([fn() for _ in range(1500)])
     finally:
