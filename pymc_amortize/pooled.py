@@ -393,7 +393,7 @@ class IndexedApproximation(AmortizedApproximation):
         Returns
         -------
         dict of str to LocalPosterior
-            Per indexed latent, mean and sd arrays of shape (M, *event_shape) on the latent's
+            Per indexed latent, mean and sd arrays of shape ``(M, *event_shape)`` on the latent's
             unconstrained space. A unit with no rows gets the encoder's prior-only answer.
 
         Examples

@@ -11,5 +11,5 @@ if [ "$#" -eq 0 ]; then
     # Every notebook runs top to bottom on its small settings; they are committed without outputs.
     .venv/bin/python -m pytest --nbmake --nbmake-timeout=900 notebooks/
     # The docs render notebooks without executing them; warnings are errors.
-    .venv/bin/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+    .venv/bin/python -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
 fi
