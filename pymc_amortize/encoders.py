@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +136,35 @@ class MLPEncoder:
         mean = self._mean_head(self._mean_trunk(X))
         log_sd = self._log_sd_head(self._log_sd_trunk(X))
         return mean, log_sd
+
+
+def resolve_user_encoders(
+    encoder: Callable | Mapping[str, Callable] | None,
+    latent_names: Sequence[str],
+    *,
+    signature: str,
+) -> dict[str, Callable]:
+    """The user's ``encoder=`` as ``{latent: encoder}``, checked against the local latents.
+
+    ``signature`` describes what the encoder must map, for the error message.
+    """
+    if encoder is not None and not isinstance(encoder, Mapping):
+        if len(latent_names) != 1:
+            raise AmortizationError(
+                f"The model has several local latents ({', '.join(latent_names)}); pass "
+                "encoder={latent name: encoder}."
+            )
+        encoder = {latent_names[0]: encoder}
+    user = dict(encoder or {})
+    if unknown := set(user) - set(latent_names):
+        raise AmortizationError(
+            f"encoder= names {sorted(unknown)}, which are not local latents "
+            f"({', '.join(latent_names)})."
+        )
+    for name, fn in user.items():
+        if not callable(fn):
+            raise AmortizationError(f"The encoder of '{name}' must be callable: {signature}.")
+    return user
 
 
 def encoder_params(

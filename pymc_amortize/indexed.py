@@ -38,7 +38,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import LocalLatent, data_value, find_local_latents
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.logjoint import BatchLogJoint
+from pymc_amortize.logjoint import BatchLogJoint, global_value_vars, split_terms
 
 __all__ = [
     "IndexedLocal",
@@ -573,24 +573,10 @@ def build_indexed_logjoint(
     # rebuild_strict=False re-derives every node's static type, so (N,)-shaped types become (B,).
     cloned = clone_replace(terms, replace, rebuild_strict=False)
     per_batch = set(replace.values()) | {index_placeholder}
-    global_terms, unit_terms = [], []
-    for var, term in zip(varlist, cloned, strict=True):
-        if not per_batch & set(ancestors([term])):
-            global_terms.append(term)
-            continue
-        if minibatch and term.ndim == 0:
-            raise AmortizationError(
-                f"The log density of '{var.name}' couples the units (it is not one term per unit "
-                "or row), so it cannot be estimated from a minibatch of units. Fit with "
-                "batch_size=None."
-            )
-        unit_terms.append(term)
-
-    global_values = {
-        model.rvs_to_values[rv].name: model.rvs_to_values[rv]
-        for rv in model.free_RVs
-        if rv not in local_rvs
-    }
+    global_terms, unit_terms = split_terms(
+        varlist, cloned, per_batch, minibatch=minibatch, check_fixed_length=False
+    )
+    global_values = global_value_vars(model, local_rvs)
     joint = BatchLogJoint(
         global_terms=global_terms,
         unit_terms=unit_terms,

@@ -28,7 +28,7 @@ from pytensor.tensor.random.type import RandomType
 
 from pymc_amortize.analysis import EncoderInputSpec, LocalLatent, UnitPlate, find_local_latents
 from pymc_amortize.approximation import AmortizedApproximation
-from pymc_amortize.encoders import Encoder, MLPEncoder
+from pymc_amortize.encoders import Encoder, MLPEncoder, resolve_user_encoders
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.indexed import IndexedPlate, find_indexed_plate
 from pymc_amortize.logjoint import build_batch_logjoint
@@ -314,30 +314,14 @@ def _build_encoders(
     init_scale: float,
     random_seed: int | None,
 ) -> tuple[dict[str, Encoder], frozenset[str]]:
-    if encoder is not None and not isinstance(encoder, Mapping):
-        if len(plate.latents) != 1:
-            raise AmortizationError(
-                "The model has several local latents "
-                f"({', '.join(plate.latent_names)}); pass encoder={{latent name: encoder}}."
-            )
-        encoder = {plate.latents[0].name: encoder}
-    user = dict(encoder or {})
-    unknown = set(user) - set(plate.latent_names)
-    if unknown:
-        raise AmortizationError(
-            f"encoder= names {sorted(unknown)}, which are not local latents "
-            f"({', '.join(plate.latent_names)})."
-        )
+    user = resolve_user_encoders(
+        encoder, plate.latent_names, signature="symbolic (B, k) inputs -> (mean, log_sd)"
+    )
     seeds = np.random.SeedSequence(random_seed).spawn(len(plate.latents))
     initial_point = model.initial_point()
     encoders, owned = {}, set()
     for latent, seed in zip(plate.latents, seeds, strict=True):
         if latent.name in user:
-            if not callable(user[latent.name]):
-                raise AmortizationError(
-                    f"The encoder of '{latent.name}' must be callable: symbolic (B, k) inputs -> "
-                    "(mean, log_sd)."
-                )
             encoders[latent.name] = user[latent.name]
             continue
         n_inputs = (

@@ -120,6 +120,50 @@ class BatchLogJoint:
         return global_total, unit_total
 
 
+def split_terms(
+    varlist: list[Variable],
+    terms: list[TensorVariable],
+    per_batch: set[Variable],
+    *,
+    minibatch: bool,
+    check_fixed_length: bool,
+) -> tuple[list[TensorVariable], list[TensorVariable]]:
+    """Sort the model's terms into global ones and per-unit ones (those a batch input enters).
+
+    Under minibatching a per-unit term must have one entry per unit (or row) and a length that
+    follows the batch; anything else is refused with a message naming the variable.
+    """
+    global_terms, unit_terms = [], []
+    for var, term in zip(varlist, terms, strict=True):
+        if not per_batch & set(ancestors([term])):
+            global_terms.append(term)
+            continue
+        if minibatch and term.ndim == 0:
+            raise AmortizationError(
+                f"The log density of '{var.name}' couples the units (it is not one term per unit), "
+                "so it cannot be estimated from a minibatch of units. Fit with batch_size=None."
+            )
+        if minibatch and check_fixed_length and term.type.shape[0] is not None:
+            raise AmortizationError(
+                f"The log density of '{var.name}' has a fixed length of {term.type.shape[0]} "
+                "units in the model (a literal shape= or a parameter array of that length), so it "
+                "cannot be evaluated on a minibatch of units. Give the unit axis a dim "
+                "(pm.Model(coords={'unit': range(N)}) and dims='unit'), or fit with "
+                "batch_size=None."
+            )
+        unit_terms.append(term)
+    return global_terms, unit_terms
+
+
+def global_value_vars(model: pm.Model, local_rvs: list[Variable]) -> dict[str, TensorVariable]:
+    """Value variable of each free variable that is not local, by name."""
+    return {
+        model.rvs_to_values[rv].name: model.rvs_to_values[rv]
+        for rv in model.free_RVs
+        if rv not in local_rvs
+    }
+
+
 def build_batch_logjoint(model: pm.Model, plate: UnitPlate, *, minibatch: bool) -> BatchLogJoint:
     """Clone the model's log density with batch-sized placeholders for every per-unit quantity."""
     local_rvs = [model[name] for name in plate.latent_names]
@@ -154,33 +198,14 @@ def build_batch_logjoint(model: pm.Model, plate: UnitPlate, *, minibatch: bool) 
     # rebuild_strict=False re-derives every node's static type, so (N,)-shaped types become (B,).
     terms = clone_replace(terms, replace, rebuild_strict=False)
 
-    unit_inputs = set(replace.values()) - {batch_size}
-    global_terms, unit_terms = [], []
-    for var, term in zip(varlist, terms, strict=True):
-        per_unit = bool(unit_inputs & set(ancestors([term])))
-        if not per_unit:
-            global_terms.append(term)
-            continue
-        if minibatch and term.ndim == 0:
-            raise AmortizationError(
-                f"The log density of '{var.name}' couples the units (it is not one term per unit), "
-                "so it cannot be estimated from a minibatch of units. Fit with batch_size=None."
-            )
-        if minibatch and term.type.shape[0] is not None:
-            raise AmortizationError(
-                f"The log density of '{var.name}' has a fixed length of {term.type.shape[0]} "
-                "units in the model (a literal shape= or a parameter array of that length), so it "
-                "cannot be evaluated on a minibatch of units. Give the unit axis a dim "
-                "(pm.Model(coords={'unit': range(N)}) and dims='unit'), or fit with "
-                "batch_size=None."
-            )
-        unit_terms.append(term)
-
-    global_values = {
-        model.rvs_to_values[rv].name: model.rvs_to_values[rv]
-        for rv in model.free_RVs
-        if rv not in local_rvs
-    }
+    global_terms, unit_terms = split_terms(
+        varlist,
+        terms,
+        set(replace.values()) - {batch_size},
+        minibatch=minibatch,
+        check_fixed_length=True,
+    )
+    global_values = global_value_vars(model, local_rvs)
     return BatchLogJoint(
         global_terms=global_terms,
         unit_terms=unit_terms,

@@ -34,6 +34,7 @@ from pymc_amortize.encoders import (
     _mlp,
     check_encoder_outputs,
     encoder_params,
+    resolve_user_encoders,
 )
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.indexed import (
@@ -230,19 +231,11 @@ def build_pooled_encoders(
     random_seed: int | None,
 ) -> tuple[dict[str, PooledEncoderFn], frozenset[str]]:
     """One :class:`PooledEncoder` per indexed latent, or the user's encoders."""
-    if encoder is not None and not isinstance(encoder, Mapping):
-        if len(plate.latents) != 1:
-            raise AmortizationError(
-                "The model has several indexed local latents "
-                f"({', '.join(plate.latent_names)}); pass encoder={{latent name: encoder}}."
-            )
-        encoder = {plate.latents[0].name: encoder}
-    user = dict(encoder or {})
-    if unknown := set(user) - set(plate.latent_names):
-        raise AmortizationError(
-            f"encoder= names {sorted(unknown)}, which are not local latents "
-            f"({', '.join(plate.latent_names)})."
-        )
+    user = resolve_user_encoders(
+        encoder,
+        plate.latent_names,
+        signature="(rows, unit_of_row, n_units, unit_covariates) -> (mean, log_sd)",
+    )
     n_row_inputs = _row_matrix(
         plate, {n: data_value(model, n) for n in plate.row_inputs}, None
     ).shape[1]
@@ -253,11 +246,6 @@ def build_pooled_encoders(
     encoders, owned = {}, set()
     for latent, seed in zip(plate.latents, seeds, strict=True):
         if latent.name in user:
-            if not callable(user[latent.name]):
-                raise AmortizationError(
-                    f"The encoder of '{latent.name}' must be callable: (rows, unit_of_row, "
-                    "n_units, unit_covariates) -> (mean, log_sd)."
-                )
             encoders[latent.name] = user[latent.name]
             continue
         encoders[latent.name] = PooledEncoder(
