@@ -594,4 +594,4 @@ def finish(
 
 
 #: Extra metrics the paper reports a number for (shown as paper/ours columns).
-_PAPER_EXTRAS = {"mse"}
+_PAPER_EXTRAS = {"mse", "epochs_to_mse"}
