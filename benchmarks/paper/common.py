@@ -10,6 +10,10 @@ Conventions
   drops some, so our losses are offset from its numbers; differences between methods, the *gap
   to F-VI*, are comparable). Scripts score it exactly where the model is Gaussian and with 100
   Monte Carlo draws of the model's own ``logp`` otherwise, the same estimator for every method.
+- Optimiser: Adam (pytensor-ml's, passed as ``obj_optimizer``) with the learning rate decaying
+  along a half cosine to 1/100 of its start, for every method (``--constant-lr``: the paper's
+  constant rate). With a constant rate the last iterate of F-VI jitters: on the linear model it
+  sat ≈ 50 nats above the closed-form optimum, and A-VI looked better than F-VI for that reason.
 - *Steps to 1 %*: first step where the 50-step running mean of the training loss is within 1 % of
   F-VI's median final loss (``None``: never). *Wall to 1 %*: the seconds from the first step to
   that step (compilation excluded).
@@ -29,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pymc as pm
+from pytensor_ml.optim import adam, cosine_schedule
 
 import pymc_amortize
 from pymc_amortize.errors import DivergenceWarning
@@ -191,6 +196,15 @@ class _Clock:
             self.times = [t + (time.perf_counter() - start) for t in self.times]
 
 
+def optimizer(learning_rate: float, steps: int, schedule: str):
+    """Adam with a constant rate or a half-cosine decay to 1/100 of it over ``steps``."""
+    if schedule == "constant":
+        return pm.adam(learning_rate=learning_rate)
+    if schedule != "cosine":
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant'; got {schedule!r}.")
+    return adam(learning_rate=cosine_schedule(learning_rate, steps, learning_rate / 100))
+
+
 def fit_one(
     model: pm.Model,
     method: Method,
@@ -201,6 +215,7 @@ def fit_one(
     score: Callable[[Params], dict],
     obj_n_mc: int = 1,
     trace_every: int | None = None,
+    lr_schedule: str = "cosine",
 ) -> Run:
     """Fit one method with one seed through ``pm.fit`` and score its final parameters."""
     clock = _Clock(score, trace_every)
@@ -214,7 +229,7 @@ def fit_one(
             approx = pm.fit(
                 steps,
                 method=method.kind,
-                obj_optimizer=pm.adam(learning_rate=lr),
+                obj_optimizer=optimizer(lr, steps, lr_schedule),
                 obj_n_mc=obj_n_mc,
                 callbacks=[clock],
                 random_seed=seed,
@@ -245,6 +260,7 @@ def run_experiment(
     score: Callable[[Params], dict],
     obj_n_mc: int = 1,
     trace_every: int | None = None,
+    lr_schedule: str = "cosine",
     log: Callable[[str], None] = print,
 ) -> list[Run]:
     """Every method with every seed on one model; prints one line per fit."""
@@ -260,6 +276,7 @@ def run_experiment(
                 score=score,
                 obj_n_mc=obj_n_mc,
                 trace_every=trace_every,
+                lr_schedule=lr_schedule,
             )
             runs.append(run)
             extra = " DIVERGED" if run.diverged else ""
@@ -505,15 +522,16 @@ def plot_width_sweep(
         mine = [r for r in rows if r["family"] == family and r["width"] is not None]
         widths = sorted({r["width"] for r in mine})
         vals = [[r[value] - offset for r in mine if r["width"] == w] for w in widths]
-        for w, v in zip(widths, vals, strict=True):
-            ax.scatter([w] * len(v), v, s=12, alpha=0.6)
         med = [np.nanmedian(v) if np.isfinite(v).any() else np.nan for v in vals]
-        ax.plot(widths, med, marker="o", label=f"A-VI {family}".strip())
+        (line,) = ax.plot(widths, med, marker="o", label=f"A-VI {family}".strip())
+        for w, v in zip(widths, vals, strict=True):
+            ax.scatter([w] * len(v), v, s=12, alpha=0.6, color=line.get_color())
     for ref, style in zip(references, ("--", ":"), strict=False):
         vals = [r[value] - offset for r in rows if r["method"] == ref and np.isfinite(r[value])]
         if vals:
             ax.axhline(np.median(vals), ls=style, color="k", lw=1, label=ref)
     ax.set_xscale("log", base=2)
+    ax.margins(y=0.15)
     if value == "loss":
         ax.set_yscale("symlog", linthresh=max(1.0, 1e-3 * abs(target)))
     ax.set_xlabel(xlabel)
@@ -535,6 +553,9 @@ def parse_args(doc: str, argv: Sequence[str] | None, *, full: dict, quick: dict)
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few-minute version")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument(
+        "--constant-lr", action="store_true", help="the paper's constant Adam rate (no decay)"
+    )
     for key, value in full.items():
         kind = type(value)
         if isinstance(value, list | tuple):
@@ -548,6 +569,7 @@ def parse_args(doc: str, argv: Sequence[str] | None, *, full: dict, quick: dict)
         if given is not None:
             settings[key] = list(given) if isinstance(given, list) else given
     settings["quick"] = args.quick
+    settings["lr_schedule"] = "constant" if args.constant_lr else "cosine"
     return settings, args.out
 
 

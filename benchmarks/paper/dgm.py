@@ -123,6 +123,7 @@ def main(argv=None) -> dict:
         seeds=settings["seeds"],
         steps=settings["steps"],
         learning_rate=settings["learning_rate"],
+        lr_schedule=settings["lr_schedule"],
         score=score,
         trace_every=settings["trace_every"],
     )

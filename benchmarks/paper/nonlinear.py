@@ -48,6 +48,10 @@ NOTES = [
     "about a tenth of the paper's N = 10,000 gaps.",
     "F-VI runs 2× (full) or 4× (quick) the A-VI steps, so that the 1 % target is its converged "
     "loss; ADVI steps are cheap.",
+    "Where A-VI's loss is below F-VI's, F-VI (ADVI started at z_n = 0) has stopped short of its "
+    "optimum: the A-VI family is a subset of F-VI's, so F-VI's optimum is at least as good. "
+    "z(1 + sin z) is not monotone, so single units can have bimodal posteriors and ADVI may settle "
+    "in the worse mode (our reading; not checked further here).",
     "A diverged A-VI fit is stopped by the core's guard and scored at the best parameters it had.",
 ]
 
@@ -75,6 +79,7 @@ def main(argv=None) -> dict:
         seeds=settings["seeds"],
         steps=settings["steps"],
         learning_rate=settings["learning_rate"],
+        lr_schedule=settings["lr_schedule"],
         score=lambda params: {"loss": mc(params)},
     )
     return common.finish(

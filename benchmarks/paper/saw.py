@@ -88,6 +88,7 @@ def main(argv=None) -> dict:
         seeds=settings["seeds"],
         steps=settings["steps"],
         learning_rate=settings["learning_rate"],
+        lr_schedule=settings["lr_schedule"],
         score=score,
     )
     return common.finish(

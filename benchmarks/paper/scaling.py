@@ -39,6 +39,7 @@ NOTES = [
     f"(the paper's criterion); `smallest k ({GAP_PER_UNIT} nats/unit)`: same with the gap per "
     "unit ≤ 0.01 nats, a criterion that does not scale with the loss.",
     "A-VI uses minibatches of `batch_size` units when N is larger; F-VI is full batch.",
+    "Negative gaps: F-VI stopped short of its optimum (see experiment 2).",
     "The paper states that the needed width does not grow with N but never sweeps N.",
 ]
 
@@ -75,6 +76,7 @@ def main(argv=None) -> dict:
             seeds=settings["seeds"],
             steps=settings["steps"],
             learning_rate=settings["learning_rate"],
+            lr_schedule=settings["lr_schedule"],
             score=lambda params, mc=mc: {"loss": mc(params)},
         )
         rows, summary, target = common.summarize(runs)
