@@ -32,6 +32,9 @@ QUICK = FULL | {
     "fvi_steps": 8_000,
     "seeds": [0],
 }
+#: The yardstick: F-VI started at the widest encoder's solution (the paper's diagnostic). ADVI
+#: from its default start stops short of F-VI's optimum on this model (experiment 2).
+REFERENCE = "F-VI from A-VI"
 GAP_PER_UNIT = 0.01  # nats per unit: a criterion that does not loosen as N grows
 NOTES = [
     "Nonlinear model with variance cos² z + 0.1 (see experiment 2); one data set per N (seed 0).",
@@ -39,7 +42,9 @@ NOTES = [
     f"(the paper's criterion); `smallest k ({GAP_PER_UNIT} nats/unit)`: same with the gap per "
     "unit ≤ 0.01 nats, a criterion that does not scale with the loss.",
     "A-VI uses minibatches of `batch_size` units when N is larger; F-VI is full batch.",
-    "Negative gaps: F-VI stopped short of its optimum (see experiment 2).",
+    "Gaps are measured against `F-VI from A-VI`: ADVI started at the widest encoder's solution "
+    "(half the steps at a tenth of the rate), the best F-VI solution found; ADVI from its "
+    "default start stops short of it on this model (experiment 2). `F-VI` is that default run.",
     "The paper states that the needed width does not grow with N but never sweeps N.",
 ]
 
@@ -79,7 +84,17 @@ def main(argv=None) -> dict:
             lr_schedule=settings["lr_schedule"],
             score=lambda params, mc=mc: {"loss": mc(params)},
         )
-        rows, summary, target = common.summarize(runs)
+        widest = [run for run in runs if run.method.width == max(settings["widths"])]
+        runs += common.refine_with_fvi(
+            model,
+            widest,
+            label=REFERENCE,
+            steps=settings["steps"] // 2,
+            learning_rate=settings["learning_rate"] / 10,
+            score=lambda params, mc=mc: {"loss": mc(params)},
+            lr_schedule=settings["lr_schedule"],
+        )
+        rows, summary, target = common.summarize(runs, reference=REFERENCE)
         for row in rows:
             row["n_units"] = n
             row["gap_per_unit"] = (row["loss"] - target) / n
@@ -88,7 +103,7 @@ def main(argv=None) -> dict:
         per_size.append(
             {
                 "n_units": n,
-                "fvi_loss": target,
+                "best_fvi_loss": target,
                 "smallest_width_1pct": smallest_width(
                     summary, lambda s: s["within_1pct"] * 2 > s["seeds"]
                 ),
@@ -123,15 +138,15 @@ def main(argv=None) -> dict:
 
 def scaling_table(payload: dict) -> str:
     widths = payload["settings"]["widths"]
-    header = ["N", "F-VI loss", "smallest k (1%)", f"smallest k ({GAP_PER_UNIT} nats/unit)"] + [
-        f"gap/unit k={k}" for k in widths
-    ]
+    header = ["N", "best F-VI loss", "smallest k (1%)", f"smallest k ({GAP_PER_UNIT} nats/unit)"]
+    header += ["gap/unit default F-VI"] + [f"gap/unit k={k}" for k in widths]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in payload["per_size"]:
-        gaps = [p["gap_per_unit"].get(f"A-VI k={k}") for k in widths]
+        labels = ["F-VI"] + [f"A-VI k={k}" for k in widths]
+        gaps = [p["gap_per_unit"].get(label) for label in labels]
         cells = [
             f"{p['n_units']:,}",
-            f"{p['fvi_loss']:,.1f}",
+            f"{p['best_fvi_loss']:,.1f}",
             str(p["smallest_width_1pct"] or "none"),
             str(p["smallest_width_per_unit"] or "none"),
             *["–" if g is None else f"{g:.3f}" for g in gaps],
