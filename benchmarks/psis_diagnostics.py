@@ -11,7 +11,14 @@ from scipy.stats import spearmanr
 
 import tests.test_psis_and_results as t
 from pymc_amortize import AmortizedVI
-from pymc_amortize.paper import LINEAR_SIGMA, LINEAR_TAU, linear_data, linear_model
+from pymc_amortize.paper import (
+    LINEAR_SIGMA,
+    LINEAR_TAU,
+    linear_data,
+    linear_model,
+    saw_data,
+    saw_model,
+)
 from pymc_amortize.psis import psis_diagnostic
 
 print(
@@ -46,8 +53,9 @@ print(
     "ESS",
     d4.ess,
 )
-xp, xs = t.saw_data(200, seed=0)
-sm = t.saw_model(xp, xs)
+xs = saw_data(200, random_seed=0)
+xp = np.concatenate([[0.0], xs[:-1]])
+sm = saw_model(xs)
 for label, inputs in (("x only", "x"), ("x_prev and x", ["x_prev", "x"])):
     a = AmortizedVI({"z": inputs}, model=sm, encoder_widths=(), random_seed=1).fit(
         1500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False

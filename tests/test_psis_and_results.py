@@ -12,12 +12,18 @@ import xarray as xr
 from scipy.stats import spearmanr
 
 from pymc_amortize import AmortizationError, AmortizedVI, fit_amortized
-from pymc_amortize.paper import LINEAR_SIGMA, LINEAR_TAU, linear_data, linear_model
+from pymc_amortize.paper import (
+    LINEAR_SIGMA,
+    LINEAR_TAU,
+    SAW_ALPHA,
+    linear_data,
+    linear_model,
+    saw_data,
+    saw_model,
+)
 from pymc_amortize.plots import plot_encoder, plot_khat, plot_loss, plot_posterior_comparison
 from pymc_amortize.psis import khat_verdict, pareto_khat, psis_diagnostic
 from pymc_amortize.results import fit_trace
-
-SAW_ALPHA = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -30,29 +36,11 @@ def linear_fit():
     return x, model, approx
 
 
-def saw_data(n_units, seed):
-    """The paper's saw series: z_n ~ N(x_{n-1}, 1), x_n ~ N(α(θ + z_n), 1), x_0 = 0."""
-    rng = np.random.default_rng(seed)
-    theta = rng.normal()
-    x = np.zeros(n_units + 1)
-    for n in range(1, n_units + 1):
-        x[n] = rng.normal(SAW_ALPHA * (theta + rng.normal(x[n - 1], 1.0)), 1.0)
-    return x[:-1], x[1:]
-
-
-def saw_model(x_prev, x):
-    with pm.Model(coords={"unit": np.arange(x.size)}) as model:
-        previous = pm.Data("x_prev", x_prev, dims="unit")
-        theta = pm.Normal("theta", 0.0, 1.0)
-        z = pm.Normal("z", previous, 1.0, dims="unit")
-        pm.Normal("x", SAW_ALPHA * (theta + z), 1.0, observed=x, dims="unit")
-    return model
-
-
 @pytest.fixture(scope="module")
 def saw_fits():
-    x_prev, x = saw_data(200, seed=0)
-    model = saw_model(x_prev, x)
+    x = saw_data(200, random_seed=0)
+    x_prev = np.concatenate([[0.0], x[:-1]])
+    model = saw_model(x)
     fits = {}
     for label, inputs in (("x only", "x"), ("x_prev and x", ["x_prev", "x"])):
         inference = AmortizedVI({"z": inputs}, model=model, encoder_widths=(), random_seed=1)
