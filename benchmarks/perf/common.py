@@ -7,6 +7,8 @@ both sides of a ratio together.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pymc as pm
 import pytensor
+from pytensor.graph.basic import Constant
 
 import pymc_amortize  # noqa: F401  (registers method="amortized")
 from pymc_amortize.inference import AmortizedVI
@@ -54,6 +57,7 @@ def _synced(fn: Callable) -> Callable:
         out = fn()
         return float(out[0] if isinstance(out, list) else out)
 
+    step.compiled = fn  # for held_mib
     return step
 
 
@@ -71,6 +75,58 @@ def advi_step(bench, *, lr=1e-2, mode=None, random_seed=0) -> Callable:
 
 def n_params(shared_vars) -> int:
     return int(sum(np.asarray(v.get_value()).size for v in shared_vars))
+
+
+# -- memory -----------------------------------------------------------------------------------
+def held_mib(step: Callable) -> dict[str, float]:
+    """MiB the compiled step holds between calls, split into what it updates (parameters, optimiser
+    state) and what it only reads (the data: shared encoder inputs and the observed values baked
+    into its graph as constants)."""
+    fn = step.compiled
+    updated, read = [], []
+    for inp in fn.maker.inputs:
+        if inp.shared:
+            value = inp.variable.get_value(borrow=True)
+            (updated if inp.update is not None else read).append(value)
+    read += [v.data for v in fn.maker.fgraph.variables if isinstance(v, Constant)]
+
+    def mib(arrays):
+        return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray)) / 2**20
+
+    return {"state_mib": mib(updated), "data_mib": mib(read)}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def step_peak_mib(step: Callable, *, calls: int = 20, warmup: int = 2) -> float:
+    """Peak resident MiB above the resting process while ``step`` runs ``calls`` times (after
+    ``warmup`` calls), i.e. the step's temporaries; NaN where Linux's peak counter is unavailable.
+
+    The process peak (``ru_maxrss``) is useless here: compilation dominates it. Instead the peak
+    counter is reset (``/proc/self/clear_refs`` ← 5) after warm-up and ``VmHWM`` read after the
+    calls. glibc's malloc would keep freed large blocks resident (its mmap threshold grows after the
+    first free), hiding every step's temporaries after the first; the threshold is pinned at 16 KiB
+    so that each temporary of 2,000 float64 or more is mapped and unmapped in its own step (smaller
+    ones are below this measure's resolution, as is anything under ≈ 0.3 MiB: Linux batches its
+    resident-page counts per CPU).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 16 * 1024)  # M_MMAP_THRESHOLD
+        for _ in range(warmup):
+            step()
+        gc.collect()
+        resting = _status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        for _ in range(calls):
+            step()
+        return (_status_kib("VmHWM") - resting) / 1024
+    except OSError:
+        return float("nan")
 
 
 # -- timing -----------------------------------------------------------------------------------
