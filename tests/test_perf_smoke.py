@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from benchmarks.perf import profile_step, scaling, step_time, time_to_elbo
+from benchmarks.perf import allocator, profile_step, scaling, step_time, time_to_elbo
 
 MODE = "FAST_COMPILE"
 
@@ -49,6 +49,13 @@ def test_scaling_memory_is_flat_for_avi_and_grows_for_advi():
     assert big["ADVI"]["data_mib"] * 2**20 >= 2_000 * 8
     assert big["A-VI"]["data_mib"] * 2**20 >= 2 * 2_000 * 8
     assert all(row[m]["step_peak_mib"] >= 0 for row in scaled["rows"] for m in ("A-VI", "ADVI"))
+
+
+def test_allocator_phases_count_page_faults():
+    out = allocator.run(n_units=200, numpyro=False, mode=MODE, repeats=2, calls=2, write=False)
+    assert list(out["phases"]) == ["fresh process", "malloc thresholds pinned"]
+    for phase in out["phases"].values():
+        assert all(r["faults"] >= 0 and math.isfinite(r["median_ms"]) for r in phase.values())
 
 
 def test_time_to_elbo_ratio_is_a_bound_when_a_method_never_gets_there():

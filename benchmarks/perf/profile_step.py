@@ -81,12 +81,15 @@ def run(
     quick: bool = False,
     n_units: int = 10_000,
     mode: str = "NUMBA",
+    pin_malloc: bool = True,
     write: bool = True,
     repeats=None,
     calls=None,
 ):
     repeats = repeats or (7 if quick else 21)
     calls = calls or (20 if quick else 50)
+    if pin_malloc:
+        common.pin_malloc_thresholds()
     bench = models.build("nonlinear", n_units)
     counter = pytensor.shared(np.float64(0.0))
     trivial = pytensor.function([], counter, updates={counter: counter + 1.0}, mode=mode)
@@ -102,12 +105,14 @@ def run(
         "A-VI step full batch": full.fn,
         "A-VI step full batch, before this branch": old.fn,
     }
-    times = common.interleaved(contenders, repeats=repeats, calls=calls)
+    faults = {}
+    times = common.interleaved(contenders, repeats=repeats, calls=calls, faults=faults)
     ref = times["A-VI step full batch"]
     rows = []
     for name, seconds in times.items():
         s = common.summary(seconds)
-        rows.append([name, s["median_ms"], s["min_ms"], common.paired_ratio(seconds, ref)])
+        ratio = common.paired_ratio(seconds, ref)
+        rows.append([name, s["median_ms"], s["min_ms"], ratio, faults[name]])
     new_size, old_size = graph_size(full.fn), graph_size(old.fn)
     overhead = {
         "fixed_call_ms": float(np.median(times["trivial compiled call"]) * 1e3),
@@ -121,8 +126,11 @@ def run(
     }
     table = (
         f"Nonlinear model, N = {n_units:,}, {mode}, float64; {repeats} interleaved rounds of "
-        f"{calls} calls.\n\n"
-        + common.markdown_table(["call", "median ms", "min ms", "÷ full-batch step"], rows)
+        f"{calls} calls; glibc's malloc thresholds "
+        + ("pinned (section 6).\n\n" if pin_malloc else "at their defaults (section 6).\n\n")
+        + common.markdown_table(
+            ["call", "median ms", "min ms", "÷ full-batch step", "page faults/call"], rows
+        )
         + f"\nCompiled full-batch step: {new_size[0]} apply nodes, {new_size[1]} matrix products "
         f"and {new_size[2]} opaque layer ops (before this branch: {old_size[0]} nodes, "
         f"{old_size[1]} products, {old_size[2]} opaque layer ops). "
