@@ -114,8 +114,9 @@ def step_peak_mib(step: Callable, *, calls: int = 20, warmup: int = 2) -> float:
     calls. glibc's malloc would keep freed large blocks resident (its mmap threshold grows after the
     first free), hiding every step's temporaries after the first; the threshold is pinned at 16 KiB
     so that each temporary of 2,000 float64 or more is mapped and unmapped in its own step (smaller
-    ones are below this measure's resolution, as is anything under ≈ 0.3 MiB: Linux batches its
-    resident-page counts per CPU). Afterwards the thresholds are left pinned high
+    ones are below this measure's resolution). Readings under ≈ 1 MiB are noise: Linux batches its
+    resident-page counts per CPU, and the first step measured in a process may touch a little more
+    of the heap. Afterwards the thresholds are left pinned high
     (:func:`pin_malloc_thresholds`).
     """
     try:
