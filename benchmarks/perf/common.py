@@ -7,9 +7,12 @@ both sides of a ratio together.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pymc as pm
 import pytensor
+from pytensor.graph.basic import Constant
 
 import pymc_amortize  # noqa: F401  (registers method="amortized")
 from pymc_amortize.inference import AmortizedVI
 
 RESULTS = Path(__file__).parent / "results"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 # -- step builders ----------------------------------------------------------------------------
@@ -54,6 +59,7 @@ def _synced(fn: Callable) -> Callable:
         out = fn()
         return float(out[0] if isinstance(out, list) else out)
 
+    step.compiled = fn  # for held_mib
     return step
 
 
@@ -73,23 +79,105 @@ def n_params(shared_vars) -> int:
     return int(sum(np.asarray(v.get_value()).size for v in shared_vars))
 
 
+# -- memory -----------------------------------------------------------------------------------
+def held_mib(step: Callable) -> dict[str, float]:
+    """MiB the compiled step holds between calls, split into what it updates (parameters, optimiser
+    state) and what it only reads (the data: shared encoder inputs and the observed values baked
+    into its graph as constants)."""
+    fn = step.compiled
+    updated, read = [], []
+    for inp in fn.maker.inputs:
+        if inp.shared:
+            value = inp.variable.get_value(borrow=True)
+            (updated if inp.update is not None else read).append(value)
+    read += [v.data for v in fn.maker.fgraph.variables if isinstance(v, Constant)]
+
+    def mib(arrays):
+        return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray)) / 2**20
+
+    return {"state_mib": mib(updated), "data_mib": mib(read)}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def step_peak_mib(step: Callable, *, calls: int = 20, warmup: int = 2) -> float:
+    """Peak resident MiB above the resting process while ``step`` runs ``calls`` times (after
+    ``warmup`` calls), i.e. the step's temporaries; NaN where Linux's peak counter is unavailable.
+
+    The process peak (``ru_maxrss``) is useless here: compilation dominates it. Instead the peak
+    counter is reset (``/proc/self/clear_refs`` ← 5) after warm-up and ``VmHWM`` read after the
+    calls. glibc's malloc would keep freed large blocks resident (its mmap threshold grows after the
+    first free), hiding every step's temporaries after the first; the threshold is pinned at 16 KiB
+    so that each temporary of 2,000 float64 or more is mapped and unmapped in its own step (smaller
+    ones are below this measure's resolution). Readings under ≈ 1 MiB are noise: Linux batches its
+    resident-page counts per CPU, and the first step measured in a process may touch a little more
+    of the heap. Afterwards the thresholds are left pinned high
+    (:func:`pin_malloc_thresholds`).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 16 * 1024)
+        for _ in range(warmup):
+            step()
+        gc.collect()
+        resting = _status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        for _ in range(calls):
+            step()
+        return (_status_kib("VmHWM") - resting) / 1024
+    except OSError:
+        return float("nan")
+    finally:
+        # A 16 KiB threshold would slow whatever runs next in the process: leave it pinned high.
+        pin_malloc_thresholds()
+
+
 # -- timing -----------------------------------------------------------------------------------
 def interleaved(
-    contenders: dict[str, Callable], *, repeats: int, calls: int, warmup: int = 2
+    contenders: dict[str, Callable],
+    *,
+    repeats: int,
+    calls: int,
+    warmup: int = 2,
+    faults: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Seconds per call of each contender: ``repeats`` rounds, each timing ``calls`` calls of every
-    contender in turn. Returns the per-round means (the min/median over rounds are the figures)."""
+    contender in turn. Returns the per-round means (the min/median over rounds are the figures).
+    ``faults``, if given, receives each contender's median minor page faults per call."""
     for fn in contenders.values():
         for _ in range(warmup * calls):
             fn()
     out = {name: [] for name in contenders}
+    minflt = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
             out[name].append((time.perf_counter() - start) / calls)
+            minflt[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / calls)
+    if faults is not None:
+        faults.update({name: float(np.median(v)) for name, v in minflt.items()})
     return {name: np.asarray(v) for name, v in out.items()}
+
+
+def pin_malloc_thresholds(*, mmap_mib: int = 32, trim_mib: int = 512) -> None:
+    """Keep blocks under ``mmap_mib`` in glibc's heap and the heap's free top under ``trim_mib``
+    resident (process-wide; what ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` do).
+
+    With glibc's defaults, whether a step's MiB-sized temporaries are handed back to the OS after
+    every step (and page-faulted in afresh by the next) depends on the heap's layout, i.e. on what
+    else ran in the process: the full-batch step measured 1.6 or 5.3 ms in one process by that alone
+    (``benchmarks.perf.allocator``). Pinned, every contender runs under the same allocator.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, mmap_mib * 2**20)
+    libc.mallopt(M_TRIM_THRESHOLD, trim_mib * 2**20)
 
 
 def summary(seconds: np.ndarray) -> dict:

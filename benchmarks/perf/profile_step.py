@@ -69,37 +69,50 @@ def graph_size(fn) -> tuple[int, int, int]:
     return len(nodes), dots, opaque
 
 
-def _guarded(bench, batch):
+def _guarded(bench, batch, mode):
     inference = common.avi_inference(bench, batch_size=batch)
-    return inference.objective.step_function(obj_optimizer=pm.adam(learning_rate=1e-2))
+    return inference.objective.step_function(
+        obj_optimizer=pm.adam(learning_rate=1e-2), compile_kwargs={"mode": mode}
+    )
 
 
 def run(
-    *, quick: bool = False, n_units: int = 10_000, write: bool = True, repeats=None, calls=None
+    *,
+    quick: bool = False,
+    n_units: int = 10_000,
+    mode: str = "NUMBA",
+    pin_malloc: bool = True,
+    write: bool = True,
+    repeats=None,
+    calls=None,
 ):
     repeats = repeats or (7 if quick else 21)
     calls = calls or (20 if quick else 50)
+    if pin_malloc:
+        common.pin_malloc_thresholds()
     bench = models.build("nonlinear", n_units)
     counter = pytensor.shared(np.float64(0.0))
-    trivial = pytensor.function([], counter, updates={counter: counter + 1.0}, mode="NUMBA")
-    guard = _guarded(bench, min(1_000, n_units))
-    full = _guarded(bench, None)
+    trivial = pytensor.function([], counter, updates={counter: counter + 1.0}, mode=mode)
+    guard = _guarded(bench, min(1_000, n_units), mode)
+    full = _guarded(bench, None, mode)
     with before_this_branch():
-        old = _guarded(bench, None)
+        old = _guarded(bench, None, mode)
     contenders = {
         "trivial compiled call": trivial,
-        "A-VI step B=10": common.avi_step(bench, batch_size=10),
+        "A-VI step B=10": common.avi_step(bench, batch_size=10, mode=mode),
         "A-VI step B=1,000": guard.fn,
         "A-VI step B=1,000 through the guard": guard,
         "A-VI step full batch": full.fn,
         "A-VI step full batch, before this branch": old.fn,
     }
-    times = common.interleaved(contenders, repeats=repeats, calls=calls)
+    faults = {}
+    times = common.interleaved(contenders, repeats=repeats, calls=calls, faults=faults)
     ref = times["A-VI step full batch"]
     rows = []
     for name, seconds in times.items():
         s = common.summary(seconds)
-        rows.append([name, s["median_ms"], s["min_ms"], common.paired_ratio(seconds, ref)])
+        ratio = common.paired_ratio(seconds, ref)
+        rows.append([name, s["median_ms"], s["min_ms"], ratio, faults[name]])
     new_size, old_size = graph_size(full.fn), graph_size(old.fn)
     overhead = {
         "fixed_call_ms": float(np.median(times["trivial compiled call"]) * 1e3),
@@ -112,9 +125,12 @@ def run(
         ),
     }
     table = (
-        f"Nonlinear model, N = {n_units:,}, NUMBA, float64; {repeats} interleaved rounds of "
-        f"{calls} calls.\n\n"
-        + common.markdown_table(["call", "median ms", "min ms", "÷ full-batch step"], rows)
+        f"Nonlinear model, N = {n_units:,}, {mode}, float64; {repeats} interleaved rounds of "
+        f"{calls} calls; glibc's malloc thresholds "
+        + ("pinned (section 6).\n\n" if pin_malloc else "at their defaults (section 6).\n\n")
+        + common.markdown_table(
+            ["call", "median ms", "min ms", "÷ full-batch step", "page faults/call"], rows
+        )
         + f"\nCompiled full-batch step: {new_size[0]} apply nodes, {new_size[1]} matrix products "
         f"and {new_size[2]} opaque layer ops (before this branch: {old_size[0]} nodes, "
         f"{old_size[1]} products, {old_size[2]} opaque layer ops). "

@@ -16,6 +16,7 @@ SECTIONS = [
     ("scaling", "2. Cost per step against N"),
     ("step_time", "3–4. Time per step: NumPyro, backends, precision, arithmetic floor"),
     ("profile_step", "5. Profile: per-call overhead vs arithmetic"),
+    ("allocator", "6. Page faults: glibc returning the step's temporaries to the OS"),
 ]
 
 INTRO = """# Performance benchmarks
@@ -28,6 +29,7 @@ python -m benchmarks.perf.time_to_elbo --quick   # each also runs without --quic
 python -m benchmarks.perf.scaling --quick
 python -m benchmarks.perf.step_time --quick      # needs the `bench` extra (numpyro, jax)
 python -m benchmarks.perf.profile_step --quick
+python -m benchmarks.perf.allocator --quick      # needs the `bench` extra too
 python -m benchmarks.perf.report
 ```
 
