@@ -219,7 +219,7 @@ def check_encoder_outputs(name: str, outputs: object, event_size: int) -> tuple:
         raise AmortizationError(
             f"The encoder of '{name}' must return a pair (mean, log_sd); it returned "
             f"{type(outputs).__name__}. For a network with one output of width 2*d, return "
-            "tuple(pt.split(out, [d, d], 2, axis=-1))."
+            "tuple(pt.split(out, [d, d], n_splits=2, axis=-1))."
         )
     checked = []
     for label, out in zip(("mean", "log_sd"), outputs, strict=True):
