@@ -13,7 +13,6 @@ threshold at 512 MiB, so that freed temporaries stay in the heap. The phases can
 
 from __future__ import annotations
 
-import argparse
 import resource
 import time
 
@@ -85,10 +84,7 @@ def run(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    run(quick=args.quick)
+    common.run_quick_cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

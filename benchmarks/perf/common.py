@@ -7,6 +7,7 @@ both sides of a ratio together.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import gc
 import json
@@ -246,3 +247,10 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def run_quick_cli(run, doc: str, argv=None) -> None:
+    """The command line of a benchmark whose only option is ``--quick``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few-minute version")
+    run(quick=parser.parse_args(argv).quick)

@@ -17,7 +17,6 @@ Graph sizes (apply nodes, matrix products) of the compiled full-batch steps are 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import numpy as np
@@ -149,10 +148,7 @@ def run(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    run(quick=args.quick)
+    common.run_quick_cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ moments) and the data it reads, and the peak resident memory its temporaries add
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from benchmarks.perf import common, models
@@ -104,10 +102,7 @@ def run(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    run(quick=args.quick)
+    common.run_quick_cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":

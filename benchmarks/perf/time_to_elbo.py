@@ -13,7 +13,6 @@ nonlinear model a NumPyro SVI loop with the same encoder (float32, B = 1,000) ru
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -227,10 +226,7 @@ def run(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    run(quick=args.quick)
+    common.run_quick_cli(run, __doc__, argv)
 
 
 if __name__ == "__main__":
