@@ -1,7 +1,7 @@
 """The paper's models for the performance benchmarks, as ordinary PyMC models, with F-VI optima.
 
-Defined here (not in :mod:`pymc_amortize.paper`) so that this branch does not collide with the
-builders another branch adds there; the definitions follow /work/shared/paper/README.md.
+The models themselves are :mod:`pymc_amortize.paper`'s; this module draws the benchmark data
+sets, picks each model's encoder and provides the F-VI optima.
 
 * linear: x_n ~ N(θ + τ z_n, σ²), z_n ~ N(0, 1), flat θ (from :mod:`pymc_amortize.paper`).
 * nonlinear: θ ~ N(0, 1), z_n ~ N(0, 1), x_n ~ N(θ + z_n(1 + sin z_n), cos² z_n + ε). The paper's
@@ -25,12 +25,21 @@ from pathlib import Path
 import numpy as np
 import pymc as pm
 
-from pymc_amortize.paper import linear_data, linear_elbo, linear_model, linear_optimum
+from pymc_amortize.paper import (
+    NONLINEAR_VARIANCE_FLOOR,
+    SAW_ALPHA,
+    linear_data,
+    linear_elbo,
+    linear_model,
+    linear_optimum,
+    nonlinear_model,
+    saw_logjoint,
+    saw_model,
+)
 
 __all__ = ["BenchModel", "build", "fvi_optimum"]
 
-NONLINEAR_FLOOR = 0.1
-SAW_ALPHA = 0.75
+NONLINEAR_FLOOR = NONLINEAR_VARIANCE_FLOOR
 _CACHE = Path(__file__).parent / "results" / "optima.json"
 
 
@@ -54,15 +63,6 @@ def nonlinear_data(n_units: int, *, random_seed: int = 0) -> dict:
     return {"x": x, "theta": theta, "z": z}
 
 
-def nonlinear_model(x: np.ndarray) -> pm.Model:
-    with pm.Model(coords={"unit": np.arange(len(x))}) as model:
-        theta = pm.Normal("theta", 0.0, 1.0)
-        z = pm.Normal("z", 0.0, 1.0, dims="unit")
-        sd = pm.math.sqrt(pm.math.cos(z) ** 2 + NONLINEAR_FLOOR)
-        pm.Normal("x", theta + z * (1 + pm.math.sin(z)), sd, observed=x, dims="unit")
-    return model
-
-
 def saw_data(n_units: int, *, random_seed: int = 0) -> dict:
     rng = np.random.default_rng(random_seed)
     theta = rng.standard_normal()
@@ -76,15 +76,6 @@ def saw_data(n_units: int, *, random_seed: int = 0) -> dict:
     return {"x": x, "x_prev": np.concatenate([[0.0], x[:-1]]), "theta": theta, "z": np.array(zs)}
 
 
-def saw_model(x: np.ndarray, x_prev: np.ndarray) -> pm.Model:
-    with pm.Model(coords={"unit": np.arange(len(x))}) as model:
-        prev = pm.Data("x_prev", x_prev, dims="unit")
-        theta = pm.Normal("theta", 0.0, 1.0)
-        z = pm.Normal("z", prev, 1.0, dims="unit")
-        pm.Normal("x", SAW_ALPHA * (theta + z), 1.0, observed=x, dims="unit")
-    return model
-
-
 def build(name: str, n_units: int | None = None, *, random_seed: int = 0) -> BenchModel:
     """One of "linear", "nonlinear", "saw" at the paper's N unless ``n_units`` is given."""
     if name == "linear":
@@ -92,36 +83,20 @@ def build(name: str, n_units: int | None = None, *, random_seed: int = 0) -> Ben
         return BenchModel(name, linear_model(x), {"z": "x"}, (), {"x": x})
     if name == "nonlinear":
         data = nonlinear_data(n_units or 10_000, random_seed=random_seed)
-        return BenchModel(name, nonlinear_model(data["x"]), {"z": "x"}, (16, 16), data)
+        model = nonlinear_model(data["x"], variance_floor=NONLINEAR_FLOOR)
+        return BenchModel(name, model, {"z": "x"}, (16, 16), data)
     if name == "saw":
         data = saw_data(n_units or 1_000, random_seed=random_seed)
         return BenchModel(
-            name, saw_model(data["x"], data["x_prev"]), {"z": ["x_prev", "x"]}, (4, 4), data
+            name, saw_model(data["x"], alpha=SAW_ALPHA), {"z": ["x_prev", "x"]}, (4, 4), data
         )
     raise ValueError(f"unknown model {name!r}; use linear, nonlinear or saw")
 
 
 # -- F-VI optima ------------------------------------------------------------------------------
-def _gaussian_mf_optimum(precision: np.ndarray, linear: np.ndarray, const: float) -> float:
-    """Max mean-field ELBO of log p = const − ½ wᵀΛw + bᵀw (a Gaussian in w)."""
-    mean = np.linalg.solve(precision, linear)
-    var = 1.0 / np.diag(precision)
-    expected = const - 0.5 * (mean @ precision @ mean + np.sum(np.diag(precision) * var))
-    expected += linear @ mean
-    entropy = 0.5 * np.sum(np.log(2 * np.pi * np.e * var))
-    return float(expected + entropy)
-
-
 def _saw_optimum(data: dict) -> float:
-    x, x_prev, n = data["x"], data["x_prev"], data["x"].size
-    a = SAW_ALPHA
-    precision = np.zeros((n + 1, n + 1))
-    precision[0, 0] = 1 + n * a**2
-    precision[0, 1:] = precision[1:, 0] = a**2
-    precision[np.arange(1, n + 1), np.arange(1, n + 1)] = 1 + a**2
-    linear = np.concatenate([[a * x.sum()], x_prev + a * x])
-    const = -(2 * n + 1) / 2 * np.log(2 * np.pi) - 0.5 * (x_prev**2).sum() - 0.5 * (x**2).sum()
-    return _gaussian_mf_optimum(precision, linear, const)
+    joint = saw_logjoint(data["x"], alpha=SAW_ALPHA)
+    return joint.elbo(*joint.optimum())
 
 
 def _nonlinear_optimum(data: dict) -> float:
