@@ -44,7 +44,7 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
         elif key in _FIT_OPTIONS:
             fit_options[key] = value
         else:
-            allowed = sorted(_CONSTRUCTOR_OPTIONS | _FIT_OPTIONS)
+            allowed = sorted(_CONSTRUCTOR_OPTIONS | _FIT_OPTIONS | {"refine"})
             raise TypeError(
                 f"pm.fit(method='amortized') got an unknown option {key!r}. Options: "
                 f"{', '.join(allowed)}."
