@@ -80,3 +80,6 @@ def test_time_to_elbo_harness_reaches_a_loose_target():
     )
     assert out["models"]["saw"]["ratio_is"] == "="
     assert math.isfinite(out["models"]["saw"]["avi_over_advi_wall"])
+    step_ms = out["models"]["saw"]["step_ms"]
+    assert step_ms["A-VI"] > 0 and step_ms["ADVI"] > 0
+    assert step_ms["nodes"]["A-VI"] > step_ms["nodes"]["ADVI"] > 0

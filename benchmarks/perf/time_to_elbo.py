@@ -1,6 +1,6 @@
 """Benchmark 1: wall time and steps until the ELBO is within 1% of the F-VI optimum, A-VI vs ADVI.
 
-    python -m benchmarks.perf.time_to_elbo [--quick]
+    python -m benchmarks.perf.time_to_elbo [--quick] [--lrs 0.01 0.03 0.1] [--seeds 3]
 
 Both methods are ``pm.fit`` on the same model object with Adam; each gets its best learning rate
 from the same grid (the lr with the lowest median time among those where every seed got there).
@@ -17,8 +17,10 @@ import time
 
 import numpy as np
 import pymc as pm
+import pytensor
 
 from benchmarks.perf import common, models
+from pymc_amortize.inference import STEP_COMPILE_FLAGS
 
 WINDOW = 50
 # A-VI minibatch per model: the selling point is cheap steps; saw's N = 1,000 is one batch.
@@ -91,6 +93,28 @@ def numpyro_fit(bench, lr, seed, target, max_steps):
     return {"compile_s": first - start, "steps": None, "wall_s": None, "ran_s": ran}
 
 
+def step_costs(bench, *, repeats: int = 7, calls: int = 50) -> dict[str, float]:
+    """Median ms per compiled step of A-VI (at the benchmark's batch) and ADVI on ``bench``,
+    timed interleaved in this process (the fits' own wall/steps add pm.fit's loop and callback)."""
+    steps = {
+        "A-VI": common.avi_step(bench, batch_size=BATCH[bench.name]),
+        "ADVI": common.advi_step(bench),
+    }
+    # ADVI compiled as A-VI's step is (STEP_COMPILE_FLAGS: no numba cache wrapper), for reference.
+    with pytensor.config.change_flags(**STEP_COMPILE_FLAGS):
+        steps["ADVI, numba cache off"] = common.advi_step(bench)
+    seconds = common.interleaved(steps, repeats=repeats, calls=calls)
+    costs = {name: float(np.median(s) * 1e3) for name, s in seconds.items()}
+    costs["A-VI / ADVI"] = common.paired_ratio(seconds["A-VI"], seconds["ADVI"])
+    costs["A-VI / ADVI, numba cache off"] = common.paired_ratio(
+        seconds["A-VI"], seconds["ADVI, numba cache off"]
+    )
+    costs["nodes"] = {
+        name: len(step.compiled.maker.fgraph.apply_nodes) for name, step in steps.items()
+    }
+    return costs
+
+
 def best_lr(runs: dict) -> tuple[float, list]:
     """The lr whose seeds all got there with the lowest median time (else the most that did)."""
 
@@ -130,6 +154,7 @@ def run(
     max_steps: dict | None = None,
     n_units: dict | None = None,
     numpyro: bool = True,
+    step_cost: bool = True,
     write: bool = True,
 ) -> dict:
     lrs = lrs or ((1e-2, 3e-2) if quick else (3e-3, 1e-2, 3e-2, 1e-1))
@@ -156,6 +181,7 @@ def run(
                         fit = one_fit(method, bench, lr, seed, target, max_steps[name])
                     runs[method][lr].append(fit)
         best = {m: best_lr(runs[m]) for m in methods}
+        costs = step_costs(bench) if step_cost else {}
         walls = {}
         for method in methods:
             lr, fits = best[method]
@@ -170,6 +196,7 @@ def run(
                     f"{steps.min():.0f}–{steps.max():.0f}",
                     float(np.median(wall)),
                     f"{wall.min():.2f}–{wall.max():.2f}",
+                    float(np.median(wall / steps) * 1e3),
                 ]
             else:
                 # No seed got there at any lr: its time is more than what it ran at every lr.
@@ -183,8 +210,10 @@ def run(
                     "—",
                     f"> {bound:.3g} s (not reached in {n_steps} steps)",
                     "—",
+                    "—",
                 ]
-            rows.append([name, method, lr, f"{len(done)}/{len(fits)}", *cells, compile_s])
+            cost = f"{costs[method]:.3g}" if method in costs else ""
+            rows.append([name, method, lr, f"{len(done)}/{len(fits)}", *cells, cost, compile_s])
         ratio, kind = _ratio(walls["A-VI"], walls["ADVI"])
         results[name] = {
             "optimum": optimum,
@@ -192,9 +221,18 @@ def run(
             "best_lr": {m: best[m][0] for m in methods},
             "avi_over_advi_wall": ratio,
             "ratio_is": kind,
+            "step_ms": costs,
         }
         shown = _shown(ratio, kind)
-        rows.append([name, "**A-VI ÷ ADVI wall**", "", "", "", "", f"**{shown}**", "", ""])
+        step_ratio = (
+            f"{costs['A-VI / ADVI']:.2f} ({costs['A-VI / ADVI, numba cache off']:.2f} against "
+            f"ADVI at {costs['ADVI, numba cache off']:.3g} ms with the numba cache off)"
+            if costs
+            else ""
+        )
+        rows.append(
+            [name, "**A-VI ÷ ADVI wall**", "", "", "", "", f"**{shown}**", "", "", step_ratio, ""]
+        )
     header = [
         "model",
         "method",
@@ -204,6 +242,8 @@ def run(
         "steps range",
         "median wall s",
         "wall range s",
+        "ms/step in fit",
+        "ms/step compiled",
         "compile s",
     ]
     table = (
@@ -211,7 +251,13 @@ def run(
         f"{seeds} seeds, at most {max_steps} steps. A-VI batch: {BATCH}. Wall time excludes "
         "compilation (shown apart); medians over the seeds that reached the target. Where no seed "
         "reached it at any lr, the time is a lower bound (the smallest over lrs of the median wall "
-        "time of the steps run) and the ratio a bound.\n\n"
+        "time of the steps run) and the ratio a bound. *ms/step in fit*: median over those seeds "
+        "of wall ÷ steps inside `pm.fit` (loop, callback and, for A-VI, the divergence guard included); "
+        "*ms/step compiled*: the bare compiled step of each method, A-VI at its batch, timed "
+        "interleaved in the same process (7 rounds of 50 calls), with the A-VI ÷ ADVI ratio of "
+        "those on the ratio row; A-VI's step is compiled without PyTensor's numba cache wrapper "
+        "(`pymc_amortize.inference.STEP_COMPILE_FLAGS`), ADVI's as `pm.fit` compiles it, and "
+        "in brackets ADVI compiled like A-VI's step.\n\n"
         + common.markdown_table(header, rows)
         + "\nTarget: A-VI ÷ ADVI wall ≤ 0.33 on every model: "
         + ", ".join(
@@ -226,7 +272,16 @@ def run(
 
 
 def main(argv=None):
-    common.run_quick_cli(run, __doc__, argv)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few-minute version")
+    parser.add_argument(
+        "--lrs", type=float, nargs="+", help="Adam learning-rate grid, the same for both methods"
+    )
+    parser.add_argument("--seeds", type=int, help="seeds per learning rate")
+    args = parser.parse_args(argv)
+    run(quick=args.quick, lrs=tuple(args.lrs) if args.lrs else None, seeds=args.seeds)
 
 
 if __name__ == "__main__":
