@@ -158,10 +158,10 @@ def run(
         "saw_avi_over_advi": common.paired_ratio(
             times["saw A-VI step (N=1,000)"], times["saw ADVI step (pm.fit's compilation)"]
         ),
-        "step_arguments": {
-            "nonlinear B=1,000": len(guard.fn.maker.inputs),
-            "saw": len(saw_step.fn.maker.inputs),
-        },
+    }
+    arguments = {
+        "nonlinear B=1,000": len(guard.fn.maker.inputs),
+        "saw": len(saw_step.fn.maker.inputs),
     }
     table = (
         f"Nonlinear model, N = {n_units:,}, {mode}, float64; {repeats} interleaved rounds of "
@@ -177,10 +177,10 @@ def run(
         f"≈ {overhead['guard_ms'] * 1e3:.0f} µs per step; the old full-batch step took "
         f"{overhead['old_over_new_full']:.2f}× the current one. "
         f"Compiled with PyTensor's numba cache, whose `def f(*args)` wrapper has numba type the "
-        f"step's {overhead['step_arguments']['nonlinear B=1,000']} arguments (parameters, Adam "
+        f"step's {arguments['nonlinear B=1,000']} arguments (parameters, Adam "
         f"moments, RNGs) in Python on every call, the B = 1,000 step took "
         f"{overhead['cache_wrapper_over_new_b1000']:.2f}× and saw's full step "
-        f"({overhead['step_arguments']['saw']} arguments) "
+        f"({arguments['saw']} arguments) "
         f"{overhead['cache_wrapper_over_new_saw']:.2f}× the step as now compiled "
         f"(`pymc_amortize.inference.STEP_COMPILE_FLAGS`); saw's A-VI step is now "
         f"{overhead['saw_avi_over_advi']:.2f}× ADVI's as `pm.fit` compiles it.\n"
@@ -189,6 +189,7 @@ def run(
         "times_ms": {k: common.summary(v) for k, v in times.items()},
         "graph": {"now": new_size, "before": old_size},
         "overhead": overhead,
+        "step_arguments": arguments,
     }
     if write:
         common.write_results("profile_step", payload, table, quick=quick)
