@@ -292,10 +292,9 @@ class AmortizedObjective:
             grads = total_norm_constraint(grads, total_grad_norm_constraint)
         updates = optimizer(grads, params)
         updates.update(random.updates)
-        with pytensor.config.change_flags(**STEP_COMPILE_FLAGS):
-            fn = compile_pymc(
-                [], loss, updates=updates, random_seed=self.random_seed, **(compile_kwargs or {})
-            )
+        fn = compile_pymc(
+            [], loss, updates=updates, random_seed=self.random_seed, **(compile_kwargs or {})
+        )
         # Everything the optimizer writes (parameters and its moments) is snapshotted together.
         state = [
             v
@@ -304,15 +303,6 @@ class AmortizedObjective:
         ]
         self.guard = _GuardedStep(fn, state, self.approx.nonfinite_params)
         return self.guard
-
-
-# The step is compiled without PyTensor's on-disk numba cache. To make the graph cacheable, PyTensor
-# wraps it in `def f(*args)`, and numba then types that argument tuple in Python on every call
-# (about 5 µs per argument). A step has one argument per parameter and per optimizer moment (47
-# for the saw model's two 2→4→4→1 encoders under Adam), so on small problems this typing was most
-# of the step: 0.30 ms per step with the cache, 0.08 ms without (benchmarks/perf, section 5).
-# Compile time measured the same either way; only the reuse of kernels across processes is lost.
-STEP_COMPILE_FLAGS = {"numba__cache": False}
 
 
 def _build_encoders(
