@@ -7,8 +7,8 @@ Timed in turn in one process, nonlinear model, NUMBA, float64:
 * a trivial compiled function (one scalar update): PyTensor's fixed cost per call;
 * the compiled A-VI step at B = 10, B = 1,000 and full batch, and the B = 1,000 step through the
   divergence guard that ``pm.fit`` calls (the guard's Python cost per step);
-* the B = 1,000 step, and the saw model's full step beside ADVI's, compiled with and without
-  PyTensor's numba cache (whose ``*args`` wrapper makes numba type each argument in Python);
+* the B = 1,000 step, and the saw model's full step beside ADVI's, compiled with (default) and
+  without PyTensor's numba cache (whose ``*args`` wrapper makes numba type each argument in Python);
 * the full-batch step built as before this branch: pytensor-ml layers left as opaque
   ``OpFromGraph`` nodes (the old ``symbolic_encode``) and the data replaced after the draws (the old
   ``per_draw``, which duplicated the log-sd network's backward pass).
@@ -29,7 +29,6 @@ from pytensor.graph.traversal import ancestors
 from pytensor_ml.base import LayerOp
 
 import pymc_amortize.approximation as approximation_module
-import pymc_amortize.inference as inference_module
 import pymc_amortize.logjoint as logjoint_module
 from benchmarks.perf import common, models
 
@@ -63,19 +62,10 @@ def before_this_branch():
         logjoint_module.BatchLogJoint.per_draw = per_draw
 
 
-@contextlib.contextmanager
-def with_numba_cache_wrapper():
-    """Compile steps as the core did before ``STEP_COMPILE_FLAGS``: with PyTensor's numba cache,
-    whose ``def f(*args)`` wrapper makes numba type every argument in Python on each call."""
-    flags = inference_module.STEP_COMPILE_FLAGS
-    saved = dict(flags)
-    flags.clear()
-    flags["numba__cache"] = True
-    try:
-        yield
-    finally:
-        flags.clear()
-        flags.update(saved)
+def without_numba_cache():
+    """Compile without PyTensor's numba cache, whose ``def f(*args)`` wrapper makes numba type
+    every argument in Python on each call (cheaper calls, much slower compilation: NOTES)."""
+    return pytensor.config.change_flags(numba__cache=False)
 
 
 def graph_size(fn) -> tuple[int, int, int]:
@@ -116,9 +106,9 @@ def run(
         old = _guarded(bench, None, mode)
     saw = models.build("saw")
     saw_step = _guarded(saw, None, mode)
-    with with_numba_cache_wrapper():
-        cached = _guarded(bench, min(1_000, n_units), mode)
-        saw_cached = _guarded(saw, None, mode)
+    with without_numba_cache():
+        uncached = _guarded(bench, min(1_000, n_units), mode)
+        saw_uncached = _guarded(saw, None, mode)
     contenders = {
         "trivial compiled call": trivial,
         "A-VI step B=10": common.avi_step(bench, batch_size=10, mode=mode),
@@ -126,9 +116,9 @@ def run(
         "A-VI step B=1,000 through the guard": guard,
         "A-VI step full batch": full.fn,
         "A-VI step full batch, before this branch": old.fn,
-        "A-VI step B=1,000, numba cache wrapper (before)": cached.fn,
+        "A-VI step B=1,000, numba cache off": uncached.fn,
         "saw A-VI step (N=1,000)": saw_step.fn,
-        "saw A-VI step, numba cache wrapper (before)": saw_cached.fn,
+        "saw A-VI step, numba cache off": saw_uncached.fn,
         "saw ADVI step (pm.fit's compilation)": common.advi_step(saw, mode=mode),
     }
     faults = {}
@@ -149,11 +139,11 @@ def run(
         "old_over_new_full": common.paired_ratio(
             times["A-VI step full batch, before this branch"], ref
         ),
-        "cache_wrapper_over_new_b1000": common.paired_ratio(
-            times["A-VI step B=1,000, numba cache wrapper (before)"], times["A-VI step B=1,000"]
+        "cached_over_uncached_b1000": common.paired_ratio(
+            times["A-VI step B=1,000"], times["A-VI step B=1,000, numba cache off"]
         ),
-        "cache_wrapper_over_new_saw": common.paired_ratio(
-            times["saw A-VI step, numba cache wrapper (before)"], times["saw A-VI step (N=1,000)"]
+        "cached_over_uncached_saw": common.paired_ratio(
+            times["saw A-VI step (N=1,000)"], times["saw A-VI step, numba cache off"]
         ),
         "saw_avi_over_advi": common.paired_ratio(
             times["saw A-VI step (N=1,000)"], times["saw ADVI step (pm.fit's compilation)"]
@@ -178,11 +168,11 @@ def run(
         f"{overhead['old_over_new_full']:.2f}× the current one. "
         f"Compiled with PyTensor's numba cache, whose `def f(*args)` wrapper has numba type the "
         f"step's {arguments['nonlinear B=1,000']} arguments (parameters, Adam "
-        f"moments, RNGs) in Python on every call, the B = 1,000 step took "
-        f"{overhead['cache_wrapper_over_new_b1000']:.2f}× and saw's full step "
+        f"moments, RNGs) in Python on every call, the B = 1,000 step takes "
+        f"{overhead['cached_over_uncached_b1000']:.2f}× and saw's full step "
         f"({arguments['saw']} arguments) "
-        f"{overhead['cache_wrapper_over_new_saw']:.2f}× the step as now compiled "
-        f"(`pymc_amortize.inference.STEP_COMPILE_FLAGS`); saw's A-VI step is now "
+        f"{overhead['cached_over_uncached_saw']:.2f}× the step compiled without the cache; "
+        f"saw's A-VI step is "
         f"{overhead['saw_avi_over_advi']:.2f}× ADVI's as `pm.fit` compiles it.\n"
     )
     payload = {
