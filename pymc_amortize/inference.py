@@ -26,7 +26,13 @@ from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 
-from pymc_amortize.analysis import EncoderInputSpec, LocalLatent, UnitPlate, find_local_latents
+from pymc_amortize.analysis import (
+    EncoderInputSpec,
+    LocalLatent,
+    UnitPlate,
+    data_value,
+    find_local_latents,
+)
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.encoders import Encoder, MLPEncoder, resolve_user_encoders
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
@@ -327,7 +333,9 @@ def _build_encoders(
         n_inputs = (
             latent.input_matrix.shape[1]
             if latent.input_matrix is not None
-            else sum(int(np.prod(_data_shape(model, n)[1:], dtype=int)) for n in latent.input_names)
+            else sum(
+                int(np.prod(data_value(model, n).shape[1:], dtype=int)) for n in latent.input_names
+            )
         )
         encoders[latent.name] = MLPEncoder(
             n_inputs=n_inputs,
@@ -341,12 +349,6 @@ def _build_encoders(
         )
         owned.add(latent.name)
     return encoders, frozenset(owned)
-
-
-def _data_shape(model: pm.Model, name: str) -> tuple[int, ...]:
-    from pymc_amortize.analysis import data_value
-
-    return data_value(model, name).shape
 
 
 def _describe_optimizer(optimizer: Callable | None) -> str:
