@@ -5,7 +5,14 @@ method behaves as before.
 """
 
 from pymc_amortize import registration
-from pymc_amortize.analysis import LocalLatent, UnitPlate, find_local_latents
+from pymc_amortize.analysis import (
+    IndexedLocal,
+    LocalLatent,
+    MeanFieldLatent,
+    ModelAnalysis,
+    Plate,
+    analyze_model,
+)
 from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
 from pymc_amortize.compare import Comparison, compare
 from pymc_amortize.diagnostics import (
@@ -15,13 +22,11 @@ from pymc_amortize.diagnostics import (
     amortization_gap,
     refine,
 )
-from pymc_amortize.encoders import MLPEncoder
+from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.fit import fit_amortized
-from pymc_amortize.indexed import IndexedLocal, IndexedPlate, find_indexed_plate
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO, IWAE
-from pymc_amortize.pooled import IndexedApproximation, PooledEncoder
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 from pymc_amortize.serialization import load_approximation, save_approximation
 
@@ -39,21 +44,20 @@ __all__ = [
     "Comparison",
     "DivergenceInfo",
     "DivergenceWarning",
-    "IndexedApproximation",
     "IndexedLocal",
-    "IndexedPlate",
     "LocalLatent",
     "LocalPosterior",
     "MLPEncoder",
     "MeanFieldELBO",
+    "MeanFieldLatent",
+    "ModelAnalysis",
     "PSISDiagnostic",
     "PooledEncoder",
     "SemiAmortizedApproximation",
-    "UnitPlate",
+    "Plate",
     "amortization_gap",
     "compare",
-    "find_indexed_plate",
-    "find_local_latents",
+    "analyze_model",
     "fit_amortized",
     "load_approximation",
     "psis_diagnostic",

@@ -1,83 +1,279 @@
-"""Find the unit structure of a PyMC model: which latents are local and what feeds their encoder.
+"""One model analysis: the unit plates of a PyMC model, their local latents and encoder inputs.
 
-Everything here is pure: it reads the model and the user's ``local=`` mapping and returns frozen
-descriptions. Nothing is compiled and nothing in the model is changed.
+Everything here is pure: it reads the model's log-density graph and the user's ``local=`` mapping
+and returns frozen descriptions. Nothing is compiled and nothing in the model is changed.
+
+How a latent is found local
+---------------------------
+The log density of every observed variable is read as a graph whose leaves are value variables
+and data. A free variable z with a leading axis is *local to a plate* when
+
+* its value reaches the likelihood through an integer index array, ``z[idx]``, possibly inside
+  Deterministics and arithmetic (``(mu + s * z)[idx]``, ``z[idx] * s``, ``b[idx] * x``): the units
+  are z's leading axis and the rows are the index's entries (an *indexed* plate); or
+* its leading axis is the observed variable's leading axis (by dims where both have them, else by
+  length): each unit is one row (a *row* plate).
+
+Several plates may coexist (crossed and nested groupings). Every other free variable, and every
+latent that cannot be amortized (the reason is recorded), is fitted mean-field like ADVI's.
+
+Encoder inputs come from the latent's Markov blanket: every data array (observed values,
+``pm.Data``, constant arrays) in a log-density factor that contains the latent and is aligned with
+the plate's units, or with its rows (then pooled per unit by the encoder).
 """
 
 from __future__ import annotations
 
 import reprlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pymc as pm
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
+from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
+from pytensor.tensor.random.type import RandomType
+from pytensor.tensor.subtensor import AdvancedSubtensor
 
 from pymc_amortize.errors import AmortizationError
 
-__all__ = ["LocalLatent", "UnitPlate", "find_local_latents"]
+__all__ = [
+    "DataInput",
+    "IndexedLocal",
+    "LocalLatent",
+    "MeanFieldLatent",
+    "ModelAnalysis",
+    "Plate",
+    "analyze_model",
+]
 
-#: What ``local=`` accepts for one latent: the name of an observed variable or ``pm.Data``
-#: container, several such names (an expanded domain), or an explicit (n_units, k) input matrix.
-EncoderInputSpec = str | Sequence[str] | np.ndarray
+#: What ``local=`` accepts for one latent: a data name, several names (an expanded domain), an
+#: explicit (n_units, k) input matrix, or an :class:`IndexedLocal`.
+EncoderInputSpec = "str | Sequence[str] | np.ndarray | IndexedLocal"
+
+
+@dataclass(frozen=True)
+class IndexedLocal:
+    """Encoder inputs of a latent whose units own many rows through an index array.
+
+    Use it as a value of ``local=``: ``local={"a": IndexedLocal("county_idx")}``. Every field is
+    optional; what is omitted is read from the model.
+
+    Parameters
+    ----------
+    index : str, optional
+        Name of the ``pm.Data`` container holding the unit of each row.
+    inputs : sequence of str, optional
+        Row data pooled per unit by the encoder (one row per observation).
+    unit_covariates : sequence of str or ndarray, optional
+        Per-unit encoder inputs: names of data with one row per unit, or an (n_units, c) array;
+        ``()`` for none.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        approx = pm.fit(
+            5_000,
+            method="amortized",
+            model=radon,
+            local={"a": IndexedLocal("county_idx", inputs=["log_radon", "floor"])},
+        )
+    """
+
+    index: str | None = None
+    inputs: Sequence[str] | None = None
+    unit_covariates: Sequence[str] | np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class DataInput:
+    """One data array an encoder reads, or a minibatch slices.
+
+    Attributes
+    ----------
+    key : str
+        Its name: the ``pm.Data`` or observed variable's name, or ``"<variable>_input<k>"`` for an
+        unnamed constant array in the factor of ``<variable>`` (e.g. eight schools' known sds).
+        New units' data are passed to ``encode`` under this key.
+    node : Variable
+        The leaf of the model's graph that holds it.
+    """
+
+    key: str
+    node: Variable = field(repr=False, compare=False)
+
+    @property
+    def value(self) -> np.ndarray:
+        return leaf_value(self.node)
 
 
 @dataclass(frozen=True)
 class LocalLatent:
-    """One local latent z with a row per unit.
+    """One local latent z with a leading unit axis.
 
     Attributes
     ----------
-    name : str
-        Name of the free random variable.
-    value_name : str
-        Name of its value variable (the unconstrained one when the latent has a transform).
+    name, value_name : str
+        The free variable and its value variable (the unconstrained one when transformed).
     event_shape : tuple of int
         Shape of one unit's z_n (``()`` for a scalar latent).
-    input_names : tuple of str
-        Data that feed its encoder, in order; empty when ``input_matrix`` is given.
+    unit_inputs : tuple of DataInput
+        Encoder inputs with one row per unit.
+    row_inputs : tuple of DataInput
+        Encoder inputs with one row per row of the plate, pooled per unit (indexed plates only).
     input_matrix : ndarray or None
-        An explicit (n_units, k) encoder input given by the user.
+        An explicit (n_units, k) encoder input given by the user (replaces ``unit_inputs``).
     """
 
     name: str
     value_name: str
     event_shape: tuple[int, ...]
-    input_names: tuple[str, ...]
-    input_matrix: np.ndarray | None = None
+    unit_inputs: tuple[DataInput, ...] = ()
+    row_inputs: tuple[DataInput, ...] = ()
+    input_matrix: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def event_size(self) -> int:
         return int(np.prod(self.event_shape, dtype=int))
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(d.key for d in self.unit_inputs + self.row_inputs)
+
 
 @dataclass(frozen=True)
-class UnitPlate:
-    """The units n = 1..N shared by every local latent (NumPyro's "plate").
+class Plate:
+    """Units n = 1..N and their local latents (NumPyro's ``plate``).
+
+    A row plate has one row per unit (``index is None``); an indexed plate ties rows i to units
+    through ``index[i]``, with any number of rows per unit (none included).
 
     Attributes
     ----------
-    dim : str or None
-        The model dim that indexes units, when the model names one.
+    name : str
+        The unit dim, or a label when the model names none.
+    dim, row_dim : str or None
+        Model dims of the units and (indexed plates) of the rows.
     size : int
         Number of units N.
     latents : tuple of LocalLatent
-        The local latents, in ``model.free_RVs`` order.
-    unit_data : tuple of str
-        Observed variables and ``pm.Data`` containers whose leading axis is the unit axis; these are
-        the arrays a minibatch selects rows of.
+        Its local latents, in ``model.free_RVs`` order.
+    index : DataInput or None
+        The integer array giving each row's unit; None for a row plate.
+    batched : tuple of DataInput
+        Every data array in the plate's factors aligned with its units (``unit``) or rows
+        (``row``): what a minibatch slices.
     """
 
+    name: str
     dim: str | None
+    row_dim: str | None
     size: int
     latents: tuple[LocalLatent, ...]
-    unit_data: tuple[str, ...]
+    index: DataInput | None = None
+    batched_units: tuple[DataInput, ...] = ()
+    batched_rows: tuple[DataInput, ...] = ()
 
     @property
     def latent_names(self) -> tuple[str, ...]:
         return tuple(latent.name for latent in self.latents)
+
+    @property
+    def unit_of_row(self) -> np.ndarray:
+        """Unit of each row, int64 (n_rows,); ``arange(N)`` for a row plate."""
+        if self.index is None:
+            return np.arange(self.size, dtype=np.int64)
+        return self.index.value.astype(np.int64)
+
+    @property
+    def n_rows(self) -> int:
+        return self.size if self.index is None else int(self.index.value.size)
+
+    @property
+    def row_counts(self) -> np.ndarray:
+        """Rows per unit, int64 (N,)."""
+        return np.bincount(self.unit_of_row, minlength=self.size).astype(np.int64)
+
+    @property
+    def index_key(self) -> str:
+        """The key under which new units' data carry each row's unit."""
+        return self.index.key if self.index is not None else "index"
+
+
+@dataclass(frozen=True)
+class MeanFieldLatent:
+    """A free variable fitted with the global mean-field Gaussian, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelAnalysis:
+    """What amortized VI will do with a model: its plates, local latents and mean-field rest.
+
+    ``str(analysis)`` (or :meth:`summary`) is a readable report; it is also stored in the
+    results' ``amortized_fit`` attributes.
+    """
+
+    plates: tuple[Plate, ...]
+    mean_field: tuple[MeanFieldLatent, ...]
+
+    @property
+    def latents(self) -> tuple[LocalLatent, ...]:
+        return tuple(lat for plate in self.plates for lat in plate.latents)
+
+    @property
+    def latent_names(self) -> tuple[str, ...]:
+        return tuple(lat.name for lat in self.latents)
+
+    def plate_of(self, name: str) -> Plate:
+        """The plate of local latent ``name``."""
+        for plate in self.plates:
+            if name in plate.latent_names:
+                return plate
+        raise AmortizationError(
+            f"'{name}' is not a local latent; local latents: {', '.join(self.latent_names)}."
+        )
+
+    def summary(self) -> str:
+        lines = []
+        for plate in self.plates:
+            kind = (
+                "one row per unit"
+                if plate.index is None
+                else f"{plate.n_rows} rows tied to units by '{plate.index.key}'"
+            )
+            lines.append(f"plate '{plate.name}': {plate.size} units, {kind}")
+            for lat in plate.latents:
+                shape = f" (event shape {lat.event_shape})" if lat.event_shape else ""
+                if lat.input_matrix is not None:
+                    inputs = f"a given ({plate.size}, {lat.input_matrix.shape[1]}) matrix"
+                else:
+                    parts = [d.key for d in lat.unit_inputs]
+                    parts += [f"{d.key} (rows, pooled)" for d in lat.row_inputs]
+                    inputs = ", ".join(parts) or "none"
+                lines.append(f"  local {lat.name}{shape} <- encoder inputs: {inputs}")
+        if not self.plates:
+            lines.append("no plate: every latent is fitted mean-field (as ADVI)")
+        for mf in self.mean_field:
+            lines.append(f"mean-field {mf.name}: {mf.reason}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+# -- reading values and shapes -------------------------------------------------------------------
+def leaf_value(var: Variable) -> np.ndarray:
+    """The array held by a data leaf (a shared variable or a constant)."""
+    if isinstance(var, SharedVariable):
+        return np.asarray(var.get_value(borrow=True))
+    if isinstance(var, Constant):
+        return np.asarray(var.data)
+    raise AmortizationError(f"'{var}' holds no data.")
 
 
 def data_value(model: pm.Model, name: str) -> np.ndarray:
@@ -85,106 +281,40 @@ def data_value(model: pm.Model, name: str) -> np.ndarray:
     var = model[name]
     if var in model.observed_RVs:
         var = model.rvs_to_values[var]
-    if isinstance(var, SharedVariable):
-        return np.asarray(var.get_value())
-    if isinstance(var, Constant):
-        return np.asarray(var.data)
+    if isinstance(var, SharedVariable | Constant):
+        return leaf_value(var)
     raise AmortizationError(
         f"'{name}' is neither an observed variable nor a pm.Data container, so it cannot feed an "
         "encoder. Name an observed variable, a pm.Data container, or pass an (n_units, k) array."
     )
 
 
-def _leading_dim(model: pm.Model, name: str) -> str | None:
-    dims = model.named_vars_to_dims.get(name)
-    return dims[0] if dims else None
+def _is_data_leaf(var: Variable) -> bool:
+    if var.owner is not None or isinstance(var.type, RandomType):
+        return False
+    return isinstance(var, SharedVariable | Constant) and getattr(var.type, "ndim", 0) > 0
 
 
-def _data_names(model: pm.Model) -> list[str]:
-    observed = [rv.name for rv in model.observed_RVs]
-    containers = [var.name for var in model.data_vars if var.name not in observed]
-    return observed + containers
+def _leading(var: Variable) -> int | None:
+    value = leaf_value(var)
+    return int(value.shape[0]) if value.ndim else None
 
 
-def _check_local_candidate(model: pm.Model, name: str) -> Variable:
-    if name not in model.named_vars:
-        free = ", ".join(rv.name for rv in model.free_RVs) or "none"
-        raise AmortizationError(
-            f"local={{'{name}': ...}} names no variable of the model. Its free variables: {free}."
-        )
-    rv = model[name]
-    if rv in model.observed_RVs:
-        raise AmortizationError(f"'{name}' is observed; only free latent variables can be local.")
-    if rv in model.deterministics:
-        raise AmortizationError(
-            f"'{name}' is a Deterministic; name the free variable it is computed from instead."
-        )
-    if rv not in model.free_RVs:
-        raise AmortizationError(f"'{name}' is not a free random variable of the model.")
-    if rv.type.dtype.startswith(("int", "uint", "bool")):
-        raise AmortizationError(
-            f"'{name}' is discrete ({rv.type.dtype}); amortized VI needs continuous local latents."
-        )
-    if rv.type.ndim == 0:
-        raise AmortizationError(
-            f"'{name}' is a scalar; a local latent needs one row per unit (a leading unit axis)."
-        )
-    return rv
+def _dims(model: pm.Model, name: str | None) -> tuple[str, ...]:
+    return tuple(model.named_vars_to_dims.get(name) or ()) if name else ()
 
 
-def _unit_count(model: pm.Model, rv: Variable, initial_point: dict) -> int:
-    value = initial_point[model.rvs_to_values[rv].name]
-    return int(value.shape[0])
+def _is_index(var: Variable) -> bool:
+    return (
+        _is_data_leaf(var)
+        and var.type.ndim == 1
+        and var.type.dtype.startswith(("int", "uint"))
+    )
 
 
-def _auto_inputs(model: pm.Model, name: str) -> tuple[str, ...]:
-    dim = _leading_dim(model, name)
-    if dim is None:
-        return ()
-    return tuple(rv.name for rv in model.observed_RVs if _leading_dim(model, rv.name) == dim)
-
-
-def _resolve_inputs(
-    model: pm.Model, name: str, spec: EncoderInputSpec, n_units: int
-) -> tuple[tuple[str, ...], np.ndarray | None]:
-    if isinstance(spec, np.ndarray):
-        matrix = spec
-        if matrix.dtype.kind not in "biuf":
-            raise AmortizationError(
-                f"The encoder input given for '{name}' has dtype {matrix.dtype}; it must be numeric."
-            )
-        if matrix.ndim == 1:
-            matrix = matrix[:, None]
-        if matrix.shape[0] != n_units:
-            raise AmortizationError(
-                f"The encoder input given for '{name}' has {matrix.shape[0]} rows but '{name}' has "
-                f"{n_units} units; row n must describe unit n."
-            )
-        # A private copy: the user's array is never written to, nor aliased by our graphs.
-        return (), np.array(matrix.reshape(n_units, -1), dtype=float)
-    names = (spec,) if isinstance(spec, str) else tuple(spec)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise AmortizationError(
-            f"local['{name}'] must be a data name, a list of data names or an (n_units, k) array; "
-            f"got {reprlib.repr(spec)}."
-        )
-    known = _data_names(model)
-    for data_name in names:
-        if data_name not in known:
-            raise AmortizationError(
-                f"local['{name}'] names '{data_name}', which is not an observed variable or "
-                f"pm.Data container of the model. Known data: {', '.join(known) or 'none'}."
-            )
-    return names, None
-
-
+# -- checks on the model as a whole --------------------------------------------------------------
 def _check_no_imputation(model: pm.Model) -> None:
-    """Refuse observed data with missing values, which PyMC has rewritten into latents.
-
-    PyMC imputes NaN entries of ``observed=``: the variable becomes a Deterministic stitched from
-    ``<name>_observed`` (observed) and ``<name>_unobserved`` (a new free variable), so its units
-    are no longer one observed row each.
-    """
+    """Refuse observed data with missing values, which PyMC has rewritten into latents."""
     observed = {rv.name for rv in model.observed_RVs}
     free = {rv.name for rv in model.free_RVs}
     for det in model.deterministics:
@@ -200,93 +330,521 @@ def _check_no_imputation(model: pm.Model) -> None:
             )
 
 
-def find_local_latents(
-    model: pm.Model, local: Mapping[str, EncoderInputSpec] | None = None
-) -> UnitPlate:
-    """Describe the local latents of ``model`` and the data that feed their encoders.
+def _check_no_pm_minibatch(model: pm.Model) -> None:
+    """Refuse ``pm.Minibatch`` data: our minibatches are drawn over units, not over rows."""
+    # PyMC wraps such variables in a MinibatchRandomVariable and their data in a Minibatch op.
+    scaled = [
+        rv.name
+        for rv in model.observed_RVs
+        if type(rv.owner.op).__name__ == "MinibatchRandomVariable"
+        or any(
+            var.owner is not None and type(var.owner.op).__name__ == "Minibatch"
+            for var in ancestors([model.rvs_to_values[rv]])
+        )
+    ]
+    if not scaled:
+        return
+    raise AmortizationError(
+        f"The observed variable(s) {', '.join(scaled)} use pm.Minibatch / total_size. Amortized "
+        "VI draws its own minibatches of units (all rows of each drawn unit) and scales them "
+        "itself, so pm.Minibatch is not needed: build the model on the full data (drop "
+        "pm.Minibatch and total_size=) and pass batch_size= to the fit, e.g. "
+        "pm.fit(n, method='amortized', batch_size=100) for 100 units per step."
+    )
+
+
+# -- the graph analysis --------------------------------------------------------------------------
+@dataclass
+class _Use:
+    """How one latent meets one observed variable's factor."""
+
+    latent: str
+    kind: str  # "row" or "indexed"
+    index: Variable | None
+    observed: str
+
+
+def _index_uses(term: Variable, value_to_name: Mapping[Variable, str]) -> list[tuple[str, Variable]]:
+    """(latent, index leaf) for each ``expr[idx]`` in ``term`` whose source holds a latent's value
+    along its leading axis (idx: an integer data vector selecting along axis 0)."""
+    uses = []
+    for node in applys_between(graph_inputs([term]), [term]):
+        if not isinstance(node.op, AdvancedSubtensor):
+            continue
+        source, index, *rest = node.inputs
+        if not _is_index(index) or any(getattr(r.type, "ndim", None) is not None for r in rest):
+            continue
+        for var in ancestors([source]):
+            name = value_to_name.get(var)
+            if name is not None and var.type.ndim >= 1:
+                uses.append((name, index))
+    return uses
+
+
+def _row_aligned(
+    model: pm.Model, latent: str, length: int, obs: str, n_rows: int
+) -> bool:
+    lat_dims, obs_dims = _dims(model, latent), _dims(model, obs)
+    if lat_dims and obs_dims and lat_dims[0] is not None and obs_dims[0] is not None:
+        return lat_dims[0] == obs_dims[0]
+    return length == n_rows and n_rows > 1
+
+
+def _find_uses(model: pm.Model, lengths: Mapping[str, int]) -> list[_Use]:
+    value_to_name = {
+        model.rvs_to_values[rv]: rv.name for rv in model.free_RVs if rv.name in lengths
+    }
+    uses = []
+    for obs in model.observed_RVs:
+        term = model.logp(vars=[obs], sum=False)[0]
+        n_rows = _leading(model.rvs_to_values[obs])
+        indexed = _index_uses(term, value_to_name)
+        for name, index in indexed:
+            if _leading(index) != n_rows:
+                continue  # an index over something other than the rows (e.g. a slice of units)
+            uses.append(_Use(name, "indexed", index, obs.name))
+        indexed_names = {name for name, _ in indexed}
+        for var in ancestors([term]):
+            name = value_to_name.get(var)
+            if name is None or name in indexed_names or n_rows is None:
+                continue
+            if _row_aligned(model, name, lengths[name], obs.name, n_rows):
+                uses.append(_Use(name, "row", None, obs.name))
+    return uses
+
+
+def _plate_key(use: _Use, model: pm.Model, lengths: Mapping[str, int]) -> tuple:
+    if use.kind == "indexed":
+        return ("indexed", use.index)
+    dim = _dims(model, use.latent)[:1]
+    return ("row", dim[0] if dim else lengths[use.latent])
+
+
+def _factor_terms(model: pm.Model) -> dict[str, Variable]:
+    """The log-density factor of every free and observed variable and potential, by name."""
+    varlist = model.free_RVs + model.observed_RVs + model.potentials
+    terms = model.logp(vars=varlist, sum=False)
+    return {var.name: term for var, term in zip(varlist, terms, strict=True)}
+
+
+def _data_key(model: pm.Model, leaf: Variable, owner: str, counter: dict) -> str:
+    """A user-facing name of a data leaf: its own, its observed variable's, or a positional one."""
+    for rv in model.observed_RVs:
+        if model.rvs_to_values[rv] is leaf:
+            return rv.name
+    if leaf.name and leaf.name in model.named_vars:
+        return leaf.name
+    counter[owner] = counter.get(owner, -1) + 1
+    return f"{owner}_input{counter[owner]}"
+
+
+def _aligned_leaves(
+    model: pm.Model,
+    terms: Mapping[str, Variable],
+    value_vars: set[Variable],
+    *,
+    size: int,
+    n_rows: int | None,
+    dim: str | None,
+    row_dim: str | None,
+    exclude: set[Variable],
+) -> tuple[list[tuple[Variable, str]], list[tuple[Variable, str]]]:
+    """Data leaves aligned with the units and with the rows in the factors holding ``value_vars``.
+
+    Returns ``(unit leaves, row leaves)``, each a list of (leaf, owning factor's name).
+    """
+    units, rows, seen = [], [], set()
+    for owner, term in terms.items():
+        leaves = list(graph_inputs([term]))
+        if not value_vars & set(leaves):
+            continue
+        for leaf in leaves:
+            if leaf in seen or leaf in exclude or not _is_data_leaf(leaf):
+                continue
+            length = _leading(leaf)
+            name = next(
+                (rv.name for rv in model.observed_RVs if model.rvs_to_values[rv] is leaf),
+                leaf.name,
+            )
+            leaf_dims = _dims(model, name) if name in model.named_vars else ()
+            if leaf_dims and leaf_dims[0] is not None and (dim or row_dim):
+                if leaf_dims[0] == dim and length == size:
+                    units.append((leaf, owner))
+                elif n_rows is not None and leaf_dims[0] == row_dim and length == n_rows:
+                    rows.append((leaf, owner))
+                else:
+                    continue
+            elif n_rows is not None and length == n_rows:
+                rows.append((leaf, owner))
+            elif length == size:
+                units.append((leaf, owner))
+            else:
+                continue
+            seen.add(leaf)
+    return units, rows
+
+
+def _informative(leaf: Variable) -> bool:
+    """Whether a data array varies across its leading axis (constant rows tell units nothing)."""
+    value = leaf_value(leaf)
+    if value.dtype.kind not in "biuf" or value.shape[0] < 2:
+        return False
+    return bool(np.any(value != value[:1]))
+
+
+def _resolve_names(
+    model: pm.Model, latent: str, names: Sequence[str], known: Mapping[str, DataInput]
+) -> tuple[DataInput, ...]:
+    out = []
+    for data_name in names:
+        if data_name in known:
+            out.append(known[data_name])
+            continue
+        if data_name not in model.named_vars:
+            raise AmortizationError(
+                f"local['{latent}'] names '{data_name}', which is not an observed variable or "
+                f"pm.Data container of the model. Known data: "
+                f"{', '.join(_data_names(model)) or 'none'}."
+            )
+        var = model[data_name]
+        node = model.rvs_to_values[var] if var in model.observed_RVs else var
+        if not _is_data_leaf(node):
+            raise AmortizationError(
+                f"local['{latent}'] names '{data_name}', which holds no data (an observed "
+                "variable or pm.Data container is needed)."
+            )
+        out.append(DataInput(data_name, node))
+    return tuple(out)
+
+
+def _data_names(model: pm.Model) -> list[str]:
+    observed = [rv.name for rv in model.observed_RVs]
+    return observed + [var.name for var in model.data_vars if var.name not in observed]
+
+
+def _as_names(spec, what: str) -> tuple[str, ...]:
+    names = (spec,) if isinstance(spec, str) else tuple(spec)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise AmortizationError(
+            f"{what} must be a data name, a list of data names or an (n_units, k) array; got "
+            f"{reprlib.repr(spec)}."
+        )
+    return names
+
+
+def _input_matrix(name: str, spec: np.ndarray, size: int) -> np.ndarray:
+    matrix = np.asarray(spec)
+    if matrix.dtype.kind not in "biuf":
+        raise AmortizationError(
+            f"The encoder input given for '{name}' has dtype {matrix.dtype}; it must be numeric."
+        )
+    if matrix.ndim == 1:
+        matrix = matrix[:, None]
+    if matrix.shape[0] != size:
+        raise AmortizationError(
+            f"The encoder input given for '{name}' has {matrix.shape[0]} rows but '{name}' has "
+            f"{size} units; row n must describe unit n."
+        )
+    # A private copy: the user's array is never written to, nor aliased by our graphs.
+    return np.array(matrix.reshape(size, -1), dtype=float)
+
+
+def _check_local_names(model: pm.Model, local: Mapping) -> None:
+    for name, spec in local.items():
+        if name not in model.named_vars:
+            free = ", ".join(rv.name for rv in model.free_RVs) or "none"
+            raise AmortizationError(
+                f"local={{'{name}': ...}} names no variable of the model. Its free variables: "
+                f"{free}."
+            )
+        rv = model[name]
+        if rv in model.observed_RVs:
+            raise AmortizationError(f"'{name}' is observed; only free latent variables can be local.")
+        if rv in model.deterministics:
+            raise AmortizationError(
+                f"'{name}' is a Deterministic; name the free variable it is computed from instead."
+            )
+        if rv not in model.free_RVs:
+            raise AmortizationError(f"'{name}' is not a free random variable of the model.")
+        if rv.type.dtype.startswith(("int", "uint", "bool")):
+            raise AmortizationError(
+                f"'{name}' is discrete ({rv.type.dtype}); amortized VI needs continuous local "
+                "latents."
+            )
+        if rv.type.ndim == 0:
+            raise AmortizationError(
+                f"'{name}' is a scalar; a local latent needs one row per unit (a leading unit "
+                "axis)."
+            )
+        if not isinstance(spec, IndexedLocal | str | np.ndarray | Sequence):
+            raise AmortizationError(
+                f"local['{name}'] must be a data name, a list of data names, an (n_units, k) "
+                f"array or an IndexedLocal; got {reprlib.repr(spec)}."
+            )
+
+
+def analyze_model(
+    model: pm.Model | None = None, local: Mapping[str, object] | None = None
+) -> ModelAnalysis:
+    """Find the plates, local latents, encoder inputs and mean-field latents of a model.
 
     Parameters
     ----------
-    model : pm.Model
-        The model to read. It is not changed.
+    model : pm.Model, optional
+        The model to read (from the context when omitted). It is not changed.
     local : mapping, optional
-        ``{latent: inputs}``; ``inputs`` is the name of an observed variable or ``pm.Data``
-        container, a list of such names, or an explicit (n_units, k) array, row n = unit n.
-        When omitted, a free continuous variable is local when its leading model dim is also the
-        leading dim of an observed variable; that observed variable feeds its encoder.
+        ``{latent: inputs}`` to choose the amortized latents and their encoder inputs: a data name,
+        a list of names, an (n_units, k) array, or an :class:`IndexedLocal`. Latents it does not
+        name are fitted mean-field. When omitted, every latent found local (see the module's
+        docstring) is amortized, its encoder fed from its Markov blanket.
 
     Returns
     -------
-    UnitPlate
-        The units, their local latents and the data arrays a minibatch selects rows of.
-    """
-    _check_no_imputation(model)
-    if local is None:
-        local = {}
-        for rv in model.free_RVs:
-            if rv.type.dtype.startswith(("int", "uint", "bool")) or rv.type.ndim == 0:
-                continue
-            inputs = _auto_inputs(model, rv.name)
-            if inputs:
-                local[rv.name] = inputs
-        if not local:
-            raise AmortizationError(
-                "Found no local latent: no free continuous variable shares its leading dim with an "
-                "observed variable. Name them with local={'z': 'x'}, or use pm.fit(method='advi') "
-                "for a model without per-unit latents."
-            )
-    elif not isinstance(local, Mapping) or not local:
-        raise AmortizationError(
-            f"local= must be a non-empty mapping {{latent name: encoder inputs}}; got {reprlib.repr(local)}."
-        )
+    ModelAnalysis
+        Print it for a summary.
 
-    rvs = {name: _check_local_candidate(model, name) for name in local}
+    Examples
+    --------
+    .. code-block:: python
+
+        import pymc_amortize as pa
+
+        print(pa.analyze_model(radon))
+    """
+    model = pm.modelcontext(model)
+    _check_no_imputation(model)
+    _check_no_pm_minibatch(model)
+    if local is not None:
+        if not isinstance(local, Mapping) or not local:
+            raise AmortizationError(
+                "local= must be a non-empty mapping {latent name: encoder inputs}; got "
+                f"{reprlib.repr(local)}."
+            )
+        _check_local_names(model, local)
     initial_point = model.initial_point()
-    counts = {name: _unit_count(model, rv, initial_point) for name, rv in rvs.items()}
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"'{n}': {c}" for n, c in counts.items())
-        raise AmortizationError(
-            f"The local latents have different numbers of units ({listed}); all local latents "
-            "must share one unit axis."
+    lengths, event_shapes, mean_field = {}, {}, {}
+    for rv in model.free_RVs:
+        value = initial_point[model.rvs_to_values[rv].name]
+        if rv.type.dtype.startswith(("int", "uint", "bool")):
+            mean_field[rv.name] = "discrete"
+        elif value.ndim == 0:
+            mean_field[rv.name] = "a scalar (no unit axis)"
+        else:
+            lengths[rv.name] = int(value.shape[0])
+            event_shapes[rv.name] = tuple(int(s) for s in value.shape[1:])
+
+    uses = _find_uses(model, lengths)
+    keys: dict[str, set] = {}
+    for use in uses:
+        keys.setdefault(use.latent, set()).add(_plate_key(use, model, lengths))
+    for name, found in list(keys.items()):
+        if len(found) > 1:
+            mean_field[name] = "it meets the data through several unit axes or index arrays"
+            del keys[name]
+
+    if local is not None:
+        for name in lengths:
+            if name not in local:
+                mean_field.setdefault(name, "not named in local=")
+        for name, spec in local.items():
+            mean_field.pop(name, None)
+            key = keys.get(name)
+            if isinstance(spec, IndexedLocal):
+                key = {k for k in (key or set()) if k[0] == "indexed"}
+                if spec.index is not None:
+                    if spec.index not in model.named_vars:
+                        raise AmortizationError(
+                            f"IndexedLocal(index='{spec.index}') for '{name}': the model has no "
+                            f"variable '{spec.index}'."
+                        )
+                    key = {k for k in key if k[1] is model[spec.index]}
+                if not key:
+                    raise AmortizationError(
+                        f"'{name}' is never used as '{name}[index]' in an observation"
+                        + (f" with index '{spec.index}'" if spec.index else "")
+                        + ", with the index an integer pm.Data container or array; write the "
+                        f"likelihood as e.g. pm.Normal('y', {name}[county_idx], ...)."
+                    )
+            elif key is None or next(iter(key))[0] != "row":
+                dims = _dims(model, name)[:1]
+                key = {("row", dims[0] if dims else lengths[name])}
+            keys[name] = key
+    for name in lengths:
+        if name not in keys:
+            mean_field.setdefault(
+                name,
+                "no observed variable meets it along its leading axis or through an index array",
+            )
+
+    terms = _factor_terms(model)
+    index_leaves = {k[1] for found in keys.values() for k in found if k[0] == "indexed"}
+    groups: dict[tuple, list[str]] = {}
+    for rv in model.free_RVs:  # model order, so that sampling matches values by position
+        if rv.name in keys:
+            groups.setdefault(next(iter(keys[rv.name])), []).append(rv.name)
+
+    plates = []
+    for key, names in groups.items():
+        plate, dropped = _build_plate(
+            model, key, names, lengths, event_shapes, terms, index_leaves, local
         )
-    n_units = next(iter(counts.values()))
-    dims = {_leading_dim(model, name) for name in rvs}
-    unit_dim = dims.pop() if len(dims) == 1 else None
+        mean_field.update(dropped)
+        if plate is not None:
+            plates.append(plate)
+    ordered = [
+        MeanFieldLatent(rv.name, mean_field[rv.name])
+        for rv in model.free_RVs
+        if rv.name in mean_field
+    ]
+    return ModelAnalysis(plates=tuple(plates), mean_field=tuple(ordered))
+
+
+def _build_plate(
+    model: pm.Model,
+    key: tuple,
+    names: list[str],
+    lengths: Mapping[str, int],
+    event_shapes: Mapping[str, tuple[int, ...]],
+    terms: Mapping[str, Variable],
+    index_leaves: set[Variable],
+    local: Mapping[str, object] | None,
+) -> tuple[Plate | None, dict[str, str]]:
+    """One plate from the latents sharing a plate key; latents that cannot join it go mean-field."""
+    dropped = {}
+    sizes = {lengths[n] for n in names}
+    if len(sizes) > 1:
+        return None, {n: f"its plate's latents have different lengths {sorted(sizes)}" for n in names}
+    size = sizes.pop()
+    dims = {(_dims(model, n) or (None,))[0] for n in names}
+    dim = dims.pop() if len(dims) == 1 else None
+    index = None
+    row_dim = None
+    n_rows = None
+    if key[0] == "indexed":
+        index_leaf = key[1]
+        index_value = leaf_value(index_leaf)
+        label = index_leaf.name if index_leaf.name in model.named_vars else "the index array"
+        if index_value.size and (index_value.min() < 0 or index_value.max() >= size):
+            raise AmortizationError(
+                f"{label} has values in [{index_value.min()}, {index_value.max()}], but "
+                f"'{names[0]}' has {size} units; the index must lie in [0, {size - 1}]."
+            )
+        index_key = index_leaf.name if index_leaf.name in model.named_vars else "index"
+        index = DataInput(index_key, index_leaf)
+        n_rows = int(index_value.size)
+        row_dim = (_dims(model, index_key) or (None,))[0] if index_key != "index" else None
+        if row_dim is None:
+            for rv in model.observed_RVs:
+                if _leading(model.rvs_to_values[rv]) == n_rows and _dims(model, rv.name):
+                    row_dim = _dims(model, rv.name)[0]
+                    break
+        if n_rows == size and not (dim and row_dim and dim != row_dim):
+            reason = (
+                f"its units and the rows of {label} have the same length {size}, so per-unit "
+                "and per-row data cannot be told apart; give both dims"
+            )
+            return None, dict.fromkeys(names, reason)
+    plate_name = dim or (f"{names[0]}_unit" if index is None else f"{index.key}_unit")
+    value_vars = {model.rvs_to_values[model[n]] for n in names}
+    unit_leaves, row_leaves = _aligned_leaves(
+        model,
+        terms,
+        value_vars,
+        size=size,
+        n_rows=n_rows,
+        dim=dim,
+        row_dim=row_dim,
+        exclude={index.node} if index is not None else set(),
+    )
+    counter: dict[str, int] = {}
+    unit_data = [DataInput(_data_key(model, leaf, owner, counter), leaf) for leaf, owner in unit_leaves]
+    row_data = [DataInput(_data_key(model, leaf, owner, counter), leaf) for leaf, owner in row_leaves]
 
     latents = []
-    for rv in model.free_RVs:  # model order, so that sampling matches values by position
-        if rv.name not in local:
-            continue
-        names, matrix = _resolve_inputs(model, rv.name, local[rv.name], n_units)
-        for data_name in names:
-            rows = data_value(model, data_name).shape[:1]
-            if rows != (n_units,):
-                raise AmortizationError(
-                    f"'{data_name}' feeds the encoder of '{rv.name}' but has leading length "
-                    f"{rows[0] if rows else 'none (a scalar)'}, while '{rv.name}' has {n_units} "
-                    "units; row n of the data must describe unit n."
+    for name in names:
+        value_var = model.rvs_to_values[model[name]]
+        own_units, own_rows = _aligned_leaves(
+            model,
+            terms,
+            {value_var},
+            size=size,
+            n_rows=n_rows,
+            dim=dim,
+            row_dim=row_dim,
+            exclude=index_leaves | ({index.node} if index is not None else set()),
+        )
+        own = {leaf for leaf, _ in own_units + own_rows}
+        unit_inputs = tuple(
+            d for d in unit_data if d.node in own and _informative(d.node)
+        )
+        row_inputs = tuple(
+            d for d in row_data if d.node in own and _informative(d.node)
+        )
+        matrix = None
+        spec = local.get(name) if local is not None else None
+        known = {d.key: d for d in unit_data + row_data}
+        if isinstance(spec, np.ndarray):
+            matrix, unit_inputs, row_inputs = _input_matrix(name, spec, size), (), ()
+        elif isinstance(spec, IndexedLocal):
+            if spec.inputs is not None:
+                row_inputs = _resolve_names(
+                    model, name, _as_names(spec.inputs, f"IndexedLocal(inputs=) of '{name}'"), known
                 )
-        value = initial_point[model.rvs_to_values[rv].name]
+            if isinstance(spec.unit_covariates, np.ndarray):
+                matrix = _input_matrix(name, spec.unit_covariates, size)
+                unit_inputs = ()
+            elif spec.unit_covariates is not None:
+                unit_inputs = (
+                    _resolve_names(model, name, _as_names(spec.unit_covariates, "unit_covariates"), known)
+                    if len(spec.unit_covariates)
+                    else ()
+                )
+        elif spec is not None:
+            names_given = _as_names(spec, f"local['{name}']")
+            given = _resolve_names(model, name, names_given, known)
+            unit_inputs = tuple(d for d in given if _leading(d.node) == size and d not in row_data)
+            row_inputs = tuple(d for d in given if d not in unit_inputs)
+        for data in unit_inputs:
+            _check_length(name, data, size, "unit")
+        for data in row_inputs:
+            _check_length(name, data, n_rows if n_rows is not None else size, "row")
+        if index is None and row_inputs:
+            unit_inputs, row_inputs = unit_inputs + row_inputs, ()
+        if matrix is None and not unit_inputs and not row_inputs:
+            dropped[name] = "no data in its Markov blanket is aligned with its units or rows"
+            continue
         latents.append(
             LocalLatent(
-                name=rv.name,
-                value_name=model.rvs_to_values[rv].name,
-                event_shape=tuple(int(s) for s in value.shape[1:]),
-                input_names=names,
+                name=name,
+                value_name=value_var.name,
+                event_shape=event_shapes[name],
+                unit_inputs=unit_inputs,
+                row_inputs=row_inputs,
                 input_matrix=matrix,
             )
         )
-
-    unit_data = tuple(
-        name for name in _data_names(model) if _is_unit_data(model, name, unit_dim, n_units)
+    if not latents:
+        return None, dropped
+    plate = Plate(
+        name=plate_name,
+        dim=dim,
+        row_dim=row_dim,
+        size=size,
+        latents=tuple(latents),
+        index=index,
+        batched_units=tuple(unit_data),
+        batched_rows=tuple(row_data),
     )
-    return UnitPlate(dim=unit_dim, size=n_units, latents=tuple(latents), unit_data=unit_data)
+    return plate, dropped
 
 
-def _is_unit_data(model: pm.Model, name: str, unit_dim: str | None, n_units: int) -> bool:
-    """Whether a data array's leading axis is the unit axis (by dims, else by its length)."""
-    dim = _leading_dim(model, name)
-    if unit_dim is not None and dim is not None:
-        return dim == unit_dim
-    value = data_value(model, name)
-    return value.ndim > 0 and value.shape[0] == n_units
+def _check_length(latent: str, data: DataInput, expected: int, what: str) -> None:
+    length = _leading(data.node)
+    if length != expected:
+        raise AmortizationError(
+            f"'{data.key}' feeds the encoder of '{latent}' but has leading length "
+            f"{length if length is not None else 'none (a scalar)'}, while '{latent}' has "
+            f"{expected} {what}s; row n of the data must describe {what} n."
+        )
+    if leaf_value(data.node).dtype.kind not in "biuf":
+        raise AmortizationError(f"'{data.key}' has dtype {leaf_value(data.node).dtype}; encoder inputs are numeric.")

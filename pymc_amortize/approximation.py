@@ -1,9 +1,15 @@
-"""The amortized approximation q(θ) ∏_n q(z_n; f_φ(x_n)) and what a user does with a fitted one."""
+"""The amortized guide q(θ) ∏_plates ∏_n q(z_n; f_φ(data of unit n)) and what a user does with it.
+
+One class for every plate kind. The globals (and every latent the analysis leaves mean-field) get
+PyMC's :class:`~pymc.variational.approximations.MeanFieldGroup`, as ADVI; each local latent gets
+a diagonal Gaussian whose mean and log-sd are its encoder's output on its unit's data: the unit's
+own inputs (one row per unit) and, for an indexed plate, the set of its rows, pooled.
+"""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import arviz as az
@@ -19,12 +25,20 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import LocalLatent, UnitPlate, data_value
-from pymc_amortize.encoders import Encoder, check_encoder_outputs, encoder_params, inline_layers
+from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
+from pymc_amortize.encoders import (
+    MLPEncoder,
+    PooledEncoder,
+    check_encoder_outputs,
+    encoder_params,
+    inline_layers,
+    resolve_user_encoders,
+)
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.plates import PlateLayout, UnitBatch
 from pymc_amortize.results import method_groups
 
-__all__ = ["AmortizedApproximation", "LocalPosterior"]
+__all__ = ["AmortizedApproximation", "InputScaling", "LocalPosterior"]
 
 
 class LocalPosterior(NamedTuple):
@@ -59,40 +73,6 @@ class InputScaling(NamedTuple):
         return (matrix - self.center) / self.scale
 
 
-def encoder_input_matrix(
-    latent: LocalLatent, data: Mapping[str, np.ndarray], n_units: int | None = None
-) -> np.ndarray:
-    """Stack the data feeding ``latent``'s encoder into an (n_units, k) float matrix."""
-    columns = []
-    for name in latent.input_names:
-        if name not in data:
-            raise AmortizationError(
-                f"The encoder of '{latent.name}' needs '{name}' for the new units; got "
-                f"{sorted(data)}."
-            )
-        column = np.asarray(data[name])
-        if column.dtype.kind not in "biuf":
-            raise AmortizationError(
-                f"'{name}' feeds the encoder of '{latent.name}' but has dtype {column.dtype}; it "
-                "must be numeric."
-            )
-        if not np.isfinite(column).all():
-            bad = np.flatnonzero(~np.isfinite(column.reshape(column.shape[0], -1)).all(axis=1))
-            raise AmortizationError(
-                f"'{name}' feeds the encoder of '{latent.name}' but has NaN or inf in {bad.size} "
-                f"unit(s) (first: row {bad[0]}); the encoder needs finite inputs."
-            )
-        columns.append(column)
-    rows = {c.shape[0] if c.ndim else None for c in columns}
-    if len(rows) != 1 or None in rows:
-        raise AmortizationError(
-            f"The inputs of '{latent.name}' ({', '.join(latent.input_names)}) must all have one "
-            f"row per unit; got leading lengths {sorted(map(str, rows))}."
-        )
-    matrix = np.column_stack([c.reshape(c.shape[0], -1) for c in columns])
-    return _checked_matrix(latent.name, matrix, n_units)
-
-
 def _checked_matrix(name: str, matrix: np.ndarray, n_units: int | None) -> np.ndarray:
     if matrix.dtype.kind not in "biuf":
         raise AmortizationError(
@@ -112,48 +92,39 @@ def _checked_matrix(name: str, matrix: np.ndarray, n_units: int | None) -> np.nd
     return matrix.astype(pytensor.config.floatX)
 
 
-def _call_encoder(name: str, encoder: Encoder, inputs: TensorVariable) -> object:
-    """Build a user encoder's graph, naming the latent when the encoder itself fails."""
-    try:
-        return encoder(inputs)
-    except Exception as error:
-        raise AmortizationError(
-            f"The encoder of '{name}' failed on a symbolic input of shape (batch, "
-            f"{inputs.type.shape[1]}): {type(error).__name__}: {_first_line(error)}"
-        ) from error
-
-
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [""])[0]
 
 
 def _probe_encoder(
-    latent: LocalLatent, probe: TensorVariable, outputs: tuple, matrix: np.ndarray
+    latent: LocalLatent, symbolic: list, outputs: tuple, values: list, n_units: int
 ) -> None:
     """Run a user encoder once on every unit, so that a shape or value known only at run time is
     reported here, with the latent's name, rather than from deep inside the first step.
 
     Compiled in FAST_COMPILE mode (no backend compilation): this runs once.
     """
+    pairs = [(s, v) for s, v in zip(symbolic, values, strict=True) if s is not None]
     try:
         with warnings.catch_warnings():
             # FAST_COMPILE's rewrites read PyTensor's BLAS flags, which warns on a pip install;
             # this Python-only probe uses no BLAS, so the warning would only mislead.
             warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
-            probe_fn = pytensor.function([probe], list(outputs), mode="FAST_COMPILE")
-        mean, log_sd = probe_fn(matrix)
+            probe_fn = pytensor.function(
+                [s for s, _ in pairs], list(outputs), mode="FAST_COMPILE", on_unused_input="ignore"
+            )
+        mean, log_sd = probe_fn(*[v for _, v in pairs])
     except Exception as error:
         raise AmortizationError(
-            f"The encoder of '{latent.name}' failed on the {matrix.shape[0]} units' inputs "
-            f"(shape {matrix.shape}): {type(error).__name__}: {_first_line(error)}"
+            f"The encoder of '{latent.name}' failed on the {n_units} units' inputs: "
+            f"{type(error).__name__}: {_first_line(error)}"
         ) from error
-    expected = (matrix.shape[0], latent.event_size)
+    expected = (n_units, latent.event_size)
     for label, value in (("mean", mean), ("log_sd", log_sd)):
         if value.shape != expected:
             raise AmortizationError(
                 f"The encoder of '{latent.name}' returned a {label} of shape {value.shape} for "
-                f"{matrix.shape[0]} units; it must be {expected}, one row of "
-                f"{latent.event_size} per unit."
+                f"{n_units} units; it must be {expected}, one row of {latent.event_size} per unit."
             )
         if not np.isfinite(value).all():
             raise AmortizationError(
@@ -162,93 +133,233 @@ def _probe_encoder(
             )
 
 
+class EncoderData(NamedTuple):
+    """One latent's standardised encoder inputs, as shared arrays, and their scalings."""
+
+    units: SharedVariable | None
+    unit_scaling: InputScaling | None
+    rows: SharedVariable | None
+    row_scaling: InputScaling | None
+
+
+def _stack(latent: LocalLatent, inputs: Sequence[DataInput], data: Mapping, what: str) -> np.ndarray:
+    """Stack the named arrays of ``data`` into an (n, k) float matrix, checked."""
+    columns = []
+    for item in inputs:
+        if item.key not in data:
+            raise AmortizationError(
+                f"The encoder of '{latent.name}' needs '{item.key}' ({what}); got {sorted(data)}."
+            )
+        column = np.asarray(data[item.key])
+        if column.dtype.kind not in "biuf":
+            raise AmortizationError(
+                f"'{item.key}' feeds the encoder of '{latent.name}' but has dtype {column.dtype}; "
+                "it must be numeric."
+            )
+        columns.append(column.reshape(column.shape[0], -1) if column.ndim else column.reshape(1, 1))
+    lengths = sorted({c.shape[0] for c in columns})
+    if len(lengths) != 1:
+        raise AmortizationError(
+            f"The {what} of '{latent.name}' ({', '.join(i.key for i in inputs)}) must have the "
+            f"same number of rows; got leading lengths {lengths}."
+        )
+    return _checked_matrix(latent.name, np.column_stack(columns), None)
+
+
+def _fitted_unit_matrix(latent: LocalLatent, size: int) -> np.ndarray | None:
+    if latent.input_matrix is not None:
+        return _checked_matrix(latent.name, latent.input_matrix, size)
+    if not latent.unit_inputs:
+        return None
+    return _stack(latent, latent.unit_inputs, {d.key: d.value for d in latent.unit_inputs}, "unit inputs")
+
+
+def _fitted_row_matrix(latent: LocalLatent) -> np.ndarray | None:
+    if not latent.row_inputs:
+        return None
+    return _stack(latent, latent.row_inputs, {d.key: d.value for d in latent.row_inputs}, "row inputs")
+
+
+def default_encoder(
+    latent: LocalLatent,
+    plate: Plate,
+    *,
+    n_unit_inputs: int,
+    n_row_inputs: int,
+    widths: Sequence[int],
+    activation: str | Callable,
+    init_scale: float,
+    init_mean: float,
+    random_seed: np.random.Generator,
+) -> MLPEncoder | PooledEncoder:
+    """An :class:`MLPEncoder` for a latent with unit inputs only, else a :class:`PooledEncoder`."""
+    if n_row_inputs == 0:
+        return MLPEncoder(
+            n_inputs=n_unit_inputs,
+            event_size=latent.event_size,
+            widths=tuple(widths),
+            activation=activation,
+            init_scale=init_scale,
+            init_mean=init_mean,
+            name=f"{latent.name}_encoder",
+            random_seed=random_seed,
+        )
+    log_counts = np.log1p(plate.row_counts)
+    return PooledEncoder(
+        n_row_inputs=n_row_inputs,
+        event_size=latent.event_size,
+        n_unit_covariates=n_unit_inputs,
+        widths=tuple(widths),
+        activation=activation,
+        init_scale=init_scale,
+        init_mean=init_mean,
+        log_count_center=float(log_counts.mean()),
+        log_count_scale=float(log_counts.std()) or 1.0,
+        name=f"{latent.name}_encoder",
+        random_seed=random_seed,
+    )
+
+
 class AmortizedApproximation:
     """A fitted (or fitting) amortized variational posterior.
 
-    The globals θ get a mean-field Gaussian on the unconstrained space (PyMC's
-    :class:`~pymc.variational.approximations.MeanFieldGroup`, the same family and initialisation as
-    ADVI); each local latent z_n gets a diagonal Gaussian whose mean and log-sd are the encoder's
-    output on unit n's data. Built by :class:`~pymc_amortize.AmortizedVI`; users get it back from
-    ``pm.fit(method="amortized")``.
+    Built by :class:`~pymc_amortize.AmortizedVI`; users get it back from
+    ``pm.fit(method="amortized")``. ``analysis`` holds its plates and what stays mean-field.
     """
 
     def __init__(
         self,
         model: pm.Model,
-        plate: UnitPlate,
-        encoders: Mapping[str, Encoder],
+        analysis: ModelAnalysis,
         *,
-        owned_encoders: frozenset[str] = frozenset(),
+        encoder: Callable | Mapping[str, Callable] | None = None,
+        encoder_widths: Sequence[int] = (32, 32),
+        activation: str | Callable = "relu",
+        init_scale: float = 0.1,
         standardize_inputs: bool = True,
         start: Mapping[str, np.ndarray] | None = None,
         start_sigma: Mapping[str, np.ndarray] | None = None,
         random_seed: int | None = None,
     ):
         self.model = model
-        self.plate = plate
+        self.analysis = analysis
         self.hist = np.asarray(())
         #: Wall-clock seconds of each step, aligned with ``hist``.
         self.step_seconds = np.asarray(())
         #: Options of the fit (batch size, optimizer, ...), for the results' attributes.
         self.settings: dict[str, object] = {}
-        local_rvs = set(plate.latent_names)
-        global_rvs = [rv for rv in model.free_RVs if rv.name not in local_rvs]
+        #: Where the last fit or refine diverged (a :class:`~pymc_amortize.DivergenceInfo`), or None.
+        self.divergence = None
+        local = set(analysis.latent_names)
+        global_rvs = [rv for rv in model.free_RVs if rv.name not in local]
         self.global_group = (
             MeanFieldGroup(
-                global_rvs,
-                model=model,
-                random_seed=random_seed,
-                start=start,
-                start_sigma=start_sigma,
+                global_rvs, model=model, random_seed=random_seed, start=start, start_sigma=start_sigma
             )
             if global_rvs
             else None
         )
-        self.input_scaling: dict[str, InputScaling] = {}
-        self.encoder_inputs: dict[str, SharedVariable] = {}
-        self._encoders = dict(encoders)
+        self.layouts = {plate.name: PlateLayout(plate) for plate in analysis.plates}
+        self.inputs: dict[str, EncoderData] = {}
+        self._encoders: dict[str, Callable] = {}
+        self._user_encoders = frozenset()
         self._param_copies: dict[str, dict[SharedVariable, SharedVariable]] = {}
         self.encoder_params: list[SharedVariable] = []
-        self._init_encoders(owned_encoders, standardize_inputs)
         self._encode_fns: dict[str, pytensor.compile.Function] = {}
-        #: Where the last fit or refine diverged (a :class:`~pymc_amortize.DivergenceInfo`), or None.
-        self.divergence = None
+        self._init_encoders(
+            encoder, encoder_widths, activation, init_scale, standardize_inputs, random_seed
+        )
 
-    def _init_encoders(self, owned_encoders: frozenset[str], standardize_inputs: bool) -> None:
-        """Encoder inputs, their scaling and the trainable copies of the encoders' weights."""
-        for latent in self.plate.latents:
-            matrix = (
-                _checked_matrix(latent.name, latent.input_matrix, self.plate.size)
-                if latent.input_matrix is not None
-                else encoder_input_matrix(
-                    latent,
-                    {n: data_value(self.model, n) for n in latent.input_names},
-                    self.plate.size,
+    # -- set-up --------------------------------------------------------------------------------
+    def _init_encoders(self, encoder, widths, activation, init_scale, standardize, random_seed):
+        analysis, floatx = self.analysis, pytensor.config.floatX
+        user = resolve_user_encoders(
+            encoder,
+            analysis.latent_names,
+            signature="(B, k) unit inputs -> (mean, log_sd), or for pooled rows "
+            "(rows, unit_of_row, n_units, unit_covariates) -> (mean, log_sd)",
+        )
+        self._user_encoders = frozenset(user)
+        seeds = np.random.SeedSequence(random_seed).spawn(max(len(analysis.latents), 1))
+        initial_point = self.model.initial_point()
+        for plate in analysis.plates:
+            for latent in plate.latents:
+                seed = seeds[analysis.latent_names.index(latent.name)]
+                units = _fitted_unit_matrix(latent, plate.size)
+                rows = _fitted_row_matrix(latent)
+                unit_scaling = row_scaling = None
+                shared_units = shared_rows = None
+                if units is not None:
+                    unit_scaling = InputScaling.fit(units, standardize)
+                    shared_units = pytensor.shared(
+                        unit_scaling.apply(units).astype(floatx), name=f"{latent.name}_unit_inputs"
+                    )
+                if rows is not None:
+                    row_scaling = InputScaling.fit(rows, standardize)
+                    shared_rows = pytensor.shared(
+                        row_scaling.apply(rows).astype(floatx), name=f"{latent.name}_row_inputs"
+                    )
+                self.inputs[latent.name] = EncoderData(
+                    shared_units, unit_scaling, shared_rows, row_scaling
                 )
-            )
-            scaling = InputScaling.fit(matrix, standardize_inputs)
-            self.input_scaling[latent.name] = scaling
-            self.encoder_inputs[latent.name] = pytensor.shared(
-                scaling.apply(matrix).astype(pytensor.config.floatX),
-                name=f"{latent.name}_encoder_input",
-            )
-            probe = pt.matrix(f"{latent.name}_probe", shape=(None, matrix.shape[1]))
-            outputs = check_encoder_outputs(
-                latent.name,
-                _call_encoder(latent.name, self._encoders[latent.name], probe),
-                latent.event_size,
-            )
-            params = encoder_params(outputs, exclude=list(self.encoder_inputs.values()))
-            if latent.name in owned_encoders:
-                copies = {}
-            else:
-                _probe_encoder(latent, probe, outputs, self.encoder_inputs[latent.name].get_value())
-                # Train copies, so that the user's encoder object keeps its weights.
-                copies = {
-                    p: pytensor.shared(p.get_value(borrow=False), name=p.name) for p in params
-                }
-            self._param_copies[latent.name] = copies
-            self.encoder_params += [copies.get(p, p) for p in params]
+                if latent.name in user:
+                    self._encoders[latent.name] = user[latent.name]
+                else:
+                    self._encoders[latent.name] = default_encoder(
+                        latent,
+                        plate,
+                        n_unit_inputs=0 if units is None else units.shape[1],
+                        n_row_inputs=0 if rows is None else rows.shape[1],
+                        widths=widths,
+                        activation=activation,
+                        init_scale=init_scale,
+                        init_mean=float(np.mean(initial_point[latent.value_name])),
+                        random_seed=np.random.default_rng(seed),
+                    )
+                self._init_params(latent, plate)
+
+    def _probe_inputs(self, latent: LocalLatent) -> tuple[list, list]:
+        """Symbolic encoder inputs for one latent, and their values on the fitted units."""
+        data, plate = self.inputs[latent.name], self.analysis.plate_of(latent.name)
+        units = None if data.units is None else pt.matrix("units_probe", shape=(None, data.units.type.shape[1]))
+        if data.rows is None:
+            return [units], [data.units.get_value()]
+        rows = pt.matrix("rows_probe", shape=(None, data.rows.type.shape[1]))
+        symbolic = [rows, pt.lvector("unit_of_row_probe"), pt.lscalar("n_units_probe"), units]
+        values = [
+            data.rows.get_value(),
+            plate.unit_of_row,
+            np.int64(plate.size),
+            None if units is None else data.units.get_value(),
+        ]
+        return symbolic, values
+
+    def _init_params(self, latent: LocalLatent, plate: Plate) -> None:
+        symbolic, values = self._probe_inputs(latent)
+        outputs = self._call_encoder(latent, symbolic)
+        data = [v for v in self.inputs[latent.name] if isinstance(v, SharedVariable)]
+        params = encoder_params(outputs, exclude=data)
+        if latent.name in self._user_encoders:
+            _probe_encoder(latent, symbolic, outputs, values, plate.size)
+            # Train copies, so that the user's encoder object keeps its weights.
+            copies = {p: pytensor.shared(p.get_value(borrow=False), name=p.name) for p in params}
+        else:
+            copies = {}
+        self._param_copies[latent.name] = copies
+        self.encoder_params += [copies.get(p, p) for p in params]
+
+    def _call_encoder(self, latent: LocalLatent, inputs: list) -> tuple:
+        encoder = self._encoders[latent.name]
+        try:
+            outputs = encoder(*inputs) if len(inputs) > 1 else encoder(inputs[0])
+        except AmortizationError:
+            raise
+        except Exception as error:
+            raise AmortizationError(
+                f"The encoder of '{latent.name}' failed on its symbolic inputs: "
+                f"{type(error).__name__}: {_first_line(error)}"
+            ) from error
+        return check_encoder_outputs(latent.name, outputs, latent.event_size)
 
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""
@@ -280,16 +391,44 @@ class AmortizedApproximation:
         """Every optimised shared variable: global mean and rho, then encoder weights."""
         return self.global_params + self.encoder_params
 
+    @property
+    def latents(self) -> tuple[LocalLatent, ...]:
+        return self.analysis.latents
+
+    @property
+    def n_global(self) -> int:
+        return self.global_group.ddim if self.global_group is not None else 0
+
     # -- symbolic pieces used by the objective --------------------------------------------------
-    def symbolic_encode(
-        self, name: str, inputs: TensorVariable
+    def encoder_graph(
+        self,
+        name: str,
+        units: TensorVariable | None,
+        rows: TensorVariable | None = None,
+        unit_of_row: TensorVariable | None = None,
+        n_units: TensorVariable | None = None,
     ) -> tuple[TensorVariable, TensorVariable]:
-        """Mean and log-sd (B, event_size) of q(z_n) for standardized encoder inputs (B, k)."""
-        latent = next(lat for lat in self.plate.latents if lat.name == name)
-        outputs = check_encoder_outputs(name, self._encoders[name](inputs), latent.event_size)
+        """Mean and log-sd (B, event_size) of q(z_n) from standardised inputs.
+
+        ``units`` (B, c) are the unit inputs; for pooled latents ``rows`` (R, k) are the rows,
+        ``unit_of_row`` (R,) their unit in 0..B-1 and ``n_units`` is B.
+        """
+        latent = next(lat for lat in self.analysis.latents if lat.name == name)
+        inputs = [units] if rows is None else [rows, unit_of_row, n_units, units]
+        outputs = self._call_encoder(latent, inputs)
         copies = self._param_copies[name]
         outputs = graph_replace(list(outputs), copies) if copies else outputs
         return tuple(inline_layers(outputs))
+
+    def symbolic_encode(self, name: str, batch: UnitBatch) -> tuple[TensorVariable, TensorVariable]:
+        """Mean and log-sd (B, event_size) of q(z_n) for the units of ``batch``."""
+        data = self.inputs[name]
+        units = None if data.units is None else batch.take_units(data.units)
+        if data.rows is None:
+            return self.encoder_graph(name, units)
+        return self.encoder_graph(
+            name, units, batch.take_rows(data.rows), batch.unit_of_row, batch.n_units
+        )
 
     def global_draws(self, eps: TensorVariable) -> dict[str, TensorVariable]:
         """Value-space draws ``(S, *shape)`` of each global from standard normal ``eps`` (S, D)."""
@@ -300,34 +439,102 @@ class AmortizedApproximation:
             for value_name, slc, shape, _ in group.ordering.values()
         }
 
-    @property
-    def n_global(self) -> int:
-        return self.global_group.ddim if self.global_group is not None else 0
-
     # -- results ------------------------------------------------------------------------------
     def _encode_fn(self, name: str):
         if name not in self._encode_fns:
-            inputs = pt.matrix("inputs")
-            mean, log_sd = self.symbolic_encode(name, inputs)
-            self._encode_fns[name] = pytensor.function([inputs], [mean, pt.exp(log_sd)])
+            data = self.inputs[name]
+            units = None if data.units is None else pt.matrix("units")
+            if data.rows is None:
+                inputs = [units]
+                mean, log_sd = self.encoder_graph(name, units)
+            else:
+                rows, unit_of_row, n = pt.matrix("rows"), pt.lvector("unit_of_row"), pt.lscalar("n")
+                inputs = [rows, unit_of_row, n] + ([units] if units is not None else [])
+                mean, log_sd = self.encoder_graph(name, units, rows, unit_of_row, n)
+            self._encode_fns[name] = pytensor.function(
+                inputs, [mean, pt.exp(log_sd)], on_unused_input="ignore"
+            )
         return self._encode_fns[name]
+
+    def _new_inputs(self, latent: LocalLatent, plate: Plate, new_data) -> list | None:
+        """Standardised encoder arguments for new units, or None when ``new_data`` lacks them."""
+        data = self.inputs[latent.name]
+        if not isinstance(new_data, Mapping):
+            if len(self.analysis.latents) != 1 or data.rows is not None:
+                raise AmortizationError(
+                    "Pass new units' data as {data name: array}; an array alone is accepted only "
+                    "for a model with one local latent fed by unit inputs."
+                )
+            matrix = np.asarray(new_data, dtype=float)
+            matrix = matrix.reshape(matrix.shape[0], -1)
+            width = data.units.get_value().shape[1]
+            if matrix.shape[1] != width:
+                raise AmortizationError(
+                    f"The encoder of '{latent.name}' takes {width} input column(s); got "
+                    f"{matrix.shape[1]}."
+                )
+            return [data.unit_scaling.apply(_checked_matrix(latent.name, matrix, None))]
+        needed = [d.key for d in latent.unit_inputs + latent.row_inputs]
+        if latent.input_matrix is not None:
+            needed.append(latent.name)
+        if not any(key in new_data for key in needed):
+            return None
+        units = None
+        if latent.input_matrix is not None:
+            if latent.name not in new_data:
+                raise AmortizationError(
+                    f"'{latent.name}' was fitted on an explicit input matrix; pass "
+                    f"{{'{latent.name}': matrix}} for the new units."
+                )
+            matrix = np.asarray(new_data[latent.name])
+            units = _checked_matrix(latent.name, matrix.reshape(matrix.shape[0], -1), None)
+        elif latent.unit_inputs:
+            units = _stack(latent, latent.unit_inputs, new_data, "unit inputs")
+        if units is not None:
+            units = data.unit_scaling.apply(units)
+        if data.rows is None:
+            return [units]
+        rows = data.row_scaling.apply(_stack(latent, latent.row_inputs, new_data, "row inputs"))
+        key = plate.index_key
+        unit_of_row = np.asarray(new_data.get(key, np.zeros(rows.shape[0], dtype=np.int64)))
+        if unit_of_row.shape != (rows.shape[0],) or unit_of_row.dtype.kind not in "iu":
+            raise AmortizationError(
+                f"new_data['{key}'] must be an integer vector with one entry per row "
+                f"({rows.shape[0]}); got shape {unit_of_row.shape}, dtype {unit_of_row.dtype}."
+            )
+        if unit_of_row.size and unit_of_row.min() < 0:
+            raise AmortizationError(f"new_data['{key}'] has negative unit ids.")
+        n_units = int(unit_of_row.max()) + 1 if unit_of_row.size else 1
+        if units is not None:
+            if units.shape[0] < n_units:
+                raise AmortizationError(
+                    f"The unit inputs of '{latent.name}' have {units.shape[0]} rows but "
+                    f"new_data['{key}'] names {n_units} new units."
+                )
+            n_units = units.shape[0]
+        floatx = pytensor.config.floatX
+        args = [rows.astype(floatx), unit_of_row.astype(np.int64), np.int64(n_units)]
+        return args + ([units] if units is not None else [])
 
     def encode(
         self, new_data: Mapping[str, np.ndarray] | np.ndarray | None = None
     ) -> dict[str, LocalPosterior]:
-        """Mean and sd of q(z_n) for each unit, in one forward pass of the encoder.
+        """Mean and sd of q(z_n) for each unit, in one forward pass of the encoders.
 
         Parameters
         ----------
         new_data : mapping or ndarray, optional
-            Data of new units, by the names that feed the encoders (``{"x": x_new}``, row = unit),
-            or, for a model with one local latent, its (M, k) encoder input matrix. When omitted,
-            the units the model was fitted on.
+            Data of new units by the keys of the encoders' inputs (see ``approx.analysis``):
+            unit inputs with one row per new unit; for an indexed plate its row inputs, one row per
+            observation, and each row's unit (0..M-1) under the index's name (all rows form one
+            unit when omitted). An (M, k) array is accepted for a model with one local latent fed
+            by unit inputs. Latents whose inputs are absent are left out. When omitted, the units
+            the model was fitted on.
 
         Returns
         -------
         dict of str to LocalPosterior
-            Per local latent, the mean and sd arrays of shape ``(M, *event_shape)`` on the latent's
+            Per local latent, mean and sd arrays of shape ``(M, *event_shape)`` on the latent's
             unconstrained space.
 
         Examples
@@ -338,40 +545,33 @@ class AmortizedApproximation:
             q_new = approx.encode({"x": np.array([0.5, 2.0])})["z"]
             q_new.mean, q_new.sd
         """
+        floatx = pytensor.config.floatX
         out = {}
-        for latent in self.plate.latents:
-            if new_data is None:
-                matrix = self.encoder_inputs[latent.name].get_value()
-            else:
-                matrix = self.input_scaling[latent.name].apply(self._new_matrix(latent, new_data))
-            mean, sd = self._encode_fn(latent.name)(matrix.astype(pytensor.config.floatX))
-            shape = (matrix.shape[0], *latent.event_shape)
-            out[latent.name] = LocalPosterior(mean.reshape(shape), sd.reshape(shape))
+        for plate in self.analysis.plates:
+            for latent in plate.latents:
+                data = self.inputs[latent.name]
+                if new_data is None:
+                    units = None if data.units is None else data.units.get_value()
+                    if data.rows is None:
+                        args = [units]
+                    else:
+                        args = [data.rows.get_value(), plate.unit_of_row, np.int64(plate.size)]
+                        args += [units] if units is not None else []
+                else:
+                    args = self._new_inputs(latent, plate, new_data)
+                    if args is None:
+                        continue
+                    args = [a.astype(floatx) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
+                mean, sd = self._encode_fn(latent.name)(*args)
+                shape = (mean.shape[0], *latent.event_shape)
+                out[latent.name] = LocalPosterior(mean.reshape(shape), sd.reshape(shape))
+        if new_data is not None and not out:
+            keys = sorted({k for lat in self.analysis.latents for k in lat.input_names})
+            raise AmortizationError(
+                f"new_data has none of the encoders' inputs ({', '.join(keys)}); got "
+                f"{sorted(new_data) if isinstance(new_data, Mapping) else type(new_data).__name__}."
+            )
         return out
-
-    def _new_matrix(self, latent: LocalLatent, new_data) -> np.ndarray:
-        if isinstance(new_data, Mapping):
-            if latent.input_matrix is not None:
-                if latent.name not in new_data:
-                    raise AmortizationError(
-                        f"'{latent.name}' was fitted on an explicit input matrix; pass "
-                        f"{{'{latent.name}': matrix}} for the new units."
-                    )
-                matrix = np.asarray(new_data[latent.name])
-                return _checked_matrix(latent.name, matrix.reshape(matrix.shape[0], -1), None)
-            return encoder_input_matrix(latent, new_data)
-        if len(self.plate.latents) != 1:
-            raise AmortizationError(
-                "This model has several local latents; pass new data as {data name: array}."
-            )
-        matrix = np.asarray(new_data)
-        matrix = matrix.reshape(matrix.shape[0], -1)
-        width = self.encoder_inputs[latent.name].get_value().shape[1]
-        if matrix.shape[1] != width:
-            raise AmortizationError(
-                f"The encoder of '{latent.name}' takes {width} input column(s); got {matrix.shape[1]}."
-            )
-        return _checked_matrix(latent.name, matrix, None)
 
     def _draw_globals(self, draws: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if self.global_group is None:
@@ -388,7 +588,9 @@ class AmortizedApproximation:
         self, draws: int, rng: np.random.Generator, encoded: dict[str, LocalPosterior]
     ) -> dict[str, np.ndarray]:
         out = {}
-        for latent in self.plate.latents:
+        for latent in self.analysis.latents:
+            if latent.name not in encoded:
+                continue
             q = encoded[latent.name]
             eps = rng.standard_normal((draws, *q.mean.shape))
             out[latent.value_name] = q.mean + q.sd * eps
@@ -457,7 +659,8 @@ class AmortizedApproximation:
         rng = np.random.default_rng(random_seed)
         encoded = self.encode(new_data)
         posterior = {}
-        for latent in self.plate.latents:
+        latents = [lat for lat in self.analysis.latents if lat.name in encoded]
+        for latent in latents:
             values = self._draw_locals(draws, rng, {latent.name: encoded[latent.name]})
             value = values[latent.value_name]
             rv = self.model[latent.name]
@@ -468,14 +671,17 @@ class AmortizedApproximation:
         dims = {
             latent.name: [unit_dim]
             + [f"{latent.name}_dim_{i}" for i in range(len(latent.event_shape))]
-            for latent in self.plate.latents
+            for latent in latents
         }
         return az.from_dict({"posterior": posterior}, dims=dims)
 
     def __repr__(self) -> str:
-        latents = ", ".join(self.plate.latent_names)
+        plates = ", ".join(
+            f"{plate.name}: {plate.size} units [{', '.join(plate.latent_names)}]"
+            for plate in self.analysis.plates
+        )
         return (
-            f"AmortizedApproximation(locals=[{latents}], units={self.plate.size}, "
-            f"global_dim={self.n_global}, encoder_params="
+            f"AmortizedApproximation(plates=[{plates}], global_dim={self.n_global}, "
+            "encoder_params="
             f"{sum(p.get_value().size for p in self.encoder_params)})"
         )

@@ -20,10 +20,25 @@ from pytensor_ml.state import NormalInitializer, XavierNormalInitializer, initia
 
 from pymc_amortize.errors import AmortizationError
 
-__all__ = ["Encoder", "MLPEncoder", "encoder_params", "inline_layers"]
+__all__ = [
+    "Encoder",
+    "MLPEncoder",
+    "PooledEncoder",
+    "PooledEncoderFn",
+    "encoder_params",
+    "inline_layers",
+    "segment_mean",
+]
 
 #: An encoder maps a symbolic (B, n_inputs) matrix to the (B, event_size) mean and log-sd of q(z_n).
 Encoder = Callable[[TensorVariable], tuple[TensorVariable, TensorVariable]]
+
+#: A pooled encoder maps (rows (R, k), unit of each row (R,), number of units B, unit covariates
+#: (B, c) or None) to the (B, event_size) mean and log-sd of q(z_j).
+PooledEncoderFn = Callable[
+    [TensorVariable, TensorVariable, TensorVariable, TensorVariable | None],
+    tuple[TensorVariable, TensorVariable],
+]
 
 ACTIVATIONS = {
     "relu": ReLU,
@@ -233,3 +248,124 @@ def check_encoder_outputs(name: str, outputs: object, event_size: int) -> tuple:
             )
         checked.append(out)
     return tuple(checked)
+
+
+def segment_mean(
+    values: TensorVariable, segment: TensorVariable, n_segments: TensorVariable
+) -> tuple[TensorVariable, TensorVariable]:
+    """Mean of the rows of ``values`` (R, F) per segment id in 0..n_segments-1, and the counts.
+
+    A scatter-add: O(R·F) work, any number of rows per segment; an empty segment has mean 0.
+    """
+    sums = pt.inc_subtensor(
+        pt.zeros((n_segments, values.shape[1]), dtype=values.dtype)[segment], values
+    )
+    counts = pt.inc_subtensor(pt.zeros((n_segments,), dtype=values.dtype)[segment], 1.0)
+    return sums / pt.maximum(counts, 1.0)[:, None], counts
+
+
+@dataclass
+class PooledEncoder:
+    """A DeepSets encoder: q(z_j) from the set of unit j's rows, whatever their number.
+
+    ``h_j = [mean_{i in j} φ(row_i), log(1 + n_j), covariates_j]`` feeds an
+    :class:`~pymc_amortize.MLPEncoder` ρ with separate mean and log-sd networks. φ is
+    ``n_row_inputs -> row_widths... -> n_features``. The mean is invariant to the order of the rows,
+    and the count tells ρ how much the rows weigh against the prior.
+
+    Parameters
+    ----------
+    n_row_inputs : int
+        Width of one row's input.
+    event_size : int
+        Size of one unit's latent z_j.
+    n_unit_covariates : int
+        Width of the per-unit covariates (0 for none).
+    row_widths : sequence of int
+        Hidden widths of φ.
+    n_features : int
+        Output width of φ (the pooled summary of a unit).
+    widths : sequence of int
+        Hidden widths of ρ.
+    activation : str or callable
+        Activation of both networks.
+    init_scale, init_mean : float
+        sd and mean of every q(z_j) at the start (see :class:`~pymc_amortize.MLPEncoder`).
+    log_count_center, log_count_scale : float
+        Standardisation of log(1 + n_j) (the fitted units' mean and sd).
+    name : str
+        Prefix of the parameter names.
+    random_seed : int or Generator, optional
+        Seed of the initial weights.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        import pytensor.tensor as pt
+        from pymc_amortize import PooledEncoder
+
+        encoder = PooledEncoder(n_row_inputs=2, event_size=1, random_seed=0)
+        mean, log_sd = encoder(pt.matrix("rows"), pt.lvector("unit_of_row"), pt.lscalar("n"))
+    """
+
+    n_row_inputs: int
+    event_size: int
+    n_unit_covariates: int = 0
+    row_widths: Sequence[int] = (32,)
+    n_features: int = 16
+    widths: Sequence[int] = (32, 32)
+    activation: str | Callable = "relu"
+    init_scale: float = 0.1
+    init_mean: float = 0.0
+    log_count_center: float = 0.0
+    log_count_scale: float = 1.0
+    name: str = "encoder"
+    random_seed: int | np.random.Generator | None = None
+
+    def __post_init__(self):
+        if self.n_features <= 0 or any(int(w) <= 0 for w in self.row_widths):
+            raise AmortizationError(
+                f"n_features and row_widths must be positive; got {self.n_features}, "
+                f"{self.row_widths}."
+            )
+        rng = np.random.default_rng(self.random_seed)
+        trunk, width = _mlp(
+            f"{self.name}_row", self.n_row_inputs, self.row_widths, _activation(self.activation)
+        )
+        self._row_out = Linear(f"{self.name}_row_out", n_in=width, n_out=self.n_features)
+        self._phi = Sequential(trunk, self._row_out) if self.row_widths else self._row_out
+        probe = self._phi(pt.matrix("probe", shape=(None, self.n_row_inputs)))
+        params = encoder_params([probe], exclude=())
+        xavier = XavierNormalInitializer()
+        initializers = {p: xavier for p in params if p.name.endswith("_W")}
+        for param, value in zip(params, initialize_params(params, rng, initializers), strict=True):
+            param.set_value(value)
+        self._rho = MLPEncoder(
+            n_inputs=self.n_features + 1 + self.n_unit_covariates,
+            event_size=self.event_size,
+            widths=tuple(self.widths),
+            activation=self.activation,
+            init_scale=self.init_scale,
+            init_mean=self.init_mean,
+            name=f"{self.name}_unit",
+            random_seed=rng,
+        )
+
+    def __call__(
+        self,
+        rows: TensorVariable,
+        unit_of_row: TensorVariable,
+        n_units: TensorVariable,
+        unit_covariates: TensorVariable | None = None,
+    ) -> tuple[TensorVariable, TensorVariable]:
+        pooled, counts = segment_mean(self._phi(rows), unit_of_row, n_units)
+        log_count = (pt.log1p(counts) - self.log_count_center) / self.log_count_scale
+        parts = [pooled, log_count[:, None]]
+        if self.n_unit_covariates:
+            if unit_covariates is None:
+                raise AmortizationError(
+                    f"{self.name} takes {self.n_unit_covariates} unit covariate(s); got none."
+                )
+            parts.append(unit_covariates)
+        return self._rho(pt.concatenate(parts, axis=1))

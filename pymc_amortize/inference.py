@@ -26,18 +26,11 @@ from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 
-from pymc_amortize.analysis import (
-    EncoderInputSpec,
-    LocalLatent,
-    UnitPlate,
-    data_value,
-    find_local_latents,
-)
+from pymc_amortize.analysis import LocalLatent, ModelAnalysis, Plate, analyze_model
 from pymc_amortize.approximation import AmortizedApproximation
-from pymc_amortize.encoders import Encoder, MLPEncoder, resolve_user_encoders
+from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
-from pymc_amortize.indexed import IndexedPlate, find_indexed_plate
-from pymc_amortize.logjoint import build_batch_logjoint
+from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
@@ -160,6 +153,15 @@ def _gaussian_log_q(eps: pt.TensorVariable, log_sd: pt.TensorVariable, axis) -> 
     return (-0.5 * eps**2 - log_sd - 0.5 * math.log(2.0 * math.pi)).sum(axis=axis)
 
 
+def batch_plate_of(analysis: ModelAnalysis) -> Plate | None:
+    """The plate a minibatch draws units of: the one with the most units.
+
+    The other plates' latents are encoded whole at every step (their encoders see all their rows),
+    which keeps the estimate unbiased for crossed groupings.
+    """
+    return max(analysis.plates, key=lambda plate: plate.size, default=None)
+
+
 class AmortizedObjective:
     """Builds and compiles the training step of an :class:`AmortizedApproximation`."""
 
@@ -175,14 +177,20 @@ class AmortizedObjective:
         self.batch_size = batch_size
         self.objective = objective
         self.random_seed = random_seed
-        self.logjoint = self.build_logjoint()
+        self.batch_plate = batch_plate_of(approx.analysis) if batch_size is not None else None
+        self._logjoints: dict[bool, LogJoint] = {}
+        self.logjoint(minibatch=batch_size is not None)  # refuse what cannot be minibatched now
         self.guard: _GuardedStep | None = None
 
-    def build_logjoint(self):
-        """The model's log joint on a batch, with placeholders for the per-unit quantities."""
-        return build_batch_logjoint(
-            self.approx.model, self.approx.plate, minibatch=self.batch_size is not None
-        )
+    def logjoint(self, *, minibatch: bool) -> LogJoint:
+        """The model's log joint, with the batch plate's factors ready for a minibatch or not."""
+        if minibatch not in self._logjoints:
+            self._logjoints[minibatch] = build_logjoint(
+                self.approx.model,
+                self.approx.analysis,
+                batch_plate=self.batch_plate if minibatch else None,
+            )
+        return self._logjoints[minibatch]
 
     def draw_globals(
         self, n_draws: int, random: _RandomDraws
@@ -199,6 +207,7 @@ class AmortizedObjective:
     def draw_local(
         self,
         latent: LocalLatent,
+        plate: Plate,
         mean: pt.TensorVariable,
         log_sd: pt.TensorVariable,
         n_draws: int,
@@ -211,49 +220,38 @@ class AmortizedObjective:
         batch = mean.shape[0]
         eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, batch, latent.event_size))
         draws = (mean + pt.exp(log_sd) * eps).reshape((n_draws, batch, *latent.event_shape))
-        n_units = self.approx.plate.size
-        entropy = scale * log_sd.sum() + n_units * latent.event_size * _HALF_LOG_2PI_E
+        entropy = scale * log_sd.sum() + plate.size * latent.event_size * _HALF_LOG_2PI_E
         return draws, entropy, scale * _gaussian_log_q(eps, log_sd, axis=(1, 2))
 
     def mc_terms(
         self, n_draws: int, random: _RandomDraws, *, full_batch: bool = False
     ) -> tuple[pt.TensorVariable, pt.TensorVariable, pt.TensorVariable]:
-        """Symbolic (n_draws,) log joint draws (local terms scaled by N/B), the exact entropy, and
-        the (n_draws,) log q of the draws (local terms scaled likewise).
+        """Symbolic (n_draws,) log joint draws (the batch plate's terms scaled by N/B), the exact
+        entropy, and the (n_draws,) log q of the draws (local terms scaled likewise).
 
         The graph draws its own minibatch and noise through ``random``.
         """
-        approx, plate = self.approx, self.approx.plate
-        n_units = plate.size
-        batch = n_units if (self.batch_size is None or full_batch) else self.batch_size
-        if batch == n_units:
-            index = None
-        else:
-            # Our own index draw rather than pm.Minibatch: the encoder inputs, the local
-            # placeholders and every unit data array must share these indices. Drawn with
-            # replacement like pm.Minibatch, so a step costs O(B) whatever N is.
-            index = random(pt.random.integers, 0, n_units, size=(batch,))
-
-        def rows(var):
-            return var if index is None else var[index]
-
-        data = {name: rows(node) for name, (_, node) in self.logjoint.unit_data.items()}
+        approx = self.approx
+        minibatch = self.batch_size is not None and not full_batch
         global_draws, entropy, log_q = self.draw_globals(n_draws, random)
-        scale = n_units / batch
-        local_draws = {}
-        for latent in plate.latents:
-            mean, log_sd = approx.symbolic_encode(
-                latent.name, rows(approx.encoder_inputs[latent.name])
-            )
-            draws, local_entropy, local_log_q = self.draw_local(
-                latent, mean, log_sd, n_draws, random, scale=scale
-            )
-            local_draws[latent.value_name] = draws
-            entropy, log_q = entropy + local_entropy, log_q + local_log_q
-
-        log_joint = self.logjoint.per_draw(
-            global_draws, local_draws, data, pt.constant(batch, dtype="int64"), scale
-        )
+        local_draws, batch = {}, None
+        for plate in approx.analysis.plates:
+            layout = approx.layouts[plate.name]
+            if minibatch and plate is self.batch_plate:
+                # Our own unit draw rather than pm.Minibatch: the encoder inputs, the local
+                # placeholders and every aligned data array must share these indices.
+                units = random(pt.random.integers, 0, plate.size, size=(self.batch_size,))
+                plate_batch = batch = layout.draw(units, self.batch_size)
+            else:
+                plate_batch = layout.full()
+            for latent in plate.latents:
+                mean, log_sd = approx.symbolic_encode(latent.name, plate_batch)
+                draws, local_entropy, local_log_q = self.draw_local(
+                    latent, plate, mean, log_sd, n_draws, random, scale=plate_batch.scale
+                )
+                local_draws[latent.value_name] = draws
+                entropy, log_q = entropy + local_entropy, log_q + local_log_q
+        log_joint = self.logjoint(minibatch=minibatch).per_draw(global_draws, local_draws, batch)
         return log_joint, entropy, log_q
 
     def estimate_elbo(
@@ -311,46 +309,6 @@ class AmortizedObjective:
         return self.guard
 
 
-def _build_encoders(
-    plate: UnitPlate,
-    model: pm.Model,
-    encoder: Encoder | Mapping[str, Encoder] | None,
-    encoder_widths: Sequence[int],
-    activation: str | Callable,
-    init_scale: float,
-    random_seed: int | None,
-) -> tuple[dict[str, Encoder], frozenset[str]]:
-    user = resolve_user_encoders(
-        encoder, plate.latent_names, signature="symbolic (B, k) inputs -> (mean, log_sd)"
-    )
-    seeds = np.random.SeedSequence(random_seed).spawn(len(plate.latents))
-    initial_point = model.initial_point()
-    encoders, owned = {}, set()
-    for latent, seed in zip(plate.latents, seeds, strict=True):
-        if latent.name in user:
-            encoders[latent.name] = user[latent.name]
-            continue
-        n_inputs = (
-            latent.input_matrix.shape[1]
-            if latent.input_matrix is not None
-            else sum(
-                int(np.prod(data_value(model, n).shape[1:], dtype=int)) for n in latent.input_names
-            )
-        )
-        encoders[latent.name] = MLPEncoder(
-            n_inputs=n_inputs,
-            event_size=latent.event_size,
-            widths=tuple(encoder_widths),
-            activation=activation,
-            init_scale=init_scale,
-            init_mean=float(np.mean(initial_point[latent.value_name])),
-            name=f"{latent.name}_encoder",
-            random_seed=np.random.default_rng(seed),
-        )
-        owned.add(latent.name)
-    return encoders, frozenset(owned)
-
-
 def _describe_optimizer(optimizer: Callable | None) -> str:
     """A short text naming an optimizer and its settings, e.g. ``adam(learning_rate=0.01)``."""
     if optimizer is None:
@@ -361,28 +319,19 @@ def _describe_optimizer(optimizer: Callable | None) -> str:
     return getattr(optimizer, "__name__", type(optimizer).__name__)
 
 
-def _unit_path(plate: UnitPlate | IndexedPlate) -> tuple[Callable, type, type]:
-    """Encoder builder, approximation and objective classes for one kind of unit plate."""
-    if isinstance(plate, IndexedPlate):
-        # Imported here: the pooled path builds on this module's objective.
-        from pymc_amortize import pooled
-
-        return pooled.build_pooled_encoders, pooled.IndexedApproximation, pooled.IndexedObjective
-    return _build_encoders, AmortizedApproximation, AmortizedObjective
-
-
 class AmortizedVI(Inference):
     """Amortized variational inference: q(θ) ∏_n q(z_n; f_φ(x_n)).
 
     Parameters
     ----------
     local : mapping, optional
-        ``{latent: inputs}``: the local latents and the data that feed their encoders (an observed
-        variable or ``pm.Data`` name, a list of names, or an (N, k) array). Detected from the
-        model's dims when omitted. For units that own many rows through an index array
-        (``y ~ N(a[county_idx], ...)``) give ``{latent: IndexedLocal(...)}``, or nothing: a
-        latent used as ``a[index]`` in an observation is found, and each unit is encoded from the
-        set of its rows by a :class:`~pymc_amortize.PooledEncoder`.
+        ``{latent: inputs}``: the latents to amortize and the data that feed their encoders (an
+        observed variable or ``pm.Data`` name, a list of names, an (N, k) array, or an
+        :class:`~pymc_amortize.IndexedLocal`); latents it leaves out are fitted mean-field. When
+        omitted, :func:`~pymc_amortize.analyze_model` finds the plates and local latents from the
+        model's graph (aligned rows, or ``a[index]`` through Deterministics and arithmetic) and
+        feeds each encoder the data of the latent's Markov blanket; a unit with many rows is
+        encoded from the set of its rows by a :class:`~pymc_amortize.PooledEncoder`.
     model : pm.Model, optional
         Taken from the context when omitted.
     encoder : callable or mapping, optional
@@ -396,8 +345,9 @@ class AmortizedVI(Inference):
     init_scale : float
         sd of every q(z_n) at the start.
     batch_size : int, optional
-        Units per step. Local terms are evaluated on the batch only and scaled by N/B. Full batch
-        when omitted. For an indexed latent a step takes all rows of its B units.
+        Units per step of the plate with the most units, drawn with replacement with all their
+        rows; that plate's terms are evaluated on the batch only and scaled by N/B. Other plates
+        are evaluated whole. Full batch when omitted.
     standardize_inputs : bool
         Centre and scale each encoder input column (a reparameterisation for an affine first layer).
     objective : ELBO or IWAE, optional
@@ -426,32 +376,34 @@ class AmortizedVI(Inference):
         start_sigma: Mapping[str, np.ndarray] | None = None,
     ):
         model = pm.modelcontext(model)
-        # Units that own many rows through an index array (the radon model) take the pooled path.
-        plate = find_indexed_plate(model, local) or find_local_latents(model, local)
-        build_encoders, approximation, objective_class = _unit_path(plate)
-        if batch_size is not None and (
-            not isinstance(batch_size, int | np.integer) or not 0 < batch_size <= plate.size
-        ):
-            raise AmortizationError(
-                f"batch_size must be an integer in [1, {plate.size}] (the number of units); got "
-                f"{batch_size!r}."
-            )
-        if batch_size == plate.size:
-            batch_size = None
+        analysis = analyze_model(model, local)
+        batch_plate = batch_plate_of(analysis)
+        if batch_size is not None:
+            if batch_plate is None:
+                raise AmortizationError(
+                    "batch_size= needs a plate of units to minibatch, and this model has none "
+                    f"(every latent is fitted mean-field):\n{analysis.summary()}"
+                )
+            if not isinstance(batch_size, int | np.integer) or not 0 < batch_size <= batch_plate.size:
+                raise AmortizationError(
+                    f"batch_size must be an integer in [1, {batch_plate.size}] (the number of "
+                    f"units of plate '{batch_plate.name}'); got {batch_size!r}."
+                )
+            if batch_size == batch_plate.size:
+                batch_size = None
         if batch_size is not None and objective is not None and objective.n_particles > 1:
             raise AmortizationError(
                 f"objective={objective!r} needs batch_size=None: the importance-weighted bound is "
                 "a log-mean-exp over the whole data set's weights, and a minibatch's scaled weight "
                 "gives a biased estimate of it. Use the ELBO with batch_size, or the full batch."
             )
-        encoders, owned = build_encoders(
-            plate, model, encoder, encoder_widths, activation, init_scale, random_seed
-        )
-        approx = approximation(
+        approx = AmortizedApproximation(
             model,
-            plate,
-            encoders,
-            owned_encoders=owned,
+            analysis,
+            encoder=encoder,
+            encoder_widths=encoder_widths,
+            activation=activation,
+            init_scale=init_scale,
             standardize_inputs=standardize_inputs,
             start=start,
             start_sigma=start_sigma,
@@ -459,7 +411,10 @@ class AmortizedVI(Inference):
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
         approx.settings = {
-            "batch_size": batch_size if batch_size is not None else plate.size,
+            "batch_size": (
+                batch_size if batch_size is not None else (batch_plate.size if batch_plate else 0)
+            ),
+            "analysis": analysis.summary(),
             "init_scale": init_scale,
             "standardize_inputs": bool(standardize_inputs),
             "objective": type(objective).__name__ if objective is not None else "ELBO",
@@ -470,7 +425,7 @@ class AmortizedVI(Inference):
         }
         self.hist = np.asarray(())
         self.state = None
-        self.objective = objective_class(
+        self.objective = AmortizedObjective(
             approx,
             batch_size=batch_size,
             objective=objective if objective is not None else ELBO(),

@@ -1,216 +1,280 @@
-"""The model's log joint on a minibatch of units, for several posterior draws at once.
+"""The model's log joint on a batch of one plate's units, for several posterior draws at once.
 
-PyMC refuses ``total_size`` on unobserved variables, so the N/B scaling of the local prior terms is
-ours: the model's per-term log densities are cloned with the local value variables, the unit data
-and the unit dim length replaced by batch-sized tensors, then vectorised over Monte Carlo draws.
+One builder for every plate kind and any number of plates. The model's per-variable log densities
+(``model.logp(sum=False)``) are split into the *batch plate's* factors (those that contain its
+local latents or its index) and the rest. Under minibatching the batch plate's factors are cloned
+with the local values, the index, and every data array aligned with its units or rows replaced by
+batch-sized placeholders (the dims' lengths follow), and scaled by N / B; PyMC refuses
+``total_size`` on unobserved variables, so this scaling is ours. Other plates' latents enter whole:
+their encoders see all their rows, so the estimate stays unbiased for crossed groupings. Draws are
+substituted last, with ``vectorize_graph``, giving one log joint per Monte Carlo draw.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pymc as pm
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
-from pytensor.graph.replace import clone_replace, vectorize_graph
-from pytensor.graph.traversal import ancestors
+from pytensor.graph.replace import clone_replace, graph_replace, vectorize_graph
+from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
+from pytensor.tensor.basic import Alloc
+from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import UnitPlate
+from pymc_amortize.analysis import ModelAnalysis, Plate
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.plates import UnitBatch
 
-__all__ = ["BatchLogJoint", "build_batch_logjoint"]
+__all__ = ["LogJoint", "build_logjoint"]
+
+
+def _term_sum(term: TensorVariable, has_draw_axis: bool) -> TensorVariable:
+    """Sum everything but the leading draw axis; a term no draw enters has no such axis."""
+    return term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
 
 
 @dataclass(frozen=True)
-class BatchLogJoint:
-    """Log joint of one draw on one batch, as a graph with placeholder inputs.
+class LogJoint:
+    """Log joint of one draw, as graphs with placeholders for the batch.
 
     Attributes
     ----------
-    global_terms, unit_terms : list of TensorVariable
-        Per-variable log densities; unit terms have one leading entry per batch unit.
+    batch_plate : Plate or None
+        The plate whose units are minibatched; None at full batch.
+    batch_terms, other_terms : list of (str, TensorVariable)
+        Factors (by variable name) of the batch plate (scaled by N / B) and the rest.
     global_values : dict
-        Value variable of each global latent (by value name), as in the model.
+        Value variable of every free variable that is not a local latent, by name.
     local_values : dict
-        Batch placeholder (B, *event_shape) of each local latent (by value name).
-    unit_data : dict
-        Batch placeholder of each unit data array (by name) and the model's full-data node.
-    batch_size : TensorVariable
-        Placeholder of the number of units in the batch.
+        Value variable (or, for the batch plate, a (B, ...) placeholder) of each local latent.
+    unit_data, row_data : dict
+        Placeholder -> data leaf of the batch plate's unit- and row-aligned arrays.
+    slot : TensorVariable or None
+        Placeholder of the batch slot of each batch row (the index remapped to the batch).
     """
 
-    global_terms: list[TensorVariable]
-    unit_terms: list[TensorVariable]
+    batch_plate: Plate | None
+    batch_terms: list[tuple[str, TensorVariable]]
+    other_terms: list[tuple[str, TensorVariable]]
     global_values: dict[str, TensorVariable]
     local_values: dict[str, TensorVariable]
-    unit_data: dict[str, tuple[TensorVariable, Variable]]
-    batch_size: TensorVariable
+    unit_data: dict[TensorVariable, Variable]
+    row_data: dict[TensorVariable, Variable]
+    slot: TensorVariable | None
 
-    def _terms_per_draw(
+    def terms_per_draw(
         self,
-        global_draws: dict[str, TensorVariable],
-        local_draws: dict[str, TensorVariable],
-        unit_data: dict[str, TensorVariable],
-        batch_size: TensorVariable,
-    ) -> tuple[list[TensorVariable], list[bool]]:
-        """Every term with the draws and the batch's data substituted, and whether it has a
-        leading draw axis (a term no draw enters has none)."""
+        global_draws: Mapping[str, TensorVariable],
+        local_draws: Mapping[str, TensorVariable],
+        batch: UnitBatch | None,
+    ) -> tuple[list[TensorVariable], list[TensorVariable], list[bool], list[bool]]:
+        """The batch and other factors with the batch's data and the draws substituted, and
+        whether each has a leading draw axis."""
         replace = {self.global_values[k]: v for k, v in global_draws.items()}
         replace |= {self.local_values[k]: v for k, v in local_draws.items()}
-        terms = self.global_terms + self.unit_terms
-        drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
-        data = {placeholder: unit_data[name] for name, (placeholder, _) in self.unit_data.items()}
-        data[self.batch_size] = batch_size
-        # Data first, draws second: clone_replace clones every ancestor of its outputs, so run
-        # after the draws were in, it would copy the encoder graph, and the draws and the entropy
-        # would each get their own copy and their own (duplicated) backward pass.
-        terms = clone_replace(terms, data, rebuild_strict=False)
-        return vectorize_graph(terms, replace), drawn
+        batch_terms = [t for _, t in self.batch_terms]
+        other_terms = [t for _, t in self.other_terms]
+        if self.batch_plate is not None and batch is not None:
+            data = {p: batch.take_units(leaf) for p, leaf in self.unit_data.items()}
+            data |= {p: batch.take_rows(leaf) for p, leaf in self.row_data.items()}
+            if self.slot is not None:
+                data[self.slot] = batch.unit_of_row
+            # Data first, draws second: clone_replace clones every ancestor of its outputs, so run
+            # after the draws were in, it would copy the encoder graph and its backward pass.
+            batch_terms = clone_replace(batch_terms, data, rebuild_strict=False)
+        terms = batch_terms + other_terms
+        drawn = [bool(set(replace) & set(ancestors([t]))) for t in terms]
+        terms = vectorize_graph(terms, replace) if replace else terms
+        n = len(batch_terms)
+        return terms[:n], terms[n:], drawn[:n], drawn[n:]
 
     def per_draw(
         self,
-        global_draws: dict[str, TensorVariable],
-        local_draws: dict[str, TensorVariable],
-        unit_data: dict[str, TensorVariable],
-        batch_size: TensorVariable,
-        scale: TensorVariable,
+        global_draws: Mapping[str, TensorVariable],
+        local_draws: Mapping[str, TensorVariable],
+        batch: UnitBatch | None,
     ) -> TensorVariable:
-        """log p(x, θ, z) for each of S draws, the unit terms scaled by ``scale`` (N/B).
+        """log p(x, θ, z) for each of S draws, the batch plate's factors scaled by N / B.
 
-        ``global_draws`` have shape (S, *shape), ``local_draws`` (S, B, *event_shape).
+        ``global_draws`` have shape (S, *shape); local draws (S, B or N, *event_shape).
         """
-        terms, drawn = self._terms_per_draw(global_draws, local_draws, unit_data, batch_size)
-        n_global = len(self.global_terms)
+        batch_terms, other_terms, batch_drawn, other_drawn = self.terms_per_draw(
+            global_draws, local_draws, batch
+        )
+        scale = batch.scale if batch is not None else 1.0
         total = pt.zeros(())
-        for i, (term, has_draw_axis) in enumerate(zip(terms, drawn, strict=True)):
-            # Sum everything but the leading draw axis; a term no draw enters has no such axis.
-            summed = term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
-            total = total + (summed if i < n_global else scale * summed)
+        for term, has_draw_axis in zip(batch_terms, batch_drawn, strict=True):
+            total = total + scale * _term_sum(term, has_draw_axis)
+        for term, has_draw_axis in zip(other_terms, other_drawn, strict=True):
+            total = total + _term_sum(term, has_draw_axis)
         return total
+
 
     def per_unit(
         self,
-        global_draws: dict[str, TensorVariable],
-        local_draws: dict[str, TensorVariable],
-        unit_data: dict[str, TensorVariable],
-        batch_size: TensorVariable,
+        model: pm.Model,
+        plate: Plate,
+        global_draws: Mapping[str, TensorVariable],
+        local_draws: Mapping[str, TensorVariable],
     ) -> tuple[TensorVariable, TensorVariable]:
-        """log p(θ) per draw (S,) and log p(x_n, z_n | θ) per draw and unit (S, B), unscaled.
+        """Full batch: the factors outside ``plate`` per draw (S,), and those of each of its units
+        per draw (S, N): its latents' priors and the likelihood of its rows (summed per unit).
 
-        Needs every unit term to have a leading unit axis (one factor per unit).
+        Only for a log joint built without a batch plate.
         """
-        terms, drawn = self._terms_per_draw(global_draws, local_draws, unit_data, batch_size)
-        n_global = len(self.global_terms)
-        n_draws = next(iter((global_draws | local_draws).values())).shape[0]
-        global_total = pt.zeros((n_draws,))
-        for term, has_draw_axis in zip(terms[:n_global], drawn[:n_global], strict=True):
-            global_total += (
-                term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
-            )
-        unit_total = pt.zeros((n_draws, batch_size))
-        for term, has_draw_axis in zip(terms[n_global:], drawn[n_global:], strict=True):
-            unit_axis = 1 if has_draw_axis else 0
-            if term.ndim <= unit_axis:
+        if self.batch_plate is not None:
+            raise AmortizationError("per_unit needs the full-batch log joint.")
+        _, terms, _, drawn = self.terms_per_draw(global_draws, local_draws, None)
+        names = _plate_factors(dict(self.other_terms), model, plate)
+        n_draws = next(iter({**global_draws, **local_draws}.values())).shape[0]
+        rest = pt.zeros((n_draws,))
+        units = pt.zeros((n_draws, plate.size))
+        unit_of_row = pt.as_tensor(plate.unit_of_row)
+        for (name, _), term, has_draw_axis in zip(self.other_terms, terms, drawn, strict=True):
+            if name not in names:
+                rest = rest + _term_sum(term, has_draw_axis)
+                continue
+            if not has_draw_axis or term.ndim < 2:
                 raise AmortizationError(
-                    "A log density term of the model couples the units (it has no per-unit "
-                    "axis), so the log joint does not factorise over units."
+                    f"The log density of '{name}' couples the units of plate '{plate.name}', so "
+                    "it has no per-unit terms."
                 )
-            unit_total += term.sum(axis=tuple(range(unit_axis + 1, term.ndim)))
-        return global_total, unit_total
+            per_row = term.sum(axis=tuple(range(2, term.ndim)))
+            var = model[name]
+            length = (
+                model.rvs_to_values[var].type.shape[0] if var in model.observed_RVs else None
+            )
+            rows = plate.index is not None and var in model.observed_RVs
+            if rows and length not in (None, plate.n_rows):
+                rows = False
+            if rows:
+                units = pt.inc_subtensor(units[:, unit_of_row], per_row)
+            else:
+                units = units + per_row
+        return rest, units
 
 
-def split_terms(
-    varlist: list[Variable],
-    terms: list[TensorVariable],
-    per_batch: set[Variable],
-    *,
-    minibatch: bool,
-    check_fixed_length: bool,
-) -> tuple[list[TensorVariable], list[TensorVariable]]:
-    """Sort the model's terms into global ones and per-unit ones (those a batch input enters).
+def _plate_factors(
+    terms: Mapping[str, TensorVariable], model: pm.Model, plate: Plate
+) -> set[str]:
+    roots = {model.rvs_to_values[model[name]] for name in plate.latent_names}
+    if plate.index is not None:
+        roots.add(plate.index.node)
+    return {name for name, term in terms.items() if roots & set(graph_inputs([term]))}
 
-    Under minibatching a per-unit term must have one entry per unit (or row) and a length that
-    follows the batch; anything else is refused with a message naming the variable.
+
+def _free_leading_lengths(terms: list[TensorVariable]) -> list[TensorVariable]:
+    """Let the leading length of each factor follow its inputs.
+
+    PyMC broadcasts a factor to its variable's size, which is a literal when the variable has no
+    dims (``Alloc(logp, 1500)``, ``SpecifyShape``). On a batch, that length is the batch's.
     """
-    global_terms, unit_terms = [], []
-    for var, term in zip(varlist, terms, strict=True):
-        if not per_batch & set(ancestors([term])):
-            global_terms.append(term)
-            continue
-        if minibatch and term.ndim == 0:
-            raise AmortizationError(
-                f"The log density of '{var.name}' couples the units (it is not one term per unit), "
-                "so it cannot be estimated from a minibatch of units. Fit with batch_size=None."
-            )
-        if minibatch and check_fixed_length and term.type.shape[0] is not None:
-            raise AmortizationError(
-                f"The log density of '{var.name}' has a fixed length of {term.type.shape[0]} "
-                "units in the model (a literal shape= or a parameter array of that length), so it "
-                "cannot be evaluated on a minibatch of units. Give the unit axis a dim "
-                "(pm.Model(coords={'unit': range(N)}) and dims='unit'), or fit with "
-                "batch_size=None."
-            )
-        unit_terms.append(term)
-    return global_terms, unit_terms
+    replace = {}
+    for node in applys_between(graph_inputs(terms), terms):
+        if isinstance(node.op, SpecifyShape):
+            replace[node.outputs[0]] = node.inputs[0]
+        elif isinstance(node.op, Alloc):
+            value, *shape = node.inputs
+            if value.ndim == len(shape) and shape and not value.type.broadcastable[0]:
+                replace[node.outputs[0]] = pt.alloc(value, value.shape[0], *shape[1:])
+    return graph_replace(terms, replace, strict=False) if replace else terms
 
 
-def global_value_vars(model: pm.Model, local_rvs: list[Variable]) -> dict[str, TensorVariable]:
-    """Value variable of each free variable that is not local, by name."""
-    return {
+def factorized_terms(model: pm.Model) -> dict[str, TensorVariable]:
+    """Per-variable log densities of the model (free, observed, potentials), by name."""
+    varlist = model.free_RVs + model.observed_RVs + model.potentials
+    terms = model.logp(vars=varlist, sum=False)
+    return {var.name: term for var, term in zip(varlist, terms, strict=True)}
+
+
+def build_logjoint(
+    model: pm.Model, analysis: ModelAnalysis, *, batch_plate: Plate | None = None
+) -> LogJoint:
+    """The model's log joint with the ``batch_plate``'s factors ready for a minibatch of its units.
+
+    Raises :class:`AmortizationError` when a factor of the batch plate couples its units (it has
+    no per-unit axis, e.g. a random walk over units), which a minibatch cannot estimate.
+    """
+    terms = factorized_terms(model)
+    local_names = set(analysis.latent_names)
+    global_values = {
         model.rvs_to_values[rv].name: model.rvs_to_values[rv]
         for rv in model.free_RVs
-        if rv not in local_rvs
+        if rv.name not in local_names
     }
+    local_values = {
+        model.rvs_to_values[model[n]].name: model.rvs_to_values[model[n]] for n in local_names
+    }
+    if batch_plate is None:
+        return LogJoint(
+            batch_plate=None,
+            batch_terms=[],
+            other_terms=list(terms.items()),
+            global_values=global_values,
+            local_values=local_values,
+            unit_data={},
+            row_data={},
+            slot=None,
+        )
 
-
-def build_batch_logjoint(model: pm.Model, plate: UnitPlate, *, minibatch: bool) -> BatchLogJoint:
-    """Clone the model's log density with batch-sized placeholders for every per-unit quantity."""
-    local_rvs = [model[name] for name in plate.latent_names]
-    local_value_vars = [model.rvs_to_values[rv] for rv in local_rvs]
     replace: dict[Variable, Variable] = {}
-    local_values = {}
-    for latent, value_var in zip(plate.latents, local_value_vars, strict=True):
+    for latent in batch_plate.latents:
+        value_var = model.rvs_to_values[model[latent.name]]
         placeholder = pt.tensor(
-            f"{latent.value_name}_batch",
-            dtype=value_var.dtype,
-            shape=(None, *latent.event_shape),
+            f"{latent.value_name}_batch", dtype=value_var.dtype, shape=(None, *latent.event_shape)
         )
         replace[value_var] = placeholder
         local_values[latent.value_name] = placeholder
-
-    unit_data = {}
-    for name in plate.unit_data:
-        var = model[name]
-        node = model.rvs_to_values[var] if var in model.observed_RVs else var
+    unit_data, row_data = {}, {}
+    for data in batch_plate.batched_units:
         placeholder = pt.tensor(
-            f"{name}_batch", dtype=node.dtype, shape=(None, *node.type.shape[1:])
+            f"{data.key}_units", dtype=data.node.dtype, shape=(None, *data.node.type.shape[1:])
         )
-        replace[node] = placeholder
-        unit_data[name] = (placeholder, node)
+        replace[data.node], unit_data[placeholder] = placeholder, data.node
+    for data in batch_plate.batched_rows:
+        placeholder = pt.tensor(
+            f"{data.key}_rows", dtype=data.node.dtype, shape=(None, *data.node.type.shape[1:])
+        )
+        replace[data.node], row_data[placeholder] = placeholder, data.node
+    slot = None
+    if batch_plate.index is not None:
+        slot = pt.tensor(f"{batch_plate.index.key}_slot", dtype="int64", shape=(None,))
+        replace[batch_plate.index.node] = slot.astype(batch_plate.index.node.dtype)
+    # The dims' lengths follow the batch: the units' from the first local placeholder.
+    n_units = local_values[batch_plate.latents[0].value_name].shape[0]
+    if batch_plate.dim is not None:
+        replace[model.dim_lengths[batch_plate.dim]] = n_units
+    if batch_plate.row_dim is not None and slot is not None:
+        replace[model.dim_lengths[batch_plate.row_dim]] = slot.shape[0]
 
-    batch_size = pt.scalar("n_units_in_batch", dtype="int64")
-    if plate.dim is not None:
-        replace[model.dim_lengths[plate.dim]] = batch_size
-
-    varlist = model.free_RVs + model.observed_RVs + model.potentials
-    terms = model.logp(vars=varlist, sum=False)
-    # rebuild_strict=False re-derives every node's static type, so (N,)-shaped types become (B,).
-    terms = clone_replace(terms, replace, rebuild_strict=False)
-
-    global_terms, unit_terms = split_terms(
-        varlist,
-        terms,
-        set(replace.values()) - {batch_size},
-        minibatch=minibatch,
-        check_fixed_length=True,
-    )
-    global_values = global_value_vars(model, local_rvs)
-    return BatchLogJoint(
-        global_terms=global_terms,
-        unit_terms=unit_terms,
+    names = _plate_factors(terms, model, batch_plate)
+    batch_names = [n for n in terms if n in names]
+    relaxed = _free_leading_lengths([terms[n] for n in batch_names])
+    cloned = clone_replace(relaxed, replace, rebuild_strict=False)
+    for name, term in zip(batch_names, cloned, strict=True):
+        if term.ndim == 0:
+            raise AmortizationError(
+                f"The log density of '{name}' couples the units of plate '{batch_plate.name}' "
+                "(it is not one term per unit), so it cannot be estimated from a minibatch of "
+                "units. Fit with batch_size=None."
+            )
+        if term.type.shape[0] is not None and term.type.shape[0] != 1:
+            raise AmortizationError(
+                f"The log density of '{name}' has a fixed length of {term.type.shape[0]} in the "
+                f"model, so it cannot be evaluated on a minibatch of plate '{batch_plate.name}'. "
+                "Give the unit axis a dim (pm.Model(coords={'unit': range(N)}) and dims='unit'), "
+                "or fit with batch_size=None."
+            )
+    return LogJoint(
+        batch_plate=batch_plate,
+        batch_terms=list(zip(batch_names, cloned, strict=True)),
+        other_terms=[(n, t) for n, t in terms.items() if n not in names],
         global_values=global_values,
         local_values=local_values,
         unit_data=unit_data,
-        batch_size=batch_size,
+        row_data=row_data,
+        slot=slot,
     )

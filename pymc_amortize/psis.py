@@ -27,7 +27,8 @@ from scipy.special import logsumexp
 
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.logjoint import build_batch_logjoint
+from pymc_amortize.analysis import Plate
+from pymc_amortize.logjoint import build_logjoint
 
 __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
 
@@ -109,8 +110,8 @@ class PSISDiagnostic:
     ----------
     khat : float
         k̂ of the whole approximation q(θ) ∏ q(z_n).
-    khat_per_unit : xarray.DataArray
-        k̂ of each unit's factor p(x_n, z_n | θ) / q(z_n), under the unit dim.
+    khat_per_plate : dict of str to xarray.DataArray
+        Per plate, k̂ of each unit's factor p(x_n, z_n | rest) / q(z_n), under the plate's dim.
     log_weights : xarray.DataArray
         Unnormalised importance log weights along ``draw``.
     smoothed_log_weights : xarray.DataArray
@@ -118,11 +119,18 @@ class PSISDiagnostic:
     """
 
     khat: float
-    khat_per_unit: xr.DataArray
+    khat_per_plate: dict[str, xr.DataArray]
     log_weights: xr.DataArray
     smoothed_log_weights: xr.DataArray
     approximation: AmortizedApproximation = field(repr=False)
     values: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def khat_per_unit(self) -> xr.DataArray:
+        """k̂ of each unit of the model's plate (the plate with the most units if several)."""
+        if not self.khat_per_plate:
+            raise AmortizationError("The model has no plate of units: every latent is mean-field.")
+        return max(self.khat_per_plate.values(), key=lambda k: k.size)
 
     @property
     def verdict(self) -> str:
@@ -207,23 +215,22 @@ def _log_normal(value: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarr
     return -0.5 * ((value - mean) / sd) ** 2 - np.log(sd) - _HALF_LOG_2PI
 
 
-def _log_terms_fn(approx: AmortizedApproximation):
-    """Compiled (global draws, local draws) -> (log p(θ) (S,), log p(x_n, z_n | θ) (S, N))."""
-    logjoint = build_batch_logjoint(approx.model, approx.plate, minibatch=False)
-    global_inputs = {
+def _log_terms_fn(approx: AmortizedApproximation, plate: Plate | None):
+    """Compiled draws -> (log p of the rest (S,), log p(x_n, z_n | rest) per unit (S, N)); with
+    no plate, draws -> (log p (S,),)."""
+    logjoint = build_logjoint(approx.model, approx.analysis)
+    draws = {
         name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
-        for name, var in logjoint.global_values.items()
+        for name, var in (logjoint.global_values | logjoint.local_values).items()
     }
-    local_inputs = {
-        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
-        for name, var in logjoint.local_values.items()
-    }
-    data = {name: node for name, (_, node) in logjoint.unit_data.items()}
-    batch = pt.constant(approx.plate.size, dtype="int64")
-    global_terms, unit_terms = logjoint.per_unit(global_inputs, local_inputs, data, batch)
-    inputs = list(global_inputs.values()) + list(local_inputs.values())
-    fn = compile_pymc(inputs, [global_terms, unit_terms])
-    return fn, list(global_inputs) + list(local_inputs)
+    global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
+    local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
+    if plate is None:
+        outputs = [logjoint.per_draw(global_draws, local_draws, None)]
+    else:
+        outputs = list(logjoint.per_unit(approx.model, plate, global_draws, local_draws))
+    fn = compile_pymc(list(draws.values()), outputs)
+    return fn, list(draws)
 
 
 def psis_diagnostic(
@@ -280,29 +287,43 @@ def psis_diagnostic(
         for name, slc, _, _ in group.ordering.values():
             flat = values[name].reshape(draws, -1)
             log_q_globals += _log_normal(flat, mu[slc], sd[slc]).sum(axis=1)
-    log_q_units = np.zeros((draws, approx.plate.size))
-    for latent in approx.plate.latents:
+    log_q_locals = {}
+    for latent in approx.analysis.latents:
         q = encoded[latent.name]
         terms = _log_normal(values[latent.value_name], q.mean, q.sd)
-        log_q_units += terms.reshape(draws, approx.plate.size, -1).sum(axis=2)
+        log_q_locals[latent.name] = terms.reshape(draws, q.mean.shape[0], -1).sum(axis=2)
 
-    fn, order = _log_terms_fn(approx)
-    log_p_globals, log_p_units = fn(*(values[name] for name in order))
-    unit_log_weights = log_p_units - log_q_units
-    log_weights = log_p_globals - log_q_globals + unit_log_weights.sum(axis=1)
-
-    unit_dim = approx.plate.dim or f"{approx.plate.latents[0].name}_dim_0"
-    coords = approx.model.coords.get(unit_dim)
-    unit_coords = np.asarray(coords) if coords is not None else np.arange(approx.plate.size)
-    per_unit = xr.DataArray(
-        unit_log_weights, dims=("draw", unit_dim), coords={unit_dim: unit_coords}
-    )
-    _, khat_per_unit = pareto_khat(per_unit)
+    khat_per_plate = {}
+    log_weights = None
+    for plate in approx.analysis.plates:
+        fn, order = _log_terms_fn(approx, plate)
+        log_p_rest, log_p_units = fn(*(values[name] for name in order))
+        log_q_units = sum(log_q_locals[name] for name in plate.latent_names)
+        unit_log_weights = log_p_units - log_q_units
+        if log_weights is None:
+            # log p(x, θ, z) − log q(θ, z): the rest of log q is every other plate's and q(θ)'s.
+            other_q = sum(
+                (v.sum(axis=1) for k, v in log_q_locals.items() if k not in plate.latent_names),
+                np.zeros(draws),
+            )
+            log_weights = log_p_rest + log_p_units.sum(axis=1) - other_q - log_q_units.sum(
+                axis=1
+            ) - log_q_globals
+        unit_dim = plate.dim or plate.name
+        coords = approx.model.coords.get(unit_dim) if plate.dim else None
+        unit_coords = np.asarray(coords) if coords is not None else np.arange(plate.size)
+        per_unit = xr.DataArray(
+            unit_log_weights, dims=("draw", unit_dim), coords={unit_dim: unit_coords}
+        )
+        khat_per_plate[plate.name] = pareto_khat(per_unit)[1]
+    if log_weights is None:  # no plate: every latent is mean-field
+        fn, order = _log_terms_fn(approx, None)
+        log_weights = fn(*(values[name] for name in order))[0] - log_q_globals
     overall = xr.DataArray(log_weights, dims="draw")
     smoothed, khat = pareto_khat(overall)
     return PSISDiagnostic(
         khat=float(khat),
-        khat_per_unit=khat_per_unit,
+        khat_per_plate=khat_per_plate,
         log_weights=overall,
         smoothed_log_weights=smoothed,
         approximation=approx,

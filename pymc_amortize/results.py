@@ -152,7 +152,7 @@ def encoder_outputs(approx: AmortizedApproximation) -> xr.Dataset:
     model = approx.model
     encoded = approx.encode()
     data = {}
-    for latent in approx.plate.latents:
+    for latent in approx.analysis.latents:
         q = encoded[latent.name]
         data[latent.value_name] = _param_dataarray(
             model, latent.name, latent.value_name, q.mean, q.sd
@@ -171,9 +171,8 @@ def fit_attributes(approx: AmortizedApproximation) -> dict[str, str | int | floa
         "method": METHOD,
         "library": "pymc_amortize",
         "library_version": pymc_amortize.__version__,
-        "local_latents": ", ".join(approx.plate.latent_names),
-        "unit_dim": approx.plate.dim or "",
-        "n_units": approx.plate.size,
+        "local_latents": ", ".join(approx.analysis.latent_names),
+        "plates": "; ".join(f"{p.name}: {p.size} units" for p in approx.analysis.plates),
         "encoder": encoders,
         "encoder_params": int(sum(p.get_value().size for p in approx.encoder_params)),
         "global_dim": approx.n_global,
