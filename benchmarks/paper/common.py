@@ -143,7 +143,7 @@ def variational_params(approx) -> Params:
     """Means and sds of q on the value space, by value variable, for A-VI and F-VI alike."""
     if isinstance(approx, pymc_amortize.AmortizedApproximation):
         out = _group_params(approx.global_group) if approx.global_group is not None else {}
-        for latent, q in zip(approx.plate.latents, approx.encode().values(), strict=True):
+        for latent, q in zip(approx.analysis.latents, approx.encode().values(), strict=True):
             out[latent.value_name] = (q.mean, q.sd)
         return out
     return _group_params(approx.groups[0])
