@@ -1,0 +1,308 @@
+"""The models of ``shared/cases/c0*.py``, exactly as written there (same data, seeds, names, dims).
+
+Used by ``tests/test_user_models.py`` and by ``benchmarks/case_references.py``, which runs NUTS on
+each of them to get the reference numbers the tests compare against. Each builder returns the
+model (and, where a test needs it, the data); it does not fit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+
+
+def unit_covariate_model():
+    """c01: y[n, r] ~ N(mu + beta c_n + tau z_n, sigma), c in pm.Data under the unit dim."""
+    rng = np.random.default_rng(6)
+    N = 1000
+    c_values = rng.normal(size=N)
+    Y = (1.0 + 0.5 * c_values + 0.8 * rng.normal(size=N))[:, None] + 0.6 * rng.normal(size=(N, 5))
+    with pm.Model(coords={"unit": range(N), "rep": range(5)}) as model:
+        c = pm.Data("c", c_values, dims="unit")
+        mu = pm.Normal("mu", 0, 5)
+        beta = pm.Normal("beta", 0, 1)
+        tau = pm.HalfNormal("tau", 1)
+        sigma = pm.HalfNormal("sigma", 1)
+        z = pm.Normal("z", 0, 1, dims="unit")
+        pm.Normal("y", (mu + beta * c + tau * z)[:, None], sigma, observed=Y, dims=("unit", "rep"))
+    return model
+
+
+def noncentered_index_data():
+    idx = np.repeat(np.arange(30), 5)
+    y = np.random.default_rng(0).normal(size=150)
+    return idx, y
+
+
+def noncentered_index_model():
+    """c02: a = Deterministic(mu + s a_raw), y ~ N(a[idx], 1)."""
+    idx, y = noncentered_index_data()
+    with pm.Model(coords={"group": range(30), "obs": range(150)}) as model:
+        g = pm.Data("idx", idx, dims="obs")
+        mu = pm.Normal("mu")
+        s = pm.HalfNormal("s")
+        a_raw = pm.Normal("a_raw", 0, 1, dims="group")
+        a = pm.Deterministic("a", mu + s * a_raw, dims="group")
+        pm.Normal("y", a[g], 1, observed=y, dims="obs")
+    return model
+
+
+TOPIC_D, TOPIC_K, TOPIC_V = 50, 3, 10
+
+
+def topic_data():
+    D, _, V = TOPIC_D, TOPIC_K, TOPIC_V
+    return np.random.default_rng(0).multinomial(20, np.ones(V) / V, size=D)
+
+
+def topic_model(array_concentration: bool = True):
+    """c03: theta ~ Dirichlet(a) per document, a either (docs, topics) or (topics,)."""
+    D, K, V = TOPIC_D, TOPIC_K, TOPIC_V
+    W = topic_data()
+    concentration = 0.5 * np.ones((D, K)) if array_concentration else 0.5 * np.ones(K)
+    with pm.Model(coords={"doc": range(D), "topic": range(K), "word": range(V)}) as model:
+        phi = pm.Dirichlet("phi", a=np.ones(V), dims=("topic", "word"))
+        theta = pm.Dirichlet("theta", a=concentration, dims=("doc", "topic"))
+        pm.Multinomial("W", n=20, p=theta @ phi, observed=W, dims=("doc", "word"))
+    return model
+
+
+def radon_like_data(seed: int = 5, J: int = 50, N: int = 1500):
+    """The c04/c05 (seed 5, J=50, N=1500) and c06 (seed 8, J=60, N=1200) data."""
+    rng = np.random.default_rng(seed)
+    county = rng.integers(0, J, N)
+    floor = rng.binomial(1, 0.3, N).astype(float)
+    y = rng.normal(1.0, 0.5, J)[county] - 0.6 * floor + rng.normal(0, 0.7, N)
+    return county, floor, y
+
+
+def rows_without_dims_model(data_dims: bool = False, obs_dims: bool = False):
+    """c04: radon-style, the index/floor data and/or the observed rows without dims."""
+    county, floor, y = radon_like_data()
+    J, N = 50, 1500
+    with pm.Model(coords={"county": range(J), "obs_id": range(N)}) as model:
+        dims = {"dims": "obs_id"} if data_dims else {}
+        idx = pm.Data("county_idx", county, **dims)
+        fl = pm.Data("floor", floor, **dims)
+        a = pm.Normal("a", pm.Normal("mu_a", 0, 5), pm.HalfNormal("sd_a", 2), dims="county")
+        b = pm.Normal("b", 0, 2)
+        pm.Normal(
+            "y",
+            a[idx] + b * fl,
+            pm.HalfNormal("sigma", 2),
+            observed=y,
+            **({"dims": "obs_id"} if obs_dims else {}),
+        )
+    return model
+
+
+def pm_minibatch_model():
+    """c05: the same data minibatched with pm.Minibatch and total_size, as PyMC's docs teach."""
+    county, floor, y = radon_like_data()
+    J, N = 50, 1500
+    with pm.Model(coords={"county": range(J)}) as model:
+        idx, fl, yy = pm.Minibatch(county, floor, y, batch_size=100)
+        a = pm.Normal("a", pm.Normal("mu_a", 0, 5), pm.HalfNormal("sd_a", 2), dims="county")
+        b = pm.Normal("b", 0, 2)
+        pm.Normal("y", a[idx] + b * fl, pm.HalfNormal("sigma", 2), observed=yy, total_size=N)
+    return model
+
+
+def zero_row_model():
+    """c06: radon-style with J=60 counties, N=1200 rows."""
+    county, floor, y = radon_like_data(seed=8, J=60, N=1200)
+    J, N = 60, 1200
+    with pm.Model(coords={"county": range(J), "obs_id": range(N)}) as model:
+        idx = pm.Data("county_idx", county, dims="obs_id")
+        fl = pm.Data("floor", floor, dims="obs_id")
+        mu_a = pm.Normal("mu_a", 0, 5)
+        sd_a = pm.HalfNormal("sd_a", 2)
+        a = pm.Normal("a", mu_a, sd_a, dims="county")
+        b = pm.Normal("b", 0, 2)
+        pm.Normal(
+            "log_radon", a[idx] + b * fl, pm.HalfNormal("sigma", 2), observed=y, dims="obs_id"
+        )
+    return model
+
+
+# c06's new counties: #0 has no rows, #1 these five.
+ZERO_ROW_NEW_ROWS = {
+    "log_radon": np.array([1.2, 0.8, 1.0, 0.4, 1.1]),
+    "floor": np.array([0, 0, 1, 1, 0.0]),
+}
+
+
+def indexed_small_data():
+    rng = np.random.default_rng(0)
+    J, N = 10, 100
+    county = rng.integers(0, J, N)
+    y = rng.normal(0, 1, J)[county] + rng.normal(0, 0.5, N)
+    return county, y
+
+
+def indexed_small_model():
+    """c07: y ~ N(a[county_idx], sigma), a ~ N(0, 1), 10 counties, 100 rows."""
+    county, y = indexed_small_data()
+    J, N = 10, 100
+    with pm.Model(coords={"county": range(J), "obs_id": range(N)}) as model:
+        ci = pm.Data("county_idx", county, dims="obs_id")
+        a = pm.Normal("a", 0, 1, dims="county")
+        pm.Normal("y", a[ci], pm.HalfNormal("sigma", 1), observed=y, dims="obs_id")
+    return model
+
+
+def crossed_data():
+    rng = np.random.default_rng(0)
+    A, B, R = 30, 5, 600
+    actor = rng.integers(0, A, R)
+    block = rng.integers(0, B, R)
+    y = rng.normal(0, 1, A)[actor] + rng.normal(0, 0.5, B)[block] + rng.normal(0, 0.5, R)
+    return actor, block, y
+
+
+def crossed_model():
+    """c08: y ~ N(z_actor[actor_idx] + z_block[block_idx], sigma), actor x block crossed."""
+    actor, block, y = crossed_data()
+    A, B, R = 30, 5, 600
+    with pm.Model(coords={"actor": range(A), "block": range(B), "obs_id": range(R)}) as model:
+        ai = pm.Data("actor_idx", actor, dims="obs_id")
+        bi = pm.Data("block_idx", block, dims="obs_id")
+        z_actor = pm.Normal("z_actor", 0, 1, dims="actor")
+        z_block = pm.Normal("z_block", 0, 1, dims="block")
+        pm.Normal(
+            "y", z_actor[ai] + z_block[bi], pm.HalfNormal("sigma", 1), observed=y, dims="obs_id"
+        )
+    return model
+
+
+# -- variants of the same kinds, written for the tests (not in shared/cases) ---------------------
+
+
+def unit_covariate_poisson_model():
+    """c01's kind with Poisson counts: log rate mu + beta c_n + tau z_n, 4 counts per unit."""
+    rng = np.random.default_rng(11)
+    N = 400
+    c_values = rng.normal(size=N)
+    log_rate = 0.5 + 0.5 * c_values + 0.5 * rng.normal(size=N)
+    counts = rng.poisson(np.exp(log_rate)[:, None], size=(N, 4))
+    with pm.Model(coords={"unit": range(N), "rep": range(4)}) as model:
+        c = pm.Data("c", c_values, dims="unit")
+        mu = pm.Normal("mu", 0, 2)
+        beta = pm.Normal("beta", 0, 1)
+        tau = pm.HalfNormal("tau", 1)
+        z = pm.Normal("z", 0, 1, dims="unit")
+        pm.Poisson(
+            "y",
+            pm.math.exp(mu + beta * c + tau * z)[:, None],
+            observed=counts,
+            dims=("unit", "rep"),
+        )
+    return model
+
+
+def noncentered_poisson_model():
+    """c02's kind: non-centred, Poisson counts, the group effect inline (no Deterministic),
+    unbalanced groups."""
+    rng = np.random.default_rng(3)
+    G = 20
+    idx = np.repeat(np.arange(G), rng.integers(2, 12, G))
+    counts = rng.poisson(np.exp(1.0 + 0.5 * rng.normal(size=G))[idx])
+    with pm.Model(coords={"group": range(G), "obs": range(len(idx))}) as model:
+        g = pm.Data("idx", idx, dims="obs")
+        mu = pm.Normal("mu", 0, 2)
+        s = pm.HalfNormal("s", 1)
+        a_raw = pm.Normal("a_raw", 0, 1, dims="group")
+        pm.Poisson("y", pm.math.exp((mu + s * a_raw)[g]), observed=counts, dims="obs")
+    return model
+
+
+def unit_prior_mean_data():
+    rng = np.random.default_rng(4)
+    N = 60
+    prior_mean = rng.normal(0, 2, N)
+    Y = (prior_mean + rng.normal(0, 0.5, N))[:, None] + 0.8 * rng.normal(size=(N, 3))
+    return prior_mean, Y
+
+
+def unit_prior_mean_model():
+    """c03's kind: z_n ~ N(m_n, 0.5) with m a plain length-N array (no pm.Data)."""
+    prior_mean, Y = unit_prior_mean_data()
+    N = len(prior_mean)
+    with pm.Model(coords={"unit": range(N), "rep": range(3)}) as model:
+        sigma = pm.HalfNormal("sigma", 1)
+        z = pm.Normal("z", prior_mean, 0.5, dims="unit")
+        pm.Normal("y", z[:, None], sigma, observed=Y, dims=("unit", "rep"))
+    return model
+
+
+def bernoulli_rows_data(seed: int = 7, J: int = 40, N: int = 1200):
+    rng = np.random.default_rng(seed)
+    county = rng.integers(0, J, N)
+    x = rng.normal(size=N)
+    logit = rng.normal(0.0, 1.0, J)[county] + 0.8 * x
+    y = rng.binomial(1, 1 / (1 + np.exp(-logit)))
+    return county, x, y
+
+
+def bernoulli_rows_without_dims_model():
+    """c04's kind: Bernoulli rows, index/covariate data and observed rows all without dims."""
+    county, x, y = bernoulli_rows_data()
+    with pm.Model(coords={"county": range(40)}) as model:
+        idx = pm.Data("county_idx", county)
+        xx = pm.Data("x", x)
+        a = pm.Normal("a", pm.Normal("mu_a", 0, 2), pm.HalfNormal("sd_a", 2), dims="county")
+        b = pm.Normal("b", 0, 2)
+        pm.Bernoulli("y", logit_p=a[idx] + b * xx, observed=y)
+    return model
+
+
+def bernoulli_pm_minibatch_model():
+    """c05's kind: the Bernoulli rows minibatched with pm.Minibatch, no dims."""
+    county, x, y = bernoulli_rows_data()
+    with pm.Model() as model:
+        # int32: PyMC refuses the minibatch of an int64 array as Bernoulli data (a Cast node)
+        idx, xx, yy = pm.Minibatch(county, x, y.astype(np.int32), batch_size=50)
+        a = pm.Normal("a", pm.Normal("mu_a", 0, 2), pm.HalfNormal("sd_a", 2), shape=40)
+        b = pm.Normal("b", 0, 2)
+        pm.Bernoulli("y", logit_p=a[idx] + b * xx, observed=yy, total_size=len(y))
+    return model
+
+
+def poisson_indexed_model():
+    """c07's kind: Poisson counts indexed by county, the index data and the rows without dims."""
+    rng = np.random.default_rng(9)
+    J, N = 12, 150
+    county = rng.integers(0, J, N)
+    counts = rng.poisson(np.exp(rng.normal(1.0, 0.5, J))[county])
+    with pm.Model(coords={"county": range(J)}) as model:
+        ci = pm.Data("county_idx", county)
+        mu = pm.Normal("mu", 0, 2)
+        a = pm.Normal("a", mu, pm.HalfNormal("sd", 1), dims="county")
+        pm.Poisson("y", pm.math.exp(a[ci]), observed=counts)
+    return model
+
+
+def crossed_bernoulli_data():
+    rng = np.random.default_rng(12)
+    A, B, R = 20, 6, 1200
+    actor = rng.integers(0, A, R)
+    block = rng.integers(0, B, R)
+    logit = 0.3 + rng.normal(0, 1.5, A)[actor] + rng.normal(0, 0.5, B)[block]
+    y = rng.binomial(1, 1 / (1 + np.exp(-logit)))
+    return actor, block, y
+
+
+def crossed_bernoulli_model():
+    """c08's kind, chimpanzees-like: Bernoulli, hierarchical actor and block effects, non-centred
+    block effect."""
+    actor, block, y = crossed_bernoulli_data()
+    with pm.Model(coords={"actor": range(20), "block": range(6), "obs_id": range(len(y))}) as model:
+        ai = pm.Data("actor_idx", actor, dims="obs_id")
+        bi = pm.Data("block_idx", block, dims="obs_id")
+        alpha = pm.Normal("alpha", 0, 1.5)
+        z_actor = pm.Normal("z_actor", alpha, pm.HalfNormal("sd_actor", 2), dims="actor")
+        sd_block = pm.HalfNormal("sd_block", 1)
+        z_block_raw = pm.Normal("z_block_raw", 0, 1, dims="block")
+        z_block = pm.Deterministic("z_block", sd_block * z_block_raw, dims="block")
+        pm.Bernoulli("y", logit_p=z_actor[ai] + z_block[bi], observed=y, dims="obs_id")
+    return model
