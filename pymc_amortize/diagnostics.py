@@ -15,6 +15,7 @@ error comes from the paired differences.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -26,6 +27,7 @@ from pymc.progress_bar import default_progress_theme
 
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.results import unit_dim
 
 __all__ = [
     "AmortizationGap",
@@ -34,6 +36,7 @@ __all__ = [
     "amortization_gap",
     "meanfield_of",
     "refine",
+    "semi_amortize",
 ]
 
 _HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
@@ -82,7 +85,7 @@ def meanfield_of(approx) -> MeanField:
     if isinstance(approx, AmortizedApproximation):
         factors = _group_factors(approx.global_group) if approx.global_group is not None else {}
         encoded = approx.encode()
-        for latent in approx.plate.latents:
+        for latent in approx.analysis.latents:
             q = encoded[latent.name]
             factors[latent.value_name] = GaussianFactor(q.mean, q.sd)
         return factors
@@ -172,6 +175,14 @@ class MeanFieldELBO:
         diff = self.per_draw(q) - self.per_draw(reference)
         return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(diff.size))
 
+    def draws(self, q: Mapping[str, GaussianFactor]) -> dict[str, np.ndarray]:
+        """The shared draws of ``q`` stacked per value variable: ``{name: (n_draws, *shape)}``."""
+        self._check(q)
+        return {
+            name: q[name].mean + q[name].sd * np.stack([eps[name] for eps in self._eps])
+            for name in self.shapes
+        }
+
 
 @dataclass
 class SemiAmortizedApproximation:
@@ -214,8 +225,9 @@ class SemiAmortizedApproximation:
         return self.amortized.encode(new_data)
 
     def __repr__(self) -> str:
+        plates = ", ".join(f"{p.name}: {p.size}" for p in self.amortized.analysis.plates)
         return (
-            f"SemiAmortizedApproximation(units={self.amortized.plate.size}, "
+            f"SemiAmortizedApproximation(units={{{plates}}}, "
             f"amortized_steps={self.amortized_steps}, refine_steps={self.refine_steps})"
         )
 
@@ -276,7 +288,7 @@ class _IterateAverage:
                 param.set_value(mean)
 
 
-def refine(
+def semi_amortize(
     approx: AmortizedApproximation,
     n: int = 2_000,
     *,
@@ -289,11 +301,15 @@ def refine(
     progressbar: bool = True,
     progressbar_theme=default_progress_theme,
 ) -> SemiAmortizedApproximation:
-    """Refine a fitted A-VI solution by F-VI: per-unit means and sds, started at the encoder's output.
+    """Semi-amortized VI: per-unit F-VI (a mean and sd per unit) started at the encoder's output.
 
     Runs PyMC's mean-field ADVI (``pm.ADVI``) with ``start``/``start_sigma`` set to A-VI's solution:
-    q(θ) as fitted, and for every unit the encoder's mean and sd. The globals are optimised too.
-    ``pm.fit(method="amortized", refine=n)`` calls this after the A-VI fit.
+    q(θ) as fitted (and every latent fitted mean-field), and for every unit of every plate the
+    encoder's mean and sd. The globals are optimised too. ``pm.fit(method="amortized", refine=n)``
+    calls this after the A-VI fit.
+
+    Not to be confused with ``AmortizedVI.refine(n)`` (PyMC's ``Inference.refine``), which runs
+    ``n`` more amortized steps of the same encoder.
 
     Parameters
     ----------
@@ -336,12 +352,13 @@ def refine(
             z = pm.GaussianRandomWalk("z", sigma=1, init_dist=pm.Normal.dist(0, 1), dims="unit")
             pm.Normal("x", z, 1, observed=x, dims="unit")
             approx = pm.fit(2_000, method="amortized", encoder_widths=(8,), progressbar=False)
-        semi = pymc_amortize.refine(approx, 500, progressbar=False)
+        semi = pymc_amortize.semi_amortize(approx, 500, progressbar=False)
         idata = semi.sample(500)
     """
     if not isinstance(approx, AmortizedApproximation):
         raise AmortizationError(
-            f"refine() takes a fitted AmortizedApproximation; got {type(approx).__name__}."
+            "semi_amortize() takes a fitted AmortizedApproximation; got "
+            f"{type(approx).__name__}."
         )
     if not isinstance(n, int | np.integer) or n <= 0:
         raise AmortizationError(f"n (the refinement steps) must be a positive integer; got {n!r}.")
@@ -370,6 +387,21 @@ def refine(
     )
 
 
+def refine(approx: AmortizedApproximation, n: int = 2_000, **kwargs) -> SemiAmortizedApproximation:
+    """Deprecated name of :func:`semi_amortize` (per-unit F-VI started at the encoder).
+
+    ``refine`` is PyMC's name for *more steps of the same fit* (``Inference.refine``); the per-unit
+    F-VI that follows an amortized fit is :func:`semi_amortize`.
+    """
+    warnings.warn(
+        "pymc_amortize.refine(approx, n) is renamed semi_amortize(approx, n); refine means more "
+        "steps of the same fit in PyMC (AmortizedVI.refine).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return semi_amortize(approx, n, **kwargs)
+
+
 def _gaussian_kl(q: GaussianFactor, p: GaussianFactor) -> np.ndarray:
     """KL(q ‖ p) elementwise for diagonal Gaussians."""
     return np.log(p.sd / q.sd) + (q.sd**2 + (q.mean - p.mean) ** 2) / (2 * p.sd**2) - 0.5
@@ -386,11 +418,14 @@ class AmortizationGap:
         bound on the amortization gap plus A-VI's own optimisation gap (F-VI may stop short).
     elbo_amortized, elbo_refined : float
         The two ELBO estimates on the shared draws.
-    unit_kl : ndarray
-        Per unit, KL(refined q(z_n) ‖ encoder q(z_n)) summed over the local latents: how far each
-        unit moved.
-    n_units, steps : int
-        Units and F-VI steps.
+    per_plate : dict of str to xarray.Dataset
+        Per plate (by name), under the plate's unit dim and coords: ``kl``, KL(refined q(z_n) ‖
+        encoder q(z_n)) summed over the plate's local latents (how far unit n moved), and
+        ``gain`` with ``gain_se``, the rise of unit n's ELBO terms (its latents' priors, the
+        likelihood of its rows and the entropy of q(z_n)) on the shared draws, and its MC SE;
+        NaN when a factor couples the plate's units (e.g. a random-walk prior).
+    steps : int
+        F-VI steps.
     tolerance : float
         Gain per unit (nats) below which the gap counts as closed.
     refined : SemiAmortizedApproximation
@@ -401,11 +436,25 @@ class AmortizationGap:
     standard_error: float
     elbo_amortized: float
     elbo_refined: float
-    unit_kl: np.ndarray
-    n_units: int
+    per_plate: dict[str, xr.Dataset]
     steps: int
     tolerance: float
     refined: SemiAmortizedApproximation = field(repr=False)
+
+    @property
+    def n_units(self) -> int:
+        """Units of every plate together."""
+        return int(sum(ds["kl"].size for ds in self.per_plate.values()))
+
+    @property
+    def main_plate(self) -> str:
+        """The plate with the most units (the one :attr:`unit_kl` and :meth:`top_units` read)."""
+        return max(self.per_plate, key=lambda name: self.per_plate[name]["kl"].size)
+
+    @property
+    def unit_kl(self) -> np.ndarray:
+        """``kl`` per unit of :attr:`main_plate`, as an array."""
+        return self.per_plate[self.main_plate]["kl"].values
 
     @property
     def gain_per_unit(self) -> float:
@@ -417,9 +466,13 @@ class AmortizationGap:
         significant = self.gain > 3 * self.standard_error
         return not (significant and self.gain_per_unit > self.tolerance)
 
-    def top_units(self, k: int = 5) -> np.ndarray:
-        """Indices of the ``k`` units that moved most (largest ``unit_kl``)."""
-        return np.argsort(self.unit_kl)[::-1][:k]
+    def top_units(self, k: int = 5, *, plate: str | None = None) -> np.ndarray:
+        """Positions of the ``k`` units of ``plate`` (default :attr:`main_plate`) that moved most
+        (largest ``kl``)."""
+        plate = self.main_plate if plate is None else plate
+        if plate not in self.per_plate:
+            raise AmortizationError(f"No plate '{plate}'; plates: {', '.join(self.per_plate)}.")
+        return np.argsort(self.per_plate[plate]["kl"].values, kind="stable")[::-1][:k]
 
     @property
     def verdict(self) -> str:
@@ -431,14 +484,62 @@ class AmortizationGap:
         )
 
     def __repr__(self) -> str:
-        moved = ", ".join(f"{i} ({self.unit_kl[i]:.3g})" for i in self.top_units(5))
-        return (
+        lines = [
             f"AmortizationGap(gain={self.gain:.4g} ± {self.standard_error:.2g} nats, "
-            f"per unit {self.gain_per_unit:.3g}, units={self.n_units}, steps={self.steps})\n"
-            f"  verdict: {self.verdict}\n"
-            f"  ELBO amortized {self.elbo_amortized:.6g}, refined {self.elbo_refined:.6g}\n"
-            f"  units that moved most (KL refined ‖ amortized): {moved}"
+            f"per unit {self.gain_per_unit:.3g}, units={self.n_units}, steps={self.steps})",
+            f"  verdict: {self.verdict}",
+            f"  ELBO amortized {self.elbo_amortized:.6g}, refined {self.elbo_refined:.6g}",
+        ]
+        for name, ds in self.per_plate.items():
+            dim = ds["kl"].dims[0]
+            moved = ", ".join(
+                f"{ds[dim].values[i]} ({ds['kl'].values[i]:.3g})"
+                for i in self.top_units(5, plate=name)
+            )
+            lines.append(
+                f"  plate {name}: gain {float(ds['gain'].sum()):.4g} nats over {ds.sizes[dim]} "
+                f"units; moved most (KL refined ‖ amortized): {moved}"
+            )
+        return "\n".join(lines)
+
+
+def _per_unit_gap(
+    approx: AmortizedApproximation,
+    before: MeanField,
+    after: MeanField,
+    values_before: Mapping[str, np.ndarray],
+    values_after: Mapping[str, np.ndarray],
+) -> dict[str, xr.Dataset]:
+    """Per plate and unit: KL(after ‖ before) and the rise of the unit's ELBO terms."""
+    from pymc_amortize.psis import _log_terms_fn
+
+    out = {}
+    for plate in approx.analysis.plates:
+        try:
+            fn, order = _log_terms_fn(approx, plate)
+        except AmortizationError:
+            # A factor couples the plate's units (e.g. a random-walk prior): no per-unit terms.
+            units_before = units_after = np.full((2, plate.size), np.nan)
+        else:
+            _, units_before = fn(*(values_before[name] for name in order))
+            _, units_after = fn(*(values_after[name] for name in order))
+        kl = np.zeros(plate.size)
+        entropy_gain = np.zeros(plate.size)
+        for latent in plate.latents:
+            q, p = after[latent.value_name], before[latent.value_name]
+            kl += _gaussian_kl(q, p).reshape(plate.size, -1).sum(axis=1)
+            entropy_gain += np.log(q.sd / p.sd).reshape(plate.size, -1).sum(axis=1)
+        per_draw = units_after - units_before + entropy_gain
+        dim, coords = unit_dim(approx, plate)
+        out[plate.name] = xr.Dataset(
+            {
+                "kl": (dim, kl, {"long_name": "KL(refined q(z_n) ‖ encoder q(z_n))"}),
+                "gain": (dim, per_draw.mean(axis=0), {"long_name": "ELBO gain of the unit"}),
+                "gain_se": (dim, per_draw.std(axis=0, ddof=1) / math.sqrt(per_draw.shape[0])),
+            },
+            coords={dim: coords},
         )
+    return out
 
 
 def amortization_gap(
@@ -453,10 +554,11 @@ def amortization_gap(
 ) -> AmortizationGap:
     """Diagnose the amortization gap of a fitted A-VI solution (the paper's §5 diagnostic).
 
-    Starts per-unit F-VI at the A-VI solution (:func:`refine`, ``n`` steps with a decaying learning
-    rate), then estimates how much the ELBO rose, on common random numbers. If it rose by more than
-    ``tolerance`` nats per unit (and 3 standard errors), the encoder is too weak for this model, or
-    A-VI had not converged; otherwise the gap is closed.
+    Starts per-unit F-VI at the A-VI solution (:func:`semi_amortize`, ``n`` steps with a decaying
+    learning rate), then estimates how much the ELBO rose, on common random numbers. If it rose by
+    more than ``tolerance`` nats per unit (all plates' units together, and 3 standard errors), the
+    encoder is too weak for this model, or A-VI had not converged; otherwise the gap is closed.
+    Per plate, each unit's KL and ELBO gain say which units the encoder serves worst.
 
     Parameters
     ----------
@@ -478,7 +580,8 @@ def amortization_gap(
     Returns
     -------
     AmortizationGap
-        The gain with its standard error, the verdict, and the units that moved most.
+        The gain with its standard error, the verdict, and per plate (``per_plate``, under each
+        plate's dim) every unit's KL and ELBO gain.
 
     Examples
     --------
@@ -500,8 +603,18 @@ def amortization_gap(
     """
     if not isinstance(tolerance, int | float) or tolerance < 0:
         raise AmortizationError(f"tolerance must be a non-negative number; got {tolerance!r}.")
+    if not isinstance(approx, AmortizedApproximation):
+        raise AmortizationError(
+            "amortization_gap() takes a fitted AmortizedApproximation; got "
+            f"{type(approx).__name__}."
+        )
+    if not approx.analysis.plates:
+        raise AmortizationError(
+            "The model has no plate of units (every latent is fitted mean-field), so nothing is "
+            f"amortized and there is no amortization gap:\n{approx.analysis.summary()}"
+        )
     seeds = np.random.SeedSequence(random_seed).generate_state(2)
-    semi = refine(
+    semi = semi_amortize(
         approx,
         n,
         learning_rate=learning_rate,
@@ -512,17 +625,13 @@ def amortization_gap(
     evaluator = MeanFieldELBO(approx.model, n_draws=n_draws, random_seed=int(seeds[1]))
     refined_draws, amortized_draws = evaluator.per_draw(after), evaluator.per_draw(before)
     diff = refined_draws - amortized_draws
-    unit_kl = np.zeros(approx.plate.size)
-    for latent in approx.plate.latents:
-        kl = _gaussian_kl(after[latent.value_name], before[latent.value_name])
-        unit_kl += kl.reshape(approx.plate.size, -1).sum(axis=1)
+    per_plate = _per_unit_gap(approx, before, after, evaluator.draws(before), evaluator.draws(after))
     return AmortizationGap(
         gain=float(diff.mean()),
         standard_error=float(diff.std(ddof=1) / math.sqrt(diff.size)),
         elbo_amortized=float(amortized_draws.mean()),
         elbo_refined=float(refined_draws.mean()),
-        unit_kl=unit_kl,
-        n_units=approx.plate.size,
+        per_plate=per_plate,
         steps=int(n),
         tolerance=float(tolerance),
         refined=semi,

@@ -2,14 +2,16 @@
 
 The weights (encoder parameters and the globals' mean and rho) go to a ``.safetensors`` archive
 through pytensor-ml's ``save_state``/``load_state``; the structure needed to rebuild the encoders
-(local latents and their inputs, widths, activation, input scaling) goes to a small JSON file beside
-it. Loading rebuilds an :class:`~pymc_amortize.AmortizedVI` on the model with the same options and
+goes to a small JSON file beside it: per local latent its plate (row or indexed, and the index),
+its unit and row inputs with their scalings, and its encoder (MLP, or pooled with its row-count
+scaling), plus widths and activation. Loading rebuilds an :class:`~pymc_amortize.AmortizedVI` on the model with the same options and
 fills in the values, so new units are encoded without refitting.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,21 @@ import pymc as pm
 import pytensor
 from pytensor_ml.checkpoint import load_state, save_state
 
-from pymc_amortize.approximation import AmortizedApproximation
+from pymc_amortize.analysis import IndexedLocal, LocalLatent, Plate
+from pymc_amortize.approximation import (
+    AmortizedApproximation,
+    InputScaling,
+    _fitted_row_matrix,
+    _fitted_unit_matrix,
+)
+from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
 
 __all__ = ["load_approximation", "save_approximation"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions :func:`load_approximation` reads (1: one row plate, before the model analysis).
+READABLE_VERSIONS = (1, 2)
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -44,11 +55,57 @@ def _named_copies(approx: AmortizedApproximation) -> list:
     return copies
 
 
+def _scaling_json(scaling: InputScaling | None) -> dict | None:
+    if scaling is None:
+        return None
+    return {"center": np.asarray(scaling.center).tolist(), "scale": np.asarray(scaling.scale).tolist()}
+
+
+def _scaling_from_json(saved: dict | None) -> InputScaling | None:
+    if saved is None:
+        return None
+    return InputScaling(np.asarray(saved["center"], dtype=float), np.asarray(saved["scale"], dtype=float))
+
+
+def _encoder_json(encoder: object) -> dict:
+    if isinstance(encoder, PooledEncoder):
+        return {
+            "kind": "PooledEncoder",
+            "n_row_inputs": int(encoder.n_row_inputs),
+            "n_unit_covariates": int(encoder.n_unit_covariates),
+            # Fixed at the fit from its units' row counts: a new model's counts must not move them.
+            "log_count_center": float(encoder.log_count_center),
+            "log_count_scale": float(encoder.log_count_scale),
+        }
+    if isinstance(encoder, MLPEncoder):
+        return {"kind": "MLPEncoder", "n_inputs": int(encoder.n_inputs)}
+    raise AmortizationError(f"Cannot save an encoder of type {type(encoder).__name__}.")
+
+
+def _latent_json(approx: AmortizedApproximation, plate: Plate, latent: LocalLatent) -> dict:
+    data = approx.inputs[latent.name]
+    return {
+        "plate": plate.name,
+        "kind": "row" if plate.index is None else "indexed",
+        "index": None if plate.index is None else plate.index.key,
+        "unit_inputs": [d.key for d in latent.unit_inputs],
+        "row_inputs": [d.key for d in latent.row_inputs],
+        "explicit_input": latent.input_matrix is not None,
+        "event_shape": list(latent.event_shape),
+        "unit_scaling": _scaling_json(data.unit_scaling),
+        "row_scaling": _scaling_json(data.row_scaling),
+        "encoder": _encoder_json(approx._encoders[latent.name]),
+    }
+
+
 def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tuple[Path, Path]:
     """Save a fitted amortized approximation: ``path.json`` (structure) and ``path.safetensors``.
 
-    Only approximations with the built-in MLP encoders can be saved (a user's encoder is arbitrary
-    code; save its weights yourself).
+    Works for every plate kind (units with one row each, units tied to rows by an index, several
+    plates). The JSON file records, per local latent, its plate, its unit and row encoder inputs
+    with their scalings and its encoder (MLP or pooled); the archive holds the weights. Only
+    approximations with the built-in encoders can be saved (a user's encoder is arbitrary code;
+    save its weights yourself).
 
     Parameters
     ----------
@@ -66,14 +123,18 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
     --------
     .. code-block:: python
 
-        save_approximation(approx, "fit/linear")
-        approx2 = load_approximation("fit/linear", model=model)
-        approx2.encode({"x": x_new})
+        save_approximation(approx, "fit/radon")
+        approx2 = load_approximation("fit/radon", model=radon_model)
+        approx2.encode({"log_radon": y_new, "county_idx": county_new})
     """
+    if not isinstance(approx, AmortizedApproximation):
+        raise AmortizationError(
+            f"save_approximation takes an AmortizedApproximation; got {type(approx).__name__}."
+        )
     options = approx.settings
     if not options or options.get("user_encoders"):
         raise AmortizationError(
-            "Only approximations with the built-in MLP encoders can be saved; this one uses a "
+            "Only approximations with the built-in encoders can be saved; this one uses a "
             "user encoder. Save its weights with pytensor_ml.save_state instead."
         )
     json_path, weights_path = _paths(path)
@@ -83,15 +144,15 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
         "options": {
             key: options[key] for key in ("encoder_widths", "activation", "standardize_inputs")
         },
+        "analysis": approx.analysis.summary(),
         "latents": {
-            latent.name: {
-                "input_names": list(latent.input_names),
-                "explicit_input": latent.input_matrix is not None,
-                "center": approx.input_scaling[latent.name].center.tolist(),
-                "scale": approx.input_scaling[latent.name].scale.tolist(),
-            }
-            for latent in approx.plate.latents
+            latent.name: _latent_json(approx, plate, latent)
+            for plate in approx.analysis.plates
+            for latent in plate.latents
         },
+        "encoder_params": [
+            [param.name, list(param.get_value(borrow=True).shape)] for param in approx.encoder_params
+        ],
         "globals": (
             {name: list(shape) for name, _, shape, _ in approx.global_group.ordering.values()}
             if approx.global_group is not None
@@ -103,17 +164,87 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
     return json_path, weights_path
 
 
+def _upgrade(structure: dict) -> dict:
+    """A version-1 file (one row plate, unit inputs only) in the version-2 layout."""
+    if structure.get("format_version") != 1:
+        return structure
+    latents = {}
+    for name, saved in structure["latents"].items():
+        latents[name] = {
+            "plate": None,
+            "kind": "row",
+            "index": None,
+            "unit_inputs": list(saved["input_names"]),
+            "row_inputs": [],
+            "explicit_input": saved["explicit_input"],
+            "unit_scaling": {"center": saved["center"], "scale": saved["scale"]},
+            "row_scaling": None,
+            "encoder": {"kind": "MLPEncoder"},
+        }
+    return {**structure, "format_version": 2, "latents": latents, "encoder_params": None}
+
+
+def _local_spec(model: pm.Model, name: str, saved: dict):
+    """The ``local=`` entry that rebuilds latent ``name`` as it was fitted."""
+    if saved["explicit_input"]:
+        example = (
+            f"IndexedLocal('{saved['index']}', unit_covariates=matrix)"
+            if saved["kind"] == "indexed"
+            else "matrix"
+        )
+        raise AmortizationError(
+            f"'{name}' was fitted on an explicit input matrix; pass local={{'{name}': {example}}} "
+            "with this model's units."
+        )
+    if saved["kind"] == "row":
+        return list(saved["unit_inputs"])
+    index = saved["index"] if saved["index"] in model.named_vars else None
+    return IndexedLocal(
+        index=index, inputs=list(saved["row_inputs"]), unit_covariates=list(saved["unit_inputs"])
+    )
+
+
+def _check_structure(approx: AmortizedApproximation, latents: dict, params: list | None) -> None:
+    """The rebuilt latents, inputs, encoders and weights must be those saved."""
+    have = {
+        lat.name: (
+            "row" if plate.index is None else "indexed",
+            [d.key for d in lat.unit_inputs],
+            [d.key for d in lat.row_inputs],
+            type(approx._encoders[lat.name]).__name__,
+        )
+        for plate in approx.analysis.plates
+        for lat in plate.latents
+    }
+    want = {
+        name: (s["kind"], s["unit_inputs"], s["row_inputs"], s["encoder"]["kind"])
+        for name, s in latents.items()
+    }
+    if have != want:
+        raise AmortizationError(
+            "The model's local latents (kind, unit inputs, row inputs, encoder) "
+            f"{have} differ from the saved ones {want}; load into a model of the same structure."
+        )
+    if params is not None:
+        shapes = [[p.name, list(p.get_value(borrow=True).shape)] for p in approx.encoder_params]
+        if shapes != params:
+            raise AmortizationError(
+                f"The rebuilt encoders' weights {shapes} differ from the saved ones {params}."
+            )
+
+
 def load_approximation(
     path: str | Path,
     *,
     model: pm.Model | None = None,
-    local: dict | None = None,
+    local: Mapping[str, object] | None = None,
 ) -> AmortizedApproximation:
     """Load an approximation saved by :func:`save_approximation` into ``model``.
 
-    The model must have the same variables (globals of the same shapes, the same local latents); its
-    data may differ (a model built on new units). The saved input scaling is kept, so the encoder
-    maps a given input to the same q(z_n) as before.
+    The model must have the same variables (globals of the same shapes, the same local latents on
+    the same kind of plate with the same encoder inputs); its data may differ (a model built on
+    new units). The saved input scalings (and a pooled encoder's row-count scaling) are kept, so
+    the encoders map a given input to the same q(z_n) as before.
 
     Parameters
     ----------
@@ -122,8 +253,9 @@ def load_approximation(
     model : pm.Model, optional
         Taken from the context when omitted.
     local : mapping, optional
-        Needed only when the saved fit took an explicit (N, k) input matrix: ``{latent: matrix}``
-        for this model's units.
+        Needed only when the saved fit took an explicit input matrix: the ``local=`` entry of that
+        latent for this model's units (``{latent: matrix}``, or an ``IndexedLocal`` with
+        ``unit_covariates=matrix``).
 
     Returns
     -------
@@ -137,7 +269,6 @@ def load_approximation(
         approx = load_approximation("fit/linear", model=model)
         q_new = approx.encode({"x": np.array([0.3, 4.0])})["z"]
     """
-    from pymc_amortize.approximation import InputScaling
     from pymc_amortize.inference import AmortizedVI
 
     model = pm.modelcontext(model)
@@ -145,24 +276,25 @@ def load_approximation(
     if not json_path.exists() or not weights_path.exists():
         raise AmortizationError(f"No saved approximation at {json_path} and {weights_path}.")
     structure = json.loads(json_path.read_text())
-    if structure.get("format_version") != FORMAT_VERSION:
+    if structure.get("format_version") not in READABLE_VERSIONS:
         raise AmortizationError(
             f"{json_path} has format version {structure.get('format_version')!r}; this version of "
-            f"pymc_amortize reads version {FORMAT_VERSION}."
+            f"pymc_amortize reads versions {READABLE_VERSIONS}."
         )
-    spec = dict(local or {})
-    for name, latent in structure["latents"].items():
-        if name in spec:
-            continue
-        if latent["explicit_input"]:
-            raise AmortizationError(
-                f"'{name}' was fitted on an explicit input matrix; pass local={{'{name}': matrix}} "
-                "for this model's units."
-            )
-        spec[name] = latent["input_names"]
+    structure = _upgrade(structure)
+    latents = structure["latents"]
+    missing = [name for name in latents if name not in model.named_vars]
+    if missing:
+        raise AmortizationError(
+            f"The model has no variable(s) {missing}, which the saved approximation amortizes."
+        )
+    spec = {
+        name: (local[name] if local and name in local else _local_spec(model, name, saved))
+        for name, saved in latents.items()
+    }
     options = structure["options"]
     approx = AmortizedVI(
-        spec,
+        spec or None,
         model=model,
         encoder_widths=tuple(options["encoder_widths"]),
         activation=options["activation"],
@@ -178,6 +310,7 @@ def load_approximation(
         raise AmortizationError(
             f"The model's globals {have_globals} differ from the saved ones {saved_globals}."
         )
+    _check_structure(approx, latents, structure.get("encoder_params"))
     targets = _named_copies(approx)
     load_state(targets, weights_path)
     values = iter(t.get_value() for t in targets)
@@ -186,13 +319,26 @@ def load_approximation(
             approx.global_group.params_dict[key].set_value(next(values))
     for param in approx.encoder_params:
         param.set_value(next(values))
-    for latent in approx.plate.latents:
-        saved = structure["latents"][latent.name]
-        old = approx.input_scaling[latent.name]
-        raw = approx.encoder_inputs[latent.name].get_value() * old.scale + old.center
-        scaling = InputScaling(np.asarray(saved["center"]), np.asarray(saved["scale"]))
-        approx.input_scaling[latent.name] = scaling
-        approx.encoder_inputs[latent.name].set_value(
-            scaling.apply(raw).astype(pytensor.config.floatX)
-        )
+    floatx = pytensor.config.floatX
+    for plate in approx.analysis.plates:
+        for latent in plate.latents:
+            saved = latents[latent.name]
+            data = approx.inputs[latent.name]
+            unit_scaling = _scaling_from_json(saved["unit_scaling"])
+            row_scaling = _scaling_from_json(saved["row_scaling"])
+            if data.units is not None:
+                raw = _fitted_unit_matrix(latent, plate.size)
+                data.units.set_value(unit_scaling.apply(raw).astype(floatx))
+            if data.rows is not None:
+                data.rows.set_value(row_scaling.apply(_fitted_row_matrix(latent)).astype(floatx))
+            approx.inputs[latent.name] = data._replace(
+                unit_scaling=unit_scaling if data.units is not None else None,
+                row_scaling=row_scaling if data.rows is not None else None,
+            )
+            encoder = approx._encoders[latent.name]
+            if isinstance(encoder, PooledEncoder):
+                encoder.log_count_center = saved["encoder"]["log_count_center"]
+                encoder.log_count_scale = saved["encoder"]["log_count_scale"]
+    approx._encode_fns.clear()
+    approx.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx
