@@ -173,34 +173,74 @@ def plot_posterior_comparison(
     return fig
 
 
+def _raw(shared, scaling) -> np.ndarray:
+    return shared.get_value() * scaling.scale + scaling.center
+
+
 def _unit_input(approx: AmortizedApproximation, latent: str) -> tuple[np.ndarray, str]:
-    """The one-column encoder input of ``latent`` on its original scale, and its name."""
-    scaling = approx.input_scaling[latent]
-    matrix = approx.encoder_inputs[latent].get_value() * scaling.scale + scaling.center
-    if matrix.shape[1] != 1:
+    """One value per unit of ``latent``'s plate to plot against, and its label: the encoder's
+    one-column unit input on its original scale, or, for an encoder pooling one-column rows, the
+    mean of each unit's rows (NaN for a unit without rows)."""
+    spec = next((lat for lat in approx.analysis.latents if lat.name == latent), None)
+    if spec is None:
         raise AmortizationError(
-            f"The encoder of '{latent}' takes {matrix.shape[1]} input columns; pass a "
-            "one-dimensional `inputs=` array (one value per unit) to plot against."
+            f"'{latent}' is not a local latent; local latents: {approx.analysis.latent_names}."
         )
-    spec = next(lat for lat in approx.plate.latents if lat.name == latent)
-    name = spec.input_names[0] if spec.input_names else f"{latent} encoder input"
-    return matrix[:, 0], name
+    data = approx.inputs[latent]
+    if data.rows is not None and data.rows.get_value().shape[1] == 1:
+        plate = approx.analysis.plate_of(latent)
+        rows = _raw(data.rows, data.row_scaling)[:, 0]
+        sums = np.bincount(plate.unit_of_row, weights=rows, minlength=plate.size)
+        counts = plate.row_counts
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return means, f"mean of {spec.row_inputs[0].key} over the unit's rows"
+    if data.units is not None and data.units.get_value().shape[1] == 1:
+        name = spec.unit_inputs[0].key if spec.unit_inputs else f"{latent} encoder input"
+        return _raw(data.units, data.unit_scaling)[:, 0], name
+    widths = [
+        f"{m.get_value().shape[1]} {what}"
+        for m, what in ((data.units, "unit"), (data.rows, "row"))
+        if m is not None
+    ]
+    raise AmortizationError(
+        f"The encoder of '{latent}' takes {' and '.join(widths)} input columns; pass a "
+        "one-dimensional `inputs=` array (one value per unit) to plot against."
+    )
+
+
+def _khat_axis(approx: AmortizedApproximation, plate) -> tuple[np.ndarray, str]:
+    """What a plate's k̂ is plotted against by default: its first latent's one-column input, else
+    the rows per unit (indexed plate) or the unit's position."""
+    try:
+        return _unit_input(approx, plate.latents[0].name)
+    except AmortizationError:
+        if plate.index is not None:
+            return plate.row_counts.astype(float), f"rows of the unit ({plate.index.key})"
+        return np.arange(plate.size, dtype=float), f"unit ({plate.dim or plate.name})"
 
 
 def plot_khat(
     diagnostic: PSISDiagnostic,
     *,
+    plate: str | None = None,
     inputs: np.ndarray | None = None,
     input_label: str | None = None,
 ) -> Figure:
     """k̂ of each unit against the unit's encoder input, with the 0.5 and 0.7 thresholds.
 
+    One axis per plate (crossed or nested groupings get one each), or only ``plate``.
+
     Parameters
     ----------
     diagnostic : PSISDiagnostic
         From :func:`pymc_amortize.psis.psis_diagnostic`.
+    plate : str, optional
+        The plate to show (by name, see ``approx.analysis.plates``); every plate when omitted.
     inputs : ndarray, optional
-        One value per unit to plot against; the encoder's input when it has one column.
+        One value per unit to plot against (one plate only). By default the encoder's input when
+        it has one column (for pooled rows, each unit's mean row), else the rows per unit of an
+        indexed plate, else the unit's position.
     input_label : str, optional
         Label of the x axis.
 
@@ -215,25 +255,40 @@ def plot_khat(
         fig = plot_khat(psis_diagnostic(approx))
     """
     approx = diagnostic.approximation
-    if inputs is None:
-        inputs, name = _unit_input(approx, approx.plate.latents[0].name)
-        input_label = input_label or name
-    inputs = np.asarray(inputs, dtype=float).ravel()
-    khat = diagnostic.khat_per_unit.values
-    if inputs.size != khat.size:
+    plates = {p.name: p for p in approx.analysis.plates}
+    if not plates:
+        raise AmortizationError("The model has no plate of units: every latent is mean-field.")
+    if plate is not None and plate not in plates:
+        raise AmortizationError(f"No plate '{plate}'; plates: {', '.join(plates)}.")
+    names = [plate] if plate is not None else list(plates)
+    if inputs is not None and len(names) > 1:
         raise AmortizationError(
-            f"inputs has {inputs.size} values but there are {khat.size} units; give one per unit."
+            f"inputs= gives one value per unit of one plate; name it with plate= (plates: "
+            f"{', '.join(names)})."
         )
-    fig, (ax,) = _figure(1, width=6.0)
-    ax.scatter(inputs, np.maximum(khat, -1.0), s=10, alpha=0.7, label="unit")
-    ax.axhline(GOOD_KHAT, color="C2", linestyle="--", label=f"k̂ = {GOOD_KHAT} (good below)")
-    ax.axhline(
-        USABLE_KHAT, color="C3", linestyle="--", label=f"k̂ = {USABLE_KHAT} (unreliable above)"
-    )
-    ax.set_xlabel(input_label or "unit input")
-    ax.set_ylabel("Pareto k̂ of the unit")
-    ax.set_title(f"overall k̂ = {diagnostic.khat:.2f} ({diagnostic.verdict})")
-    ax.legend()
+    fig, axes = _figure(len(names), width=6.0)
+    for ax, name in zip(axes, names, strict=True):
+        khat = diagnostic.khat_per_plate[name].values
+        if inputs is None:
+            x, label = _khat_axis(approx, plates[name])
+            label = input_label or label
+        else:
+            x, label = np.asarray(inputs, dtype=float).ravel(), input_label or "unit input"
+        if x.size != khat.size:
+            raise AmortizationError(
+                f"inputs has {x.size} values but plate '{name}' has {khat.size} units; give one "
+                "per unit."
+            )
+        ax.scatter(x, np.maximum(khat, -1.0), s=10, alpha=0.7, label="unit")
+        ax.axhline(GOOD_KHAT, color="C2", linestyle="--", label=f"k̂ = {GOOD_KHAT} (good below)")
+        ax.axhline(
+            USABLE_KHAT, color="C3", linestyle="--", label=f"k̂ = {USABLE_KHAT} (unreliable above)"
+        )
+        ax.set_xlabel(label)
+        ax.set_ylabel("Pareto k̂ of the unit")
+        title = f"overall k̂ = {diagnostic.khat:.2f} ({diagnostic.verdict})"
+        ax.set_title(title if len(plates) == 1 else f"plate {name}; {title}")
+        ax.legend()
     fig.tight_layout()
     return fig
 
@@ -248,14 +303,20 @@ def plot_encoder(
 ) -> Figure:
     """The encoder's mean and sd of q(z_n) as functions of a one-dimensional input.
 
+    An encoder of one unit input is drawn as a curve over ``grid``. An encoder that pools a unit's
+    rows (an indexed plate) has a set of rows, not one number, as its input: its outputs at the
+    fitted units are drawn against each unit's mean row (one-column rows), or its one-column
+    unit covariate.
+
     Parameters
     ----------
     approx : AmortizedApproximation
         A fitted approximation whose encoder for ``latent`` takes one input column.
     latent : str, optional
-        The local latent (the only one when omitted).
+        The local latent (the first one when omitted).
     grid : ndarray, optional
-        Input values to evaluate the encoder at; 200 points over the data's range by default.
+        Input values to evaluate a unit-input encoder at; 200 points over the data's range by
+        default.
     reference : mapping, optional
         ``{"mean": (N,), "sd": (N,)}`` per-unit values to scatter at the units' inputs, e.g. the
         exact F-VI optimum or long-run ADVI means and sds.
@@ -273,24 +334,38 @@ def plot_encoder(
 
         fig = plot_encoder(approx, reference={"mean": advi_mean, "sd": advi_sd})
     """
-    names = approx.plate.latent_names
+    names = approx.analysis.latent_names
+    if not names:
+        raise AmortizationError("The model has no local latent: every latent is mean-field.")
     latent = latent or names[0]
     if latent not in names:
         raise AmortizationError(f"'{latent}' is not a local latent; local latents: {names}.")
-    inputs, input_name = _unit_input(approx, latent)
-    spec = next(lat for lat in approx.plate.latents if lat.name == latent)
+    spec = next(lat for lat in approx.analysis.latents if lat.name == latent)
     if spec.event_size != 1:
         raise AmortizationError(
             f"'{latent}' has {spec.event_size} values per unit; plot_encoder shows a scalar latent."
         )
-    if grid is None:
-        grid = np.linspace(inputs.min(), inputs.max(), 200)
-    grid = np.asarray(grid, dtype=float).ravel()
-    data = {latent: grid[:, None]} if spec.input_matrix is not None else {spec.input_names[0]: grid}
-    q = approx.encode(data)[latent]
+    inputs, input_name = _unit_input(approx, latent)
     fig, (mean_ax, sd_ax) = _figure(2)
-    mean_ax.plot(grid, q.mean.ravel(), color="C0", label="encoder")
-    sd_ax.plot(grid, q.sd.ravel(), color="C0", label="encoder")
+    if approx.inputs[latent].rows is None:
+        if grid is None:
+            grid = np.linspace(inputs.min(), inputs.max(), 200)
+        grid = np.asarray(grid, dtype=float).ravel()
+        data = (
+            {latent: grid[:, None]} if spec.input_matrix is not None else {spec.input_names[0]: grid}
+        )
+        q = approx.encode(data)[latent]
+        mean_ax.plot(grid, q.mean.ravel(), color="C0", label="encoder")
+        sd_ax.plot(grid, q.sd.ravel(), color="C0", label="encoder")
+    else:
+        if grid is not None:
+            raise AmortizationError(
+                f"The encoder of '{latent}' pools each unit's rows, so it has no one-dimensional "
+                "input to evaluate on a grid; it is shown at the fitted units (omit grid=)."
+            )
+        q = approx.encode()[latent]
+        for ax, values in ((mean_ax, q.mean), (sd_ax, q.sd)):
+            ax.plot(inputs, values.ravel(), "o", ms=3, color="C0", label="encoder (fitted units)")
     if reference is not None:
         for key, ax in (("mean", mean_ax), ("sd", sd_ax)):
             if key in reference:

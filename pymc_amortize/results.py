@@ -11,7 +11,9 @@ Besides ``posterior`` and ``observed_data``, the DataTree of ``approx.sample()``
     dims and coords, with a leading ``param`` dim (``"mean"``, ``"sd"``).
 ``encoder_outputs``
     Mean and sd of q(z_n) for each local latent and unit (the encoder's outputs), on the value
-    space, under the model's dims and coords, with the same ``param`` dim.
+    space, with the same ``param`` dim; the unit axis is under the dim of the latent's plate (its
+    model dim, else the plate's name, e.g. ``county_idx_unit``), so the latents of several plates
+    each sit under their own units.
 
 Every attribute is a string or a number, so the tree survives ``to_netcdf`` and ``to_zarr``.
 """
@@ -25,7 +27,7 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from pymc_amortize.encoders import MLPEncoder
+from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 
 if TYPE_CHECKING:
     from pymc_amortize.approximation import AmortizedApproximation
@@ -78,7 +80,7 @@ def fit_trace(loss: np.ndarray, step_seconds: np.ndarray | None = None) -> xr.Da
 
 def describe_encoder(encoder: object) -> str:
     """A short text naming an encoder's architecture, e.g. ``MLPEncoder(widths=(16, 16), relu)``."""
-    if isinstance(encoder, MLPEncoder):
+    if isinstance(encoder, MLPEncoder | PooledEncoder):
         activation = (
             encoder.activation
             if isinstance(encoder.activation, str)
@@ -86,7 +88,14 @@ def describe_encoder(encoder: object) -> str:
         )
         widths = tuple(int(w) for w in encoder.widths)
         kind = "affine" if not widths else activation
-        return f"MLPEncoder(inputs={encoder.n_inputs}, widths={widths}, {kind})"
+        if isinstance(encoder, MLPEncoder):
+            return f"MLPEncoder(inputs={encoder.n_inputs}, widths={widths}, {kind})"
+        return (
+            f"PooledEncoder(row_inputs={encoder.n_row_inputs}, "
+            f"unit_covariates={encoder.n_unit_covariates}, "
+            f"row_widths={tuple(int(w) for w in encoder.row_widths)}, "
+            f"features={encoder.n_features}, widths={widths}, {kind})"
+        )
     return f"user encoder ({type(encoder).__name__})"
 
 
@@ -147,16 +156,35 @@ def variational_params(approx: AmortizedApproximation) -> xr.Dataset:
     return xr.Dataset(data)
 
 
+def unit_dim(approx: AmortizedApproximation, plate) -> tuple[str, np.ndarray]:
+    """The dim of ``plate``'s units (its model dim, else the plate's name) and their coords."""
+    dim = plate.dim or plate.name
+    coords = approx.model.coords.get(plate.dim) if plate.dim else None
+    if coords is None or len(coords) != plate.size:
+        return dim, np.arange(plate.size)
+    return dim, np.asarray(coords)
+
+
 def encoder_outputs(approx: AmortizedApproximation) -> xr.Dataset:
-    """Mean and sd of q(z_n) for each local latent and unit, under the model's dims."""
+    """Mean and sd of q(z_n) for each local latent and unit, under its plate's unit dim."""
     model = approx.model
     encoded = approx.encode()
     data = {}
-    for latent in approx.analysis.latents:
-        q = encoded[latent.name]
-        data[latent.value_name] = _param_dataarray(
-            model, latent.name, latent.value_name, q.mean, q.sd
-        )
+    for plate in approx.analysis.plates:
+        dim, units = unit_dim(approx, plate)
+        for latent in plate.latents:
+            q = encoded[latent.name]
+            event_dims = _dims(model, latent.name, q.mean.shape)[1:]
+            data[latent.value_name] = xr.DataArray(
+                np.stack([q.mean, q.sd]),
+                dims=["param", dim, *event_dims],
+                coords={"param": PARAM_COORD, dim: units, **_coords(model, event_dims)},
+                attrs={
+                    "variable": latent.name,
+                    "plate": plate.name,
+                    "space": "unconstrained (value) space",
+                },
+            )
     return xr.Dataset(data)
 
 
@@ -172,7 +200,12 @@ def fit_attributes(approx: AmortizedApproximation) -> dict[str, str | int | floa
         "library": "pymc_amortize",
         "library_version": pymc_amortize.__version__,
         "local_latents": ", ".join(approx.analysis.latent_names),
-        "plates": "; ".join(f"{p.name}: {p.size} units" for p in approx.analysis.plates),
+        "plates": "; ".join(
+            f"{p.name}: {p.size} units"
+            + ("" if p.index is None else f", {p.n_rows} rows by {p.index.key}")
+            for p in approx.analysis.plates
+        ),
+        "analysis": approx.analysis.summary(),
         "encoder": encoders,
         "encoder_params": int(sum(p.get_value().size for p in approx.encoder_params)),
         "global_dim": approx.n_global,

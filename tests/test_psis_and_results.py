@@ -273,3 +273,139 @@ def test_plot_khat_and_encoder(saw_fits):
     plt.close(fig)
     with pytest.raises(AmortizationError, match="input columns"):
         plot_encoder(fits["x_prev and x"])
+
+
+# -- indexed and crossed plates ------------------------------------------------------------------
+def _crossed_model(seed=0):
+    rng = np.random.default_rng(seed)
+    actor = np.concatenate([np.arange(12), rng.integers(0, 12, 108)])
+    block = np.concatenate([np.arange(5), rng.integers(0, 5, 115)])
+    y = rng.normal(0, 1, 12)[actor] + rng.normal(0, 0.5, 5)[block] + rng.normal(0, 0.5, 120)
+    coords = {"actor": [f"a{i}" for i in range(12)], "block": range(5), "obs_id": range(120)}
+    with pm.Model(coords=coords) as model:
+        ai = pm.Data("actor_idx", actor, dims="obs_id")
+        bi = pm.Data("block_idx", block, dims="obs_id")
+        za = pm.Normal("z_actor", 0, 1, dims="actor")
+        zb = pm.Normal("z_block", 0, 1, dims="block")
+        pm.Normal("y", za[ai] + zb[bi], pm.HalfNormal("sigma", 1), observed=y, dims="obs_id")
+    return model
+
+
+def _dimless_indexed_model(seed=0):
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([np.arange(6), rng.integers(0, 6, 44)])
+    with pm.Model() as model:
+        g = pm.Data("g", idx)
+        a = pm.Normal("a", 0, 1, shape=6)
+        pm.Normal("y", a[g], 0.5, observed=rng.normal(size=50))
+    return model
+
+
+@pytest.fixture(scope="module")
+def grouped_fits():
+    from pymc_amortize.radon import radon_data, radon_model
+
+    models = {
+        "indexed": radon_model(radon_data(10, 90, random_seed=0)),
+        "crossed": _crossed_model(),
+        "dimless": _dimless_indexed_model(),
+    }
+    return {
+        kind: pm.fit(
+            300,
+            method="amortized",
+            model=model,
+            encoder_widths=(8,),
+            obj_optimizer=pm.adam(learning_rate=1e-2),
+            random_seed=0,
+            progressbar=False,
+        )
+        for kind, model in models.items()
+    }
+
+
+PLATES = {
+    "indexed": {"county": ["a"]},
+    "crossed": {"actor": ["z_actor"], "block": ["z_block"]},
+    "dimless": {"g_unit": ["a"]},
+}
+
+
+@pytest.mark.parametrize("kind", list(PLATES))
+def test_groups_and_psis_under_each_plates_dim(grouped_fits, kind):
+    approx = grouped_fits[kind]
+    model = approx.model
+    assert {p.name: list(p.latent_names) for p in approx.analysis.plates} == PLATES[kind]
+    idata = approx.sample(30, random_seed=0)
+    outputs = idata["encoder_outputs"]
+    encoded = approx.encode()
+    diagnostic = psis_diagnostic(approx, draws=200, random_seed=0)
+    assert set(diagnostic.khat_per_plate) == set(PLATES[kind])
+    for plate in approx.analysis.plates:
+        dim = plate.name
+        units = np.asarray(model.coords[dim]) if dim in model.coords else np.arange(plate.size)
+        for latent in plate.latents:
+            out = outputs[latent.value_name]
+            assert out.dims == ("param", dim) and out.attrs["plate"] == plate.name
+            np.testing.assert_array_equal(out[dim].values, units)
+            np.testing.assert_allclose(out.sel(param="mean"), encoded[latent.name].mean)
+            np.testing.assert_allclose(out.sel(param="sd"), encoded[latent.name].sd)
+        khat = diagnostic.khat_per_plate[plate.name]
+        assert khat.dims == (dim,) and khat.size == plate.size
+        assert np.isfinite(khat.values).all()
+        np.testing.assert_array_equal(khat[dim].values, units)
+    assert np.isfinite(diagnostic.khat)
+    attrs = idata["amortized_fit"].attrs
+    assert attrs["analysis"] == approx.analysis.summary()
+    assert "PooledEncoder(row_inputs=" in attrs["encoder"]
+    for plate in approx.analysis.plates:
+        assert f"{plate.name}: {plate.size} units, {plate.n_rows} rows by" in attrs["plates"]
+
+
+def test_crossed_tree_round_trips_netcdf(grouped_fits, tmp_path):
+    idata = grouped_fits["crossed"].sample(20, random_seed=0)
+    idata.to_netcdf(tmp_path / "fit.nc", engine="h5netcdf")
+    back = xr.open_datatree(tmp_path / "fit.nc", engine="h5netcdf")
+    for group in ("posterior", "amortized_fit", "encoder_outputs"):
+        xr.testing.assert_identical(back[group].to_dataset(), idata[group].to_dataset())
+
+
+def test_plots_on_indexed_and_crossed_fits(grouped_fits):
+    crossed, radon = grouped_fits["crossed"], grouped_fits["indexed"]
+    diagnostic = psis_diagnostic(crossed, draws=100, random_seed=0)
+    fig = plot_khat(diagnostic)
+    assert len(fig.axes) == 2  # one axis per plate
+    for ax, (size, title) in zip(fig.axes, ((12, "plate actor"), (5, "plate block")), strict=True):
+        assert len(ax.collections[0].get_offsets()) == size and ax.get_title().startswith(title)
+        assert ax.get_xlabel() == "mean of y over the unit's rows"
+    plt.close(fig)
+    fig = plot_khat(diagnostic, plate="block", inputs=np.arange(5.0), input_label="block no.")
+    assert len(fig.axes) == 1 and fig.axes[0].get_xlabel() == "block no."
+    plt.close(fig)
+    with pytest.raises(AmortizationError, match="plate="):
+        plot_khat(diagnostic, inputs=np.arange(12.0))
+    # Radon's encoder pools two row columns (log_radon, floor): k̂ against the rows per county.
+    fig = plot_khat(psis_diagnostic(radon, draws=100, random_seed=0))
+    assert fig.axes[0].get_xlabel() == "rows of the unit (county_idx)"
+    np.testing.assert_array_equal(
+        fig.axes[0].collections[0].get_offsets()[:, 0], radon.analysis.plates[0].row_counts
+    )
+    plt.close(fig)
+
+    fig = plot_encoder(crossed, latent="z_block", reference={"mean": np.zeros(5)})
+    mean_ax, sd_ax = fig.axes
+    assert len(mean_ax.lines) == 1 and len(mean_ax.lines[0].get_xdata()) == 5
+    assert len(mean_ax.collections) == 1 and len(sd_ax.collections) == 0
+    np.testing.assert_allclose(mean_ax.lines[0].get_ydata(), crossed.encode()["z_block"].mean)
+    plt.close(fig)
+    with pytest.raises(AmortizationError, match="grid"):
+        plot_encoder(crossed, latent="z_actor", grid=np.linspace(-1, 1, 5))
+    with pytest.raises(AmortizationError, match="input columns"):
+        plot_encoder(radon)
+
+    posteriors = {"crossed": crossed.sample(50, random_seed=0)}
+    fig = plot_posterior_comparison(
+        posteriors, var_names=["z_actor"], kind="forest", coords={"actor": ["a0", "a1"]}
+    )
+    assert any(ax.get_xlabel() == "posterior value" for ax in fig.axes)
+    plt.close(fig)
