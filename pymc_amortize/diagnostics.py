@@ -345,14 +345,15 @@ def semi_amortize(
 
         import numpy as np
         import pymc as pm
-        import pymc_amortize
+        import pymc_amortize  # registers method="amortized"
+        from pymc_amortize.diagnostics import semi_amortize
 
         x = np.random.default_rng(0).normal(size=200)
         with pm.Model(coords={"unit": range(200)}) as model:
             z = pm.GaussianRandomWalk("z", sigma=1, init_dist=pm.Normal.dist(0, 1), dims="unit")
             pm.Normal("x", z, 1, observed=x, dims="unit")
             approx = pm.fit(2_000, method="amortized", encoder_widths=(8,), progressbar=False)
-        semi = pymc_amortize.semi_amortize(approx, 500, progressbar=False)
+        semi = semi_amortize(approx, 500, progressbar=False)
         idata = semi.sample(500)
     """
     if not isinstance(approx, AmortizedApproximation):
