@@ -20,7 +20,7 @@ from pymc_amortize.diagnostics import (
     MeanFieldELBO,
     SemiAmortizedApproximation,
     amortization_gap,
-    refine,
+    semi_amortize,
 )
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
@@ -52,15 +52,15 @@ __all__ = [
     "MeanFieldLatent",
     "ModelAnalysis",
     "PSISDiagnostic",
+    "Plate",
     "PooledEncoder",
     "SemiAmortizedApproximation",
-    "Plate",
     "amortization_gap",
-    "compare",
     "analyze_model",
+    "compare",
     "fit_amortized",
     "load_approximation",
     "psis_diagnostic",
-    "refine",
     "save_approximation",
+    "semi_amortize",
 ]

@@ -48,10 +48,6 @@ __all__ = [
     "analyze_model",
 ]
 
-#: What ``local=`` accepts for one latent: a data name, several names (an expanded domain), an
-#: explicit (n_units, k) input matrix, or an :class:`IndexedLocal`.
-EncoderInputSpec = "str | Sequence[str] | np.ndarray | IndexedLocal"
-
 
 @dataclass(frozen=True)
 class IndexedLocal:
@@ -85,6 +81,11 @@ class IndexedLocal:
     index: str | None = None
     inputs: Sequence[str] | None = None
     unit_covariates: Sequence[str] | np.ndarray | None = None
+
+
+#: What ``local=`` accepts for one latent: a data name, several names (an expanded domain), an
+#: explicit (n_units, k) input matrix, or an :class:`IndexedLocal`.
+EncoderInputSpec = str | Sequence[str] | np.ndarray | IndexedLocal
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,10 @@ class Plate:
         return self.index.key if self.index is not None else "index"
 
 
+#: Why a scalar free variable is global.
+SCALAR_REASON = "a scalar (no unit axis)"
+
+
 @dataclass(frozen=True)
 class MeanFieldLatent:
     """A free variable fitted with the global mean-field Gaussian, and why."""
@@ -258,8 +263,12 @@ class ModelAnalysis:
                 lines.append(f"  local {lat.name}{shape} <- encoder inputs: {inputs}")
         if not self.plates:
             lines.append("no plate: every latent is fitted mean-field (as ADVI)")
+        scalars = [mf.name for mf in self.mean_field if mf.reason == SCALAR_REASON]
+        if scalars:
+            lines.append(f"globals, mean-field (as ADVI): {', '.join(scalars)}")
         for mf in self.mean_field:
-            lines.append(f"mean-field {mf.name}: {mf.reason}")
+            if mf.reason != SCALAR_REASON:
+                lines.append(f"kept mean-field {mf.name}: {mf.reason}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -305,11 +314,7 @@ def _dims(model: pm.Model, name: str | None) -> tuple[str, ...]:
 
 
 def _is_index(var: Variable) -> bool:
-    return (
-        _is_data_leaf(var)
-        and var.type.ndim == 1
-        and var.type.dtype.startswith(("int", "uint"))
-    )
+    return _is_data_leaf(var) and var.type.ndim == 1 and var.type.dtype.startswith(("int", "uint"))
 
 
 # -- checks on the model as a whole --------------------------------------------------------------
@@ -364,7 +369,9 @@ class _Use:
     observed: str
 
 
-def _index_uses(term: Variable, value_to_name: Mapping[Variable, str]) -> list[tuple[str, Variable]]:
+def _index_uses(
+    term: Variable, value_to_name: Mapping[Variable, str]
+) -> list[tuple[str, Variable]]:
     """(latent, index leaf) for each ``expr[idx]`` in ``term`` whose source holds a latent's value
     along its leading axis (idx: an integer data vector selecting along axis 0)."""
     uses = []
@@ -381,9 +388,7 @@ def _index_uses(term: Variable, value_to_name: Mapping[Variable, str]) -> list[t
     return uses
 
 
-def _row_aligned(
-    model: pm.Model, latent: str, length: int, obs: str, n_rows: int
-) -> bool:
+def _row_aligned(model: pm.Model, latent: str, length: int, obs: str, n_rows: int) -> bool:
     lat_dims, obs_dims = _dims(model, latent), _dims(model, obs)
     if lat_dims and obs_dims and lat_dims[0] is not None and obs_dims[0] is not None:
         return lat_dims[0] == obs_dims[0]
@@ -559,7 +564,9 @@ def _check_local_names(model: pm.Model, local: Mapping) -> None:
             )
         rv = model[name]
         if rv in model.observed_RVs:
-            raise AmortizationError(f"'{name}' is observed; only free latent variables can be local.")
+            raise AmortizationError(
+                f"'{name}' is observed; only free latent variables can be local."
+            )
         if rv in model.deterministics:
             raise AmortizationError(
                 f"'{name}' is a Deterministic; name the free variable it is computed from instead."
@@ -628,7 +635,7 @@ def analyze_model(
         if rv.type.dtype.startswith(("int", "uint", "bool")):
             mean_field[rv.name] = "discrete"
         elif value.ndim == 0:
-            mean_field[rv.name] = "a scalar (no unit axis)"
+            mean_field[rv.name] = SCALAR_REASON
         else:
             lengths[rv.name] = int(value.shape[0])
             event_shapes[rv.name] = tuple(int(s) for s in value.shape[1:])
@@ -713,7 +720,9 @@ def _build_plate(
     dropped = {}
     sizes = {lengths[n] for n in names}
     if len(sizes) > 1:
-        return None, {n: f"its plate's latents have different lengths {sorted(sizes)}" for n in names}
+        return None, {
+            n: f"its plate's latents have different lengths {sorted(sizes)}" for n in names
+        }
     size = sizes.pop()
     dims = {(_dims(model, n) or (None,))[0] for n in names}
     dim = dims.pop() if len(dims) == 1 else None
@@ -757,8 +766,12 @@ def _build_plate(
         exclude={index.node} if index is not None else set(),
     )
     counter: dict[str, int] = {}
-    unit_data = [DataInput(_data_key(model, leaf, owner, counter), leaf) for leaf, owner in unit_leaves]
-    row_data = [DataInput(_data_key(model, leaf, owner, counter), leaf) for leaf, owner in row_leaves]
+    unit_data = [
+        DataInput(_data_key(model, leaf, owner, counter), leaf) for leaf, owner in unit_leaves
+    ]
+    row_data = [
+        DataInput(_data_key(model, leaf, owner, counter), leaf) for leaf, owner in row_leaves
+    ]
 
     latents = []
     for name in names:
@@ -774,12 +787,8 @@ def _build_plate(
             exclude=index_leaves | ({index.node} if index is not None else set()),
         )
         own = {leaf for leaf, _ in own_units + own_rows}
-        unit_inputs = tuple(
-            d for d in unit_data if d.node in own and _informative(d.node)
-        )
-        row_inputs = tuple(
-            d for d in row_data if d.node in own and _informative(d.node)
-        )
+        unit_inputs = tuple(d for d in unit_data if d.node in own and _informative(d.node))
+        row_inputs = tuple(d for d in row_data if d.node in own and _informative(d.node))
         matrix = None
         spec = local.get(name) if local is not None else None
         known = {d.key: d for d in unit_data + row_data}
@@ -795,7 +804,9 @@ def _build_plate(
                 unit_inputs = ()
             elif spec.unit_covariates is not None:
                 unit_inputs = (
-                    _resolve_names(model, name, _as_names(spec.unit_covariates, "unit_covariates"), known)
+                    _resolve_names(
+                        model, name, _as_names(spec.unit_covariates, "unit_covariates"), known
+                    )
                     if len(spec.unit_covariates)
                     else ()
                 )
@@ -847,4 +858,6 @@ def _check_length(latent: str, data: DataInput, expected: int, what: str) -> Non
             f"{expected} {what}s; row n of the data must describe {what} n."
         )
     if leaf_value(data.node).dtype.kind not in "biuf":
-        raise AmortizationError(f"'{data.key}' has dtype {leaf_value(data.node).dtype}; encoder inputs are numeric.")
+        raise AmortizationError(
+            f"'{data.key}' has dtype {leaf_value(data.node).dtype}; encoder inputs are numeric."
+        )

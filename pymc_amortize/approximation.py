@@ -142,7 +142,9 @@ class EncoderData(NamedTuple):
     row_scaling: InputScaling | None
 
 
-def _stack(latent: LocalLatent, inputs: Sequence[DataInput], data: Mapping, what: str) -> np.ndarray:
+def _stack(
+    latent: LocalLatent, inputs: Sequence[DataInput], data: Mapping, what: str
+) -> np.ndarray:
     """Stack the named arrays of ``data`` into an (n, k) float matrix, checked."""
     columns = []
     for item in inputs:
@@ -171,13 +173,17 @@ def _fitted_unit_matrix(latent: LocalLatent, size: int) -> np.ndarray | None:
         return _checked_matrix(latent.name, latent.input_matrix, size)
     if not latent.unit_inputs:
         return None
-    return _stack(latent, latent.unit_inputs, {d.key: d.value for d in latent.unit_inputs}, "unit inputs")
+    return _stack(
+        latent, latent.unit_inputs, {d.key: d.value for d in latent.unit_inputs}, "unit inputs"
+    )
 
 
 def _fitted_row_matrix(latent: LocalLatent) -> np.ndarray | None:
     if not latent.row_inputs:
         return None
-    return _stack(latent, latent.row_inputs, {d.key: d.value for d in latent.row_inputs}, "row inputs")
+    return _stack(
+        latent, latent.row_inputs, {d.key: d.value for d in latent.row_inputs}, "row inputs"
+    )
 
 
 def default_encoder(
@@ -254,7 +260,11 @@ class AmortizedApproximation:
         global_rvs = [rv for rv in model.free_RVs if rv.name not in local]
         self.global_group = (
             MeanFieldGroup(
-                global_rvs, model=model, random_seed=random_seed, start=start, start_sigma=start_sigma
+                global_rvs,
+                model=model,
+                random_seed=random_seed,
+                start=start,
+                start_sigma=start_sigma,
             )
             if global_rvs
             else None
@@ -321,7 +331,11 @@ class AmortizedApproximation:
     def _probe_inputs(self, latent: LocalLatent) -> tuple[list, list]:
         """Symbolic encoder inputs for one latent, and their values on the fitted units."""
         data, plate = self.inputs[latent.name], self.analysis.plate_of(latent.name)
-        units = None if data.units is None else pt.matrix("units_probe", shape=(None, data.units.type.shape[1]))
+        units = (
+            None
+            if data.units is None
+            else pt.matrix("units_probe", shape=(None, data.units.type.shape[1]))
+        )
         if data.rows is None:
             return [units], [data.units.get_value()]
         rows = pt.matrix("rows_probe", shape=(None, data.rows.type.shape[1]))
@@ -561,7 +575,10 @@ class AmortizedApproximation:
                     args = self._new_inputs(latent, plate, new_data)
                     if args is None:
                         continue
-                    args = [a.astype(floatx) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
+                    args = [
+                        a.astype(floatx) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+                        for a in args
+                    ]
                 mean, sd = self._encode_fn(latent.name)(*args)
                 shape = (mean.shape[0], *latent.event_shape)
                 out[latent.name] = LocalPosterior(mean.reshape(shape), sd.reshape(shape))

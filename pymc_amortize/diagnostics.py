@@ -15,7 +15,6 @@ error comes from the paired differences.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -35,7 +34,6 @@ __all__ = [
     "SemiAmortizedApproximation",
     "amortization_gap",
     "meanfield_of",
-    "refine",
     "semi_amortize",
 ]
 
@@ -305,7 +303,7 @@ def semi_amortize(
 
     Runs PyMC's mean-field ADVI (``pm.ADVI``) with ``start``/``start_sigma`` set to A-VI's solution:
     q(θ) as fitted (and every latent fitted mean-field), and for every unit of every plate the
-    encoder's mean and sd. The globals are optimised too. ``pm.fit(method="amortized", refine=n)``
+    encoder's mean and sd. The globals are optimised too. ``pm.fit(method="amortized", semi_amortize=n)``
     calls this after the A-VI fit.
 
     Not to be confused with ``AmortizedVI.refine(n)`` (PyMC's ``Inference.refine``), which runs
@@ -358,8 +356,7 @@ def semi_amortize(
     """
     if not isinstance(approx, AmortizedApproximation):
         raise AmortizationError(
-            "semi_amortize() takes a fitted AmortizedApproximation; got "
-            f"{type(approx).__name__}."
+            f"semi_amortize() takes a fitted AmortizedApproximation; got {type(approx).__name__}."
         )
     if not isinstance(n, int | np.integer) or n <= 0:
         raise AmortizationError(f"n (the refinement steps) must be a positive integer; got {n!r}.")
@@ -386,21 +383,6 @@ def semi_amortize(
         amortized_steps=int(np.size(approx.hist)),
         refine_steps=int(n),
     )
-
-
-def refine(approx: AmortizedApproximation, n: int = 2_000, **kwargs) -> SemiAmortizedApproximation:
-    """Deprecated name of :func:`semi_amortize` (per-unit F-VI started at the encoder).
-
-    ``refine`` is PyMC's name for *more steps of the same fit* (``Inference.refine``); the per-unit
-    F-VI that follows an amortized fit is :func:`semi_amortize`.
-    """
-    warnings.warn(
-        "pymc_amortize.refine(approx, n) is renamed semi_amortize(approx, n); refine means more "
-        "steps of the same fit in PyMC (AmortizedVI.refine).",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return semi_amortize(approx, n, **kwargs)
 
 
 def _gaussian_kl(q: GaussianFactor, p: GaussianFactor) -> np.ndarray:
@@ -626,7 +608,9 @@ def amortization_gap(
     evaluator = MeanFieldELBO(approx.model, n_draws=n_draws, random_seed=int(seeds[1]))
     refined_draws, amortized_draws = evaluator.per_draw(after), evaluator.per_draw(before)
     diff = refined_draws - amortized_draws
-    per_plate = _per_unit_gap(approx, before, after, evaluator.draws(before), evaluator.draws(after))
+    per_plate = _per_unit_gap(
+        approx, before, after, evaluator.draws(before), evaluator.draws(after)
+    )
     return AmortizationGap(
         gain=float(diff.mean()),
         standard_error=float(diff.std(ddof=1) / math.sqrt(diff.size)),

@@ -25,11 +25,11 @@ _FIT_OPTIONS = set(inspect.signature(AmortizedVI.fit).parameters) - {"self", "n"
 def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
     """Serve ``pm.fit(method="amortized", ...)``; ``arguments`` are pm.fit's bound arguments.
 
-    ``refine=n`` adds ``n`` steps of per-unit F-VI after the A-VI fit (semi-amortized VI, see
-    :func:`pymc_amortize.refine`) and returns a ``SemiAmortizedApproximation``.
+    ``semi_amortize=n`` adds ``n`` steps of per-unit F-VI after the A-VI fit (semi-amortized VI,
+    see :func:`pymc_amortize.semi_amortize`) and returns a ``SemiAmortizedApproximation``.
     """
     options = dict(arguments.pop("kwargs", {}))
-    refine_steps = options.pop("refine", None)
+    semi_amortize_steps = options.pop("semi_amortize", None)
     inf_kwargs = dict(arguments.pop("inf_kwargs", None) or {})
     arguments.pop("method")
     n = arguments.pop("n", 10_000)
@@ -44,7 +44,7 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
         elif key in _FIT_OPTIONS:
             fit_options[key] = value
         else:
-            allowed = sorted(_CONSTRUCTOR_OPTIONS | _FIT_OPTIONS | {"refine"})
+            allowed = sorted(_CONSTRUCTOR_OPTIONS | _FIT_OPTIONS | {"semi_amortize"})
             raise TypeError(
                 f"pm.fit(method='amortized') got an unknown option {key!r}. Options: "
                 f"{', '.join(allowed)}."
@@ -53,13 +53,13 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
     if unknown_inf:
         raise TypeError(f"inf_kwargs has unknown option(s) {sorted(unknown_inf)} for AmortizedVI.")
     approx = AmortizedVI(**constructor).fit(n, **fit_options)
-    if refine_steps is None:
+    if semi_amortize_steps is None:
         return approx
-    from pymc_amortize.diagnostics import refine
+    from pymc_amortize.diagnostics import semi_amortize
 
-    return refine(
+    return semi_amortize(
         approx,
-        refine_steps,
+        semi_amortize_steps,
         random_seed=constructor.get("random_seed"),
         progressbar=fit_options.get("progressbar", True),
     )

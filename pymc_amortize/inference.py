@@ -26,7 +26,13 @@ from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 
-from pymc_amortize.analysis import LocalLatent, ModelAnalysis, Plate, analyze_model
+from pymc_amortize.analysis import (
+    EncoderInputSpec,
+    LocalLatent,
+    ModelAnalysis,
+    Plate,
+    analyze_model,
+)
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
@@ -384,7 +390,10 @@ class AmortizedVI(Inference):
                     "batch_size= needs a plate of units to minibatch, and this model has none "
                     f"(every latent is fitted mean-field):\n{analysis.summary()}"
                 )
-            if not isinstance(batch_size, int | np.integer) or not 0 < batch_size <= batch_plate.size:
+            if (
+                not isinstance(batch_size, int | np.integer)
+                or not 0 < batch_size <= batch_plate.size
+            ):
                 raise AmortizationError(
                     f"batch_size must be an integer in [1, {batch_plate.size}] (the number of "
                     f"units of plate '{batch_plate.name}'); got {batch_size!r}."

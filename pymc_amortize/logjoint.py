@@ -112,7 +112,6 @@ class LogJoint:
             total = total + _term_sum(term, has_draw_axis)
         return total
 
-
     def per_unit(
         self,
         model: pm.Model,
@@ -144,9 +143,7 @@ class LogJoint:
                 )
             per_row = term.sum(axis=tuple(range(2, term.ndim)))
             var = model[name]
-            length = (
-                model.rvs_to_values[var].type.shape[0] if var in model.observed_RVs else None
-            )
+            length = model.rvs_to_values[var].type.shape[0] if var in model.observed_RVs else None
             rows = plate.index is not None and var in model.observed_RVs
             if rows and length not in (None, plate.n_rows):
                 rows = False
@@ -157,9 +154,7 @@ class LogJoint:
         return rest, units
 
 
-def _plate_factors(
-    terms: Mapping[str, TensorVariable], model: pm.Model, plate: Plate
-) -> set[str]:
+def _plate_factors(terms: Mapping[str, TensorVariable], model: pm.Model, plate: Plate) -> set[str]:
     roots = {model.rvs_to_values[model[name]] for name in plate.latent_names}
     if plate.index is not None:
         roots.add(plate.index.node)

@@ -352,7 +352,9 @@ def plot_encoder(
             grid = np.linspace(inputs.min(), inputs.max(), 200)
         grid = np.asarray(grid, dtype=float).ravel()
         data = (
-            {latent: grid[:, None]} if spec.input_matrix is not None else {spec.input_names[0]: grid}
+            {latent: grid[:, None]}
+            if spec.input_matrix is not None
+            else {spec.input_names[0]: grid}
         )
         q = approx.encode(data)[latent]
         mean_ax.plot(grid, q.mean.ravel(), color="C0", label="encoder")

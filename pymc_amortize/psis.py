@@ -25,9 +25,9 @@ from arviz_stats.base import array_stats
 from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
+from pymc_amortize.analysis import Plate
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.analysis import Plate
 from pymc_amortize.logjoint import build_logjoint
 
 __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
@@ -306,9 +306,13 @@ def psis_diagnostic(
                 (v.sum(axis=1) for k, v in log_q_locals.items() if k not in plate.latent_names),
                 np.zeros(draws),
             )
-            log_weights = log_p_rest + log_p_units.sum(axis=1) - other_q - log_q_units.sum(
-                axis=1
-            ) - log_q_globals
+            log_weights = (
+                log_p_rest
+                + log_p_units.sum(axis=1)
+                - other_q
+                - log_q_units.sum(axis=1)
+                - log_q_globals
+            )
         unit_dim = plate.dim or plate.name
         coords = approx.model.coords.get(unit_dim) if plate.dim else None
         unit_coords = np.asarray(coords) if coords is not None else np.arange(plate.size)

@@ -58,13 +58,18 @@ def _named_copies(approx: AmortizedApproximation) -> list:
 def _scaling_json(scaling: InputScaling | None) -> dict | None:
     if scaling is None:
         return None
-    return {"center": np.asarray(scaling.center).tolist(), "scale": np.asarray(scaling.scale).tolist()}
+    return {
+        "center": np.asarray(scaling.center).tolist(),
+        "scale": np.asarray(scaling.scale).tolist(),
+    }
 
 
 def _scaling_from_json(saved: dict | None) -> InputScaling | None:
     if saved is None:
         return None
-    return InputScaling(np.asarray(saved["center"], dtype=float), np.asarray(saved["scale"], dtype=float))
+    return InputScaling(
+        np.asarray(saved["center"], dtype=float), np.asarray(saved["scale"], dtype=float)
+    )
 
 
 def _encoder_json(encoder: object) -> dict:
@@ -151,7 +156,8 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
             for latent in plate.latents
         },
         "encoder_params": [
-            [param.name, list(param.get_value(borrow=True).shape)] for param in approx.encoder_params
+            [param.name, list(param.get_value(borrow=True).shape)]
+            for param in approx.encoder_params
         ],
         "globals": (
             {name: list(shape) for name, _, shape, _ in approx.global_group.ordering.values()}

@@ -98,7 +98,7 @@ def test_pm_fit_refine_returns_semi_amortized_approximation():
         model=model,
         encoder_widths=(8,),
         obj_optimizer=pm.adam(learning_rate=1e-2),
-        refine=600,
+        semi_amortize=600,
         random_seed=0,
         progressbar=False,
     )
