@@ -359,7 +359,7 @@ def test_indexed_psis_and_save_load(build, key, n_units, tmp_path):
 # -- c08: crossed groupings ----------------------------------------------------------------------
 
 
-def _assert_crossed_close(post, ref, sd_tol):
+def _assert_crossed_close(post, ref, sd_tol, contrast_tol=0.5):
     for name in ("z_actor", "z_block"):
         got = mean(post, name)
         want = np.array(ref[name]["mean"])
@@ -369,7 +369,7 @@ def _assert_crossed_close(post, ref, sd_tol):
         contrast = math.sqrt((((got - got.mean()) - (want - want.mean())) ** 2).mean())
         print(f"{name}: RMS error {error:.3f} posterior sd, centred contrasts {contrast:.3f}")
         assert error < sd_tol
-        assert contrast < 0.5 * np.mean(ref[name]["sd"])
+        assert contrast < contrast_tol * np.mean(ref[name]["sd"])
 
 
 @pytest.mark.slow
@@ -380,7 +380,11 @@ def test_crossed_groupings_fit(batch_size):
     (and with local= for z_actor only, the process aborts)."""
     ref = REFERENCE["c08"]
     post = posterior(fit(cases.crossed_model(), 3000, batch_size=batch_size))
-    _assert_crossed_close(post, ref, sd_tol=1.0)
+    # Full batch, the actor contrasts come within 0.057 (0.3 posterior sd); minibatched over 10 of
+    # 30 actors they stay at 0.085-0.10 whether run longer, slower or with B = 20 (measured), the
+    # encoder's amortization gap on noisier gradients. Actor means that ignore their rows miss by
+    # the spread of the actor effects (~0.6), z_block left out gives sigma ~0.7.
+    _assert_crossed_close(post, ref, sd_tol=1.0, contrast_tol=0.5 if batch_size is None else 0.75)
     assert_global_close(post, ref, "sigma", 0.05)  # z_block left out: ≈ 0.7
 
 
