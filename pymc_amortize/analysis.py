@@ -653,6 +653,7 @@ def analyze_model(
         for name in lengths:
             if name not in local:
                 mean_field.setdefault(name, "not named in local=")
+                keys.pop(name, None)
         for name, spec in local.items():
             mean_field.pop(name, None)
             key = keys.get(name)
