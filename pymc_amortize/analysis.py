@@ -645,6 +645,11 @@ def analyze_model(
     for use in uses:
         keys.setdefault(use.latent, set()).add(_plate_key(use, model, lengths))
     for name, found in list(keys.items()):
+        indexed = {k for k in found if k[0] == "indexed"}
+        if len(indexed) == 1:
+            # Observations along the latent's own axis (e.g. one measurement per county beside
+            # the houses' rows) are per-unit data of the indexed plate.
+            found = keys[name] = indexed
         if len(found) > 1:
             mean_field[name] = "it meets the data through several unit axes or index arrays"
             del keys[name]

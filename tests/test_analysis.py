@@ -112,6 +112,20 @@ def test_crossed_groupings_give_two_plates():
     assert inputs(analysis, "z_actor") == (set(), {"y"})
 
 
+def test_unit_level_observation_beside_indexed_rows_joins_the_plate():
+    """A measurement per group besides the rows: per-unit data of the same indexed plate."""
+    with pm.Model(coords={"group": range(J), "obs": range(R)}) as model:
+        idx = pm.Data("idx", IDX, dims="obs")
+        a = pm.Normal("a", 0, 1, dims="group")
+        pm.Normal("y", a[idx], 1, observed=Y, dims="obs")
+        pm.Normal("u", a, 0.5, observed=rng.normal(size=J), dims="group")
+    analysis = analyze_model(model)
+    (plate,) = analysis.plates
+    assert plate.index is not None and plate.latent_names == ("a",)
+    assert inputs(analysis, "a") == ({"u"}, {"y"})
+    assert {d.key for d in plate.batched_units} == {"u"}
+
+
 def test_array_prior_parameter_is_sliced_with_the_units():
     D, K, V = 10, 3, 6
     with pm.Model(coords={"doc": range(D), "topic": range(K), "word": range(V)}) as model:
