@@ -363,9 +363,14 @@ def semi_amortize(
     if not 0 <= average_last < 1:
         raise AmortizationError(f"average_last must be in [0, 1); got {average_last!r}.")
     start, start_sigma = _advi_start(approx)
-    advi = pm.ADVI(
-        model=approx.model, start=start, start_sigma=start_sigma, random_seed=random_seed
-    )
+    advi = pm.ADVI(model=approx.model, start=start, random_seed=random_seed)
+    # The sds go straight into the group's flat rho: PyMC's start_sigma= assigns each variable's
+    # array to a flat slice and fails for variables of two or more dims.
+    group = advi.approx.groups[0]
+    rho = group.rho.get_value()
+    for value_name, slc, _, _ in group.ordering.values():
+        rho[slc] = np.log(np.expm1(np.ravel(start_sigma[value_name])))
+    group.rho.set_value(rho)
     optimizer = obj_optimizer if obj_optimizer is not None else _default_optimizer(n, learning_rate)
     average = _IterateAverage(advi.approx.params, first_step=int(n) - int(average_last * n))
     refined = advi.fit(

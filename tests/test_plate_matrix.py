@@ -48,18 +48,7 @@ NEW_UNITS = 3
 
 # Known bugs of pymc_amortize, one strict xfail per failing cell: when a bug is fixed its cells
 # XPASS, which fails the suite until the entry here is removed.
-_MULTIDIM_START = (
-    "semi_amortize/_advi_start passes start_sigma in the variable's shape, and PyMC's "
-    "MeanFieldGroup assigns it to a flat slice: any free variable of ndim >= 2 (z (20, 2) local, "
-    "or a (3, 7) Dirichlet global) raises 'ValueError: could not broadcast input array from "
-    "shape (20,2) into shape (40,)'"
-)
-XFAIL = {
-    ("amortization_gap", "vector"): _MULTIDIM_START,
-    ("amortization_gap", "dirichlet"): _MULTIDIM_START,
-    ("semi_amortize", "vector"): _MULTIDIM_START,
-    ("semi_amortize", "dirichlet"): _MULTIDIM_START,
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def cells(feature):
