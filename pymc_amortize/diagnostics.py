@@ -26,6 +26,7 @@ from pymc.progress_bar import default_progress_theme
 
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.logjoint import compile_log_terms
 from pymc_amortize.results import unit_dim
 
 __all__ = [
@@ -499,12 +500,10 @@ def _per_unit_gap(
     values_after: Mapping[str, np.ndarray],
 ) -> dict[str, xr.Dataset]:
     """Per plate and unit: KL(after ‖ before) and the rise of the unit's ELBO terms."""
-    from pymc_amortize.psis import _log_terms_fn
-
     out = {}
     for plate in approx.analysis.plates:
         try:
-            fn, order = _log_terms_fn(approx, plate)
+            fn, order = compile_log_terms(approx.model, approx.analysis, plate)
         except AmortizationError:
             # A factor couples the plate's units (e.g. a random-walk prior): no per-unit terms.
             units_before = units_after = np.full((2, plate.size), np.nan)

@@ -12,6 +12,7 @@ import xarray as xr
 
 from pymc_amortize.analysis import EncoderInputSpec
 from pymc_amortize.approximation import AmortizedApproximation
+from pymc_amortize.diagnostics import semi_amortize
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.inference import AmortizedVI
@@ -55,8 +56,6 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
     approx = AmortizedVI(**constructor).fit(n, **fit_options)
     if semi_amortize_steps is None:
         return approx
-    from pymc_amortize.diagnostics import semi_amortize
-
     return semi_amortize(
         approx,
         semi_amortize_steps,

@@ -12,11 +12,12 @@ substituted last, with ``vectorize_graph``, giving one log joint per Monte Carlo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pymc as pm
 import pytensor.tensor as pt
+from pymc.pytensorf import compile as compile_pymc
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import clone_replace, graph_replace, vectorize_graph
 from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
@@ -28,7 +29,7 @@ from pymc_amortize.analysis import ModelAnalysis, Plate
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.plates import UnitBatch
 
-__all__ = ["LogJoint", "build_logjoint"]
+__all__ = ["LogJoint", "build_logjoint", "compile_log_terms"]
 
 
 def _term_sum(term: TensorVariable, has_draw_axis: bool) -> TensorVariable:
@@ -273,3 +274,24 @@ def build_logjoint(
         row_data=row_data,
         slot=slot,
     )
+
+
+def compile_log_terms(
+    model: pm.Model, analysis: ModelAnalysis, plate: Plate | None
+) -> tuple[Callable, list[str]]:
+    """A compiled function of value-space draws ``(S, *shape)`` of every free variable, in the
+    returned order, to (log p of all but the plate's factors (S,), those factors per unit (S, N));
+    with ``plate=None``, to (log p (S,),). Used by the PSIS and gap diagnostics.
+    """
+    logjoint = build_logjoint(model, analysis)
+    draws = {
+        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
+        for name, var in (logjoint.global_values | logjoint.local_values).items()
+    }
+    global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
+    local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
+    if plate is None:
+        outputs = [logjoint.per_draw(global_draws, local_draws, None)]
+    else:
+        outputs = list(logjoint.per_unit(model, plate, global_draws, local_draws))
+    return compile_pymc(list(draws.values()), outputs), list(draws)

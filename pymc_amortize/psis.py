@@ -19,16 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pymc as pm
-import pytensor.tensor as pt
 import xarray as xr
 from arviz_stats.base import array_stats
-from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
-from pymc_amortize.analysis import Plate
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.logjoint import build_logjoint
+from pymc_amortize.logjoint import compile_log_terms
 
 __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
 
@@ -215,24 +212,6 @@ def _log_normal(value: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarr
     return -0.5 * ((value - mean) / sd) ** 2 - np.log(sd) - _HALF_LOG_2PI
 
 
-def _log_terms_fn(approx: AmortizedApproximation, plate: Plate | None):
-    """Compiled draws -> (log p of the rest (S,), log p(x_n, z_n | rest) per unit (S, N)); with
-    no plate, draws -> (log p (S,),)."""
-    logjoint = build_logjoint(approx.model, approx.analysis)
-    draws = {
-        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
-        for name, var in (logjoint.global_values | logjoint.local_values).items()
-    }
-    global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
-    local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
-    if plate is None:
-        outputs = [logjoint.per_draw(global_draws, local_draws, None)]
-    else:
-        outputs = list(logjoint.per_unit(approx.model, plate, global_draws, local_draws))
-    fn = compile_pymc(list(draws.values()), outputs)
-    return fn, list(draws)
-
-
 def psis_diagnostic(
     approx: AmortizedApproximation, *, draws: int = 1000, random_seed: int | None = None
 ) -> PSISDiagnostic:
@@ -296,7 +275,7 @@ def psis_diagnostic(
     khat_per_plate = {}
     log_weights = None
     for plate in approx.analysis.plates:
-        fn, order = _log_terms_fn(approx, plate)
+        fn, order = compile_log_terms(approx.model, approx.analysis, plate)
         log_p_rest, log_p_units = fn(*(values[name] for name in order))
         log_q_units = sum(log_q_locals[name] for name in plate.latent_names)
         unit_log_weights = log_p_units - log_q_units
@@ -321,7 +300,7 @@ def psis_diagnostic(
         )
         khat_per_plate[plate.name] = pareto_khat(per_unit)[1]
     if log_weights is None:  # no plate: every latent is mean-field
-        fn, order = _log_terms_fn(approx, None)
+        fn, order = compile_log_terms(approx.model, approx.analysis, None)
         log_weights = fn(*(values[name] for name in order))[0] - log_q_globals
     overall = xr.DataArray(log_weights, dims="draw")
     smoothed, khat = pareto_khat(overall)

@@ -28,6 +28,7 @@ from pymc_amortize.approximation import (
 )
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.inference import AmortizedVI
 
 __all__ = ["load_approximation", "save_approximation"]
 
@@ -275,8 +276,6 @@ def load_approximation(
         approx = load_approximation("fit/linear", model=model)
         q_new = approx.encode({"x": np.array([0.3, 4.0])})["z"]
     """
-    from pymc_amortize.inference import AmortizedVI
-
     model = pm.modelcontext(model)
     json_path, weights_path = _paths(path)
     if not json_path.exists() or not weights_path.exists():

@@ -121,11 +121,8 @@ def test_semi_amortize_rejects_bad_input(linear_fit):
         semi_amortize("not an approximation", 10)
     with pytest.raises(AmortizationError, match="tolerance"):
         pymc_amortize.amortization_gap(approx, 10, tolerance=-1.0)
-    # The old name still runs, with a warning naming the new one.
-    with pytest.warns(DeprecationWarning, match="semi_amortize"), pytest.raises(
-        AmortizationError, match="positive integer"
-    ):
-        pymc_amortize.refine(approx, 0)
+    # One name per concept: refine is PyMC's "more steps of the same fit", not exported by us.
+    assert not hasattr(pymc_amortize, "refine")
 
 
 # -- indexed and crossed plates ------------------------------------------------------------------
