@@ -14,6 +14,7 @@ from pymc_amortize.analysis import (
     analyze_model,
 )
 from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
+from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.compare import Comparison, compare
 from pymc_amortize.diagnostics import (
     AmortizationGap,
@@ -44,6 +45,7 @@ __all__ = [
     "Comparison",
     "DivergenceInfo",
     "DivergenceWarning",
+    "ELBOConvergence",
     "IndexedLocal",
     "LocalLatent",
     "LocalPosterior",
