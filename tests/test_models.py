@@ -4,7 +4,7 @@ import numpy as np
 import pymc as pm
 import pytest
 
-from pymc_amortize import AmortizedVI, find_local_latents
+from pymc_amortize import AmortizedVI, analyze_model
 from pymc_amortize.paper import linear_model, linear_optimum
 
 
@@ -39,8 +39,10 @@ def test_transformed_local_is_encoded_on_unconstrained_space():
     with pm.Model(coords={"unit": range(n), "obs": range(8)}) as model:
         s = pm.HalfNormal("s", 2, dims="unit")
         pm.Normal("y", 0, s[:, None], observed=y, dims=("unit", "obs"))
-    plate = find_local_latents(model)
-    assert plate.latents[0].value_name == "s_log__"
+    analysis = analyze_model(model)
+    assert analysis.latent_names == ("s",)
+    assert analysis.latents[0].value_name == "s_log__"
+    assert analysis.plates[0].dim == "unit" and analysis.plates[0].index is None
     encoder_input = np.log(y.std(axis=1))[:, None]
     approx = pm.fit(
         3000,
@@ -72,9 +74,11 @@ def test_expanded_domain_takes_several_inputs():
         theta = pm.Normal("theta", 0, 1)
         z = pm.Normal("z", model["x_prev"], 1, dims="unit")
         pm.Normal("x", 0.75 * (theta + z), 1, observed=x, dims="unit")
-    plate = find_local_latents(model, {"z": ["x_prev", "x"]})
+    analysis = analyze_model(model, {"z": ["x_prev", "x"]})
+    (plate,) = analysis.plates
     assert plate.latents[0].input_names == ("x_prev", "x")
-    assert set(plate.unit_data) == {"x", "x_prev"}
+    assert {d.key for d in plate.batched_units} == {"x", "x_prev"}
+    assert [mf.name for mf in analysis.mean_field] == ["theta"]
     approx = pm.fit(
         200,
         method="amortized",
@@ -85,7 +89,8 @@ def test_expanded_domain_takes_several_inputs():
         random_seed=0,
         progressbar=False,
     )
-    assert approx.encoder_inputs["z"].get_value().shape == (n, 2)
+    assert approx.inputs["z"].units.get_value().shape == (n, 2)
+    assert approx.inputs["z"].rows is None
     assert np.isfinite(approx.hist).all()
 
 

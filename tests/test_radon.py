@@ -6,9 +6,10 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 
-from pymc_amortize import AmortizationError, AmortizedVI, IndexedLocal, find_indexed_plate
-from pymc_amortize.indexed import build_indexed_logjoint, gather_unit_rows
-from pymc_amortize.inference import _RandomDraws
+from pymc_amortize import AmortizationError, AmortizedVI, IndexedLocal, analyze_model
+from pymc_amortize.inference import _RandomDraws, batch_plate_of
+from pymc_amortize.logjoint import build_logjoint
+from pymc_amortize.plates import PlateLayout, gather_unit_rows
 from pymc_amortize.radon import radon_data, radon_model
 
 # A-VI's county means against NUTS's, in units of log radon: NUTS's own Monte Carlo error on a
@@ -75,11 +76,17 @@ def assert_close_to(mean, sd, reference):
 
 def test_plate_is_found_from_the_index(radon):
     data, model = radon
-    plate = find_indexed_plate(model)
+    analysis = analyze_model(model)
+    (plate,) = analysis.plates
     assert plate.latent_names == ("a",)
-    assert (plate.dim, plate.row_dim, plate.index_name) == ("county", "obs_id", "county_idx")
+    assert (plate.dim, plate.row_dim, plate.index.key) == ("county", "obs_id", "county_idx")
     assert plate.size == 85 and plate.n_rows == 919
-    assert plate.row_inputs == ("log_radon", "floor")
+    (latent,) = plate.latents
+    assert latent.unit_inputs == () and latent.input_matrix is None
+    assert {d.key for d in latent.row_inputs} == {"log_radon", "floor"}
+    assert [mf.name for mf in analysis.mean_field] == ["mu_a", "sigma_a", "b", "sigma"]
+    summary = analysis.summary()
+    assert "plate 'county': 85 units, 919 rows tied to units by 'county_idx'" in summary
     np.testing.assert_array_equal(plate.row_counts, data.county_sizes)
     assert data.county_sizes.max() > 8 * np.median(data.county_sizes)  # skewed like the real data
 
@@ -131,18 +138,22 @@ def test_minibatch_over_counties_matches_nuts(radon, nuts):
 
 
 def test_gather_takes_all_rows_of_the_drawn_units(radon):
-    plate = find_indexed_plate(radon[1])
+    (plate,) = analyze_model(radon[1]).plates
+    layout = PlateLayout(plate)
     units = np.array([3, 0, 3, 84, 17], dtype=np.int64)
-    layout = (
-        pt.as_tensor(plate.row_counts),
-        pt.as_tensor(plate.offsets),
-        pt.as_tensor(plate.row_order),
+    slot, rows = gather_unit_rows(
+        pt.as_tensor(units), layout.counts, layout.offsets, layout.row_order
     )
-    slot, rows = gather_unit_rows(pt.as_tensor(units), *layout)
     slot, rows = slot.eval(), rows.eval()
-    expected = np.concatenate([np.flatnonzero(plate.index == u) for u in units])
+    index = plate.unit_of_row
+    expected = np.concatenate([np.flatnonzero(index == u) for u in units])
     np.testing.assert_array_equal(rows, expected)
-    np.testing.assert_array_equal(units[slot], plate.index[rows])
+    np.testing.assert_array_equal(units[slot], index[rows])
+    # The batch the step draws is the same gather.
+    batch = layout.draw(pt.as_tensor(units), units.size)
+    np.testing.assert_array_equal(batch.rows.eval(), expected)
+    np.testing.assert_array_equal(batch.unit_of_row.eval(), slot)
+    assert batch.scale == 85 / 5
 
 
 def _uranium_model(data):
@@ -164,29 +175,24 @@ def test_batch_log_joint_of_all_units_equals_model_logp(radon, which):
     data, model = radon
     if which == "uranium":
         model = _uranium_model(data)
-    plate = find_indexed_plate(model)
+    analysis = analyze_model(model)
+    (plate,) = analysis.plates
     if which == "uranium":
-        assert plate.index_name is None and plate.unit_covariate_names == ("uranium",)
-    logjoint = build_indexed_logjoint(model, plate, minibatch=True)
+        # A NumPy index (no name, no row dim) and a per-county pm.Data covariate.
+        assert plate.index.key == "index" and plate.row_dim is None
+        assert [d.key for d in plate.latents[0].unit_inputs] == ["uranium"]
+    joint = build_logjoint(model, analysis, batch_plate=plate)
     point = model.initial_point()
     rng = np.random.default_rng(0)
     point = {k: v + rng.normal(0, 0.3, v.shape) for k, v in point.items()}
     expected = model.compile_logp()(point)
     # Every unit once, in a shuffled order, through the CSR gather: the same log joint.
     units = rng.permutation(plate.size)
-    layout = (
-        pt.as_tensor(plate.row_counts),
-        pt.as_tensor(plate.offsets),
-        pt.as_tensor(plate.row_order),
-    )
-    slot, rows = gather_unit_rows(pt.as_tensor(units), *layout)
-    joint = logjoint.joint
-    data_in = {k: joint.unit_data[k][1][rows] for k in logjoint.row_keys}
-    data_in |= {k: joint.unit_data[k][1][units] for k in logjoint.unit_keys}
-    data_in[logjoint.index_key] = slot
+    batch = PlateLayout(plate).draw(pt.as_tensor(units), plate.size)
+    assert batch.scale == 1.0
     globals_ = {k: pt.as_tensor(point[k][None]) for k in joint.global_values}
     locals_ = {k: pt.as_tensor(point[k][units][None]) for k in joint.local_values}
-    total = joint.per_draw(globals_, locals_, data_in, pt.as_tensor(np.int64(plate.size)), 1.0)
+    total = joint.per_draw(globals_, locals_, batch)
     np.testing.assert_allclose(total.eval(), [expected], rtol=1e-10)
 
 
@@ -194,15 +200,21 @@ def test_minibatch_elbo_is_unbiased(avi):
     # At fixed parameters the B = 20 estimate averages to the full-batch ELBO; forgetting to scale
     # the rows' likelihood by N/B would be off by ~800 nats.
     inference, _ = avi
-    full, full_se = inference.objective.estimate_elbo(200, repeats=5, random_seed=0)
-    inference.objective.batch_size = 20
+    objective = inference.objective
+    full, full_se = objective.estimate_elbo(200, repeats=5, random_seed=0)
+    # The batch plate is chosen when the objective is built; set both to minibatch this one.
+    objective.batch_size = 20
+    objective.batch_plate = batch_plate_of(inference.approx.analysis)
     try:
         random = _RandomDraws()
-        log_joint, entropy, _ = inference.objective.mc_terms(1, random)
+        log_joint, entropy, _ = objective.mc_terms(1, random)
         fn = pm.compile([], log_joint.mean() + entropy, updates=random.updates, random_seed=1)
         values = np.array([fn() for _ in range(1500)])
     finally:
-        inference.objective.batch_size = None
+        objective.batch_size = objective.batch_plate = None
+    # Minibatched indeed: 20 of 85 counties per draw spread the estimates far wider than the
+    # full batch's Monte Carlo noise alone.
+    assert values.std() > 10 * full_se * np.sqrt(5)
     se = np.hypot(values.std() / np.sqrt(values.size), full_se)
     assert abs(values.mean() - full) < 4 * se
     assert se < 10.0
@@ -259,40 +271,55 @@ def test_unit_covariates_feed_the_encoder(radon):
     model = _uranium_model(data)
     approx = pm.fit(300, method="amortized", model=model, random_seed=0, progressbar=False)
     assert approx.encode()["a"].mean.shape == (85,)
-    rows = {"y": np.array([1.0, 2.0, 0.5]), "floor": np.zeros(3), "index": np.array([0, 1, 1])}
-    with pytest.raises(AmortizationError, match=r"unit covariates \['uranium'\]"):
+    # The NumPy floor array in y's factor is a row input too, named after its factor.
+    assert set(approx.analysis.latents[0].input_names) == {"uranium", "y", "y_input0"}
+    rows = {"y": np.array([1.0, 2.0, 0.5]), "y_input0": np.zeros(3), "index": np.array([0, 1, 1])}
+    with pytest.raises(AmortizationError, match=r"encoder of 'a' needs 'uranium' \(unit inputs\)"):
         approx.encode(rows)
     q = approx.encode(rows | {"uranium": np.array([-1.0, 0.0, 2.0])})["a"]
     assert q.mean.shape == (3,) and np.isfinite(q.sd).all()  # the third county has no rows
-    # An explicit covariate array instead of model data.
+    # An explicit covariate array instead of model data: new units pass theirs under 'a'.
     explicit = {"a": IndexedLocal(inputs=["y"], unit_covariates=np.ones((85, 2)))}
     approx = pm.fit(50, method="amortized", model=model, local=explicit, progressbar=False)
-    q = approx.encode({"y": np.array([1.0]), "unit_covariates": np.ones((1, 2))})["a"]
+    assert approx.analysis.latents[0].input_matrix.shape == (85, 2)
+    q = approx.encode({"y": np.array([1.0]), "a": np.ones((1, 2))})["a"]
     assert q.mean.shape == (1,)
 
 
-def test_per_row_units_keep_their_path():
-    # A global group effect looked up by index next to a per-row local: auto-detection keeps z.
+def test_a_group_effect_by_index_and_a_per_row_local_are_two_plates():
+    # A group effect looked up by index next to a per-row local: both are amortized, each in
+    # its own plate (crossed groupings); local= keeps only what it names.
     rng = np.random.default_rng(0)
     group = rng.integers(0, 3, 50)
     with pm.Model(coords={"unit": range(50), "group": range(3)}) as model:
         beta = pm.Normal("beta", 0, 1, dims="group")
         z = pm.Normal("z", 0, 1, dims="unit")
         pm.Normal("x", beta[group] + z, 1, observed=rng.normal(size=50), dims="unit")
-    assert find_indexed_plate(model) is None
-    assert AmortizedVI(model=model).approx.plate.latent_names == ("z",)
-    plate = find_indexed_plate(model, {"beta": IndexedLocal()})
+    plates = {p.name: p for p in AmortizedVI(model=model).approx.analysis.plates}
+    assert set(plates) == {"group", "unit"}
+    assert plates["group"].latent_names == ("beta",) and plates["group"].size == 3
+    assert plates["group"].n_rows == 50 and plates["group"].index is not None
+    assert plates["unit"].latent_names == ("z",) and plates["unit"].index is None
+    analysis = analyze_model(model, {"beta": IndexedLocal()})
+    (plate,) = analysis.plates
     assert plate.latent_names == ("beta",) and plate.size == 3
+    assert [(mf.name, mf.reason) for mf in analysis.mean_field] == [("z", "not named in local=")]
 
 
 def test_bad_indexed_specs_are_named(radon):
     data, model = radon
     with pytest.raises(AmortizationError, match="no variable 'cnty'"):
-        find_indexed_plate(model, {"a": IndexedLocal("cnty")})
-    with pytest.raises(AmortizationError, match="never used as 'b\\[index\\]'"):
-        find_indexed_plate(model, {"b": IndexedLocal()})
+        analyze_model(model, {"a": IndexedLocal("cnty")})
+    with pytest.raises(AmortizationError, match="'b' is a scalar"):
+        analyze_model(model, {"b": IndexedLocal()})
     with pytest.raises(AmortizationError, match="'nope', which is not an observed variable"):
-        find_indexed_plate(model, {"a": IndexedLocal(inputs=["log_radon", "nope"])})
+        analyze_model(model, {"a": IndexedLocal(inputs=["log_radon", "nope"])})
+    with pm.Model(coords={"county": range(85)}):
+        a = pm.Normal("a", 0, 1, dims="county")
+        pm.Normal("c", a, 1, dims="county")  # a per-county latent no row looks up
+        pm.Normal("y", a[data.county_idx], 1, observed=data.log_radon)
+        with pytest.raises(AmortizationError, match=r"'c' is never used as 'c\[index\]'"):
+            analyze_model(local={"c": IndexedLocal()})
     bad = data.county_idx.copy()
     bad[0] = 85
     with pm.Model(coords={"county": range(85)}):
