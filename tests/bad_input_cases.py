@@ -18,9 +18,9 @@ import pytensor.tensor as pt
 from pytensor_ml.layers import Linear
 
 import pymc_amortize
-from pymc_amortize import AmortizationError
+from pymc_amortize import AmortizationError, IndexedLocal
 
-__all__ = ["CASES", "BadInputCase", "unit_model"]
+__all__ = ["CASES", "BadInputCase", "two_plates_model", "unit_model"]
 
 N_UNITS = 20
 
@@ -77,13 +77,41 @@ def _fitted():
     return _fit(encoder_widths=(), n=2)
 
 
-def _two_plates() -> pm.Model:
+def two_plates_model() -> pm.Model:
+    """z_n ~ N(0, 1), x_n ~ N(z_n, 1) for 20 units; w_g ~ N(0, 1), y_g ~ N(w_g, 1) for 5 groups."""
     rng = np.random.default_rng(1)
     with pm.Model(coords={"unit": range(N_UNITS), "group": range(5)}) as model:
         z = pm.Normal("z", 0, 1, dims="unit")
         w = pm.Normal("w", 0, 1, dims="group")
         pm.Normal("x", z, 1, observed=rng.normal(size=N_UNITS), dims="unit")
         pm.Normal("y", w, 1, observed=rng.normal(size=5), dims="group")
+    return model
+
+
+def _minibatch_model() -> pm.Model:
+    x = np.random.default_rng(2).normal(size=100)
+    with pm.Model() as model:
+        theta = pm.Normal("theta", 0, 1)
+        pm.Normal("x", theta, 1, observed=pm.Minibatch(x, batch_size=10), total_size=100)
+    return model
+
+
+def _indexed_model(*, bad_index: bool = False) -> pm.Model:
+    """a_j ~ N(0, 1) for 5 counties, y_i ~ N(a[county_idx[i]], 1) for 20 rows."""
+    index = np.arange(N_UNITS) % 5
+    if bad_index:
+        index[3] = 5
+    with pm.Model(coords={"county": range(5), "obs_id": range(N_UNITS)}) as model:
+        county_idx = pm.Data("county_idx", index, dims="obs_id")
+        a = pm.Normal("a", 0, 1, dims="county")
+        pm.Normal("y", a[county_idx], 1, observed=np.zeros(N_UNITS), dims="obs_id")
+    return model
+
+
+def _global_model() -> pm.Model:
+    with pm.Model() as model:
+        theta = pm.Normal("theta", 0, 1)
+        pm.Normal("x", theta, 1, observed=np.zeros(N_UNITS))
     return model
 
 
@@ -192,7 +220,7 @@ CASES: list[BadInputCase] = [
             ),
             local={"z": "covariate"},
         ),
-        r"'covariate' feeds the encoder of 'z' but has NaN or inf in 1 unit\(s\) \(first: row 4\)",
+        r"encoder input of 'z' has NaN or inf in 1 unit\(s\) \(first: row 4\)",
     ),
     _case(
         "matrix-has-nan",
@@ -229,13 +257,13 @@ CASES: list[BadInputCase] = [
         "encoder-wrong-width",
         "a user encoder returns two columns for a scalar latent (static shape)",
         lambda: _fit(encoder=lambda X: (pt.concatenate([X, X], axis=1), X)),
-        r"encoder of 'z' returned a mean of shape \(None, 2\)",
+        r"encoder of 'z' returned a mean of shape \(20, 2\) for 20 units; it must be \(20, 1\)",
     ),
     _case(
         "encoder-wrong-ndim",
         "a user encoder returns a 3-d mean",
         lambda: _fit(encoder=lambda X: (X[None], X)),
-        r"encoder of 'z' returned a mean of shape \(1, None, 1\)",
+        r"encoder of 'z' returned a mean of shape \(1, None, None\); it must be \(batch, 1\)",
     ),
     _case(
         "encoder-wrong-rows-at-run-time",
@@ -253,7 +281,7 @@ CASES: list[BadInputCase] = [
         "encoder-fails",
         "a user encoder's layer expects another input width",
         lambda: _fit(encoder=_bad_linear_encoder),
-        r"encoder of 'z' failed on a symbolic input of shape \(batch, 1\)",
+        r"encoder of 'z' failed on the 20 units' inputs: ValueError: shapes \(20,1\) and \(3,2\)",
     ),
     _case(
         "encoder-returns-nan",
@@ -292,23 +320,31 @@ CASES: list[BadInputCase] = [
         r"init_scale must be positive",
     ),
     # -- model structure -------------------------------------------------------------------------
+    # A model with no local latent, latents of different unit counts and literal shapes under
+    # minibatches now fit (tests/test_reliability.py checks them against closed forms).
     _case(
-        "no-local-latent",
-        "a model without dims and no `local=`: no local latent can be found",
-        lambda: _fit(unit_model(dims=False)),
-        r"Found no local latent.*method='advi'",
+        "pm-minibatch",
+        "the model is built on `pm.Minibatch` data with `total_size=`",
+        lambda: _fit(_minibatch_model()),
+        r"variable\(s\) x use pm.Minibatch / total_size.*pass batch_size= to the fit",
     ),
     _case(
-        "different-unit-counts",
-        "two local latents with different numbers of units",
-        lambda: _fit(_two_plates(), local={"z": "x", "w": "y"}),
-        r"different numbers of units \('z': 20, 'w': 5\)",
+        "indexed-local-unknown-index",
+        "`IndexedLocal(index=...)` names a variable the model does not have",
+        lambda: _fit(_indexed_model(), local={"a": IndexedLocal("cnty")}),
+        r"IndexedLocal\(index='cnty'\) for 'a': the model has no variable 'cnty'",
     ),
     _case(
-        "literal-shape-minibatch",
-        "a latent with a literal `shape=` (no dims) fitted on minibatches",
-        lambda: _fit(unit_model(dims=False), local={"z": "x"}, batch_size=5),
-        r"log density of 'z' has a fixed length of 20 units",
+        "indexed-local-not-indexed",
+        "`IndexedLocal()` for a latent no observation looks up by index",
+        lambda: _fit(local={"z": IndexedLocal()}),
+        r"'z' is never used as 'z\[index\]'",
+    ),
+    _case(
+        "index-out-of-range",
+        "an index array with a value past the last unit",
+        lambda: _fit(_indexed_model(bad_index=True)),
+        r"county_idx has values in \[0, 5\], but 'a' has 5 units; the index must lie in \[0, 4\]",
     ),
     # -- options ---------------------------------------------------------------------------------
     _case(
@@ -328,6 +364,12 @@ CASES: list[BadInputCase] = [
         "`batch_size` larger than the number of units",
         lambda: _fit(batch_size=N_UNITS + 1),
         r"batch_size must be an integer in \[1, 20\].*got 21",
+    ),
+    _case(
+        "batch-size-without-plate",
+        "`batch_size=` for a model whose latents are all fitted mean-field",
+        lambda: _fit(_global_model(), batch_size=5),
+        r"batch_size= needs a plate of units to minibatch, and this model has none",
     ),
     _case(
         "batch-size-not-integer",
@@ -385,13 +427,13 @@ CASES: list[BadInputCase] = [
         "encode-missing-data",
         "`approx.encode` without the data the encoder needs",
         lambda: _fitted().encode({"y": np.zeros(3)}),
-        r"encoder of 'z' needs 'x'",
+        r"new_data has none of the encoders' inputs \(x\); got \['y'\]",
     ),
     _case(
         "encode-nan",
         "`approx.encode` with NaN in the new units' data",
         lambda: _fitted().encode({"x": np.array([0.0, np.nan])}),
-        r"'x' feeds the encoder of 'z' but has NaN or inf in 1 unit\(s\) \(first: row 1\)",
+        r"encoder input of 'z' has NaN or inf in 1 unit\(s\) \(first: row 1\)",
     ),
     _case(
         "encode-wrong-width",

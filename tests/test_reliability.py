@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pymc as pm
 import pytensor
+import pytensor.tensor as pt
 import pytest
-from bad_input_cases import CASES, unit_model
-from hypothesis import HealthCheck, event, given, settings
+from bad_input_cases import CASES, two_plates_model, unit_model
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from pymc_amortize import (
@@ -20,6 +21,7 @@ from pymc_amortize import (
     MLPEncoder,
     fit_amortized,
 )
+from pymc_amortize.inference import _RandomDraws
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -264,71 +266,202 @@ def _encoder_weights(encoder):
     return encoder_params(encoder(pytensor.tensor.matrix("probe", shape=(None, 2))), exclude=())
 
 
+# -- what used to be refused ------------------------------------------------------------------
+def _two_stage_fit(inference, steps=(2000, 1000)):
+    inference.fit(steps[0], obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
+    return inference.fit(steps[1], obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
+
+
+def test_a_model_without_local_latent_fits_mean_field_like_advi():
+    # theta ~ N(0, 1), w ~ N(0, I_3), x_n ~ N(theta + Σw, 1): no latent has a unit axis the data
+    # share. Posterior precision I + n 11ᵀ: the exact means are S / (1 + 4n) (S = Σx), and the
+    # optimal mean-field sds are 1 / √(1 + n), for ADVI and the amortized fit alike.
+    n = 20
+    x = np.random.default_rng(3).normal(1.0, 1.0, size=n)
+    with pm.Model() as model:
+        theta = pm.Normal("theta", 0, 1)
+        w = pm.Normal("w", 0, 1, shape=3)
+        pm.Normal("x", theta + w.sum(), 1, observed=x)
+    analysis = AmortizedVI(model=model).approx.analysis
+    assert analysis.plates == ()
+    reasons = dict((mf.name, mf.reason) for mf in analysis.mean_field)
+    assert reasons.keys() == {"theta", "w"} and "no observed variable meets it" in reasons["w"]
+    assert "no plate: every latent is fitted mean-field" in analysis.summary()
+    expected_mean, expected_sd = x.sum() / (1 + 4 * n), 1 / np.sqrt(1 + n)
+    fitted = {}
+    for method, inference in (
+        ("amortized", AmortizedVI(model=model, random_seed=0)),
+        ("advi", pm.ADVI(model=model, random_seed=0)),
+    ):
+        approx = _two_stage_fit(inference)
+        assert np.isfinite(approx.hist).all()
+        group = approx.groups[0]
+        mean, sd = group.mean.get_value(), np.logaddexp(0.0, group.rho.get_value())
+        np.testing.assert_allclose(mean, expected_mean, atol=0.03)
+        np.testing.assert_allclose(sd, expected_sd, rtol=0.1)
+        fitted[method] = mean, sd
+    np.testing.assert_allclose(fitted["amortized"][0], fitted["advi"][0], atol=0.04)
+    np.testing.assert_allclose(fitted["amortized"][1], fitted["advi"][1], rtol=0.1)
+    assert set(approx.sample(10, random_seed=0).posterior.data_vars) == {"theta", "w"}
+
+
+@pytest.mark.parametrize("local", [None, {"z": "x", "w": "y"}], ids=["found", "named"])
+def test_latents_with_different_unit_counts_get_a_plate_each_and_the_closed_form(local):
+    # z_n | x_n ~ N(x_n / 2, 1 / 2) for 20 units and w_g | y_g ~ N(y_g / 2, 1 / 2) for 5 groups:
+    # an affine encoder is exact for each.
+    model = two_plates_model()
+    inference = AmortizedVI(local, model=model, encoder_widths=(), random_seed=0)
+    plates = {p.name: (p.size, p.latent_names) for p in inference.approx.analysis.plates}
+    assert plates == {"unit": (20, ("z",)), "group": (5, ("w",))}
+    approx = _two_stage_fit(inference, steps=(3000, 2000))
+    q = approx.encode()
+    for latent, data in (("z", "x"), ("w", "y")):
+        observed = model.rvs_to_values[model[data]].data
+        np.testing.assert_allclose(q[latent].mean, observed / 2, atol=0.05)
+        np.testing.assert_allclose(q[latent].sd, np.sqrt(0.5), rtol=0.05)
+
+
+@pytest.mark.parametrize("which", ["literal shapes", "two plates"])
+def test_minibatch_elbo_is_unbiased(which):
+    # At fixed parameters the B = 5 estimate averages to the full-batch ELBO: for a model without
+    # dims (literal shapes), and for two plates where only the larger one is minibatched.
+    model = unit_model(dims=False) if which == "literal shapes" else two_plates_model()
+    inference = AmortizedVI(model=model, encoder_widths=(3,), batch_size=5, random_seed=0)
+    assert inference.objective.batch_plate.size == 20
+    inference.fit(300, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
+    full, full_se = inference.objective.estimate_elbo(500, repeats=4, random_seed=0)
+    random = _RandomDraws()
+    log_joint, entropy, _ = inference.objective.mc_terms(1, random)
+    fn = pm.compile([], log_joint.mean() + entropy, updates=random.updates, random_seed=1)
+    values = np.array([fn() for _ in range(2000)])
+    se = np.hypot(values.std() / np.sqrt(values.size), full_se)
+    # Forgetting the N / B scaling would be off by tens of nats.
+    assert se < 0.5 and abs(values.mean() - full) < 4 * se
+
+
 # -- property-based ---------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: without dims, the observed value's shape vector (a constant of length ndim) is "
+    "taken as an encoder input and minibatched when ndim equals the number of units",
+)
+def test_a_shape_constant_is_not_an_encoder_input():
+    # Found by the property test below: 3 units, a 3-d observed value, no dims.
+    y = np.random.default_rng(0).normal(size=(3, 2, 1))
+    with pm.Model() as model:
+        e = pm.Normal("e", 0, 1, shape=(3, 2))
+        pm.Normal("y", e[..., None], 1, observed=y)
+    assert AmortizedVI(model=model).approx.analysis.latents[0].input_names == ("y",)
+    approx = pm.fit(3, method="amortized", model=model, batch_size=2, progressbar=False)
+    assert np.isfinite(approx.hist).all()
+
+
 @st.composite
-def hierarchical_setups(draw):
-    n_units = draw(st.integers(2, 12))
+def random_models(draw):
+    n_units = draw(st.integers(2, 6))
     return {
         "n_units": n_units,
         "event": draw(st.sampled_from([(), (2,)])),
         "n_obs": draw(st.integers(1, 3)),
         "dims": draw(st.booleans()),
-        "name_local": draw(st.booleans()),
-        "batch_size": draw(st.one_of(st.none(), st.integers(-1, n_units + 2))),
+        "data": draw(st.sampled_from(["array", "pm.Data"])),
+        "units": draw(st.sampled_from(["row", "indexed"])),
+        "centred": draw(st.booleans()),
+        "positive": draw(st.booleans()),  # a log-transformed local latent
+        "discrete": draw(st.sampled_from([False, False, True])),  # which VI cannot fit
+        "batch_size": draw(st.one_of(st.none(), st.integers(1, n_units))),
     }
 
 
-def _hierarchical_model(n_units, event, n_obs, dims):
-    """mu ~ N(0, 1); z_n ~ N(mu, 1) of shape event; y_nj ~ N(z_n, 1), j < n_obs."""
-    y = np.random.default_rng(n_units).normal(size=(n_units, *event, n_obs))
+def _random_model(setup):
+    """mu ~ N(0, 1), sigma ~ HalfNormal; z_n = mu + sigma·e_n (or ~ directly), exp'd when positive;
+    y ~ N(z, 1), by rows of each unit (``z[..., None]``) or by an index (``z[idx]``)."""
+    n, event, n_obs = setup["n_units"], setup["event"], setup["n_obs"]
+    rng = np.random.default_rng(n * 10 + n_obs)
     event_dims = ("k",) if event else ()
-    coords = {"unit": range(n_units), "obs": range(n_obs)} | ({"k": [0, 1]} if event else {})
-    with pm.Model(coords=coords if dims else None) as model:
-        if dims:
-            mu = pm.Normal("mu", 0, 1, dims=event_dims)
-            z = pm.Normal("z", mu, 1, dims=("unit", *event_dims))
-            pm.Normal("y", z[..., None], 1, observed=y, dims=("unit", *event_dims, "obs"))
+    unit_dims = ("unit", *event_dims)
+    if setup["units"] == "row":
+        y = rng.normal(size=(n, *event, n_obs))
+        index, y_dims = None, (*unit_dims, "obs")
+    else:
+        index = rng.permutation(np.repeat(np.arange(n), n_obs))
+        y = rng.normal(size=(index.size, *event))
+        y_dims = ("row", *event_dims)
+    coords = {"unit": range(n), "obs": range(n_obs), "row": range(n * n_obs)}
+    coords |= {"k": [0, 1]} if event else {}
+    with pm.Model(coords=coords if setup["dims"] else None) as model:
+
+        def shaped(dims, shape):
+            return {"dims": dims} if setup["dims"] else {"shape": shape}
+
+        if setup["data"] == "pm.Data":
+            y = pm.Data("y_data", y, **shaped(y_dims, y.shape))
+            if index is not None:
+                index = pm.Data("idx", index, **shaped(("row",), index.shape))
+        mu = pm.Normal("mu", 0, 1, **shaped(event_dims, event))
+        sigma = pm.HalfNormal("sigma", 1)
+        units = shaped(unit_dims, (n, *event))
+        if setup["centred"]:
+            dist = pm.LogNormal if setup["positive"] else pm.Normal
+            z = dist("z", mu, sigma, **units)
         else:
-            mu = pm.Normal("mu", 0, 1, shape=event)
-            z = pm.Normal("z", mu, 1, shape=(n_units, *event))
-            pm.Normal("y", z[..., None], 1, observed=y)
+            e = pm.Normal("e", 0, 1, **units)
+            value = mu + sigma * e
+            z = pm.Deterministic(
+                "z", pt.exp(value) if setup["positive"] else value, dims=units.get("dims")
+            )
+        loc = z[..., None] if index is None else z[index]
+        pm.Normal("y", loc, 1, observed=y, **shaped(y_dims, y.shape))
+        if setup["discrete"]:
+            pm.Bernoulli("k", 0.5)
     return model
 
 
+def _fit_or_error(method, model, **options):
+    try:
+        return pm.fit(
+            3, method=method, model=model, random_seed=0, progressbar=False, **options
+        ), None
+    except Exception as error:  # the oracle compares the errors themselves
+        return None, error
+
+
 @settings(
-    max_examples=12,
+    max_examples=10,
     deadline=None,
     derandomize=True,
+    # No shrinking: each example fits twice, so shrinking a failure would take minutes; the
+    # failing setup is printed as drawn.
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(hierarchical_setups())
-def test_random_shapes_fit_or_raise_a_documented_error(setup):
-    model = _hierarchical_model(setup["n_units"], setup["event"], setup["n_obs"], setup["dims"])
-    batch_size, n_units = setup["batch_size"], setup["n_units"]
-    bad_batch = batch_size is not None and not 0 < batch_size <= n_units
-    minibatched = batch_size is not None and 0 < batch_size < n_units
-    expect_error = (
-        bad_batch
-        or (not setup["dims"] and not setup["name_local"])  # no local latent can be found
-        or (not setup["dims"] and minibatched)  # literal shapes cannot be minibatched
-    )
-    try:
-        approx = pm.fit(
-            3,
-            method="amortized",
-            model=model,
-            local={"z": "y"} if setup["name_local"] else None,
-            encoder_widths=(2,),
-            batch_size=batch_size,
-            random_seed=0,
-            progressbar=False,
-        )
-    except AmortizationError:
-        event("raised AmortizationError")
-        assert expect_error
+@given(random_models())
+def test_amortized_fits_every_random_model_advi_fits(setup):
+    # The oracle is ADVI, not the analysis's own rules: whatever pm.fit(method="advi") fits,
+    # method="amortized" fits (latents it cannot amortize are fitted mean-field, as ADVI's); what
+    # ADVI refuses, it refuses with an AmortizationError or the same error.
+    model = _random_model(setup)
+    _, advi_error = _fit_or_error("advi", model)
+    batch_size = setup["batch_size"]
+    approx, error = _fit_or_error("amortized", model, encoder_widths=(2,), batch_size=batch_size)
+    if error is not None:
+        event(f"amortized raised {type(error).__name__}")
+        if advi_error is not None:
+            assert isinstance(error, AmortizationError) or (
+                type(error) is type(advi_error) and str(error) == str(advi_error)
+            ), f"ADVI: {advi_error!r}; amortized: {error!r}"
+        else:
+            # ADVI fits, so only the amortized-only option may be refused, by name.
+            assert isinstance(error, AmortizationError) and batch_size is not None, repr(error)
+            assert "batch_size" in str(error), str(error)
         return
-    event("fitted")
-    assert not expect_error
+    assert advi_error is None, f"ADVI raised {advi_error!r}, amortized fitted"
+    event(f"fitted, {len(approx.analysis.plates)} plate(s)")
     assert approx.hist.size == 3 and np.isfinite(approx.hist).all()
-    q = approx.encode()["z"]
-    assert q.mean.shape == (n_units, *setup["event"])
+    posterior = approx.sample(5, random_seed=0).posterior
+    assert {rv.name for rv in model.free_RVs + model.deterministics} <= set(posterior.data_vars)
+    assert all(np.isfinite(posterior[v]).all() for v in posterior.data_vars)
+    encoded = approx.encode()
+    for latent in approx.analysis.latents:
+        size = approx.analysis.plate_of(latent.name).size
+        assert encoded[latent.name].mean.shape == (size, *latent.event_shape)
