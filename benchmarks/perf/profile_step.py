@@ -29,37 +29,62 @@ from pytensor.graph.traversal import ancestors
 from pytensor_ml.base import LayerOp
 
 import pymc_amortize.approximation as approximation_module
+import pymc_amortize.inference as inference_module
 import pymc_amortize.logjoint as logjoint_module
 from benchmarks.perf import common, models
+from pymc_amortize.plates import PlateLayout
 
 
-def _old_per_draw(self, global_draws, local_draws, unit_data, batch_size, scale):
+def _old_build_logjoint(model, analysis, *, batch_plate=None):
+    """The old core built every step's log joint with batch placeholders, full batch included."""
+    return logjoint_module.build_logjoint(
+        model, analysis, batch_plate=inference_module.batch_plate_of(analysis)
+    )
+
+
+def _old_per_draw(self, global_draws, local_draws, batch):
+    """The old ``per_draw``: the draws substituted first, then the batch's data (at full batch,
+    every unit), which copies the encoder graph and its backward pass."""
     replace = {self.global_values[k]: v for k, v in global_draws.items()}
     replace |= {self.local_values[k]: v for k, v in local_draws.items()}
-    terms = self.global_terms + self.unit_terms
+    terms = [t for _, t in self.batch_terms + self.other_terms]
     drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
     terms = vectorize_graph(terms, replace)
-    data = {placeholder: unit_data[name] for name, (placeholder, _) in self.unit_data.items()}
-    data[self.batch_size] = batch_size
-    terms = clone_replace(terms, data, rebuild_strict=False)
+    if self.batch_plate is not None:
+        batch = batch if batch is not None else PlateLayout(self.batch_plate).full()
+        data = {p: batch.take_units(leaf) for p, leaf in self.unit_data.items()}
+        data |= {p: batch.take_rows(leaf) for p, leaf in self.row_data.items()}
+        if self.slot is not None:
+            data[self.slot] = batch.unit_of_row
+        terms = clone_replace(terms, data, rebuild_strict=False)
+    scale = batch.scale if batch is not None else 1.0
     total = 0.0
     for i, (term, has_draw_axis) in enumerate(zip(terms, drawn, strict=True)):
         summed = term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
-        total = total + (summed if i < len(self.global_terms) else scale * summed)
+        total = total + (scale * summed if i < len(self.batch_terms) else summed)
     return total
 
 
 @contextlib.contextmanager
 def before_this_branch():
-    """Build steps as the core did before: opaque layers, data replaced after the draws."""
-    inline, per_draw = approximation_module.inline_layers, logjoint_module.BatchLogJoint.per_draw
+    """Build steps as the core did before: opaque layers, the log joint with batch placeholders
+    even at full batch, and the data replaced after the draws."""
+    saved = (
+        approximation_module.inline_layers,
+        logjoint_module.LogJoint.per_draw,
+        inference_module.build_logjoint,
+    )
     approximation_module.inline_layers = list
-    logjoint_module.BatchLogJoint.per_draw = _old_per_draw
+    logjoint_module.LogJoint.per_draw = _old_per_draw
+    inference_module.build_logjoint = _old_build_logjoint
     try:
         yield
     finally:
-        approximation_module.inline_layers = inline
-        logjoint_module.BatchLogJoint.per_draw = per_draw
+        (
+            approximation_module.inline_layers,
+            logjoint_module.LogJoint.per_draw,
+            inference_module.build_logjoint,
+        ) = saved
 
 
 def without_numba_cache():
