@@ -33,7 +33,9 @@ import pymc as pm
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
+from pytensor.tensor.basic import Alloc
 from pytensor.tensor.random.type import RandomType
+from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
 from pytensor.tensor.subtensor import AdvancedSubtensor
 
 from pymc_amortize.errors import AmortizationError
@@ -460,7 +462,7 @@ def _aligned_leaves(
     """
     units, rows, seen = [], [], set()
     for owner, term in terms.items():
-        leaves = list(graph_inputs([term]))
+        leaves = _value_leaves(term)
         if not value_vars & set(leaves):
             continue
         for leaf in leaves:
@@ -487,6 +489,34 @@ def _aligned_leaves(
                 continue
             seen.add(leaf)
     return units, rows
+
+
+def _value_leaves(term: Variable) -> list[Variable]:
+    """The leaves whose values enter ``term``, skipping those that only set shapes (the literal
+    size vector PyMC broadcasts a factor to, a reshape's target shape, ``x.shape``)."""
+    shape_only_inputs = {
+        Alloc: slice(1, None),
+        Reshape: slice(1, None),
+        SpecifyShape: slice(1, None),
+    }
+    leaves, seen, stack = [], set(), [term]
+    while stack:
+        var = stack.pop()
+        if var in seen:
+            continue
+        seen.add(var)
+        if var.owner is None:
+            leaves.append(var)
+            continue
+        op = var.owner.op
+        if isinstance(op, Shape | Shape_i):
+            continue
+        inputs = list(var.owner.inputs)
+        for op_type, skip in shape_only_inputs.items():
+            if isinstance(op, op_type):
+                del inputs[skip]
+        stack.extend(inputs)
+    return leaves
 
 
 def _informative(leaf: Variable) -> bool:
@@ -821,12 +851,12 @@ def _build_plate(
             given = _resolve_names(model, name, names_given, known)
             unit_inputs = tuple(d for d in given if _leading(d.node) == size and d not in row_data)
             row_inputs = tuple(d for d in given if d not in unit_inputs)
+        if index is None:  # a row plate's rows are its units
+            unit_inputs, row_inputs = unit_inputs + row_inputs, ()
         for data in unit_inputs:
             _check_length(name, data, size, "unit")
         for data in row_inputs:
-            _check_length(name, data, n_rows if n_rows is not None else size, "row")
-        if index is None and row_inputs:
-            unit_inputs, row_inputs = unit_inputs + row_inputs, ()
+            _check_length(name, data, n_rows, "row")
         if matrix is None and not unit_inputs and not row_inputs:
             dropped[name] = "no data in its Markov blanket is aligned with its units or rows"
             continue

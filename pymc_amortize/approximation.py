@@ -158,6 +158,13 @@ def _stack(
                 f"'{item.key}' feeds the encoder of '{latent.name}' but has dtype {column.dtype}; "
                 "it must be numeric."
             )
+        if not np.isfinite(column).all():
+            bad = np.flatnonzero(~np.isfinite(column.reshape(column.shape[0], -1)).all(axis=1))
+            raise AmortizationError(
+                f"'{item.key}' feeds the encoder of '{latent.name}' but has NaN or inf in "
+                f"{bad.size} row(s) (first: row {bad[0] if bad.size else 0}); the encoder needs "
+                "finite inputs."
+            )
         columns.append(column.reshape(column.shape[0], -1) if column.ndim else column.reshape(1, 1))
     lengths = sorted({c.shape[0] for c in columns})
     if len(lengths) != 1:

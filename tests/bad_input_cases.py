@@ -220,7 +220,7 @@ CASES: list[BadInputCase] = [
             ),
             local={"z": "covariate"},
         ),
-        r"encoder input of 'z' has NaN or inf in 1 unit\(s\) \(first: row 4\)",
+        r"'covariate' feeds the encoder of 'z' but has NaN or inf in 1 row\(s\) \(first: row 4\)",
     ),
     _case(
         "matrix-has-nan",
@@ -433,7 +433,7 @@ CASES: list[BadInputCase] = [
         "encode-nan",
         "`approx.encode` with NaN in the new units' data",
         lambda: _fitted().encode({"x": np.array([0.0, np.nan])}),
-        r"encoder input of 'z' has NaN or inf in 1 unit\(s\) \(first: row 1\)",
+        r"'x' feeds the encoder of 'z' but has NaN or inf in 1 row\(s\) \(first: row 1\)",
     ),
     _case(
         "encode-wrong-width",

@@ -340,11 +340,6 @@ def test_minibatch_elbo_is_unbiased(which):
 
 
 # -- property-based ---------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: without dims, the observed value's shape vector (a constant of length ndim) is "
-    "taken as an encoder input and minibatched when ndim equals the number of units",
-)
 def test_a_shape_constant_is_not_an_encoder_input():
     # Found by the property test below: 3 units, a 3-d observed value, no dims.
     y = np.random.default_rng(0).normal(size=(3, 2, 1))
