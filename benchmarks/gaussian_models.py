@@ -1,7 +1,7 @@
 """Exact mean-field scoring of the paper's linear-Gaussian models (saw, HMM), in the shape the
 gap and refinement tests use: ``{value name: GaussianFactor}``.
 
-The models and their closed forms live in :mod:`pymc_amortize.paper`; this adapts them.
+The models and their closed forms live in :mod:`pymc_amortize.examples.paper`; this adapts them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Mapping
 import numpy as np
 import pymc as pm
 
-from pymc_amortize import paper
 from pymc_amortize.diagnostics import GaussianFactor
+from pymc_amortize.examples import paper
 
 
 def saw_model(n_units: int, *, random_seed: int = 0) -> pm.Model:

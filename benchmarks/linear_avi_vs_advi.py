@@ -15,7 +15,7 @@ import numpy as np
 import pymc as pm
 
 import pymc_amortize  # noqa: F401  (registers method="amortized")
-from pymc_amortize.paper import linear_data, linear_elbo, linear_model, linear_optimum
+from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model, linear_optimum
 
 
 def steps_to_within(hist: np.ndarray, target_loss: float, rel: float = 0.01, window: int = 50):

@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 
 import tests.test_psis_and_results as t
 from pymc_amortize import AmortizedVI
-from pymc_amortize.paper import (
+from pymc_amortize.examples.paper import (
     LINEAR_SIGMA,
     LINEAR_TAU,
     linear_data,

@@ -56,7 +56,7 @@ def run_one(n_counties: int, batch: int, steps: int, advi: bool, seed: int) -> d
     import pymc as pm
 
     from pymc_amortize import AmortizedVI
-    from pymc_amortize.radon import radon_data, radon_model
+    from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 
     data = radon_data(n_counties, 10 * n_counties, random_seed=seed)
     model = radon_model(data, coords=False)

@@ -20,7 +20,7 @@ import pymc as pm
 
 import pymc_amortize  # noqa: F401  (registers method="amortized")
 from benchmarks.linear_avi_vs_advi import meanfield_params
-from pymc_amortize.paper import linear_data, linear_elbo, linear_model, linear_optimum
+from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model, linear_optimum
 
 
 class ExactELBOTrace:

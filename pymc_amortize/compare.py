@@ -159,7 +159,7 @@ def compare(
     .. code-block:: python
 
         import pymc_amortize
-        from pymc_amortize.paper import linear_data, linear_model
+        from pymc_amortize.examples.paper import linear_data, linear_model
 
         model = linear_model(linear_data(1_000, random_seed=0))
         result = pymc_amortize.compare(model, n=2_000, options={"amortized": {"encoder_widths": ()}})

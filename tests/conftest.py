@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import pytest
 
 import pymc_amortize  # noqa: F401  (registers method="amortized")
-from pymc_amortize.paper import linear_data, linear_model
+from pymc_amortize.examples.paper import linear_data, linear_model
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import pytest
 
 import pymc_amortize
 from pymc_amortize import AmortizationError
-from pymc_amortize.paper import linear_data, linear_elbo, linear_model, linear_optimum
+from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model, linear_optimum
 
 
 def test_compare_table_idata_and_plot():

@@ -5,7 +5,7 @@ import pymc as pm
 import pytest
 
 from pymc_amortize import AmortizedVI
-from pymc_amortize.paper import linear_elbo, linear_optimum
+from pymc_amortize.examples.paper import linear_elbo, linear_optimum
 
 
 def fit_linear(model, *, batch_size=None, seed=1, steps=(3000, 3000)):
@@ -26,7 +26,7 @@ def summary(approx):
 
 @pytest.fixture(scope="module")
 def full_batch_fit():
-    from pymc_amortize.paper import linear_data, linear_model
+    from pymc_amortize.examples.paper import linear_data, linear_model
 
     x = linear_data(1_000, random_seed=0)
     model = linear_model(x)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pymc_amortize.paper import linear_optimum
+from pymc_amortize.examples.paper import linear_optimum
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

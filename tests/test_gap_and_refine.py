@@ -8,7 +8,7 @@ import pymc_amortize
 from benchmarks.gaussian_models import ExactMeanField, hmm_model, saw_model
 from pymc_amortize import AmortizationError, MeanFieldELBO, SemiAmortizedApproximation
 from pymc_amortize.diagnostics import _advi_start, meanfield_of, semi_amortize
-from pymc_amortize.paper import linear_data, linear_elbo, linear_model
+from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model
 
 
 def fit_avi(model, widths, steps=1500, seed=0, local=None):

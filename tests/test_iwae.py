@@ -9,14 +9,14 @@ import pytest
 from pymc.pytensorf import compile as compile_pymc
 
 from pymc_amortize import IWAE, AmortizationError, AmortizedVI
-from pymc_amortize.inference import _RandomDraws
-from pymc_amortize.objectives import ELBO
-from pymc_amortize.paper import (
+from pymc_amortize.examples.paper import (
     linear_data,
     linear_elbo,
     linear_model,
     linear_optimum,
 )
+from pymc_amortize.inference import _RandomDraws
+from pymc_amortize.objectives import ELBO
 
 N_UNITS = 400
 # τ = 2, σ = 1 rather than the paper's values: the exact posterior then correlates θ with the z_n

@@ -5,7 +5,7 @@ import pymc as pm
 import pytest
 
 from pymc_amortize import AmortizedVI, analyze_model
-from pymc_amortize.paper import linear_model, linear_optimum
+from pymc_amortize.examples.paper import linear_model, linear_optimum
 
 
 def test_vector_latent_matches_closed_form_per_coordinate():

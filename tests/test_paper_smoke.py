@@ -11,7 +11,7 @@ import pymc as pm
 import pytest
 
 from benchmarks.paper import common
-from pymc_amortize.paper import (
+from pymc_amortize.examples.paper import (
     digits_data,
     digits_decode,
     digits_model,

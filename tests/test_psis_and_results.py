@@ -12,7 +12,7 @@ import xarray as xr
 from scipy.stats import spearmanr
 
 from pymc_amortize import AmortizationError, AmortizedVI, fit_amortized
-from pymc_amortize.paper import (
+from pymc_amortize.examples.paper import (
     LINEAR_SIGMA,
     LINEAR_TAU,
     SAW_ALPHA,
@@ -303,7 +303,7 @@ def _dimless_indexed_model(seed=0):
 
 @pytest.fixture(scope="module")
 def grouped_fits():
-    from pymc_amortize.radon import radon_data, radon_model
+    from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 
     models = {
         "indexed": radon_model(radon_data(10, 90, random_seed=0)),

@@ -10,8 +10,8 @@ import pymc as pm
 import pytest
 
 from pymc_amortize import AmortizationError, load_approximation, save_approximation
-from pymc_amortize.paper import linear_data, linear_model
-from pymc_amortize.radon import radon_data, radon_model
+from pymc_amortize.examples.paper import linear_data, linear_model
+from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 
 
 def test_save_load_encodes_new_units_identically(tmp_path):

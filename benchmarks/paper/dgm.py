@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.paper import common
-from pymc_amortize.paper import digits_data, digits_decode, digits_model
+from pymc_amortize.examples.paper import digits_data, digits_decode, digits_model
 
 FULL = {
     "n_images": 1_797,

@@ -11,7 +11,7 @@ neighbours. Encoders see a zero-padded window x_{n−w}..x_{n+w}.
 from __future__ import annotations
 
 from benchmarks.paper import common
-from pymc_amortize.paper import (
+from pymc_amortize.examples.paper import (
     gaussian_logjoint,
     hmm_affine_window_gap,
     hmm_data,

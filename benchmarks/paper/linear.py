@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.paper import common
-from pymc_amortize.paper import linear_data, linear_elbo, linear_model, linear_optimum
+from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model, linear_optimum
 
 # F-VI gets more steps than A-VI (the paper gave both 5,000, where some F-VI seeds had not
 # converged); the 1 % target is then F-VI's converged loss.

@@ -217,7 +217,7 @@ def notebook(name: str, spec: dict) -> nbformat.NotebookNode:
         new_code_cell(SETUP),
         new_markdown_cell("The model, as an ordinary PyMC model:"),
         new_code_cell(
-            f"from pymc_amortize import paper\n\nprint(inspect.getsource(paper.{spec['model']}))"
+            f"from pymc_amortize.examples import paper\n\nprint(inspect.getsource(paper.{spec['model']}))"
         ),
         new_code_cell(
             f"from benchmarks.paper import {name}\n\n"

@@ -9,7 +9,7 @@ Encoders: separate 1→k→k→1 ReLU MLPs for the mean and log-sd.
 from __future__ import annotations
 
 from benchmarks.paper import common
-from pymc_amortize.paper import NONLINEAR_VARIANCE_FLOOR, nonlinear_data, nonlinear_model
+from pymc_amortize.examples.paper import NONLINEAR_VARIANCE_FLOOR, nonlinear_data, nonlinear_model
 
 FULL = {
     "n_units": 10_000,

@@ -10,7 +10,7 @@ final solution is scored by its exact ELBO and the F-VI optimum is known in clos
 from __future__ import annotations
 
 from benchmarks.paper import common
-from pymc_amortize.paper import saw_data, saw_logjoint, saw_model
+from pymc_amortize.examples.paper import saw_data, saw_logjoint, saw_model
 
 FULL = {
     "n_units": 1_000,

@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from benchmarks.paper import common
-from pymc_amortize.paper import nonlinear_data, nonlinear_model
+from pymc_amortize.examples.paper import nonlinear_data, nonlinear_model
 
 FULL = {
     "sizes": [100, 1_000, 10_000, 100_000],

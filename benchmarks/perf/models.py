@@ -1,9 +1,9 @@
 """The paper's models for the performance benchmarks, as ordinary PyMC models, with F-VI optima.
 
-The models themselves are :mod:`pymc_amortize.paper`'s; this module draws the benchmark data
+The models themselves are :mod:`pymc_amortize.examples.paper`'s; this module draws the benchmark data
 sets, picks each model's encoder and provides the F-VI optima.
 
-* linear: x_n ~ N(θ + τ z_n, σ²), z_n ~ N(0, 1), flat θ (from :mod:`pymc_amortize.paper`).
+* linear: x_n ~ N(θ + τ z_n, σ²), z_n ~ N(0, 1), flat θ (from :mod:`pymc_amortize.examples.paper`).
 * nonlinear: θ ~ N(0, 1), z_n ~ N(0, 1), x_n ~ N(θ + z_n(1 + sin z_n), cos² z_n + ε). The paper's
   variance cos² z_n makes the ELBO −∞ for any Gaussian q; we floor it with ε = ``NONLINEAR_FLOOR``
   and use the same model for every method.
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pymc as pm
 
-from pymc_amortize.paper import (
+from pymc_amortize.examples.paper import (
     NONLINEAR_VARIANCE_FLOOR,
     SAW_ALPHA,
     linear_data,

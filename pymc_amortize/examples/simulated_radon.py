@@ -55,7 +55,7 @@ def radon_data(
     --------
     .. code-block:: python
 
-        from pymc_amortize.radon import radon_data, radon_model
+        from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 
         data = radon_data(random_seed=0)
         model = radon_model(data)
