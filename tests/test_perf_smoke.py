@@ -48,14 +48,20 @@ def test_scaling_memory_is_flat_for_avi_and_grows_for_advi():
     # Both hold the data: 2,000 observations as float64 (A-VI twice: encoder input, observed).
     assert big["ADVI"]["data_mib"] * 2**20 >= 2_000 * 8
     assert big["A-VI"]["data_mib"] * 2**20 >= 2 * 2_000 * 8
-    assert all(row[m]["step_peak_mib"] >= 0 for row in scaled["rows"] for m in ("A-VI", "ADVI"))
+    # A step's peak is measured (finite) and, on a few thousand floats, far under a GiB.
+    peaks = [row[m]["step_peak_mib"] for row in scaled["rows"] for m in ("A-VI", "ADVI")]
+    assert all(math.isfinite(p) and 0 <= p < 1024 for p in peaks)
 
 
 def test_allocator_phases_count_page_faults():
     out = allocator.run(n_units=200, numpyro=False, mode=MODE, repeats=2, calls=2, write=False)
     assert list(out["phases"]) == ["fresh process", "malloc thresholds pinned"]
     for phase in out["phases"].values():
-        assert all(r["faults"] >= 0 and math.isfinite(r["median_ms"]) for r in phase.values())
+        assert phase, "a phase measured no step"
+        for r in phase.values():
+            # Page faults are counted (an int from getrusage), and a step takes time.
+            assert isinstance(r["faults"], int | float) and r["faults"] == int(r["faults"]) >= 0
+            assert 0 < r["median_ms"] < 10_000
 
 
 def test_time_to_elbo_ratio_is_a_bound_when_a_method_never_gets_there():
