@@ -106,6 +106,8 @@ class DataInput:
 
     key: str
     node: Variable = field(repr=False, compare=False)
+    #: False for an unnamed constant array, whose key is positional.
+    named: bool = True
 
     @property
     def value(self) -> np.ndarray:
@@ -227,6 +229,10 @@ class ModelAnalysis:
 
     plates: tuple[Plate, ...]
     mean_field: tuple[MeanFieldLatent, ...]
+    #: The model's log-density factor of every variable, by name: the graphs the analysis read.
+    #: Log-density graphs are rebuilt (and their constants re-folded) by every ``model.logp``
+    #: call, so the data leaves named here are those of these graphs; build on them.
+    factors: Mapping[str, Variable] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def latents(self) -> tuple[LocalLatent, ...]:
@@ -259,8 +265,8 @@ class ModelAnalysis:
                 if lat.input_matrix is not None:
                     inputs = f"a given ({plate.size}, {lat.input_matrix.shape[1]}) matrix"
                 else:
-                    parts = [d.key for d in lat.unit_inputs]
-                    parts += [f"{d.key} (rows, pooled)" for d in lat.row_inputs]
+                    parts = [d.key + _unnamed(d) for d in lat.unit_inputs]
+                    parts += [f"{d.key}{_unnamed(d)} (rows, pooled)" for d in lat.row_inputs]
                     inputs = ", ".join(parts) or "none"
                 lines.append(f"  local {lat.name}{shape} <- encoder inputs: {inputs}")
         if not self.plates:
@@ -275,6 +281,10 @@ class ModelAnalysis:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _unnamed(data: DataInput) -> str:
+    return "" if data.named else " [an unnamed array; pm.Data would name it]"
 
 
 # -- reading values and shapes -------------------------------------------------------------------
@@ -381,7 +391,8 @@ def _index_uses(
         if not isinstance(node.op, AdvancedSubtensor):
             continue
         source, index, *rest = node.inputs
-        if not _is_index(index) or any(getattr(r.type, "ndim", None) is not None for r in rest):
+        # Later axes may take scalars or slices (``ab[idx, 0]``), not further index arrays.
+        if not _is_index(index) or any(getattr(r.type, "ndim", 0) or 0 for r in rest):
             continue
         for var in ancestors([source]):
             name = value_to_name.get(var)
@@ -397,13 +408,15 @@ def _row_aligned(model: pm.Model, latent: str, length: int, obs: str, n_rows: in
     return length == n_rows and n_rows > 1
 
 
-def _find_uses(model: pm.Model, lengths: Mapping[str, int]) -> list[_Use]:
+def _find_uses(
+    model: pm.Model, lengths: Mapping[str, int], terms: Mapping[str, Variable]
+) -> list[_Use]:
     value_to_name = {
         model.rvs_to_values[rv]: rv.name for rv in model.free_RVs if rv.name in lengths
     }
     uses = []
     for obs in model.observed_RVs:
-        term = model.logp(vars=[obs], sum=False)[0]
+        term = terms[obs.name]
         n_rows = _leading(model.rvs_to_values[obs])
         indexed = _index_uses(term, value_to_name)
         for name, index in indexed:
@@ -427,22 +440,23 @@ def _plate_key(use: _Use, model: pm.Model, lengths: Mapping[str, int]) -> tuple:
     return ("row", dim[0] if dim else lengths[use.latent])
 
 
-def _factor_terms(model: pm.Model) -> dict[str, Variable]:
+def factorized_terms(model: pm.Model) -> dict[str, Variable]:
     """The log-density factor of every free and observed variable and potential, by name."""
     varlist = model.free_RVs + model.observed_RVs + model.potentials
     terms = model.logp(vars=varlist, sum=False)
     return {var.name: term for var, term in zip(varlist, terms, strict=True)}
 
 
-def _data_key(model: pm.Model, leaf: Variable, owner: str, counter: dict) -> str:
-    """A user-facing name of a data leaf: its own, its observed variable's, or a positional one."""
+def _data_input(model: pm.Model, leaf: Variable, owner: str, counter: dict) -> DataInput:
+    """A data leaf under a user-facing name: its own, its observed variable's, or a positional
+    one, ``<owner>_input<k>``, for an unnamed array in the factor of ``owner``."""
     for rv in model.observed_RVs:
         if model.rvs_to_values[rv] is leaf:
-            return rv.name
+            return DataInput(rv.name, leaf)
     if leaf.name and leaf.name in model.named_vars:
-        return leaf.name
+        return DataInput(leaf.name, leaf)
     counter[owner] = counter.get(owner, -1) + 1
-    return f"{owner}_input{counter[owner]}"
+    return DataInput(f"{owner}_input{counter[owner]}", leaf, named=False)
 
 
 def _aligned_leaves(
@@ -670,7 +684,8 @@ def analyze_model(
             lengths[rv.name] = int(value.shape[0])
             event_shapes[rv.name] = tuple(int(s) for s in value.shape[1:])
 
-    uses = _find_uses(model, lengths)
+    terms = factorized_terms(model)
+    uses = _find_uses(model, lengths, terms)
     keys: dict[str, set] = {}
     for use in uses:
         keys.setdefault(use.latent, set()).add(_plate_key(use, model, lengths))
@@ -716,11 +731,18 @@ def analyze_model(
         if name not in keys:
             mean_field.setdefault(
                 name,
-                "no observed variable meets it along its leading axis or through an index array",
+                "global: no observed variable has its leading axis as a unit axis, directly or "
+                "through an index array",
             )
 
-    terms = _factor_terms(model)
-    index_leaves = {k[1] for found in keys.values() for k in found if k[0] == "indexed"}
+    # Integer arrays that index something are labels, not numeric features: never encoder inputs
+    # (they are still sliced with a minibatch where they are aligned with its rows).
+    index_leaves = {
+        node.inputs[1]
+        for term in terms.values()
+        for node in applys_between(graph_inputs([term]), [term])
+        if isinstance(node.op, AdvancedSubtensor) and _is_index(node.inputs[1])
+    }
     groups: dict[tuple, list[str]] = {}
     for rv in model.free_RVs:  # model order, so that sampling matches values by position
         if rv.name in keys:
@@ -739,7 +761,7 @@ def analyze_model(
         for rv in model.free_RVs
         if rv.name in mean_field
     ]
-    return ModelAnalysis(plates=tuple(plates), mean_field=tuple(ordered))
+    return ModelAnalysis(plates=tuple(plates), mean_field=tuple(ordered), factors=terms)
 
 
 def _build_plate(
@@ -802,12 +824,8 @@ def _build_plate(
         exclude={index.node} if index is not None else set(),
     )
     counter: dict[str, int] = {}
-    unit_data = [
-        DataInput(_data_key(model, leaf, owner, counter), leaf) for leaf, owner in unit_leaves
-    ]
-    row_data = [
-        DataInput(_data_key(model, leaf, owner, counter), leaf) for leaf, owner in row_leaves
-    ]
+    unit_data = [_data_input(model, leaf, owner, counter) for leaf, owner in unit_leaves]
+    row_data = [_data_input(model, leaf, owner, counter) for leaf, owner in row_leaves]
 
     latents = []
     for name in names:

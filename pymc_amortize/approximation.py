@@ -149,8 +149,15 @@ def _stack(
     columns = []
     for item in inputs:
         if item.key not in data:
+            hint = (
+                ""
+                if item.named
+                else f" ('{item.key}' is an unnamed array in the model; give it a name with "
+                "pm.Data to pass it by that name)"
+            )
             raise AmortizationError(
-                f"The encoder of '{latent.name}' needs '{item.key}' ({what}); got {sorted(data)}."
+                f"The encoder of '{latent.name}' needs '{item.key}' ({what}); got "
+                f"{sorted(data)}.{hint}"
             )
         column = np.asarray(data[item.key])
         if column.dtype.kind not in "biuf":
@@ -173,6 +180,16 @@ def _stack(
             f"same number of rows; got leading lengths {lengths}."
         )
     return _checked_matrix(latent.name, np.column_stack(columns), None)
+
+
+def _check_width(latent: LocalLatent, matrix: np.ndarray, fitted: SharedVariable, what: str):
+    width = fitted.get_value(borrow=True).shape[1]
+    if matrix.shape[1] != width:
+        raise AmortizationError(
+            f"The {what} of '{latent.name}' for the new units have {matrix.shape[1]} column(s) "
+            f"per row; the encoder was fitted on {width} ({', '.join(latent.input_names)}, each "
+            "with the shape of one row of the fitted data)."
+        )
 
 
 def _fitted_unit_matrix(latent: LocalLatent, size: int) -> np.ndarray | None:
@@ -512,10 +529,13 @@ class AmortizedApproximation:
         elif latent.unit_inputs:
             units = _stack(latent, latent.unit_inputs, new_data, "unit inputs")
         if units is not None:
+            _check_width(latent, units, data.units, "unit inputs")
             units = data.unit_scaling.apply(units)
         if data.rows is None:
             return [units]
-        rows = data.row_scaling.apply(_stack(latent, latent.row_inputs, new_data, "row inputs"))
+        rows = _stack(latent, latent.row_inputs, new_data, "row inputs")
+        _check_width(latent, rows, data.rows, "row inputs")
+        rows = data.row_scaling.apply(rows)
         key = plate.index_key
         unit_of_row = np.asarray(new_data.get(key, np.zeros(rows.shape[0], dtype=np.int64)))
         if unit_of_row.shape != (rows.shape[0],) or unit_of_row.dtype.kind not in "iu":

@@ -25,7 +25,7 @@ from pytensor.tensor.basic import Alloc
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import ModelAnalysis, Plate
+from pymc_amortize.analysis import ModelAnalysis, Plate, factorized_terms
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.plates import UnitBatch
 
@@ -179,13 +179,6 @@ def _free_leading_lengths(terms: list[TensorVariable]) -> list[TensorVariable]:
     return graph_replace(terms, replace, strict=False) if replace else terms
 
 
-def factorized_terms(model: pm.Model) -> dict[str, TensorVariable]:
-    """Per-variable log densities of the model (free, observed, potentials), by name."""
-    varlist = model.free_RVs + model.observed_RVs + model.potentials
-    terms = model.logp(vars=varlist, sum=False)
-    return {var.name: term for var, term in zip(varlist, terms, strict=True)}
-
-
 def build_logjoint(
     model: pm.Model, analysis: ModelAnalysis, *, batch_plate: Plate | None = None
 ) -> LogJoint:
@@ -194,7 +187,8 @@ def build_logjoint(
     Raises :class:`AmortizationError` when a factor of the batch plate couples its units (it has
     no per-unit axis, e.g. a random walk over units), which a minibatch cannot estimate.
     """
-    terms = factorized_terms(model)
+    # The analysis's own factors: its data leaves are these graphs' (see ModelAnalysis.factors).
+    terms = dict(analysis.factors) or factorized_terms(model)
     local_names = set(analysis.latent_names)
     global_values = {
         model.rvs_to_values[rv].name: model.rvs_to_values[rv]

@@ -145,24 +145,27 @@ class PSISDiagnostic:
         return flagged.sortby(flagged, ascending=False)
 
     def summary(self, *, worst: int = 5) -> str:
-        """A short verdict: the overall k̂, units per verdict and the worst units."""
-        per_unit = self.khat_per_unit
-        unit_dim = per_unit.dims[0]
-        counts = {v: 0 for v in ("good", "usable", "unreliable")}
-        for k in per_unit.values:
-            counts[khat_verdict(k)] += 1
-        order = np.argsort(-per_unit.values, kind="stable")[:worst]
-        worst_units = ", ".join(
-            f"{per_unit[unit_dim].values[i]} (k̂ = {per_unit.values[i]:.2f})" for i in order
-        )
+        """A short verdict: the overall k̂ and, per plate, units per verdict and the worst units."""
         n_draws = self.log_weights.sizes["draw"]
-        return (
+        lines = [
             f"PSIS diagnostic of the amortized approximation ({n_draws} draws): overall "
             f"k̂ = {self.khat:.2f}, {self.verdict} (k̂ < 0.5 good, 0.5–0.7 usable, > 0.7 "
-            f"unreliable); importance-sampling ESS {self.ess:.0f} of {n_draws}.\n"
-            f"Per unit ({unit_dim}): {counts['good']} good, {counts['usable']} usable, "
-            f"{counts['unreliable']} unreliable. Highest k̂: {worst_units}."
-        )
+            f"unreliable); importance-sampling ESS {self.ess:.0f} of {n_draws}."
+        ]
+        for per_unit in self.khat_per_plate.values():
+            unit_dim = per_unit.dims[0]
+            counts = {v: 0 for v in ("good", "usable", "unreliable")}
+            for k in per_unit.values:
+                counts[khat_verdict(k)] += 1
+            order = np.argsort(-per_unit.values, kind="stable")[:worst]
+            worst_units = ", ".join(
+                f"{per_unit[unit_dim].values[i]} (k̂ = {per_unit.values[i]:.2f})" for i in order
+            )
+            lines.append(
+                f"Per unit ({unit_dim}): {counts['good']} good, {counts['usable']} usable, "
+                f"{counts['unreliable']} unreliable. Highest k̂: {worst_units}."
+            )
+        return "\n".join(lines)
 
     def to_dataset(self) -> xr.Dataset:
         """``pareto_k`` per unit and ``pareto_k_overall``, e.g. for ``idata["psis"]``."""

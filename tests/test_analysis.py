@@ -75,6 +75,37 @@ def test_indexed_idioms_give_one_indexed_plate(expression, local, dims, data):
     assert mean_field == {"s", "mu", "a_raw", "b"} - local
 
 
+def test_vector_latent_indexed_then_sliced_by_column():
+    """``ab[idx, 0] + ab[idx, 1] * x``: intercept and slope in one (group, 2) latent."""
+    with pm.Model(coords={"group": range(J), "obs": range(R), "coef": range(2)}) as model:
+        idx = pm.Data("idx", IDX, dims="obs")
+        x = pm.Data("x", X, dims="obs")
+        ab = pm.Normal("ab", 0, 1, dims=("group", "coef"))
+        pm.Normal("y", ab[idx, 0] + ab[idx, 1] * x, 1, observed=Y, dims="obs")
+    (plate,) = analyze_model(model).plates
+    assert plate.latent_names == ("ab",) and plate.latents[0].event_shape == (2,)
+    assert {d.key for d in plate.latents[0].row_inputs} == {"x", "y"}
+
+
+def test_index_arrays_are_not_numeric_encoder_features():
+    """Nested: a class-level index into schools is a label, not an encoder input of the classes."""
+    C, S = 10, 3
+    school_of_class = np.arange(C) % S
+    class_idx = np.repeat(np.arange(C), R // C)
+    with pm.Model(coords={"school": range(S), "class": range(C), "obs": range(R)}) as model:
+        soc = pm.Data("school_of_class", school_of_class, dims="class")
+        ci = pm.Data("class_idx", class_idx, dims="obs")
+        b = pm.Normal("b", 0, 1, dims="school")
+        a = pm.Normal("a", b[soc], 1, dims="class")
+        pm.Normal("y", a[ci], 1, observed=Y, dims="obs")
+    analysis = analyze_model(model)
+    (plate,) = analysis.plates
+    assert plate.latent_names == ("a",)
+    assert "school_of_class" not in analysis.latents[0].input_names
+    # ... but it is sliced with a minibatch of classes, as the prior of a needs it.
+    assert "school_of_class" in {d.key for d in plate.batched_units}
+
+
 def test_unit_covariate_and_known_sd_feed_the_encoder():
     """Eight schools: a known per-unit sd (a constant array) and a pm.Data covariate."""
     sd = np.array([15.0, 10, 16, 11, 9, 11, 10, 18])
@@ -89,6 +120,7 @@ def test_unit_covariate_and_known_sd_feed_the_encoder():
     assert plate.index is None and plate.size == 8
     unit_inputs, row_inputs = inputs(analysis, "z")
     assert unit_inputs == {"c", "y", "y_input0"} and row_inputs == set()
+    assert "y_input0 [an unnamed array; pm.Data would name it]" in analysis.summary()
     known_sd = next(d for d in plate.latents[0].unit_inputs if d.key == "y_input0")
     np.testing.assert_array_equal(known_sd.value, sd)
 
@@ -153,7 +185,7 @@ def test_latent_without_unit_data_stays_mean_field_with_a_reason():
     analysis = analyze_model(model)
     assert analysis.latent_names == ("z",)
     reasons = {mf.name: mf.reason for mf in analysis.mean_field}
-    assert "no observed variable meets it" in reasons["w"]
+    assert "no observed variable has its leading axis" in reasons["w"]
 
 
 def test_no_local_latent_is_all_mean_field_not_an_error():
