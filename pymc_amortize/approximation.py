@@ -38,7 +38,7 @@ from pymc_amortize.errors import AmortizationError
 from pymc_amortize.plates import PlateLayout, UnitBatch
 from pymc_amortize.results import method_groups
 
-__all__ = ["AmortizedApproximation", "InputScaling", "LocalPosterior"]
+__all__ = ["AmortizedApproximation", "EncoderWeight", "InputScaling", "LocalPosterior"]
 
 
 class LocalPosterior(NamedTuple):
@@ -131,6 +131,38 @@ def _probe_encoder(
                 f"The encoder of '{latent.name}' returned a {label} with NaN or inf at its initial "
                 "weights; check its initialisation and inputs."
             )
+
+
+class EncoderWeight:
+    """One encoder weight, stored as a slice of the flat ``encoder_weights`` vector.
+
+    Reads and writes like a shared variable (``name``, ``get_value``, ``set_value``), for
+    checkpoints, divergence reports and users; the compiled step sees only the flat vector.
+    """
+
+    def __init__(self, flat: SharedVariable, name: str | None, offset: int, shape, dtype):
+        self.flat, self.name, self.offset = flat, name, int(offset)
+        self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+
+    def get_value(self, borrow: bool = False) -> np.ndarray:
+        piece = self.flat.get_value(borrow=True)[self.offset : self.offset + self.size]
+        value = piece.reshape(self.shape).astype(self.dtype, copy=False)
+        return value if borrow else value.copy()
+
+    def set_value(self, value, borrow: bool = False) -> None:
+        value = np.asarray(value)
+        if value.shape != self.shape:
+            raise AmortizationError(
+                f"Encoder weight {self.name!r} has shape {self.shape}; got a value of shape "
+                f"{value.shape}."
+            )
+        flat = self.flat.get_value(borrow=False)
+        flat[self.offset : self.offset + self.size] = value.ravel()
+        self.flat.set_value(flat, borrow=True)
+
+    def __repr__(self) -> str:
+        return f"EncoderWeight({self.name!r}, shape={self.shape})"
 
 
 class EncoderData(NamedTuple):
@@ -297,12 +329,20 @@ class AmortizedApproximation:
         self.inputs: dict[str, EncoderData] = {}
         self._encoders: dict[str, Callable] = {}
         self._user_encoders = frozenset()
-        self._param_copies: dict[str, dict[SharedVariable, SharedVariable]] = {}
-        self.encoder_params: list[SharedVariable] = []
+        #: Each latent's encoder weights, as the encoder's own shared variables.
+        self._own_weights: dict[str, list[SharedVariable]] = {}
+        #: Each latent's encoder weights -> their views of ``encoder_weights`` (symbolic).
+        self._weight_views: dict[str, dict[SharedVariable, TensorVariable]] = {}
+        #: Every encoder weight of every latent in one flat shared vector (None without encoders):
+        #: the step's one encoder parameter, so that its argument count does not grow with the
+        #: number of layers. ``encoder_params`` names its slices.
+        self.encoder_weights: SharedVariable | None = None
+        self.encoder_params: list[EncoderWeight] = []
         self._encode_fns: dict[str, pytensor.compile.Function] = {}
         self._init_encoders(
             encoder, encoder_widths, activation, init_scale, standardize_inputs, random_seed
         )
+        self._flatten_weights()
 
     # -- set-up --------------------------------------------------------------------------------
     def _init_encoders(self, encoder, widths, activation, init_scale, standardize, random_seed):
@@ -376,15 +416,45 @@ class AmortizedApproximation:
         symbolic, values = self._probe_inputs(latent)
         outputs = self._call_encoder(latent, symbolic)
         data = [v for v in self.inputs[latent.name] if isinstance(v, SharedVariable)]
-        params = encoder_params(outputs, exclude=data)
         if latent.name in self._user_encoders:
             _probe_encoder(latent, symbolic, outputs, values, plate.size)
-            # Train copies, so that the user's encoder object keeps its weights.
-            copies = {p: pytensor.shared(p.get_value(borrow=False), name=p.name) for p in params}
-        else:
-            copies = {}
-        self._param_copies[latent.name] = copies
-        self.encoder_params += [copies.get(p, p) for p in params]
+        self._own_weights[latent.name] = encoder_params(outputs, exclude=data)
+
+    def _flatten_weights(self) -> None:
+        """Copy every encoder weight into one flat shared vector, ``encoder_weights``.
+
+        Each encoder's graph reads its weights as reshaped pieces of that vector (one ``Split``,
+        whose gradient is one ``Join``), so a step takes one encoder parameter and one moment per
+        optimiser slot whatever the encoders' layers: PyTensor's numba wrapper types every argument
+        in Python on each call (≈ 5 µs each, ``benchmarks/perf/NOTES.md``). The encoders' own
+        shared variables (a user's encoder included) keep their initial values; the trained ones
+        live in ``encoder_weights`` and are read and written per weight through ``encoder_params``.
+        A weight used by two latents' encoders gets a slice for each, trained separately.
+        """
+        entries = [(name, p) for name, params in self._own_weights.items() for p in params]
+        self._weight_views = {name: {} for name in self._own_weights}
+        if not entries:
+            return
+        values = [np.asarray(p.get_value(borrow=True)) for _, p in entries]
+        dtype = np.result_type(*values)
+        flat = pytensor.shared(
+            np.concatenate([v.ravel() for v in values]).astype(dtype), name="encoder_weights"
+        )
+        sizes = [int(v.size) for v in values]
+        pieces = pt.split(flat, sizes, n_splits=len(sizes)) if len(sizes) > 1 else [flat]
+        offset = 0
+        for (name, param), value, piece in zip(entries, values, pieces, strict=True):
+            view = piece.reshape(value.shape)
+            if view.dtype != param.dtype:
+                view = view.astype(param.dtype)
+            view = param.type.filter_variable(view)
+            view.name = param.name
+            self._weight_views[name][param] = view
+            self.encoder_params.append(
+                EncoderWeight(flat, param.name, offset, value.shape, param.dtype)
+            )
+            offset += value.size
+        self.encoder_weights = flat
 
     def _call_encoder(self, latent: LocalLatent, inputs: list) -> tuple:
         encoder = self._encoders[latent.name]
@@ -426,8 +496,10 @@ class AmortizedApproximation:
 
     @property
     def params(self) -> list[SharedVariable]:
-        """Every optimised shared variable: global mean and rho, then encoder weights."""
-        return self.global_params + self.encoder_params
+        """Every optimised shared variable: global mean and rho, then ``encoder_weights`` (all the
+        encoders' weights in one flat vector)."""
+        flat = [self.encoder_weights] if self.encoder_weights is not None else []
+        return self.global_params + flat
 
     @property
     def latents(self) -> tuple[LocalLatent, ...]:
@@ -454,8 +526,8 @@ class AmortizedApproximation:
         latent = next(lat for lat in self.analysis.latents if lat.name == name)
         inputs = [units] if rows is None else [rows, unit_of_row, n_units, units]
         outputs = self._call_encoder(latent, inputs)
-        copies = self._param_copies[name]
-        outputs = graph_replace(list(outputs), copies) if copies else outputs
+        views = self._weight_views[name]
+        outputs = graph_replace(list(outputs), views, strict=False) if views else outputs
         return tuple(inline_layers(outputs))
 
     def symbolic_encode(self, name: str, batch: UnitBatch) -> tuple[TensorVariable, TensorVariable]:

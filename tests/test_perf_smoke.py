@@ -89,3 +89,14 @@ def test_time_to_elbo_harness_reaches_a_loose_target():
     step_ms = out["models"]["saw"]["step_ms"]
     assert step_ms["A-VI"] > 0 and step_ms["ADVI"] > 0
     assert step_ms["nodes"]["A-VI"] > step_ms["nodes"]["ADVI"] > 0
+
+
+def test_step_args_counts_arguments_and_ratios():
+    from benchmarks.perf import step_args
+
+    rows = step_args.run(repeats=1, calls=1, mode=MODE, write=False)
+    assert set(rows) == {"saw (N=1,000)", "nonlinear (N=10,000)", "radon (85 counties)"}
+    for row in rows.values():
+        assert 0 < row["avi_over_advi"] < math.inf
+        # Encoder weights are one flat vector: a handful of arguments, whatever the encoder.
+        assert row["avi_arguments"] <= row["advi_arguments"] + 8

@@ -17,6 +17,7 @@ SECTIONS = [
     ("step_time", "3–4. Time per step: NumPyro, backends, precision, arithmetic floor"),
     ("profile_step", "5. Profile: per-call overhead vs arithmetic"),
     ("allocator", "6. Page faults: glibc returning the step's temporaries to the OS"),
+    ("step_args", "7. A step's fixed cost against its number of arguments, A-VI beside ADVI"),
 ]
 
 INTRO = """# Performance benchmarks
@@ -30,6 +31,7 @@ python -m benchmarks.perf.scaling --quick
 python -m benchmarks.perf.step_time --quick      # needs the `bench` extra (numpyro, jax)
 python -m benchmarks.perf.profile_step --quick
 python -m benchmarks.perf.allocator --quick      # needs the `bench` extra too
+python -m benchmarks.perf.step_args --quick
 python -m benchmarks.perf.report
 ```
 
