@@ -28,7 +28,9 @@ def test_stops_on_the_first_flat_windows_and_not_while_improving():
     stop = _run(ELBOConvergence(window=100, tolerance=1e-3, patience=2), losses)
     assert stop is not None and 3000 < stop <= 3500
     # A steadily improving trace is never stopped.
-    assert _run(ELBOConvergence(window=100, tolerance=1e-4), 1000 + np.linspace(1000, 0, 6000)) is None
+    assert (
+        _run(ELBOConvergence(window=100, tolerance=1e-4), 1000 + np.linspace(1000, 0, 6000)) is None
+    )
 
 
 def test_rejects_bad_settings():
