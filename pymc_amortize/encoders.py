@@ -72,13 +72,8 @@ def _mlp(name: str, n_in: int, widths: Sequence[int], activation: Callable) -> t
 class MLPEncoder:
     """The paper's encoder: two MLPs, one for the mean and one for the log-sd of q(z_n).
 
-    Each is ``n_inputs -> widths... -> event_size`` with ``activation`` between layers, plus an
-    affine skip path from the input to the output; ``widths=()`` is the affine map alone (the
-    ideal encoder of the linear-Gaussian model). The skip path makes a deep encoder start as well
-    as an affine one: without it, a (32, 32) encoder on a factor-analysis model
-    (``x_n ~ N(z_n W, s)``, z_n of size 2) stalled in 3 of 3 seeds at a collapsed posterior
-    (s = 0.70 to 1.02 against 0.31, 150 nats worse), where one hidden layer, the affine encoder,
-    and the skip path all reached s = 0.31 (``tests/test_core.py``).
+    Each is ``n_inputs -> widths... -> event_size`` with ``activation`` between layers;
+    ``widths=()`` is an affine map (the ideal encoder of the linear-Gaussian model).
 
     Parameters
     ----------
@@ -131,21 +126,6 @@ class MLPEncoder:
         self._mean_trunk, width = _mlp(f"{self.name}_mean", self.n_inputs, self.widths, act)
         self._log_sd_trunk, _ = _mlp(f"{self.name}_log_sd", self.n_inputs, self.widths, act)
         small = NormalInitializer(std=0.01)
-        # The affine skip path (absent for widths=(), where the heads are that path already).
-        self._skips = (
-            tuple(
-                Linear(
-                    f"{self.name}_{head}_skip",
-                    n_in=self.n_inputs,
-                    n_out=self.event_size,
-                    bias=False,
-                    weight_initializer=small,
-                )
-                for head in ("mean", "log_sd")
-            )
-            if self.widths
-            else ()
-        )
         self._mean_head = Linear(
             f"{self.name}_mean_out", n_in=width, n_out=self.event_size, weight_initializer=small
         )
@@ -170,9 +150,6 @@ class MLPEncoder:
     def __call__(self, X: TensorVariable) -> tuple[TensorVariable, TensorVariable]:
         mean = self._mean_head(self._mean_trunk(X))
         log_sd = self._log_sd_head(self._log_sd_trunk(X))
-        if self._skips:
-            mean_skip, log_sd_skip = self._skips
-            mean, log_sd = mean + mean_skip(X), log_sd + log_sd_skip(X)
         return mean, log_sd
 
 

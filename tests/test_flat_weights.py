@@ -26,9 +26,8 @@ def test_step_arguments_do_not_grow_with_encoder_depth():
         approx = inference.approx
         assert [p.name for p in approx.params] == ["mu", "rho", "encoder_weights"]
         assert approx.encoder_weights.get_value().size == sum(p.size for p in approx.encoder_params)
-    # Per-layer weights: 4 (affine) vs 18 (three hidden layers per net and the two skip paths),
-    # one flat vector each.
-    assert len(shallow.approx.encoder_params) == 4 and len(deep.approx.encoder_params) == 18
+    # Per-layer weights: 4 (affine) vs 16 (three hidden layers per net), one flat vector each.
+    assert len(shallow.approx.encoder_params) == 4 and len(deep.approx.encoder_params) == 16
     assert _step_arguments(shallow) == _step_arguments(deep)
 
 
