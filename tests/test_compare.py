@@ -4,6 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pymc as pm
 import pytest
+from gaussian_plate_models import crossed_gaussian, indexed_gaussian
 
 import pymc_amortize
 from pymc_amortize import AmortizationError
@@ -58,35 +59,9 @@ def test_compare_rejects_unknown_methods(linear):
         pymc_amortize.compare(linear, methods=("advi",), options={"amortized": {}})
 
 
-def _indexed_gaussian(seed=0):
-    rng = np.random.default_rng(seed)
-    county = np.concatenate([np.arange(10), rng.integers(0, 10, 70)])
-    y = 1.0 + rng.normal(0, 1, 10)[county] + rng.normal(0, 0.7, 80)
-    with pm.Model(coords={"county": range(10), "obs_id": range(80)}) as model:
-        idx = pm.Data("county_idx", county, dims="obs_id")
-        theta = pm.Normal("theta", 0, 3)
-        a = pm.Normal("a", 0, 1, dims="county")
-        pm.Normal("y", theta + a[idx], 0.7, observed=y, dims="obs_id")
-    return model
-
-
-def _crossed_gaussian(seed=0):
-    rng = np.random.default_rng(seed)
-    actor = np.concatenate([np.arange(12), rng.integers(0, 12, 108)])
-    block = np.concatenate([np.arange(5), rng.integers(0, 5, 115)])
-    y = rng.normal(0, 1, 12)[actor] + rng.normal(0, 0.5, 5)[block] + rng.normal(0, 0.5, 120)
-    with pm.Model(coords={"actor": range(12), "block": range(5), "obs_id": range(120)}) as model:
-        ai = pm.Data("actor_idx", actor, dims="obs_id")
-        bi = pm.Data("block_idx", block, dims="obs_id")
-        za = pm.Normal("z_actor", 0, 1, dims="actor")
-        zb = pm.Normal("z_block", 0, 0.5, dims="block")
-        pm.Normal("y", za[ai] + zb[bi], 0.5, observed=y, dims="obs_id")
-    return model
-
-
 @pytest.mark.parametrize(
     "build, locals_",
-    [(_indexed_gaussian, {"a": 10}), (_crossed_gaussian, {"z_actor": 12, "z_block": 5})],
+    [(indexed_gaussian, {"a": 10}), (crossed_gaussian, {"z_actor": 12, "z_block": 5})],
     ids=["indexed", "crossed"],
 )
 def test_compare_on_indexed_and_crossed_models(build, locals_):

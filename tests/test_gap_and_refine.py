@@ -3,6 +3,7 @@
 import numpy as np
 import pymc as pm
 import pytest
+from gaussian_plate_models import crossed_gaussian, indexed_gaussian
 
 import pymc_amortize
 from benchmarks.gaussian_models import ExactMeanField, hmm_model, saw_model
@@ -126,37 +127,9 @@ def test_semi_amortize_rejects_bad_input(linear_fit):
 
 
 # -- indexed and crossed plates ------------------------------------------------------------------
-def _indexed_gaussian(seed=0):
-    """Radon-style ``a[county_idx]`` with a known noise sd: the log joint is quadratic."""
-    rng = np.random.default_rng(seed)
-    county = np.concatenate([np.arange(10), rng.integers(0, 10, 70)])
-    y = 1.0 + rng.normal(0, 1, 10)[county] + rng.normal(0, 0.7, 80)
-    with pm.Model(coords={"county": [f"c{j}" for j in range(10)], "obs_id": range(80)}) as model:
-        idx = pm.Data("county_idx", county, dims="obs_id")
-        theta = pm.Normal("theta", 0, 3)
-        a = pm.Normal("a", 0, 1, dims="county")
-        pm.Normal("y", theta + a[idx], 0.7, observed=y, dims="obs_id")
-    return model
-
-
-def _crossed_gaussian(seed=0):
-    """Two crossed groupings, ``za[actor_idx] + zb[block_idx]``, quadratic log joint."""
-    rng = np.random.default_rng(seed)
-    actor = np.concatenate([np.arange(12), rng.integers(0, 12, 108)])
-    block = np.concatenate([np.arange(5), rng.integers(0, 5, 115)])
-    y = rng.normal(0, 1, 12)[actor] + rng.normal(0, 0.5, 5)[block] + rng.normal(0, 0.5, 120)
-    with pm.Model(coords={"actor": range(12), "block": range(5), "obs_id": range(120)}) as model:
-        ai = pm.Data("actor_idx", actor, dims="obs_id")
-        bi = pm.Data("block_idx", block, dims="obs_id")
-        za = pm.Normal("z_actor", 0, 1, dims="actor")
-        zb = pm.Normal("z_block", 0, 0.5, dims="block")
-        pm.Normal("y", za[ai] + zb[bi], 0.5, observed=y, dims="obs_id")
-    return model
-
-
 @pytest.mark.parametrize(
     "build, plates",
-    [(_indexed_gaussian, {"county": 10}), (_crossed_gaussian, {"actor": 12, "block": 5})],
+    [(indexed_gaussian, {"county": 10}), (crossed_gaussian, {"actor": 12, "block": 5})],
     ids=["indexed", "crossed"],
 )
 def test_gap_per_plate_on_indexed_and_crossed_models(build, plates):
@@ -184,7 +157,7 @@ def test_gap_per_plate_on_indexed_and_crossed_models(build, plates):
 
 
 def test_semi_amortize_on_an_indexed_model_starts_at_the_encoder():
-    model = _indexed_gaussian(seed=1)
+    model = indexed_gaussian(seed=1)
     approx = fit_avi(model, (8,), steps=300)
     semi = semi_amortize(approx, 300, random_seed=0, progressbar=False)
     assert "county: 10" in repr(semi)
