@@ -30,6 +30,7 @@ from pymc_amortize.encoders import (
     MLPEncoder,
     PooledEncoder,
     check_encoder_outputs,
+    default_encoder_widths,
     encoder_params,
     inline_layers,
     resolve_user_encoders,
@@ -248,14 +249,20 @@ def default_encoder(
     *,
     n_unit_inputs: int,
     n_row_inputs: int,
-    widths: Sequence[int],
+    widths: Sequence[int] | None,
     activation: str | Callable,
     init_scale: float,
     init_mean: float,
     random_seed: np.random.Generator,
 ) -> MLPEncoder | PooledEncoder:
-    """An :class:`MLPEncoder` for a latent with unit inputs only, else a :class:`PooledEncoder`."""
+    """An :class:`MLPEncoder` for a latent with unit inputs only, else a :class:`PooledEncoder`.
+
+    ``widths=None`` picks :func:`~pymc_amortize.encoders.default_encoder_widths` from the
+    network's input width and the plate's number of units.
+    """
     if n_row_inputs == 0:
+        if widths is None:
+            widths = default_encoder_widths(n_unit_inputs, plate.size)
         return MLPEncoder(
             n_inputs=n_unit_inputs,
             event_size=latent.event_size,
@@ -267,6 +274,8 @@ def default_encoder(
             random_seed=random_seed,
         )
     log_counts = np.log1p(plate.row_counts)
+    if widths is None:
+        widths = default_encoder_widths(PooledEncoder.n_features + 1 + n_unit_inputs, plate.size)
     return PooledEncoder(
         n_row_inputs=n_row_inputs,
         event_size=latent.event_size,
@@ -295,7 +304,7 @@ class AmortizedApproximation:
         analysis: ModelAnalysis,
         *,
         encoder: Callable | Mapping[str, Callable] | None = None,
-        encoder_widths: Sequence[int] = (32, 32),
+        encoder_widths: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         activation: str | Callable = "relu",
         init_scale: float = 0.1,
         standardize_inputs: bool = True,
@@ -354,6 +363,15 @@ class AmortizedApproximation:
             "(rows, unit_of_row, n_units, unit_covariates) -> (mean, log_sd)",
         )
         self._user_encoders = frozenset(user)
+        if isinstance(widths, Mapping):
+            if unknown := set(widths) - set(analysis.latent_names):
+                raise AmortizationError(
+                    f"encoder_widths= names {sorted(unknown)}, which are not local latents "
+                    f"({', '.join(analysis.latent_names)})."
+                )
+            per_latent = dict(widths)
+        else:
+            per_latent = dict.fromkeys(analysis.latent_names, widths)
         seeds = np.random.SeedSequence(random_seed).spawn(max(len(analysis.latents), 1))
         initial_point = self.model.initial_point()
         for plate in analysis.plates:
@@ -384,7 +402,7 @@ class AmortizedApproximation:
                         plate,
                         n_unit_inputs=0 if units is None else units.shape[1],
                         n_row_inputs=0 if rows is None else rows.shape[1],
-                        widths=widths,
+                        widths=per_latent.get(latent.name),
                         activation=activation,
                         init_scale=init_scale,
                         init_mean=float(np.mean(initial_point[latent.value_name])),
@@ -500,6 +518,15 @@ class AmortizedApproximation:
         encoders' weights in one flat vector)."""
         flat = [self.encoder_weights] if self.encoder_weights is not None else []
         return self.global_params + flat
+
+    @property
+    def encoder_widths(self) -> dict[str, tuple[int, ...]]:
+        """The hidden widths of each built-in encoder (ρ's for a pooled one), as resolved."""
+        return {
+            name: tuple(int(w) for w in encoder.widths)
+            for name, encoder in self._encoders.items()
+            if isinstance(encoder, MLPEncoder | PooledEncoder)
+        }
 
     @property
     def latents(self) -> tuple[LocalLatent, ...]:

@@ -71,7 +71,7 @@ def fit_amortized(
     n: int = 10_000,
     draws: int = 1000,
     encoder: Encoder | Mapping[str, Encoder] | None = None,
-    encoder_widths: Sequence[int] = (32, 32),
+    encoder_widths: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     activation: str | Callable = "relu",
     batch_size: int | None = None,
     obj_n_mc: int = 1,
@@ -96,7 +96,9 @@ def fit_amortized(
     draws : int
         Posterior draws in the result.
     encoder, encoder_widths, activation
-        The encoder: a user encoder, or the widths and activation of the default MLP.
+        The encoder: a user encoder, or the widths (per latent with a mapping; sized by
+        :func:`~pymc_amortize.encoders.default_encoder_widths` when omitted) and activation of
+        the default MLP.
     batch_size : int, optional
         Units per step (full batch when omitted).
     obj_n_mc : int

@@ -344,8 +344,11 @@ class AmortizedVI(Inference):
         A user encoder, ``(B, k) tensor -> (mean, log_sd)``, e.g. built from pytensor-ml layers; a
         mapping gives one per latent. Its weights are copied, never trained in place. For an
         indexed latent it takes ``(rows, unit_of_row, n_units, unit_covariates)``.
-    encoder_widths : sequence of int
-        Hidden widths of the default MLP encoder; ``()`` is an affine encoder.
+    encoder_widths : sequence of int or mapping, optional
+        Hidden widths of the default encoder (of ρ for a pooled one), or ``{latent: widths}``;
+        ``()`` is an affine encoder. When omitted (or for a latent the mapping leaves out),
+        :func:`~pymc_amortize.encoders.default_encoder_widths` sizes one hidden layer from the
+        encoder's inputs and the plate's units.
     activation : str or callable
         Activation of the default encoder.
     init_scale : float
@@ -371,7 +374,7 @@ class AmortizedVI(Inference):
         *,
         model: pm.Model | None = None,
         encoder: Encoder | Mapping[str, Encoder] | None = None,
-        encoder_widths: Sequence[int] = (32, 32),
+        encoder_widths: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         activation: str | Callable = "relu",
         init_scale: float = 0.1,
         batch_size: int | None = None,
@@ -428,7 +431,7 @@ class AmortizedVI(Inference):
             "standardize_inputs": bool(standardize_inputs),
             "objective": type(objective).__name__ if objective is not None else "ELBO",
             "random_seed": random_seed,
-            "encoder_widths": [int(w) for w in encoder_widths],
+            "encoder_widths": {name: list(w) for name, w in approx.encoder_widths.items()},
             "activation": activation if isinstance(activation, str) else repr(activation),
             "user_encoders": bool(encoder) or not isinstance(activation, str),
         }

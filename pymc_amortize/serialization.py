@@ -191,6 +191,14 @@ def _upgrade(structure: dict) -> dict:
     return {**structure, "format_version": 2, "latents": latents, "encoder_params": None}
 
 
+def _saved_widths(saved: list | dict) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+    """The saved ``encoder_widths``: one list for every latent (files before the default width
+    rule), or ``{latent: widths}`` as resolved at fit time."""
+    if isinstance(saved, dict):
+        return {name: tuple(widths) for name, widths in saved.items()}
+    return tuple(saved)
+
+
 def _local_spec(model: pm.Model, name: str, saved: dict):
     """The ``local=`` entry that rebuilds latent ``name`` as it was fitted."""
     if saved["explicit_input"]:
@@ -301,7 +309,7 @@ def load_approximation(
     approx = AmortizedVI(
         spec or None,
         model=model,
-        encoder_widths=tuple(options["encoder_widths"]),
+        encoder_widths=_saved_widths(options["encoder_widths"]),
         activation=options["activation"],
         standardize_inputs=options["standardize_inputs"],
     ).approx

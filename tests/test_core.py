@@ -116,14 +116,13 @@ def test_sample_returns_arviz_data_under_model_dims(full_batch_fit):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 14, encoder start): the default (32, 32) encoder collapses on factor "
-    "analysis (s 0.70-1.02 in 3 of 3 seeds against 0.31 for the affine encoder). An affine skip "
-    "path fixes it but moved two other user-model cases out of tolerance; not landed.",
-)
-def test_deep_default_encoder_does_not_collapse_on_factor_analysis():
-    """x_n ~ N(z_n W, s), z_n of size 2; the data's noise sd is 0.3."""
+@pytest.mark.parametrize("seed", [0, 7])
+def test_default_encoder_does_not_collapse_on_factor_analysis(seed):
+    """x_n ~ N(z_n W, s), z_n of size 2; the data's noise sd is 0.3.
+
+    The former default, two hidden layers of 32 with Xavier's start, collapsed one latent
+    dimension in every seed (s 0.70-1.02): the encoder ignored its input and s took the slack.
+    """
     rng = np.random.default_rng(5)
     W = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.7]])
     X = rng.normal(size=(300, 2)) @ W + 0.3 * rng.normal(size=(300, 3))
@@ -136,7 +135,7 @@ def test_deep_default_encoder_does_not_collapse_on_factor_analysis():
             5000,
             method="amortized",
             obj_optimizer=pm.adam(learning_rate=1e-2),
-            random_seed=7,
+            random_seed=seed,
             progressbar=False,
         )
     assert 0.25 < float(approx.sample(300, random_seed=0).posterior["s"].mean()) < 0.4
