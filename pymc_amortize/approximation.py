@@ -118,16 +118,15 @@ def _normal_ppf(levels: np.ndarray) -> np.ndarray:
 
 
 def _data_under(model: pm.Model, dim: str | None, aligned: Sequence[DataInput]) -> list[str]:
-    """Names of the model's data containers whose leading dim is ``dim``, and of the named data
-    in ``aligned`` (the plate's unit- or row-aligned data), in model order."""
+    """Names of the model's data containers (``pm.Data``) whose leading dim is ``dim`` or that
+    are in ``aligned`` (the plate's unit- or row-aligned data), in model order."""
     names = {d.key for d in aligned if d.named and d.key in model.named_vars}
     out = []
     for var in model.data_vars:
         dims = model.named_vars_to_dims.get(var.name) or (None,)
         if (dim is not None and dims[0] == dim) or var.name in names:
             out.append(var.name)
-    observed = {rv.name for rv in model.observed_RVs}
-    return out + sorted(n for n in names if n in observed and n not in out)
+    return out
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -900,8 +899,8 @@ class AmortizedApproximation:
         for name in _data_under(self.model, plate.dim, plate.batched_units):
             if name in data:
                 out[name] = np.asarray(data[name])
-            elif name in {rv.name for rv in self.model.observed_RVs} or self._is_observed(name):
-                continue
+            elif self._is_observed(name):
+                continue  # an observed pm.Data: forward draws do not read it
             else:
                 raise AmortizationError(
                     f"The new units of plate '{plate.name}' need '{name}' (model data with one "

@@ -171,7 +171,7 @@ class TrainingEnvelope:
         row_scaling,
     ) -> dict[int, str]:
         """``{unit position: what lies outside}`` for the new units not in ``skip`` (bool (M,))."""
-        found: dict[int, list[tuple[float, str]]] = {}
+        found: dict[int, list[tuple[int, float, str]]] = {}
 
         def report(envelope, matrix, scaling, owner, what):
             worst, column, distance = envelope.outside(matrix)
@@ -186,6 +186,7 @@ class TrainingEnvelope:
                     hi = envelope.high[c] * scaling.scale[c] + scaling.center[c]
                     found.setdefault(j, []).append(
                         (
+                            0,
                             float(worst[r]),
                             f"{what}{envelope.labels[c]} = {raw:.4g} outside the training range "
                             f"[{lo:.4g}, {hi:.4g}] by {worst[r]:.3g} training sd",
@@ -195,6 +196,7 @@ class TrainingEnvelope:
                 if limit is not None and distance[r] > limit * (1 + _SLACK) + _SLACK:
                     found.setdefault(j, []).append(
                         (
+                            2,
                             float(distance[r] - limit),
                             f"{what}Mahalanobis distance {distance[r]:.3g} from the training "
                             f"inputs' centre, beyond the training maximum {limit:.3g}",
@@ -209,14 +211,18 @@ class TrainingEnvelope:
             lo, hi = self.row_counts
             for j in np.flatnonzero(~skip & ((counts < lo) | (counts > hi))):
                 found.setdefault(int(j), []).append(
-                    (np.inf, f"{int(counts[j])} rows, outside the training range [{lo}, {hi}]")
+                    (1, np.inf, f"{int(counts[j])} rows, outside the training range [{lo}, {hi}]")
                 )
         out = {}
         for j, items in sorted(found.items()):
-            items.sort(key=lambda item: -item[0])
-            # The worst finding first, and how many more there are.
-            more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
-            out[j] = items[0][1] + more
+            # Per kind (a column's range, the row count, the joint distance), the worst finding.
+            parts = []
+            for kind in (0, 1, 2):
+                mine = sorted((item for item in items if item[0] == kind), key=lambda i: -i[1])
+                if mine:
+                    more = f" (and {len(mine) - 1} more)" if len(mine) > 1 else ""
+                    parts.append(mine[0][2] + more)
+            out[j] = ", ".join(parts)
         return out
 
     def to_json(self) -> dict:
