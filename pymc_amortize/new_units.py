@@ -181,9 +181,11 @@ class TrainingEnvelope:
                     continue
                 c = int(column[r])
                 if worst[r] > 0:
-                    raw = matrix[r, c] * scaling.scale[c] + scaling.center[c]
-                    lo = envelope.low[c] * scaling.scale[c] + scaling.center[c]
-                    hi = envelope.high[c] * scaling.scale[c] + scaling.center[c]
+                    # Back on the data's scale, rounded off the standardisation's last bits.
+                    raw, lo, hi = (
+                        float(np.round(v * scaling.scale[c] + scaling.center[c], 9)) + 0.0
+                        for v in (matrix[r, c], envelope.low[c], envelope.high[c])
+                    )
                     found.setdefault(j, []).append(
                         (
                             0,
