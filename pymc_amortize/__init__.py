@@ -24,7 +24,7 @@ from pymc_amortize.diagnostics import (
     semi_amortize,
 )
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
-from pymc_amortize.errors import AmortizationError, DivergenceWarning
+from pymc_amortize.errors import AmortizationError, DivergenceWarning, OutOfTrainingRangeWarning
 from pymc_amortize.fit import fit_amortized
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO, IWAE
@@ -53,6 +53,7 @@ __all__ = [
     "MeanFieldELBO",
     "MeanFieldLatent",
     "ModelAnalysis",
+    "OutOfTrainingRangeWarning",
     "PSISDiagnostic",
     "Plate",
     "PooledEncoder",

@@ -19,7 +19,7 @@ import pytensor
 import pytensor.tensor as pt
 import xarray as xr
 from pymc.backends.base import MultiTrace
-from pymc.backends.ndarray import NDArray
+from pymc.distributions.transforms import LogTransform
 from pymc.variational.approximations import MeanFieldGroup
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
@@ -35,18 +35,99 @@ from pymc_amortize.encoders import (
     inline_layers,
     resolve_user_encoders,
 )
-from pymc_amortize.errors import AmortizationError
+from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
+from pymc_amortize.new_units import (
+    InputEnvelope,
+    TrainingEnvelope,
+    column_labels,
+    forward_draws,
+    posterior_dataset,
+    resized_model,
+    trace_from_values,
+)
 from pymc_amortize.plates import PlateLayout, UnitBatch
 from pymc_amortize.results import method_groups
 
-__all__ = ["AmortizedApproximation", "EncoderWeight", "InputScaling", "LocalPosterior"]
+__all__ = [
+    "AmortizedApproximation",
+    "EncoderWeight",
+    "InputScaling",
+    "LocalPosterior",
+    "NewUnits",
+]
+
+#: Default levels of the constrained-scale quantiles of :class:`LocalPosterior`.
+QUANTILE_LEVELS = (0.05, 0.5, 0.95)
+#: Monte Carlo draws behind the constrained summary of a latent whose transform is neither the
+#: identity nor log (e.g. a simplex), per unit.
+SUMMARY_DRAWS = 1000
 
 
 class LocalPosterior(NamedTuple):
-    """Mean and sd of q(z_n) per unit, on the latent's unconstrained (value) space."""
+    """The posterior of each unit's z_n, as ``encode`` summarises it.
+
+    Attributes
+    ----------
+    mean, sd : ndarray
+        (M, *event_shape) mean and sd of the Gaussian q(z_n) on the latent's **unconstrained**
+        (value) space: the encoder's output (a zero-row unit: Monte Carlo moments of its prior
+        given q(θ), mapped to that space).
+    prior_only : ndarray or None
+        (M,) bool: the unit has no rows, so its posterior is its prior given the globals.
+    constrained_mean : ndarray or None
+        (M, *shape) posterior mean of z_n on the latent's **own (constrained)** scale, e.g. a
+        positive rate or a point of the simplex.
+    quantiles : ndarray or None
+        (len(quantile_levels), M, *shape) posterior quantiles of each entry of z_n on its own scale.
+    quantile_levels : tuple of float
+        The levels of ``quantiles``.
+    """
 
     mean: np.ndarray
     sd: np.ndarray
+    prior_only: np.ndarray | None = None
+    constrained_mean: np.ndarray | None = None
+    quantiles: np.ndarray | None = None
+    quantile_levels: tuple[float, ...] = QUANTILE_LEVELS
+
+
+class NewUnits(NamedTuple):
+    """The new units of one plate in an ``encode``/``sample_new_units`` call.
+
+    ``labels`` (M,) are their coords; ``unit_of_row`` (R,) the position of each row's unit and
+    ``counts`` (M,) the rows per unit (None for a row plate, whose units are their own rows).
+    """
+
+    labels: np.ndarray
+    unit_of_row: np.ndarray | None
+    counts: np.ndarray | None
+
+    @property
+    def prior_only(self) -> np.ndarray:
+        """(M,) bool: units with no rows."""
+        if self.counts is None:
+            return np.zeros(self.labels.size, dtype=bool)
+        return self.counts == 0
+
+
+def _normal_ppf(levels: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtri
+
+    if np.any((levels <= 0) | (levels >= 1)):
+        raise AmortizationError(f"quantiles must lie strictly between 0 and 1; got {levels}.")
+    return ndtri(levels)
+
+
+def _data_under(model: pm.Model, dim: str | None, aligned: Sequence[DataInput]) -> list[str]:
+    """Names of the model's data containers (``pm.Data``) whose leading dim is ``dim`` or that
+    are in ``aligned`` (the plate's unit- or row-aligned data), in model order."""
+    names = {d.key for d in aligned if d.named and d.key in model.named_vars}
+    out = []
+    for var in model.data_vars:
+        dims = model.named_vars_to_dims.get(var.name) or (None,)
+        if (dim is not None and dims[0] == dim) or var.name in names:
+            out.append(var.name)
+    return out
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -243,6 +324,25 @@ def _fitted_row_matrix(latent: LocalLatent) -> np.ndarray | None:
     )
 
 
+def training_envelope(
+    latent: LocalLatent, plate: Plate, units: np.ndarray | None, rows: np.ndarray | None
+) -> TrainingEnvelope:
+    """The range of a latent's standardised encoder inputs on the fitted units."""
+    if latent.input_matrix is not None and units is not None:
+        unit_labels = tuple(f"{latent.name} input[{i}]" for i in range(units.shape[1]))
+    else:
+        unit_labels = column_labels(latent.unit_inputs)
+    counts = None
+    if plate.index is not None:
+        with_rows = plate.row_counts[plate.row_counts > 0]
+        counts = (int(with_rows.min()), int(with_rows.max())) if with_rows.size else None
+    return TrainingEnvelope(
+        InputEnvelope.fit(unit_labels, units) if units is not None else None,
+        InputEnvelope.fit(column_labels(latent.row_inputs), rows) if rows is not None else None,
+        counts,
+    )
+
+
 def default_encoder(
     latent: LocalLatent,
     plate: Plate,
@@ -348,6 +448,9 @@ class AmortizedApproximation:
         self.encoder_weights: SharedVariable | None = None
         self.encoder_params: list[EncoderWeight] = []
         self._encode_fns: dict[str, pytensor.compile.Function] = {}
+        self._transform_fns: dict[tuple[str, str], pytensor.compile.Function | None] = {}
+        #: Each latent's training envelope: the range of its encoder inputs in training.
+        self.envelopes: dict[str, TrainingEnvelope] = {}
         self._init_encoders(
             encoder, encoder_widths, activation, init_scale, standardize_inputs, random_seed
         )
@@ -393,6 +496,12 @@ class AmortizedApproximation:
                     )
                 self.inputs[latent.name] = EncoderData(
                     shared_units, unit_scaling, shared_rows, row_scaling
+                )
+                self.envelopes[latent.name] = training_envelope(
+                    latent,
+                    plate,
+                    None if units is None else unit_scaling.apply(units),
+                    None if rows is None else row_scaling.apply(rows),
                 )
                 if latent.name in user:
                     self._encoders[latent.name] = user[latent.name]
@@ -593,10 +702,130 @@ class AmortizedApproximation:
             )
         return self._encode_fns[name]
 
-    def _new_inputs(self, latent: LocalLatent, plate: Plate, new_data) -> list | None:
-        """Standardised encoder arguments for new units, or None when ``new_data`` lacks them."""
-        data = self.inputs[latent.name]
+    # -- new units ------------------------------------------------------------------------------
+    def _unit_request(self, plate: Plate, new_data, units) -> NewUnits | None:
+        """How many new units ``plate`` gets, their coords, and each row's unit; None when the
+        call concerns none of its units."""
+        given = units.get(plate.name, units.get(plate.dim)) if isinstance(units, Mapping) else units
+        data = new_data if isinstance(new_data, Mapping) else {}
+        keys = {d.key for lat in plate.latents for d in lat.unit_inputs + lat.row_inputs}
+        keys |= {lat.name for lat in plate.latents if lat.input_matrix is not None}
+        has_data = not isinstance(new_data, Mapping) and new_data is not None
+        has_data = has_data or any(k in data for k in keys)
+        if not has_data and (given is None or plate.index is None):
+            return None
+        labels = None
+        if given is not None:
+            if isinstance(given, int | np.integer):
+                if given < 1:
+                    raise AmortizationError(f"units= must be a positive count; got {given}.")
+                labels = np.arange(int(given))
+            else:
+                labels = np.asarray(list(given))
+                if labels.ndim != 1 or labels.size == 0 or len(set(labels.tolist())) != labels.size:
+                    raise AmortizationError(
+                        "units= must be a positive count or a sequence of distinct coords of the "
+                        f"new units; got {given!r}."
+                    )
+        n_unit_rows = self._new_unit_rows(plate, new_data)
+        if plate.index is None:  # a row plate: each unit is its own row of data
+            if n_unit_rows is None:
+                raise AmortizationError(
+                    f"The units of plate '{plate.name}' are rows of data; a new unit without data "
+                    f"cannot be given (pass its {', '.join(sorted(keys))})."
+                )
+            if labels is not None and labels.size != n_unit_rows:
+                raise AmortizationError(
+                    f"units= names {labels.size} new units of plate '{plate.name}', but its data "
+                    f"have {n_unit_rows} rows (one per unit)."
+                )
+            labels = np.arange(n_unit_rows) if labels is None else labels
+            return NewUnits(labels, None, None)
+        key = plate.index_key
+        n_rows = self._new_row_count(plate, data)
+        index = data.get(key)
+        if index is not None:
+            index = np.asarray(index)
+            if (
+                index.ndim != 1
+                or index.dtype.kind not in "iu"
+                or (n_rows is not None and index.size != n_rows)
+            ):
+                raise AmortizationError(
+                    f"new_data['{key}'] must be an integer vector with one entry per row "
+                    f"({n_rows if n_rows is not None else 'as many as the rows'}); got shape "
+                    f"{index.shape}, dtype {index.dtype}."
+                )
+            n_rows = index.size
+            if index.size and index.min() < 0:
+                raise AmortizationError(f"new_data['{key}'] has negative unit ids.")
+        n_rows = n_rows or 0
+        if labels is None and n_unit_rows is not None:
+            labels = np.arange(n_unit_rows)
+        if labels is not None:
+            if n_unit_rows is not None and n_unit_rows != labels.size:
+                raise AmortizationError(
+                    f"The unit inputs of plate '{plate.name}' have {n_unit_rows} rows but "
+                    f"{labels.size} new units are given."
+                )
+            if index is None:
+                if n_rows and labels.size > 1:
+                    raise AmortizationError(
+                        f"new_data has {n_rows} rows for {labels.size} new units of plate "
+                        f"'{plate.name}'; give each row's unit (0..{labels.size - 1}) as "
+                        f"new_data['{key}']."
+                    )
+                index = np.zeros(n_rows, dtype=np.int64)
+            elif index.size and index.max() >= labels.size:
+                bad = np.unique(index[index >= labels.size])
+                raise AmortizationError(
+                    f"new_data['{key}'] has unit ids {bad.tolist()} outside the {labels.size} new "
+                    f"units (0..{labels.size - 1}); new units are given by units= (or the unit "
+                    "inputs' rows), and each row's unit is its position among them."
+                )
+        else:
+            if index is None:
+                index = np.zeros(n_rows, dtype=np.int64)
+            n_units = int(index.max()) + 1 if index.size else 1
+            empty = np.flatnonzero(np.bincount(index, minlength=n_units) == 0)
+            if empty.size:
+                raise AmortizationError(
+                    f"new_data['{key}'] names no rows for unit id(s) {empty.tolist()} below its "
+                    f"largest id {n_units - 1}. A new unit with no rows gets its prior given the "
+                    f"globals: declare the new units with units={n_units} (or their coords), or "
+                    "renumber the ids 0..M-1 without gaps."
+                )
+            labels = np.arange(n_units)
+        index = index.astype(np.int64)
+        return NewUnits(labels, index, np.bincount(index, minlength=labels.size).astype(np.int64))
+
+    def _new_unit_rows(self, plate: Plate, new_data) -> int | None:
+        """Rows of the new units' unit inputs in ``new_data`` (None when it has none)."""
         if not isinstance(new_data, Mapping):
+            return None if new_data is None else int(np.shape(new_data)[0])
+        for latent in plate.latents:
+            keys = [d.key for d in latent.unit_inputs]
+            keys += [latent.name] if latent.input_matrix is not None else []
+            for key in keys:
+                if key in new_data:
+                    return int(np.shape(new_data[key])[0]) if np.ndim(new_data[key]) else 1
+        return None
+
+    def _new_row_count(self, plate: Plate, data: Mapping) -> int | None:
+        for latent in plate.latents:
+            for item in latent.row_inputs:
+                if item.key in data:
+                    return int(np.shape(data[item.key])[0]) if np.ndim(data[item.key]) else 1
+        return None
+
+    def _new_inputs(
+        self, latent: LocalLatent, plate: Plate, new_data, request: NewUnits
+    ) -> tuple[list, np.ndarray | None, np.ndarray | None]:
+        """Standardised encoder arguments for the new units, and the standardised unit and row
+        matrices (for the envelope)."""
+        data = self.inputs[latent.name]
+        floatx = pytensor.config.floatX
+        if not isinstance(new_data, Mapping) and new_data is not None:
             if len(self.analysis.latents) != 1 or data.rows is not None:
                 raise AmortizationError(
                     "Pass new units' data as {data name: array}; an array alone is accepted only "
@@ -610,12 +839,9 @@ class AmortizedApproximation:
                     f"The encoder of '{latent.name}' takes {width} input column(s); got "
                     f"{matrix.shape[1]}."
                 )
-            return [data.unit_scaling.apply(_checked_matrix(latent.name, matrix, None))]
-        needed = [d.key for d in latent.unit_inputs + latent.row_inputs]
-        if latent.input_matrix is not None:
-            needed.append(latent.name)
-        if not any(key in new_data for key in needed):
-            return None
+            units = data.unit_scaling.apply(_checked_matrix(latent.name, matrix, None))
+            return [units.astype(floatx)], units, None
+        new_data = new_data or {}
         units = None
         if latent.input_matrix is not None:
             if latent.name not in new_data:
@@ -629,53 +855,246 @@ class AmortizedApproximation:
             units = _stack(latent, latent.unit_inputs, new_data, "unit inputs")
         if units is not None:
             _check_width(latent, units, data.units, "unit inputs")
-            units = data.unit_scaling.apply(units)
+            units = data.unit_scaling.apply(units).astype(floatx)
         if data.rows is None:
-            return [units]
-        rows = _stack(latent, latent.row_inputs, new_data, "row inputs")
-        _check_width(latent, rows, data.rows, "row inputs")
-        rows = data.row_scaling.apply(rows)
-        key = plate.index_key
-        unit_of_row = np.asarray(new_data.get(key, np.zeros(rows.shape[0], dtype=np.int64)))
-        if unit_of_row.shape != (rows.shape[0],) or unit_of_row.dtype.kind not in "iu":
-            raise AmortizationError(
-                f"new_data['{key}'] must be an integer vector with one entry per row "
-                f"({rows.shape[0]}); got shape {unit_of_row.shape}, dtype {unit_of_row.dtype}."
+            return [units], units, None
+        if request.unit_of_row.size == 0 and not any(d.key in new_data for d in latent.row_inputs):
+            rows = np.zeros((0, data.rows.get_value(borrow=True).shape[1]), dtype=floatx)
+        else:
+            rows = _stack(latent, latent.row_inputs, new_data, "row inputs")
+            _check_width(latent, rows, data.rows, "row inputs")
+            rows = data.row_scaling.apply(rows).astype(floatx)
+        args = [rows, request.unit_of_row, np.int64(request.labels.size)]
+        return args + ([units] if units is not None else []), units, rows
+
+    def _encode_new(
+        self, new_data, units, check_range: bool
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, NewUnits]]:
+        """Encoder mean and sd (value space, (M, *event_shape)) of the new units of every plate
+        the call concerns, and each plate's :class:`NewUnits`. A zero-row unit's entries are NaN:
+        its posterior is its prior given the globals, drawn by the callers."""
+        out, requests, warned = {}, {}, []
+        for plate in self.analysis.plates:
+            request = self._unit_request(plate, new_data, units)
+            if request is None:
+                continue
+            requests[plate.name] = request
+            prior_only = request.prior_only
+            for latent in plate.latents:
+                args, unit_matrix, row_matrix = self._new_inputs(latent, plate, new_data, request)
+                n = request.labels.size
+                shape = (n, *latent.event_shape)
+                if prior_only.all():
+                    mean = sd = np.full((n, latent.event_size), np.nan)
+                else:
+                    mean, sd = self._encode_fn(latent.name)(*args)
+                    mean, sd = np.array(mean, dtype=float), np.array(sd, dtype=float)
+                    mean[prior_only], sd[prior_only] = np.nan, np.nan
+                out[latent.name] = (mean.reshape(shape), sd.reshape(shape))
+                envelope = self.envelopes.get(latent.name)
+                if check_range and envelope is not None:
+                    data = self.inputs[latent.name]
+                    found = envelope.findings(
+                        units=unit_matrix,
+                        rows=row_matrix,
+                        unit_of_row=request.unit_of_row,
+                        counts=request.counts,
+                        n_units=n,
+                        skip=prior_only,
+                        unit_scaling=data.unit_scaling,
+                        row_scaling=data.row_scaling,
+                    )
+                    warned += [
+                        f"'{latent.name}' unit {request.labels.tolist()[j]!r}: {text}"
+                        for j, text in found.items()
+                    ]
+        if warned:
+            warnings.warn(
+                f"{len(warned)} new unit(s) have encoder inputs outside what the encoder saw in "
+                "training, so their q(z) is an extrapolation: "
+                + "; ".join(warned)
+                + ". Pass check_range=False to silence this warning.",
+                OutOfTrainingRangeWarning,
+                stacklevel=3,
             )
-        if unit_of_row.size and unit_of_row.min() < 0:
-            raise AmortizationError(f"new_data['{key}'] has negative unit ids.")
-        n_units = int(unit_of_row.max()) + 1 if unit_of_row.size else 1
-        if units is not None:
-            if units.shape[0] < n_units:
+        return out, requests
+
+    def _unit_data(self, plate: Plate, new_data, request: NewUnits) -> dict[str, np.ndarray]:
+        """The model's data under the plate's unit dim, for the new units (from ``new_data``)."""
+        data = new_data if isinstance(new_data, Mapping) else {}
+        out = {}
+        for name in _data_under(self.model, plate.dim, plate.batched_units):
+            if name in data:
+                out[name] = np.asarray(data[name])
+            elif self._is_observed(name):
+                continue  # an observed pm.Data: forward draws do not read it
+            else:
                 raise AmortizationError(
-                    f"The unit inputs of '{latent.name}' have {units.shape[0]} rows but "
-                    f"new_data['{key}'] names {n_units} new units."
+                    f"The new units of plate '{plate.name}' need '{name}' (model data with one "
+                    f"row per unit), {request.labels.size} row(s); got {sorted(data)}."
                 )
-            n_units = units.shape[0]
-        floatx = pytensor.config.floatX
-        args = [rows.astype(floatx), unit_of_row.astype(np.int64), np.int64(n_units)]
-        return args + ([units] if units is not None else [])
+        return out
+
+    def _is_observed(self, name: str) -> bool:
+        var = self.model[name]
+        return any(self.model.rvs_to_values[rv] is var for rv in self.model.observed_RVs)
+
+    def _fitted_other_locals(self, plate: Plate, draws: int, rng) -> dict[str, np.ndarray]:
+        """Value-space draws of the local latents of the other plates, from their fitted q."""
+        others = [p for p in self.analysis.plates if p.name != plate.name]
+        if not others:
+            return {}
+        encoded = self.encode(summary=False)
+        names = {lat.name for p in others for lat in p.latents}
+        return self._draw_locals(draws, rng, {k: v for k, v in encoded.items() if k in names})
+
+    def _prior_draws(
+        self,
+        plate: Plate,
+        request: NewUnits,
+        new_data,
+        global_values: Mapping[str, np.ndarray],
+        rng: np.random.Generator,
+    ) -> dict[str, np.ndarray]:
+        """Constrained draws (S, M, ...) of the plate's latents for the new units from their prior
+        given each draw of the globals (PyMC's forward sampling on the model resized to them)."""
+        draws = len(next(iter(global_values.values()))) if global_values else 1
+        clone = resized_model(
+            self.model,
+            dim=plate.dim,
+            coords=request.labels,
+            data=self._unit_data(plate, new_data, request),
+            what=f"'{plate.latents[0].name}'",
+        )
+        values = dict(global_values) | self._fitted_other_locals(plate, draws, rng)
+        for latent in plate.latents:  # placeholders: drawn below, not read
+            values[latent.value_name] = np.zeros((draws, request.labels.size, *latent.event_shape))
+        kept = [rv.name for rv in clone.free_RVs if rv.name not in plate.latent_names]
+        if kept:
+            idata = posterior_dataset(clone, values, var_names=kept)
+        else:  # nothing to condition on: the prior itself
+            idata = xr.DataTree.from_dict(
+                {"posterior": xr.Dataset(coords={"chain": [0], "draw": np.arange(draws)})}
+            )
+        try:
+            drawn = forward_draws(
+                clone, idata, plate.latent_names, random_seed=rng, predictions=True
+            )
+        except AmortizationError:
+            raise
+        except Exception as error:
+            raise AmortizationError(
+                f"Drawing the prior of {', '.join(plate.latent_names)} for new units with no rows "
+                f"failed: {type(error).__name__}: {_first_line(error)}"
+            ) from error
+        return {name: drawn.predictions[name].values[0] for name in plate.latent_names}
+
+    def _transform_fn(self, latent: LocalLatent, direction: str):
+        """Compiled map of a latent's draws between its value space and its constrained space."""
+        key = (latent.name, direction)
+        if key not in self._transform_fns:
+            rv = self.model[latent.name]
+            transform = self.model.rvs_to_transforms.get(rv)
+            if transform is None:
+                self._transform_fns[key] = None
+            else:
+                ndim = 1 + rv.type.ndim  # a leading draw axis
+                x = pt.tensor("x", dtype=rv.type.dtype, shape=(None,) * ndim)
+                method = transform.backward if direction == "backward" else transform.forward
+                self._transform_fns[key] = pytensor.function([x], method(x, *rv.owner.inputs))
+        return self._transform_fns[key]
+
+    def _to_constrained(self, latent: LocalLatent, values: np.ndarray) -> np.ndarray:
+        fn = self._transform_fn(latent, "backward")
+        return (
+            values if fn is None else np.asarray(fn(values.astype(self.model[latent.name].dtype)))
+        )
+
+    def _to_value(self, latent: LocalLatent, values: np.ndarray) -> np.ndarray:
+        fn = self._transform_fn(latent, "forward")
+        return (
+            values if fn is None else np.asarray(fn(values.astype(self.model[latent.name].dtype)))
+        )
+
+    def _summary(
+        self, latent: LocalLatent, mean: np.ndarray, sd: np.ndarray, levels: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and quantiles of z_n on the latent's constrained scale under q = N(mean, sd²) on
+        the value space: exact for an untransformed or log-transformed latent, else Monte Carlo
+        (``SUMMARY_DRAWS`` draws of a fixed seed, so that ``encode`` is deterministic)."""
+        z = _normal_ppf(np.asarray(levels))
+        z = z.reshape((-1,) + (1,) * mean.ndim)
+        transform = self.model.rvs_to_transforms.get(self.model[latent.name])
+        if transform is None:
+            return mean.copy(), mean + sd * z
+        if isinstance(transform, LogTransform):
+            return np.exp(mean + sd**2 / 2), np.exp(mean + sd * z)
+        rng = np.random.default_rng(0)
+        means, quantiles = [], []
+        chunk = max(1, 200_000 // (SUMMARY_DRAWS * max(latent.event_size, 1)))
+        for start in range(0, mean.shape[0], chunk):
+            m, s = mean[start : start + chunk], sd[start : start + chunk]
+            draws = m + s * rng.standard_normal((SUMMARY_DRAWS, *m.shape))
+            constrained = self._to_constrained(latent, draws)
+            means.append(constrained.mean(axis=0))
+            quantiles.append(np.quantile(constrained, levels, axis=0))
+        if not means:
+            shape = self._to_constrained(latent, np.zeros((1, 1, *latent.event_shape))).shape[2:]
+            return np.zeros((0, *shape)), np.zeros((len(levels), 0, *shape))
+        return np.concatenate(means), np.concatenate(quantiles, axis=1)
 
     def encode(
-        self, new_data: Mapping[str, np.ndarray] | np.ndarray | None = None
+        self,
+        new_data: Mapping[str, np.ndarray] | np.ndarray | None = None,
+        *,
+        units: int | Sequence | Mapping[str, int | Sequence] | None = None,
+        check_range: bool = True,
+        quantiles: Sequence[float] = QUANTILE_LEVELS,
+        prior_draws: int = 4000,
+        random_seed: int | None = 0,
+        summary: bool = True,
     ) -> dict[str, LocalPosterior]:
-        """Mean and sd of q(z_n) for each unit, in one forward pass of the encoders.
+        """The posterior q(z_n) of each unit, in one forward pass of the encoders.
 
         Parameters
         ----------
         new_data : mapping or ndarray, optional
             Data of new units by the keys of the encoders' inputs (see ``approx.analysis``):
             unit inputs with one row per new unit; for an indexed plate its row inputs, one row per
-            observation, and each row's unit (0..M-1) under the index's name (all rows form one
-            unit when omitted). An (M, k) array is accepted for a model with one local latent fed
-            by unit inputs. Latents whose inputs are absent are left out. When omitted, the units
-            the model was fitted on.
+            observation, and each row's unit, its position 0..M-1 among the new units, under the
+            index's name (all rows form one unit when omitted and there is one new unit). An
+            (M, k) array is accepted for a model with one local latent fed by unit inputs.
+            Latents whose inputs are absent are left out. When omitted (and ``units`` too), the
+            units the model was fitted on.
+        units : int, sequence or mapping, optional
+            The new units of an indexed plate: their number M or their M coords (a mapping
+            ``{plate name: ...}`` for one plate of several). A unit that no row names (no entry
+            of the index equals its position) is a **zero-row unit**: its posterior is its prior
+            given the globals, ``p(z | θ)`` under ``q(θ)``. Without ``units`` the new units are
+            the unit inputs' rows, else the index values 0..max, which must then all have rows
+            (an index value outside the new units raises). ``encode(units=2)`` gives two new
+            units without any data.
+        check_range : bool, default True
+            Warn (:class:`~pymc_amortize.OutOfTrainingRangeWarning`) when new units' encoder inputs
+            lie outside the range seen in training, naming the units and by how much.
+        quantiles : sequence of float, default (0.05, 0.5, 0.95)
+            Levels of the constrained-scale quantiles.
+        prior_draws : int, default 4000
+            Draws of (θ, z) behind a zero-row unit's summary (its Monte Carlo error is about
+            sd / sqrt(prior_draws)).
+        random_seed : int, optional
+            Seed of those draws (fixed by default, so that ``encode`` is deterministic).
+        summary : bool, default True
+            Compute the constrained-scale summary (False leaves those fields None).
 
         Returns
         -------
         dict of str to LocalPosterior
-            Per local latent, mean and sd arrays of shape ``(M, *event_shape)`` on the latent's
-            unconstrained space.
+            Per local latent: ``mean`` and ``sd`` of shape ``(M, *event_shape)`` on the latent's
+            unconstrained (value) space, the Gaussian the encoder outputs; ``constrained_mean``
+            ``(M, *shape)`` and ``quantiles`` ``(len(quantiles), M, *shape)`` on the latent's own
+            scale (e.g. a positive rate, a simplex); ``prior_only`` (M,) marks zero-row units,
+            whose summaries are Monte Carlo moments of their prior given q(θ).
 
         Examples
         --------
@@ -683,38 +1102,82 @@ class AmortizedApproximation:
 
             approx = pm.fit(10_000, method="amortized", model=model)
             q_new = approx.encode({"x": np.array([0.5, 2.0])})["z"]
-            q_new.mean, q_new.sd
+            q_new.mean, q_new.sd, q_new.constrained_mean, q_new.quantiles
+            # Two new counties: the first with no rows (its prior given the globals).
+            q = approx.encode({"y": y_rows, "county_idx": np.ones(5, int)}, units=2)["a"]
         """
-        floatx = pytensor.config.floatX
         out = {}
-        for plate in self.analysis.plates:
-            for latent in plate.latents:
-                data = self.inputs[latent.name]
-                if new_data is None:
-                    units = None if data.units is None else data.units.get_value()
+        if new_data is None and units is None:
+            for plate in self.analysis.plates:
+                for latent in plate.latents:
+                    data = self.inputs[latent.name]
+                    units_value = None if data.units is None else data.units.get_value()
                     if data.rows is None:
-                        args = [units]
+                        args = [units_value]
                     else:
                         args = [data.rows.get_value(), plate.unit_of_row, np.int64(plate.size)]
-                        args += [units] if units is not None else []
-                else:
-                    args = self._new_inputs(latent, plate, new_data)
-                    if args is None:
-                        continue
-                    args = [
-                        a.astype(floatx) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
-                        for a in args
-                    ]
-                mean, sd = self._encode_fn(latent.name)(*args)
-                shape = (mean.shape[0], *latent.event_shape)
-                out[latent.name] = LocalPosterior(mean.reshape(shape), sd.reshape(shape))
-        if new_data is not None and not out:
+                        args += [units_value] if units_value is not None else []
+                    mean, sd = self._encode_fn(latent.name)(*args)
+                    shape = (mean.shape[0], *latent.event_shape)
+                    mean, sd = mean.reshape(shape).astype(float), sd.reshape(shape).astype(float)
+                    out[latent.name] = self._local_posterior(
+                        latent, mean, sd, np.zeros(shape[0], bool), quantiles, summary
+                    )
+            return out
+        encoded, requests = self._encode_new(new_data, units, check_range)
+        if not encoded:
             keys = sorted({k for lat in self.analysis.latents for k in lat.input_names})
             raise AmortizationError(
                 f"new_data has none of the encoders' inputs ({', '.join(keys)}); got "
                 f"{sorted(new_data) if isinstance(new_data, Mapping) else type(new_data).__name__}."
             )
+        rng = np.random.default_rng(random_seed)
+        for plate in self.analysis.plates:
+            request = requests.get(plate.name)
+            if request is None:
+                continue
+            prior = {}
+            if request.prior_only.any():
+                prior = self._prior_draws(
+                    plate, request, new_data, self._draw_globals(prior_draws, rng), rng
+                )
+            for latent in plate.latents:
+                if latent.name not in encoded:
+                    continue
+                mean, sd = encoded[latent.name]
+                post = self._local_posterior(
+                    latent, mean, sd, request.prior_only, quantiles, summary, prior.get(latent.name)
+                )
+                out[latent.name] = post
         return out
+
+    def _local_posterior(
+        self,
+        latent: LocalLatent,
+        mean: np.ndarray,
+        sd: np.ndarray,
+        prior_only: np.ndarray,
+        levels: Sequence[float],
+        summary: bool,
+        prior: np.ndarray | None = None,
+    ) -> LocalPosterior:
+        """Assemble a :class:`LocalPosterior`; zero-row units' entries from their prior draws
+        ``prior`` (S, M, ...) on the constrained scale."""
+        levels = tuple(float(q) for q in levels)
+        constrained_mean = quantiles = None
+        if summary:
+            constrained_mean, quantiles = self._summary(
+                latent, np.nan_to_num(mean), np.nan_to_num(sd, nan=1.0), levels
+            )
+        if prior is not None and prior_only.any():
+            mean, sd = mean.copy(), sd.copy()
+            value = self._to_value(latent, prior)[:, prior_only]
+            mean[prior_only], sd[prior_only] = value.mean(axis=0), value.std(axis=0)
+            if summary:
+                own = prior[:, prior_only]
+                constrained_mean[prior_only] = own.mean(axis=0)
+                quantiles[:, prior_only] = np.quantile(own, levels, axis=0)
+        return LocalPosterior(mean, sd, prior_only, constrained_mean, quantiles, levels)
 
     def _draw_globals(self, draws: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if self.global_group is None:
@@ -771,52 +1234,212 @@ class AmortizedApproximation:
 
         PyMC's own trace turns value-space points into constrained values and deterministics.
         """
-        draws = len(next(iter(values.values())))
-        # PyMC's trace passes a point's values to its function by position: model order.
-        values = {var.name: values[var.name] for var in self.model.value_vars}
-        trace = NDArray(
-            model=self.model, test_point={k: np.asarray(v[0]) for k, v in values.items()}
-        )
-        trace.setup(draws=draws, chain=0)
-        try:
-            for i in range(draws):
-                trace.record({k: np.asarray(v[i]) for k, v in values.items()}, in_warmup=False)
-        finally:
-            trace.close()
-        return MultiTrace([trace])
+        return trace_from_values(self.model, values)
 
     def sample_new_units(
         self,
-        new_data: Mapping[str, np.ndarray] | np.ndarray,
+        new_data: Mapping[str, np.ndarray] | np.ndarray | None = None,
         draws: int = 1000,
         *,
+        units: int | Sequence | Mapping[str, int | Sequence] | None = None,
         random_seed: int | None = None,
         unit_dim: str = "new_unit",
+        predictions: bool = False,
+        prediction_data: Mapping[str, np.ndarray] | None = None,
+        check_range: bool = True,
     ) -> xr.DataTree:
-        """Posterior draws of the local latents of units the model never saw.
+        """Posterior draws for units the model never saw, and optionally predictions of their rows.
 
-        One forward pass of the encoder gives q(z_n) for each new unit; the draws are mapped to the
-        latent's constrained space. The result's posterior has one variable per local latent with
-        dims ``(chain, draw, unit_dim, ...)``.
+        One forward pass of the encoder gives q(z_n) for each new unit with data; a zero-row unit
+        (see ``units`` in :meth:`encode`) gets draws of its prior given each draw of q(θ).
+
+        Parameters
+        ----------
+        new_data, units, check_range
+            The new units, as in :meth:`encode`.
+        draws : int, default 1000
+            Draws (one chain).
+        random_seed : int, optional
+            Seed of every draw.
+        unit_dim : str, default "new_unit"
+            Dim of the new units when ``predictions=False``.
+        predictions : bool, default False
+            Also draw the model's observed variables for the new units' rows, with PyMC's
+            ``pm.sample_posterior_predictive(..., predictions=True)`` on a copy of the model whose
+            data are set to the new units (the model itself is not changed).
+        prediction_data : mapping, optional
+            The rows to predict: every model data array under the plate's row dim (covariates,
+            and the index giving each row's unit as its position among the new units). Rows of a
+            zero-row unit are given here. Default: the rows of ``new_data``.
+
+        Returns
+        -------
+        xarray.DataTree
+            ``predictions=False``: ``posterior`` with one variable per local latent on its
+            constrained scale, dims ``(chain, draw, unit_dim, ...)``.
+            ``predictions=True``: the layout of ``pm.sample_posterior_predictive(...,
+            predictions=True)``: ``posterior`` holds the draws of the globals, of the new units'
+            latents and of every Deterministic, under the model's dims with the new units' coords
+            (``units``, else 0..M-1) and the rows' coords 0..R-1; ``predictions`` holds draws of
+            the observed variables of the new rows and ``predictions_constant_data`` their data.
+
+        Examples
+        --------
+        .. code-block:: python
+
+            idata = approx.sample_new_units(
+                {"log_radon": y_rows, "floor": floor_rows, "county_idx": np.zeros(5, int)},
+                draws=1000,
+                predictions=True,
+            )
+            idata.predictions["log_radon"]          # (chain, draw, obs_id)
         """
         rng = np.random.default_rng(random_seed)
-        encoded = self.encode(new_data)
-        posterior = {}
-        latents = [lat for lat in self.analysis.latents if lat.name in encoded]
-        for latent in latents:
-            values = self._draw_locals(draws, rng, {latent.name: encoded[latent.name]})
-            value = values[latent.value_name]
-            rv = self.model[latent.name]
-            transform = self.model.rvs_to_transforms.get(rv)
-            if transform is not None:
-                value = transform.backward(pt.as_tensor(value), *rv.owner.inputs).eval()
+        encoded, requests = self._encode_new(new_data, units, check_range)
+        if not encoded:
+            raise AmortizationError(
+                "new_data and units= give no new units of any plate; pass their data (see "
+                "approx.analysis) or units=."
+            )
+        global_values = self._draw_globals(draws, rng)
+        local_values: dict[str, np.ndarray] = {}
+        for plate in self.analysis.plates:
+            request = requests.get(plate.name)
+            if request is None:
+                continue
+            plate_latents = [lat for lat in plate.latents if lat.name in encoded]
+            q = {lat.name: LocalPosterior(*encoded[lat.name]) for lat in plate_latents}
+            local_values |= self._draw_locals(draws, rng, q)
+            if request.prior_only.any():
+                prior = self._prior_draws(plate, request, new_data, global_values, rng)
+                for latent in plate_latents:
+                    value = local_values[latent.value_name]
+                    value[:, request.prior_only] = self._to_value(latent, prior[latent.name])[
+                        :, request.prior_only
+                    ]
+        if predictions:
+            return self._predict(
+                requests, new_data, prediction_data, global_values, local_values, draws, rng
+            )
+        posterior, dims = {}, {}
+        for latent in self.analysis.latents:
+            if latent.value_name not in local_values:
+                continue
+            value = self._to_constrained(latent, local_values[latent.value_name])
             posterior[latent.name] = value[None]
-        dims = {
-            latent.name: [unit_dim]
-            + [f"{latent.name}_dim_{i}" for i in range(len(latent.event_shape))]
-            for latent in latents
-        }
+            dims[latent.name] = [unit_dim] + [
+                f"{latent.name}_dim_{i}" for i in range(value.ndim - 2)
+            ]
         return az.from_dict({"posterior": posterior}, dims=dims)
+
+    def _predict(
+        self,
+        requests: Mapping[str, NewUnits],
+        new_data,
+        prediction_data: Mapping[str, np.ndarray] | None,
+        global_values: Mapping[str, np.ndarray],
+        local_values: Mapping[str, np.ndarray],
+        draws: int,
+        rng: np.random.Generator,
+    ) -> xr.DataTree:
+        if len(requests) != 1:
+            raise AmortizationError(
+                f"predictions=True predicts the new units of one plate; this call gives new units "
+                f"of plates {sorted(requests)} (pass units={{plate: ...}} or the data of one)."
+            )
+        plate_name, request = next(iter(requests.items()))
+        plate = next(p for p in self.analysis.plates if p.name == plate_name)
+        model = self.model
+        row_dim = plate.dim if plate.index is None else plate.row_dim
+        rows = prediction_data if prediction_data is not None else new_data
+        if not isinstance(rows, Mapping):
+            raise AmortizationError(
+                "predictions=True needs the new rows' data as {data name: array} "
+                "(prediction_data=, or new_data)."
+            )
+        data = self._unit_data(plate, new_data, request)
+        observed = {rv.name for rv in model.observed_RVs}
+        row_names = [
+            name
+            for name in _data_under(model, row_dim, plate.batched_rows)
+            if name not in observed and not self._is_observed(name) and name not in data
+        ]
+        if plate.index is not None and plate.index.key not in row_names:
+            row_names.append(plate.index.key)
+        missing = [name for name in row_names if name not in rows]
+        if plate.index is not None and prediction_data is None and plate.index.key in missing:
+            rows = {**rows, plate.index.key: request.unit_of_row}
+            missing.remove(plate.index.key)
+        if missing:
+            raise AmortizationError(
+                f"predictions=True needs the new rows' {', '.join(missing)} (model data under the "
+                f"dim '{row_dim}'); got {sorted(rows)}."
+            )
+        row_data = {name: np.asarray(rows[name]) for name in row_names}
+        lengths = {name: value.shape[0] if value.ndim else 1 for name, value in row_data.items()}
+        n_rows = request.labels.size if plate.index is None else None
+        if plate.index is not None:
+            if len(set(lengths.values())) > 1:
+                raise AmortizationError(f"The new rows' data must have one length; got {lengths}.")
+            n_rows = next(iter(lengths.values()))
+            index = row_data[plate.index.key]
+            if index.size and (
+                index.dtype.kind not in "iu"
+                or index.min() < 0
+                or index.max() >= request.labels.size
+            ):
+                raise AmortizationError(
+                    f"The rows' '{plate.index.key}' must be positions 0..{request.labels.size - 1} "
+                    f"of the new units; got values in [{index.min()}, {index.max()}]."
+                )
+        elif any(n != n_rows for n in lengths.values()):
+            raise AmortizationError(
+                f"The new units' data must have one row per new unit ({n_rows}); got {lengths}."
+            )
+        clone = resized_model(
+            model,
+            dim=plate.dim,
+            coords=request.labels,
+            data=data | row_data,
+            row_dim=None if plate.index is None else row_dim,
+            n_rows=n_rows,
+            what=f"'{plate.latents[0].name}'",
+        )
+        values = dict(global_values) | dict(local_values)
+        values |= self._fitted_other_locals(plate, draws, rng)
+        for latent in plate.latents:  # latents of the plate left mean-field by the analysis
+            if latent.value_name not in values:
+                raise AmortizationError(f"No draws of '{latent.name}' for the new units.")
+        mean_field_local = [v.name for v in clone.value_vars if v.name not in values]
+        if mean_field_local:
+            raise AmortizationError(
+                f"predictions=True needs draws of {mean_field_local} for the new units; they are "
+                "fitted mean-field per fitted unit, so new units have none."
+            )
+        predicted = [
+            rv.name
+            for rv in clone.observed_RVs
+            if (clone.named_vars_to_dims.get(rv.name) or (None,))[0] == row_dim
+        ]
+        if not predicted:
+            raise AmortizationError(
+                f"No observed variable has the dim '{row_dim}' of the new rows, so there is "
+                "nothing to predict; give the observed variables dims=."
+            )
+        idata = posterior_dataset(clone, values)
+        try:
+            drawn = forward_draws(clone, idata, predicted, random_seed=rng, predictions=True)
+        except Exception as error:
+            raise AmortizationError(
+                f"Drawing {', '.join(predicted)} for the new rows failed: "
+                f"{type(error).__name__}: {_first_line(error)}"
+            ) from error
+        out = xr.DataTree()
+        out["posterior"] = idata["posterior"]
+        for group in ("predictions", "predictions_constant_data"):
+            if group in drawn.children:
+                out[group] = drawn[group]
+        return out
 
     def __repr__(self) -> str:
         plates = ", ".join(

@@ -4,7 +4,8 @@ The weights (encoder parameters and the globals' mean and rho) go to a ``.safete
 through pytensor-ml's ``save_state``/``load_state``; the structure needed to rebuild the encoders
 goes to a small JSON file beside it: per local latent its plate (row or indexed, and the index),
 its unit and row inputs with their scalings, and its encoder (MLP, or pooled with its row-count
-scaling), plus widths and activation. Loading rebuilds an :class:`~pymc_amortize.AmortizedVI` on the model with the same options and
+scaling) and its training envelope (the range of its inputs in training), plus widths and
+activation. Loading rebuilds an :class:`~pymc_amortize.AmortizedVI` on the model with the same options and
 fills in the values, so new units are encoded without refitting.
 """
 
@@ -29,6 +30,7 @@ from pymc_amortize.approximation import (
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.new_units import TrainingEnvelope
 
 __all__ = ["load_approximation", "save_approximation"]
 
@@ -101,6 +103,11 @@ def _latent_json(approx: AmortizedApproximation, plate: Plate, latent: LocalLate
         "unit_scaling": _scaling_json(data.unit_scaling),
         "row_scaling": _scaling_json(data.row_scaling),
         "encoder": _encoder_json(approx._encoders[latent.name]),
+        # Optional (added within format 2; files without it load with no envelope): the range
+        # of the standardised encoder inputs in training, for the out-of-range warning.
+        "envelope": (
+            approx.envelopes[latent.name].to_json() if latent.name in approx.envelopes else None
+        ),
     }
 
 
@@ -348,6 +355,13 @@ def load_approximation(
                 unit_scaling=unit_scaling if data.units is not None else None,
                 row_scaling=row_scaling if data.rows is not None else None,
             )
+            # The training envelope is the fitted data's, not this model's: the saved one, or none
+            # (a file written before envelopes were saved).
+            envelope = TrainingEnvelope.from_json(saved.get("envelope"))
+            if envelope is None:
+                approx.envelopes.pop(latent.name, None)
+            else:
+                approx.envelopes[latent.name] = envelope
             encoder = approx._encoders[latent.name]
             if isinstance(encoder, PooledEncoder):
                 encoder.log_count_center = saved["encoder"]["log_count_center"]

@@ -34,6 +34,12 @@ def test_getting_started_page_runs_and_matches_closed_form():
     np.testing.assert_allclose(ns["q"].sd, opt.z_sd, atol=0.03)
     np.testing.assert_allclose(ns["q_new"].mean, opt.z_mean(np.array([0.3, 4.0])), atol=0.03)
     assert ns["new"].posterior["z"].shape == (1, 500, 2)
+    # Predictions for new units: mean and sd of the replicated x against the closed form under q.
+    x_rep = ns["x_rep"]
+    assert x_rep.shape == (4_000, 3)
+    se = ns["closed_sd"] / np.sqrt(4_000)
+    assert np.all(np.abs(x_rep.mean(0) - ns["closed_mean"]) < 4 * se)
+    np.testing.assert_allclose(x_rep.std(0), ns["closed_sd"], rtol=4 / np.sqrt(2 * 4_000))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

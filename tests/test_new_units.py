@@ -1,0 +1,316 @@
+"""New units (issue 15): zero-row units, the training envelope, predictions, constrained summaries.
+
+Every number is checked against a closed form given q(θ): a zero-row unit's posterior is its prior
+p(z | θ) mixed over q(θ); a new row's predictive given a draw of (θ, z) is the likelihood itself.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pymc as pm
+import pytest
+
+from pymc_amortize import (
+    AmortizationError,
+    OutOfTrainingRangeWarning,
+    load_approximation,
+    save_approximation,
+)
+
+# -- a radon-style Gaussian model: a_j ~ N(mu_a, sd_a), y_i ~ N(a[county_i] + b floor_i, sigma) --
+J, N = 40, 600
+
+
+def radon_model(seed: int = 8) -> pm.Model:
+    rng = np.random.default_rng(seed)
+    county = np.concatenate([np.arange(J), rng.integers(0, J, N - J)])
+    floor = rng.binomial(1, 0.3, N).astype(float)
+    y = rng.normal(1.0, 0.5, J)[county] - 0.6 * floor + rng.normal(0, 0.7, N)
+    with pm.Model(coords={"county": range(J), "obs_id": range(N)}) as model:
+        idx = pm.Data("county_idx", county, dims="obs_id")
+        fl = pm.Data("floor", floor, dims="obs_id")
+        mu_a = pm.Normal("mu_a", 0, 5)
+        sd_a = pm.HalfNormal("sd_a", 2)
+        a = pm.Normal("a", mu_a, sd_a, dims="county")
+        b = pm.Normal("b", 0, 2)
+        pm.Deterministic("a_upstairs", a + b, dims="county")
+        sigma = pm.HalfNormal("sigma", 2)
+        pm.Normal("log_radon", a[idx] + b * fl, sigma, observed=y, dims="obs_id")
+    return model
+
+
+@pytest.fixture(scope="module")
+def radon():
+    model = radon_model()
+    approx = pm.fit(
+        2500,
+        method="amortized",
+        model=model,
+        encoder_widths=(16,),
+        obj_optimizer=pm.adam(learning_rate=1e-2),
+        random_seed=0,
+        progressbar=False,
+    )
+    return model, approx
+
+
+def _q_global(approx, value_name):
+    """Mean and sd of q(θ) of one scalar global, on its value space."""
+    group = approx.global_group
+    slc = group.ordering[value_name][1]
+    mean = group.mean.get_value()[slc][0]
+    return float(mean), float(np.logaddexp(0.0, group.rho.get_value()[slc][0]))
+
+
+def _prior_closed_form(approx):
+    """E and sd of a_new = mu_a + sd_a ε under q(θ): mu_a ~ N(m1, s1²), log sd_a ~ N(m2, s2²)."""
+    m1, s1 = _q_global(approx, "mu_a")
+    m2, s2 = _q_global(approx, "sd_a_log__")
+    return m1, np.sqrt(np.exp(2 * m2 + 2 * s2**2) + s1**2)
+
+
+NEW_ROWS = {
+    "log_radon": np.array([1.2, 0.8, 1.0, 0.4, 1.1, 0.9, 1.3, 0.7, 1.0, 0.6]),
+    "floor": np.array([0, 0, 1, 1, 0, 0, 1, 0, 0, 1.0]),
+    "county_idx": np.ones(10, dtype=np.int64),
+}
+
+
+def test_zero_row_unit_is_its_prior_given_q_theta(radon):
+    _, approx = radon
+    mean, sd = _prior_closed_form(approx)
+    draws = 20_000
+    q = approx.encode(NEW_ROWS, units=["no rows", "ten rows"], prior_draws=draws)["a"]
+    np.testing.assert_array_equal(q.prior_only, [True, False])
+    # Monte Carlo error of the mean and sd of `draws` draws: sd/sqrt(S) and sd/sqrt(2S).
+    assert abs(q.mean[0] - mean) < 4 * sd / np.sqrt(draws)
+    assert abs(q.sd[0] - sd) < 4 * sd / np.sqrt(2 * draws)
+    # The pooled encoder's extrapolation for a unit without rows (c06: 0.74 ± 0.21) is far off.
+    assert sd > 0.4 and abs(0.21 - sd) > 50 * sd / np.sqrt(2 * draws)
+    # A unit with rows still comes from the encoder, tighter than its prior.
+    assert np.isfinite(q.mean[1]) and q.sd[1] < 0.5 * sd
+    # Unconstrained and constrained summaries agree for an untransformed latent; the quantiles
+    # of a zero-row unit are its prior draws' quantiles (about mean ± 1.645 sd, a near-Gaussian).
+    np.testing.assert_allclose(q.constrained_mean, q.mean)
+    np.testing.assert_allclose(q.quantiles[1, 1], q.mean[1])
+    np.testing.assert_allclose(
+        q.quantiles[[0, 2], 0], mean + np.array([-1, 1]) * 1.645 * sd, atol=0.05
+    )
+
+
+def test_zero_row_units_without_any_data(radon):
+    _, approx = radon
+    mean, sd = _prior_closed_form(approx)
+    q = approx.encode(units=3, prior_draws=8000)["a"]
+    assert q.prior_only.tolist() == [True, True, True]
+    assert np.all(np.abs(q.mean - mean) < 4 * sd / np.sqrt(8000))
+    # sample_new_units draws the prior given each draw of q(θ).
+    idata = approx.sample_new_units(units=2, draws=8000, random_seed=3)
+    a = idata.posterior["a"].values[0]
+    assert a.shape == (8000, 2)
+    assert np.all(np.abs(a.mean(0) - mean) < 4 * sd / np.sqrt(8000))
+    assert np.all(np.abs(a.std(0) - sd) < 4 * sd / np.sqrt(2 * 8000))
+
+
+def test_unit_ids_with_gaps_or_outside_the_units_are_errors(radon):
+    _, approx = radon
+    gaps = dict(NEW_ROWS, county_idx=np.array([0, 0, 2, 2, 2, 0, 0, 2, 2, 0]))
+    with pytest.raises(AmortizationError, match=r"new_data\['county_idx'\] names no rows for unit"):
+        approx.encode(gaps)
+    with pytest.raises(AmortizationError, match=r"new_data\['county_idx'\] has unit ids \[2\]"):
+        approx.encode(gaps, units=2)
+    # Declared, the gap is a zero-row unit.
+    assert approx.encode(gaps, units=3)["a"].prior_only.tolist() == [False, True, False]
+    with pytest.raises(AmortizationError, match="give each row's unit"):
+        approx.encode({k: v for k, v in NEW_ROWS.items() if k != "county_idx"}, units=2)
+
+
+def test_predictions_of_new_rows_match_the_likelihood_given_the_draws(radon):
+    model, approx = radon
+    before = model["county_idx"].get_value().copy()
+    rows = {"floor": np.array([0.0, 1.0, 0.0, 1.0]), "county_idx": np.array([0, 0, 1, 1])}
+    draws = 4000
+    idata = approx.sample_new_units(
+        NEW_ROWS,
+        draws,
+        units=["no rows", "ten rows"],
+        predictions=True,
+        prediction_data=rows,
+        random_seed=5,
+        check_range=False,
+    )
+    post, pred = idata.posterior, idata.predictions
+    assert post["a"].dims == ("chain", "draw", "county")
+    assert post["county"].values.tolist() == ["no rows", "ten rows"]
+    assert pred["log_radon"].shape == (1, draws, 4)
+    np.testing.assert_array_equal(idata.predictions_constant_data["floor"], rows["floor"])
+    # The model's Deterministics, for the new units.
+    np.testing.assert_allclose(post["a_upstairs"], post["a"] + post["b"])
+    # Given each draw, y = a[county] + b floor + sigma ε: standardised residuals are N(0, 1).
+    a, b, sigma = post["a"].values[0], post["b"].values[0], post["sigma"].values[0]
+    mu = a[:, rows["county_idx"]] + b[:, None] * rows["floor"]
+    eps = (pred["log_radon"].values[0] - mu) / sigma[:, None]
+    assert np.all(np.abs(eps.mean(0)) < 4 / np.sqrt(draws))
+    assert np.all(np.abs(eps.std(0) - 1) < 4 / np.sqrt(2 * draws))
+    # The zero-row county's predictive: mean E_q[mu_a] + E_q[b] floor, sd from its prior.
+    mean, sd = _prior_closed_form(approx)
+    m_b, s_b = _q_global(approx, "b")
+    y0 = pred["log_radon"].values[0][:, 0]  # floor 0, no rows
+    s_sigma = np.sqrt(np.mean(sigma**2))
+    predictive_sd = np.sqrt(sd**2 + s_sigma**2)
+    assert abs(y0.mean() - mean) < 4 * predictive_sd / np.sqrt(draws)
+    assert abs(y0.std() - predictive_sd) < 4 * predictive_sd / np.sqrt(2 * draws)
+    y1 = pred["log_radon"].values[0][:, 1]  # floor 1
+    assert abs(y1.mean() - (mean + m_b)) < 4 * np.sqrt(predictive_sd**2 + s_b**2) / np.sqrt(draws)
+    # The user's model is not changed.
+    np.testing.assert_array_equal(model["county_idx"].get_value(), before)
+    assert len(model.coords["county"]) == J
+
+
+def test_predictions_default_to_the_rows_of_new_data(radon):
+    _, approx = radon
+    one_county = dict(NEW_ROWS, county_idx=np.zeros(10, dtype=np.int64))
+    idata = approx.sample_new_units(
+        one_county, 200, predictions=True, random_seed=0, check_range=False
+    )
+    assert idata.posterior["a"].shape == (1, 200, 1)
+    assert idata.predictions["log_radon"].shape == (1, 200, 10)
+    np.testing.assert_array_equal(idata.predictions_constant_data["floor"], NEW_ROWS["floor"])
+
+
+def test_predictions_need_the_rows_covariates(radon):
+    _, approx = radon
+    with pytest.raises(AmortizationError, match="needs the new rows' floor"):
+        approx.sample_new_units(
+            NEW_ROWS,
+            10,
+            units=2,
+            predictions=True,
+            prediction_data={"county_idx": np.array([0])},
+            check_range=False,
+        )
+
+
+# -- a Poisson row-unit model (c09): lam_n ~ Gamma(alpha, beta), counts[n, v] ~ Poisson(lam_n) ---
+U, VISITS = 200, 6
+
+
+def poisson_data(seed: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.poisson(rng.gamma(2.0, 2.0, size=U)[:, None], size=(U, VISITS))
+
+
+def poisson_model(counts: np.ndarray) -> pm.Model:
+    with pm.Model(coords={"user": range(counts.shape[0]), "visit": range(VISITS)}) as model:
+        alpha = pm.HalfNormal("alpha", 5)
+        beta = pm.HalfNormal("beta", 5)
+        lam = pm.Gamma("lam", alpha, beta, dims="user")
+        pm.Poisson("counts", lam[:, None], observed=counts, dims=("user", "visit"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def poisson():
+    counts = poisson_data()
+    approx = pm.fit(
+        2500,
+        method="amortized",
+        model=poisson_model(counts),
+        encoder_widths=(16,),
+        obj_optimizer=pm.adam(learning_rate=1e-2),
+        random_seed=0,
+        progressbar=False,
+    )
+    return counts, approx
+
+
+def _no_range_warning(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfTrainingRangeWarning)
+        return fn()
+
+
+def test_out_of_range_units_are_named_and_inside_ones_are_not(poisson, tmp_path):
+    counts, approx = poisson
+    inside = counts[:5]
+    _no_range_warning(lambda: approx.encode({"counts": inside}))
+    far = np.vstack([inside[:2], np.full((1, VISITS), 120)])
+    with pytest.warns(OutOfTrainingRangeWarning, match=r"unit 2: counts\[\d\] = 120 outside") as w:
+        approx.encode({"counts": far})
+    message = str(w[0].message)
+    assert "unit 0" not in message and "unit 1" not in message and "training sd" in message
+    with pytest.warns(OutOfTrainingRangeWarning, match="unit 2"):
+        approx.sample_new_units({"counts": far}, 10, random_seed=0)
+    _no_range_warning(lambda: approx.encode({"counts": far}, check_range=False))
+    # Several inputs: a unit inside every column's range but unlike any training unit (a
+    # visit pattern never seen) is caught by the Mahalanobis distance.
+    odd = np.array([[0, 0, 0, counts.max(), counts.max(), counts.max()]])
+    with pytest.warns(OutOfTrainingRangeWarning, match="Mahalanobis"):
+        approx.encode({"counts": odd})
+
+    # The envelope is saved: a model rebuilt on 20 users with small counts keeps the fit's range.
+    save_approximation(approx, tmp_path / "poisson")
+    small = np.minimum(counts[:20], 3)
+    loaded = load_approximation(tmp_path / "poisson", model=poisson_model(small))
+    _no_range_warning(lambda: loaded.encode({"counts": inside}))
+    with pytest.warns(OutOfTrainingRangeWarning, match="unit 2"):
+        loaded.encode({"counts": far})
+    # A file written before envelopes were saved still loads (and cannot warn).
+    path = tmp_path / "poisson.json"
+    structure = json.loads(path.read_text())
+    for saved in structure["latents"].values():
+        del saved["envelope"]
+    path.write_text(json.dumps(structure))
+    old = load_approximation(tmp_path / "poisson", model=poisson_model(counts))
+    _no_range_warning(lambda: old.encode({"counts": far}))
+
+
+def test_constrained_summary_of_a_log_transformed_latent(poisson):
+    counts, approx = poisson
+    q = approx.encode({"counts": counts[:4]})["lam"]
+    # On its own scale lam is lognormal under q: exact mean and quantiles.
+    np.testing.assert_allclose(q.constrained_mean, np.exp(q.mean + q.sd**2 / 2))
+    np.testing.assert_allclose(q.quantiles[1], np.exp(q.mean))
+    draws = approx.sample_new_units({"counts": counts[:4]}, 8000, random_seed=1)
+    lam = draws.posterior["lam"].values[0]
+    np.testing.assert_allclose(
+        lam.mean(0), q.constrained_mean, rtol=4 * q.sd.max() / np.sqrt(8000) * 1.5
+    )
+    np.testing.assert_allclose(np.quantile(lam, 0.95, axis=0), q.quantiles[2], rtol=0.03)
+    # The posterior mean rate is near the unit's mean count, not the log-rate.
+    assert np.all(np.abs(q.constrained_mean - counts[:4].mean(1)) < 1.5)
+
+
+@pytest.mark.slow
+def test_poisson_predictions_agree_with_advi_and_sample_posterior_predictive(poisson):
+    counts, approx = poisson
+    rng = np.random.default_rng(7)
+    new = rng.poisson(np.array([1.0, 5.0, 12.0])[:, None], size=(3, VISITS))
+    ours = approx.sample_new_units(
+        {"counts": new}, 4000, predictions=True, random_seed=2, check_range=False
+    ).predictions["counts"]
+    assert ours.dims == ("chain", "draw", "user", "visit")
+    # ADVI on the same model with the new users among its units, then PyMC's own predictive.
+    with poisson_model(np.vstack([counts, new])) as model:
+        advi = pm.fit(
+            15_000,
+            method="advi",
+            obj_optimizer=pm.adam(learning_rate=1e-2),
+            random_seed=0,
+            progressbar=False,
+        )
+        trace = advi.sample(4000, random_seed=3)
+        theirs = (
+            pm.sample_posterior_predictive(
+                trace, model=model, var_names=["counts"], random_seed=4, progressbar=False
+            )
+            .posterior_predictive["counts"]
+            .values[0][:, U:]
+        )
+    ours = ours.values[0]
+    # Predictive mean and sd per new user (pooled over visits): both are N(E lam, E lam + Var lam).
+    np.testing.assert_allclose(ours.mean((0, 2)), theirs.mean((0, 2)), rtol=0.08)
+    np.testing.assert_allclose(ours.std((0, 2)), theirs.std((0, 2)), rtol=0.1)
