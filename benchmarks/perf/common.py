@@ -167,6 +167,52 @@ def interleaved(
     return {name: np.asarray(v) for name, v in out.items()}
 
 
+class FitClock:
+    """``pm.fit`` callback: the fit's own clock, with a measurement every ``every`` steps kept off it.
+
+    Create it just before calling ``pm.fit`` and pass it first among the callbacks. ``compile_s`` is
+    the time from its creation to the first callback: building the inference, compiling its step and
+    running one step. ``run_s`` is the time from the first callback to the last, less the time spent
+    in ``measure``; ``steps`` the steps run. Every ``every`` steps ``measure(approx)`` is called and
+    ``(step, seconds on the clock since the first callback, value)`` appended to ``points``;
+    ``stop(value)`` true ends the fit (PyMC's loop stops cleanly on ``StopIteration``).
+    """
+
+    def __init__(self, measure: Callable | None = None, *, every: int = 100, stop=None):
+        self.measure, self.every, self.stop = measure, every, stop
+        self.start = time.perf_counter()
+        self.first = self.last = None
+        self.off_clock = 0.0
+        self.steps = 0
+        self.points: list[tuple[int, float, object]] = []
+
+    def __call__(self, approx, losses, i):
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last, self.steps = now, i + 1
+        if self.measure is None or self.steps % self.every:
+            return
+        value = self.measure(approx)
+        self.points.append((self.steps, now - self.first - self.off_clock, value))
+        self.off_clock += time.perf_counter() - now
+        if self.stop is not None and self.stop(value):
+            raise StopIteration
+
+    @property
+    def compile_s(self) -> float:
+        return (self.first or time.perf_counter()) - self.start
+
+    @property
+    def run_s(self) -> float:
+        return (self.last or self.start) - (self.first or self.start) - self.off_clock
+
+    @property
+    def ms_per_step(self) -> float:
+        """Wall ÷ steps inside the fit, compilation and measurements excluded."""
+        return self.run_s / max(self.steps - 1, 1) * 1e3
+
+
 def pin_malloc_thresholds(*, mmap_mib: int = 32, trim_mib: int = 512) -> None:
     """Keep blocks under ``mmap_mib`` in glibc's heap and the heap's free top under ``trim_mib``
     resident (process-wide; what ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` do).
