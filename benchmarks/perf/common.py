@@ -213,6 +213,17 @@ class FitClock:
         return self.run_s / max(self.steps - 1, 1) * 1e3
 
 
+def warm_up_fits() -> None:
+    """Fit a tiny model with A-VI and ADVI for a few steps, so that what a process pays once (numba's
+    start-up, PyTensor's first compilations, loading its on-disk cache) is not charged to whichever
+    contender happens to run first."""
+    from pymc_amortize.examples.simulated_radon import radon_data, radon_model
+
+    model = radon_model(radon_data(20, 100, random_seed=0))
+    for method in ("amortized", "advi"):
+        pm.fit(5, method=method, model=model, progressbar=False)
+
+
 def pin_malloc_thresholds(*, mmap_mib: int = 32, trim_mib: int = 512) -> None:
     """Keep blocks under ``mmap_mib`` in glibc's heap and the heap's free top under ``trim_mib``
     resident (process-wide; what ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` do).
