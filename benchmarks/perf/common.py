@@ -213,7 +213,7 @@ class FitClock:
         return self.run_s / max(self.steps - 1, 1) * 1e3
 
 
-def warm_up_fits() -> None:
+def warm_up_fits(mode: str | None = None) -> None:
     """Fit a tiny model with A-VI and ADVI for a few steps, so that what a process pays once (numba's
     start-up, PyTensor's first compilations, loading its on-disk cache) is not charged to whichever
     contender happens to run first."""
@@ -221,7 +221,8 @@ def warm_up_fits() -> None:
 
     model = radon_model(radon_data(20, 100, random_seed=0))
     for method in ("amortized", "advi"):
-        pm.fit(5, method=method, model=model, progressbar=False)
+        kwargs = {"compile_kwargs": {"mode": mode}} if mode else {}
+        pm.fit(5, method=method, model=model, progressbar=False, **kwargs)
 
 
 def pin_malloc_thresholds(*, mmap_mib: int = 32, trim_mib: int = 512) -> None:

@@ -138,9 +138,11 @@ def _group_means(approx) -> np.ndarray:
     return meanfield_of(approx)["a"].mean
 
 
-def run_vi(model, ref, method, *, lr, batch, max_steps, every, seed=0) -> dict:
+def run_vi(model, ref, method, *, lr, batch, max_steps, every, seed=0, mode=None) -> dict:
     kwargs = {"method": "amortized", "batch_size": batch} if method == "A-VI" else {}
     kwargs.setdefault("method", "advi")
+    if mode:
+        kwargs["compile_kwargs"] = {"mode": mode}
     clock = common.FitClock(
         lambda approx: ref.errors(_group_means(approx)), every=every, stop=lambda e: e["reached"]
     )
@@ -268,7 +270,7 @@ def run(*, quick: bool = False, sizes=None, settings=None, only=None, write=True
             rows.append(_row(n, name, r))
         leads[n] = _leader(results[n]["fits"])
     table = _table(sizes, settings, results, rows, leads)
-    payload = {"sizes": {str(n): r for n, r in results.items()}, "leaders": leads}
+    payload = {"sizes": {str(n): r for n, r in results.items()}, "leaders": leads, "table": table}
     if write:
         common.write_results("competitors", payload, table, quick=quick)
     return payload

@@ -6,6 +6,7 @@ python -m benchmarks.perf.report
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from benchmarks.perf.common import RESULTS
@@ -18,6 +19,11 @@ SECTIONS = [
     ("profile_step", "5. Profile: per-call overhead vs arithmetic"),
     ("allocator", "6. Page faults: glibc returning the step's temporaries to the OS"),
     ("step_args", "7. A step's fixed cost against its number of arguments, A-VI beside ADVI"),
+    (
+        "user_models",
+        "8. User-style models: first fit and time to ADVI's final ELBO; steps at N = 10³ and 10⁵",
+    ),
+    ("competitors", "9. Against NUTS (nutpie), pathfinder and DADVI on radon-style data"),
 ]
 
 INTRO = """# Performance benchmarks
@@ -50,13 +56,29 @@ building the model under `pytensor.config.change_flags(floatX="float32")` (or `P
 """
 
 
+def current_sections(readme: Path) -> dict[str, str]:
+    """The body of each ``## `` section of the README as it stands, by title."""
+    if not readme.exists():
+        return {}
+    parts = re.split(r"^## (.+)\n", readme.read_text(), flags=re.MULTILINE)
+    return {
+        title: body.rstrip("\n") + "\n"
+        for title, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
 def main():
+    readme = HERE / "README.md"
+    # results/ is not committed: a section whose results are absent keeps its current text.
+    kept = current_sections(readme)
     parts = [INTRO]
     for name, title in SECTIONS:
         parts.append(f"\n## {title}\n")
         md, js = RESULTS / f"{name}.md", RESULTS / f"{name}.json"
         if not md.exists():
-            parts.append(f"\n_Not run yet: `python -m benchmarks.perf.{name} --quick`._\n")
+            parts.append(
+                kept.get(title) or f"\n_Not run yet: `python -m benchmarks.perf.{name} --quick`._\n"
+            )
             continue
         meta = json.loads(js.read_text())
         m = meta["machine"]
@@ -70,8 +92,8 @@ def main():
     notes = HERE / "NOTES.md"
     if notes.exists():
         parts.append("\n" + notes.read_text())
-    (HERE / "README.md").write_text("".join(parts))
-    print(f"wrote {HERE / 'README.md'}")
+    readme.write_text("".join(parts))
+    print(f"wrote {readme}")
 
 
 if __name__ == "__main__":

@@ -115,13 +115,13 @@ def cases(quick: bool) -> dict[str, tuple]:
 
 
 # -- one fit, with its ELBO trace -----------------------------------------------------------------
-def fit(model, method, *, units, lr, max_steps, evaluator, every, seed=0) -> dict:
-    kwargs = {}
+def fit(model, method, *, units, lr, max_steps, evaluator, every, seed=0, mode=None) -> dict:
+    kwargs = {"compile_kwargs": {"mode": mode}} if mode else {}
     if method == "A-VI":
         batch = BATCH if units >= MIN_UNITS_TO_MINIBATCH else None
-        kwargs = {"method": "amortized", "batch_size": batch}
+        kwargs |= {"method": "amortized", "batch_size": batch}
     else:
-        kwargs = {"method": "advi"}
+        kwargs |= {"method": "advi"}
     clock = common.FitClock(lambda approx: evaluator.estimate(meanfield_of(approx))[0], every=every)
     pm.fit(
         max_steps,
@@ -156,7 +156,7 @@ def time_to(run: dict, target: float) -> tuple[str, float, float | None]:
     return ">", run["run_s"], None
 
 
-def compare_fits(model, units, *, lr, max_steps, n_draws, every, avi_first=True) -> dict:
+def compare_fits(model, units, *, lr, max_steps, n_draws, every, avi_first=True, mode=None) -> dict:
     evaluator = MeanFieldELBO(model, n_draws=n_draws, random_seed=0)
     order = ("A-VI", "ADVI") if avi_first else ("ADVI", "A-VI")
     runs = {
@@ -168,6 +168,7 @@ def compare_fits(model, units, *, lr, max_steps, n_draws, every, avi_first=True)
             max_steps=max_steps,
             evaluator=evaluator,
             every=every,
+            mode=mode,
         )
         for method in order
     }
@@ -254,6 +255,7 @@ def run(
     every: int | None = None,
     step_sizes=(1_000, 100_000),
     step_settings: dict | None = None,
+    mode: str | None = None,
     write: bool = True,
 ) -> dict:
     max_steps = max_steps or (10_000 if quick else 30_000)
@@ -262,7 +264,7 @@ def run(
     all_cases = cases(quick)
     chosen = {k: all_cases[k] for k in (case_names or all_cases)}
     results, rows = {}, []
-    common.warm_up_fits()
+    common.warm_up_fits(mode)
     for k, (label, (build, units)) in enumerate(chosen.items()):
         print(f"[user_models] {label}", flush=True)
         # Which method fits a model first alternates: the first may pay for kernels both use.
@@ -274,6 +276,7 @@ def run(
             n_draws=n_draws,
             every=every,
             avi_first=k % 2 == 0,
+            mode=mode,
         )
         res["units"], res["first"] = units, "A-VI" if k % 2 == 0 else "ADVI"
         results[label] = res
@@ -315,7 +318,7 @@ def run(
         if quick
         else {"steps": 1_000, "rounds": 3, "repeats": 9, "calls": 30}
     )
-    per_step = step_costs(step_sizes, **steps) if step_sizes else {}
+    per_step = step_costs(step_sizes, **steps, mode=mode) if step_sizes else {}
     header = [
         "model",
         "method",
@@ -375,6 +378,7 @@ def run(
         )
     payload = {"models": results, "per_step": {str(n): r for n, r in per_step.items()}}
     payload |= {"lr": lr, "max_steps": max_steps, "n_draws": n_draws, "every": every}
+    payload["table"] = table
     if write:
         common.write_results("user_models", payload, table, quick=quick)
     return payload
