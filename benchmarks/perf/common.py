@@ -213,6 +213,24 @@ class FitClock:
         return self.run_s / max(self.steps - 1, 1) * 1e3
 
 
+def converged_fit(model, clock: FitClock, *, max_steps, lr, mode=None, seed=0, **fit_kwargs):
+    """``pm.fit`` with Adam at ``lr``, timed by ``clock`` and stopped by ``ELBOConvergence()`` (or
+    at ``max_steps``), as the benchmarks that compare whole fits run every method."""
+    from pymc_amortize import ELBOConvergence
+
+    if mode:
+        fit_kwargs["compile_kwargs"] = {"mode": mode}
+    return pm.fit(
+        max_steps,
+        model=model,
+        obj_optimizer=pm.adam(learning_rate=lr),
+        callbacks=[clock, ELBOConvergence()],
+        random_seed=seed,
+        progressbar=False,
+        **fit_kwargs,
+    )
+
+
 def warm_up_fits(mode: str | None = None) -> None:
     """Fit a tiny model with A-VI and ADVI for a few steps, so that what a process pays once (numba's
     start-up, PyTensor's first compilations, loading its on-disk cache) is not charged to whichever

@@ -40,7 +40,6 @@ import pymc as pm
 from scipy import optimize
 
 from benchmarks.perf import common
-from pymc_amortize import ELBOConvergence
 from pymc_amortize.diagnostics import meanfield_of
 from pymc_amortize.examples.simulated_radon import RadonData, radon_data, radon_model
 
@@ -140,20 +139,17 @@ def _group_means(approx) -> np.ndarray:
 
 def run_vi(model, ref, method, *, lr, batch, max_steps, every, seed=0, mode=None) -> dict:
     kwargs = {"method": "amortized", "batch_size": batch} if method == "A-VI" else {}
-    kwargs.setdefault("method", "advi")
-    if mode:
-        kwargs["compile_kwargs"] = {"mode": mode}
     clock = common.FitClock(
         lambda approx: ref.errors(_group_means(approx)), every=every, stop=lambda e: e["reached"]
     )
-    approx = pm.fit(
-        max_steps,
-        model=model,
-        obj_optimizer=pm.adam(learning_rate=lr),
-        callbacks=[clock, ELBOConvergence()],
-        random_seed=seed,
-        progressbar=False,
-        **kwargs,
+    approx = common.converged_fit(
+        model,
+        clock,
+        max_steps=max_steps,
+        lr=lr,
+        mode=mode,
+        seed=seed,
+        **({"method": "advi"} | kwargs),
     )
     errors = clock.points[-1][2] if clock.points else ref.errors(_group_means(approx))
     reached = bool(clock.points) and errors["reached"]

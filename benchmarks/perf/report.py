@@ -38,6 +38,8 @@ python -m benchmarks.perf.step_time --quick      # needs the `bench` extra (nump
 python -m benchmarks.perf.profile_step --quick
 python -m benchmarks.perf.allocator --quick      # needs the `bench` extra too
 python -m benchmarks.perf.step_args --quick
+PYTENSOR_FLAGS=base_compiledir=$(mktemp -d) python -m benchmarks.perf.user_models --quick
+python -m benchmarks.perf.competitors --quick    # nutpie; pymc-extras installed by hand (below)
 python -m benchmarks.perf.report
 ```
 
@@ -46,6 +48,11 @@ warm-up; a ratio is the median of round-by-round ratios. **The machine was loade
 box with other jobs running): absolute times are noisy, the ratios less so. The models
 (`models.py`) are the paper's linear, nonlinear (k = 16, variance cos² z + 0.1) and saw (i = 2)
 models as ordinary PyMC models.
+
+pymc-extras (pathfinder, DADVI in `competitors`) is not in the `bench` extra: its newest release
+(0.15.1) declares `pymc<6.4`; `pip install --no-deps pymc-extras==0.15.1 preliz pydantic` works
+with PyMC 6.4. `user_models` measures a user's first fit with
+`PYTENSOR_FLAGS=base_compiledir=$(mktemp -d)` (an empty compile cache).
 
 **Backend and precision.** PyTensor's default backend (NUMBA) is the fastest reliable one for the
 A-VI step here (section 3–4); the C backend (`FAST_RUN`) is close once the encoder's layers are

@@ -31,7 +31,6 @@ import pymc as pm
 
 from benchmarks.perf import common, models
 from benchmarks.perf.time_to_elbo import _ratio, _shown
-from pymc_amortize import ELBOConvergence
 from pymc_amortize.diagnostics import MeanFieldELBO, meanfield_of
 from pymc_amortize.examples import simulated_radon
 
@@ -116,22 +115,13 @@ def cases(quick: bool) -> dict[str, tuple]:
 
 # -- one fit, with its ELBO trace -----------------------------------------------------------------
 def fit(model, method, *, units, lr, max_steps, evaluator, every, seed=0, mode=None) -> dict:
-    kwargs = {"compile_kwargs": {"mode": mode}} if mode else {}
     if method == "A-VI":
         batch = BATCH if units >= MIN_UNITS_TO_MINIBATCH else None
-        kwargs |= {"method": "amortized", "batch_size": batch}
+        kwargs = {"method": "amortized", "batch_size": batch}
     else:
-        kwargs |= {"method": "advi"}
+        kwargs = {"method": "advi"}
     clock = common.FitClock(lambda approx: evaluator.estimate(meanfield_of(approx))[0], every=every)
-    pm.fit(
-        max_steps,
-        model=model,
-        obj_optimizer=pm.adam(learning_rate=lr),
-        callbacks=[clock, ELBOConvergence()],
-        random_seed=seed,
-        progressbar=False,
-        **kwargs,
-    )
+    common.converged_fit(model, clock, max_steps=max_steps, lr=lr, mode=mode, seed=seed, **kwargs)
     steps, seconds, elbo = (np.array(c, dtype=float) for c in zip(*clock.points, strict=True))
     return {
         "compile_s": clock.compile_s,
