@@ -100,3 +100,105 @@ def test_step_args_counts_arguments_and_ratios():
         assert 0 < row["avi_over_advi"] < math.inf
         # Encoder weights are one flat vector: a handful of arguments, whatever the encoder.
         assert row["avi_arguments"] <= row["advi_arguments"] + 8
+
+
+def test_user_models_ratios_and_columns():
+    import pytensor
+
+    from benchmarks.perf import user_models
+
+    with pytensor.config.change_flags(mode=MODE):  # the ELBO evaluator's logp too
+        out = user_models.run(
+            case_names=["eight schools"],
+            max_steps=600,
+            n_draws=5,
+            every=50,
+            step_sizes=(200,),
+            step_settings={"steps": 20, "rounds": 1, "repeats": 1, "calls": 2},
+            mode=MODE,
+            write=False,
+        )
+    res = out["models"]["eight schools"]
+    assert math.isfinite(res["target_elbo"])
+    assert 0 < res["ratios"]["first_fit_wall"] < math.inf
+    for kind_key in ("to_target_wall", "to_target_steps"):
+        ratio, kind = res["ratios"][kind_key]
+        assert kind in "=<>" and 0 < ratio < math.inf
+    # ADVI's own trace defines the target: its last window always reaches it.
+    assert res["runs"]["ADVI"]["to_target"]["kind"] == "="
+    for run in res["runs"].values():
+        assert run["compile_s"] > 0 and run["run_s"] > 0 and run["steps"] > 1
+        assert len(run["trace"]["elbo"]) == run["steps"] // 50
+    for column in ("setup + compile s", "first fit s", "s to ADVI's ELBO (compile incl.)"):
+        assert column in out["table"]
+    step = out["per_step"]["200"]
+    assert 0 < step["ratio_in_fit"] < math.inf and 0 < step["ratio_compiled"] < math.inf
+
+
+def test_user_models_reach_needs_a_whole_window():
+    from benchmarks.perf import user_models
+
+    w = user_models.WINDOW
+    # One lucky evaluation above the target is not reaching it; a window whose mean is, is.
+    elbo = [-10.0] * w + [0.0] + [-10.0] * w + [-1.0] * w
+    run = {
+        "trace": {"step": list(range(len(elbo))), "seconds": list(range(len(elbo))), "elbo": elbo},
+        "run_s": 99.0,
+    }
+    assert user_models.time_to(run, target=-1.0) == ("=", len(elbo) - 1, len(elbo) - 1)
+    assert user_models.time_to(run, target=0.0) == (">", 99.0, None)
+
+
+def test_competitors_reference_is_the_conjugate_posterior():
+    import numpy as np
+
+    from benchmarks.perf import competitors
+
+    data, _ = competitors.data_and_model(2_000)
+    ref = competitors.Reference(data)
+    # The marginal posterior mode of the globals finds the simulation's values.
+    mu_a, sigma_a, b, sigma = ref.theta[0], np.exp(ref.theta[1]), ref.theta[2], np.exp(ref.theta[3])
+    assert abs(mu_a - data.mu_a) < 0.1 and abs(b - data.b) < 0.1
+    assert abs(sigma_a - data.sigma_a) < 0.1 and abs(sigma - data.sigma) < 0.05
+    # One county's conditional posterior against brute force on a grid.
+    j = int(np.argmax(data.county_sizes))
+    rows = data.county_idx == j
+    grid = np.linspace(-3, 6, 20_001)
+    resid = data.log_radon[rows] - b * data.floor[rows]
+    log_post = -0.5 * ((grid - mu_a) / sigma_a) ** 2
+    log_post -= 0.5 * (((resid[:, None] - grid) / sigma) ** 2).sum(0)
+    w = np.exp(log_post - log_post.max())
+    w /= w.sum()
+    mean, sd = ref.conditional(ref.theta)
+    assert mean[j] == pytest.approx((w * grid).sum(), abs=1e-4)
+    assert sd[j] == pytest.approx(np.sqrt((w * (grid - mean[j]) ** 2).sum()), rel=1e-3)
+    # The reference's errors: itself is exact, a shift of 0.2 sd everywhere is not within 0.1.
+    assert ref.errors(ref.mean)["reached"] and ref.errors(ref.mean)["max"] == 0
+    shifted = ref.errors(ref.mean + 0.2 * ref.sd)
+    assert not shifted["reached"] and shifted["within"] == 0
+
+
+def test_competitors_advi_agrees_with_the_reference_on_a_tiny_model():
+    from benchmarks.perf import competitors
+
+    data, model = competitors.data_and_model(100)
+    ref = competitors.Reference(data)
+    out = competitors.run_vi(
+        model, ref, "ADVI", lr=3e-2, batch=None, max_steps=2_000, every=200, mode=MODE
+    )
+    assert {"within", "median", "max", "reached"} <= set(out["errors"])
+    # ADVI's means of a conjugate Gaussian model land near the exact ones (loose: few steps).
+    assert out["errors"]["median"] < 0.5
+    assert out["wall_s"] >= out["compile_s"] > 0
+
+
+@pytest.mark.slow
+def test_competitors_pymc_extras_contenders_run():
+    pytest.importorskip("pymc_extras")
+    from benchmarks.perf import competitors
+
+    data, model = competitors.data_and_model(50)
+    ref = competitors.Reference(data)
+    for method in ("pathfinder", "dadvi"):
+        out = competitors.run_pymc_extras(model, ref, method)
+        assert out["wall_s"] > 0 and 0 <= out["errors"]["within"] <= 1

@@ -167,6 +167,82 @@ def interleaved(
     return {name: np.asarray(v) for name, v in out.items()}
 
 
+class FitClock:
+    """``pm.fit`` callback: the fit's own clock, with a measurement every ``every`` steps kept off it.
+
+    Create it just before calling ``pm.fit`` and pass it first among the callbacks. ``compile_s`` is
+    the time from its creation to the first callback: building the inference, compiling its step and
+    running one step. ``run_s`` is the time from the first callback to the last, less the time spent
+    in ``measure``; ``steps`` the steps run. Every ``every`` steps ``measure(approx)`` is called and
+    ``(step, seconds on the clock since the first callback, value)`` appended to ``points``;
+    ``stop(value)`` true ends the fit (PyMC's loop stops cleanly on ``StopIteration``).
+    """
+
+    def __init__(self, measure: Callable | None = None, *, every: int = 100, stop=None):
+        self.measure, self.every, self.stop = measure, every, stop
+        self.start = time.perf_counter()
+        self.first = self.last = None
+        self.off_clock = 0.0
+        self.steps = 0
+        self.points: list[tuple[int, float, object]] = []
+
+    def __call__(self, approx, losses, i):
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last, self.steps = now, i + 1
+        if self.measure is None or self.steps % self.every:
+            return
+        value = self.measure(approx)
+        self.points.append((self.steps, now - self.first - self.off_clock, value))
+        self.off_clock += time.perf_counter() - now
+        if self.stop is not None and self.stop(value):
+            raise StopIteration
+
+    @property
+    def compile_s(self) -> float:
+        return (self.first or time.perf_counter()) - self.start
+
+    @property
+    def run_s(self) -> float:
+        return (self.last or self.start) - (self.first or self.start) - self.off_clock
+
+    @property
+    def ms_per_step(self) -> float:
+        """Wall ÷ steps inside the fit, compilation and measurements excluded."""
+        return self.run_s / max(self.steps - 1, 1) * 1e3
+
+
+def converged_fit(model, clock: FitClock, *, max_steps, lr, mode=None, seed=0, **fit_kwargs):
+    """``pm.fit`` with Adam at ``lr``, timed by ``clock`` and stopped by ``ELBOConvergence()`` (or
+    at ``max_steps``), as the benchmarks that compare whole fits run every method."""
+    from pymc_amortize import ELBOConvergence
+
+    if mode:
+        fit_kwargs["compile_kwargs"] = {"mode": mode}
+    return pm.fit(
+        max_steps,
+        model=model,
+        obj_optimizer=pm.adam(learning_rate=lr),
+        callbacks=[clock, ELBOConvergence()],
+        random_seed=seed,
+        progressbar=False,
+        **fit_kwargs,
+    )
+
+
+def warm_up_fits(mode: str | None = None) -> None:
+    """Fit a tiny model with A-VI and ADVI for a few steps, so that what a process pays once (numba's
+    start-up, PyTensor's first compilations, loading its on-disk cache) is not charged to whichever
+    contender happens to run first."""
+    from pymc_amortize.examples.simulated_radon import radon_data, radon_model
+
+    model = radon_model(radon_data(20, 100, random_seed=0))
+    for method in ("amortized", "advi"):
+        kwargs = {"compile_kwargs": {"mode": mode}} if mode else {}
+        pm.fit(5, method=method, model=model, progressbar=False, **kwargs)
+
+
 def pin_malloc_thresholds(*, mmap_mib: int = 32, trim_mib: int = 512) -> None:
     """Keep blocks under ``mmap_mib`` in glibc's heap and the heap's free top under ``trim_mib``
     resident (process-wide; what ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` do).

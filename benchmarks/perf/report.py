@@ -6,6 +6,7 @@ python -m benchmarks.perf.report
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from benchmarks.perf.common import RESULTS
@@ -18,6 +19,11 @@ SECTIONS = [
     ("profile_step", "5. Profile: per-call overhead vs arithmetic"),
     ("allocator", "6. Page faults: glibc returning the step's temporaries to the OS"),
     ("step_args", "7. A step's fixed cost against its number of arguments, A-VI beside ADVI"),
+    (
+        "user_models",
+        "8. User-style models: first fit and time to ADVI's final ELBO; steps at N = 10³ and 10⁵",
+    ),
+    ("competitors", "9. Against NUTS (nutpie), pathfinder and DADVI on radon-style data"),
 ]
 
 INTRO = """# Performance benchmarks
@@ -32,6 +38,8 @@ python -m benchmarks.perf.step_time --quick      # needs the `bench` extra (nump
 python -m benchmarks.perf.profile_step --quick
 python -m benchmarks.perf.allocator --quick      # needs the `bench` extra too
 python -m benchmarks.perf.step_args --quick
+PYTENSOR_FLAGS=base_compiledir=$(mktemp -d) python -m benchmarks.perf.user_models --quick
+python -m benchmarks.perf.competitors --quick    # nutpie; pymc-extras installed by hand (below)
 python -m benchmarks.perf.report
 ```
 
@@ -40,6 +48,11 @@ warm-up; a ratio is the median of round-by-round ratios. **The machine was loade
 box with other jobs running): absolute times are noisy, the ratios less so. The models
 (`models.py`) are the paper's linear, nonlinear (k = 16, variance cos² z + 0.1) and saw (i = 2)
 models as ordinary PyMC models.
+
+pymc-extras (pathfinder, DADVI in `competitors`) is not in the `bench` extra: its newest release
+(0.15.1) declares `pymc<6.4`; `pip install --no-deps pymc-extras==0.15.1 preliz pydantic` works
+with PyMC 6.4. `user_models` measures a user's first fit with
+`PYTENSOR_FLAGS=base_compiledir=$(mktemp -d)` (an empty compile cache).
 
 **Backend and precision.** PyTensor's default backend (NUMBA) is the fastest reliable one for the
 A-VI step here (section 3–4); the C backend (`FAST_RUN`) is close once the encoder's layers are
@@ -50,13 +63,29 @@ building the model under `pytensor.config.change_flags(floatX="float32")` (or `P
 """
 
 
+def current_sections(readme: Path) -> dict[str, str]:
+    """The body of each ``## `` section of the README as it stands, by title."""
+    if not readme.exists():
+        return {}
+    parts = re.split(r"^## (.+)\n", readme.read_text(), flags=re.MULTILINE)
+    return {
+        title: body.rstrip("\n") + "\n"
+        for title, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
 def main():
+    readme = HERE / "README.md"
+    # results/ is not committed: a section whose results are absent keeps its current text.
+    kept = current_sections(readme)
     parts = [INTRO]
     for name, title in SECTIONS:
         parts.append(f"\n## {title}\n")
         md, js = RESULTS / f"{name}.md", RESULTS / f"{name}.json"
         if not md.exists():
-            parts.append(f"\n_Not run yet: `python -m benchmarks.perf.{name} --quick`._\n")
+            parts.append(
+                kept.get(title) or f"\n_Not run yet: `python -m benchmarks.perf.{name} --quick`._\n"
+            )
             continue
         meta = json.loads(js.read_text())
         m = meta["machine"]
@@ -70,8 +99,8 @@ def main():
     notes = HERE / "NOTES.md"
     if notes.exists():
         parts.append("\n" + notes.read_text())
-    (HERE / "README.md").write_text("".join(parts))
-    print(f"wrote {HERE / 'README.md'}")
+    readme.write_text("".join(parts))
+    print(f"wrote {readme}")
 
 
 if __name__ == "__main__":
