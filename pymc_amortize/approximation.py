@@ -357,12 +357,12 @@ def default_encoder(
 ) -> MLPEncoder | PooledEncoder:
     """An :class:`MLPEncoder` for a latent with unit inputs only, else a :class:`PooledEncoder`.
 
-    ``widths=None`` picks :func:`~pymc_amortize.encoders.default_encoder_widths` from the
-    network's input width and the plate's number of units.
+    ``widths=None`` picks :func:`~pymc_amortize.encoders.default_encoder_widths` from the plate's
+    number of units.
     """
     if n_row_inputs == 0:
         if widths is None:
-            widths = default_encoder_widths(n_unit_inputs, plate.size)
+            widths = default_encoder_widths(plate.size)
         return MLPEncoder(
             n_inputs=n_unit_inputs,
             event_size=latent.event_size,
@@ -375,7 +375,7 @@ def default_encoder(
         )
     log_counts = np.log1p(plate.row_counts)
     if widths is None:
-        widths = default_encoder_widths(PooledEncoder.n_features + 1 + n_unit_inputs, plate.size)
+        widths = default_encoder_widths(plate.size)
     return PooledEncoder(
         n_row_inputs=n_row_inputs,
         event_size=latent.event_size,

@@ -16,13 +16,7 @@ from pytensor.tensor.random.type import RandomType
 from pytensor.tensor.variable import TensorVariable
 from pytensor_ml.activations import GELU, LeakyReLU, ReLU, SoftPlus, Tanh
 from pytensor_ml.layers import Linear, Sequential
-from pytensor_ml.state import (
-    Initializer,
-    NormalInitializer,
-    XavierNormalInitializer,
-    fans,
-    initialize_params,
-)
+from pytensor_ml.state import NormalInitializer, XavierNormalInitializer, initialize_params
 
 from pymc_amortize.errors import AmortizationError
 
@@ -56,58 +50,38 @@ ACTIVATIONS = {
 }
 
 
-#: Activations of the ReLU family, whose hidden layers start from He's variance rather than Xavier's.
-_RELU_LIKE = frozenset({"relu", "leaky_relu", "gelu"})
+def default_encoder_widths(n_units: int | None = None) -> tuple[int, ...]:
+    """The hidden widths of the default encoder: one hidden layer of 64, fewer for a small plate.
 
-
-class _HeNormalInitializer(Initializer):
-    """N(0, 2 / fan_in) (He et al. 2015), which keeps a ReLU network's activations at unit scale.
-
-    pytensor-ml ships Xavier's initializers only. Xavier's variance halves the signal at every
-    ReLU layer, so a deep encoder starts nearly constant in its input; measured on factor analysis
-    (``benchmarks/perf/encoder_sizing.py``), one hidden layer of 48 started with Xavier collapsed
-    a latent dimension in 1 of 2 seeds, with He in 0 of 4.
-    """
-
-    def sample(self, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> np.ndarray:
-        fan_in, _ = fans(shape)
-        return rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype(dtype)
-
-
-def _hidden_initializer(activation: str | Callable) -> Initializer:
-    relu_like = isinstance(activation, str) and activation in _RELU_LIKE
-    return _HeNormalInitializer() if relu_like else XavierNormalInitializer()
-
-
-def default_encoder_widths(n_inputs: int, n_units: int | None = None) -> tuple[int, ...]:
-    """The hidden widths of the default encoder: one hidden layer, sized by its inputs and units.
-
-    The width is ``16 * n_inputs`` clipped to [32, 64], and at most the number of units rounded up
-    to a power of two (at least 8): one hidden layer with as many units as data points can already
-    fit any map on them, so a wider one only adds parameters (eight schools gets 66 instead of
-    2,370). The rule comes from ``python -m benchmarks.perf.encoder_sizing``, which fits every
-    candidate against ADVI's F-VI optimum on six models (eight schools, factor analysis, logistic
-    and Poisson GLMMs, the paper's nonlinear and saw models):
+    The width is at most the number of units rounded up to a power of two (at least 8): one hidden
+    layer with as many units as data points can already fit any map on them, so a wider one only
+    adds parameters (eight schools gets 66 encoder weights instead of the former default's 2,370).
+    The rule comes from ``python -m benchmarks.perf.encoder_sizing``, which fits each candidate
+    against ADVI's F-VI optimum on six models (eight schools, factor analysis, logistic and Poisson
+    GLMMs, the paper's nonlinear and saw models), and from seed sweeps on factor analysis and a
+    Poisson model with a unit covariate:
 
     * one hidden layer is needed: the affine encoder leaves a gap of ~500 nats on the nonlinear
-      model, which needs a width of 32 or more;
-    * two hidden layers ((16, 16), (32, 32)) collapsed one latent dimension of factor analysis
-      in every seed (a gap of ~156 nats), one layer of width 16-64 started with He's variance did
-      not; elsewhere two layers were no better than one.
+      model, where widths below 32 fail in some seeds;
+    * two hidden layers ((16, 16), (32, 32), the former default) collapsed one latent dimension of
+      factor analysis in every seed (a gap of ~156 nats); one layer of 64 in none of 6 seeds, of
+      32 in 1 of 6; elsewhere two layers were no better than one;
+    * He's initial variance instead of Xavier's fixed the collapse at width 48 but sent the Poisson
+      model's fit to a far worse optimum in 2 of 4 seeds, so the layers start from Xavier's;
+    * the number of inputs did not change the best width over the inputs measured (1 to 3 unit
+      inputs, 17 or 18 for a pooled encoder's ρ); give wide inputs (images) their own widths.
 
     Parameters
     ----------
-    n_inputs : int
-        Width of one unit's encoder input.
     n_units : int, optional
         Units of the plate (no cap when omitted).
 
     Returns
     -------
     tuple of int
-        The hidden widths, e.g. ``(32,)``.
+        The hidden widths, e.g. ``(64,)``.
     """
-    width = int(np.clip(16 * n_inputs, 32, 64))
+    width = 64
     if n_units is not None:
         width = min(width, max(8, 1 << max(int(n_units) - 1, 0).bit_length()))
     return (width,)
@@ -146,11 +120,11 @@ class MLPEncoder:
     event_size : int
         Size of one unit's latent z_n.
     widths : sequence of int, optional
-        Hidden layer widths, shared by both networks; :func:`default_encoder_widths` of
-        ``n_inputs`` when omitted.
+        Hidden layer widths, shared by both networks; :func:`default_encoder_widths` when
+        omitted.
     activation : str or callable
         ``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"softplus"``, ``"gelu"`` or a pytensor-ml
-        activation. Hidden weights start from He's variance for the ReLU family, else Xavier's.
+        activation.
     init_scale : float
         The sd of q(z_n) at the start of the fit. The output layers start with small weights and a
         log-sd bias of ``log(init_scale)``, so every unit starts near N(init_mean, init_scale²), as
@@ -184,7 +158,7 @@ class MLPEncoder:
 
     def __post_init__(self):
         if self.widths is None:
-            self.widths = default_encoder_widths(self.n_inputs)
+            self.widths = default_encoder_widths()
         self.widths = tuple(int(w) for w in self.widths)
         if any(w <= 0 for w in self.widths):
             raise AmortizationError(f"encoder_widths must be positive integers; got {self.widths}.")
@@ -202,7 +176,7 @@ class MLPEncoder:
         )
         # Redraw every weight from one seed so that a fit is reproducible.
         params = encoder_params(self(pt.matrix("probe", shape=(None, self.n_inputs))), exclude=())
-        hidden = _hidden_initializer(self.activation)
+        hidden = XavierNormalInitializer()
         initializers = {p: hidden for p in params if "_hidden" in p.name and p.name.endswith("_W")}
         for param, value in zip(
             params, initialize_params(params, self.random_seed, initializers), strict=True
@@ -354,7 +328,7 @@ class PooledEncoder:
     n_features : int
         Output width of φ (the pooled summary of a unit).
     widths : sequence of int, optional
-        Hidden widths of ρ; :func:`default_encoder_widths` of its input width when omitted.
+        Hidden widths of ρ; :func:`default_encoder_widths` when omitted.
     activation : str or callable
         Activation of both networks.
     init_scale, init_mean : float
@@ -405,17 +379,13 @@ class PooledEncoder:
         self._phi = Sequential(trunk, self._row_out) if self.row_widths else self._row_out
         probe = self._phi(pt.matrix("probe", shape=(None, self.n_row_inputs)))
         params = encoder_params([probe], exclude=())
-        hidden, xavier = _hidden_initializer(self.activation), XavierNormalInitializer()
-        initializers = {
-            p: hidden if "_row_hidden" in p.name else xavier
-            for p in params
-            if p.name.endswith("_W")
-        }
+        xavier = XavierNormalInitializer()
+        initializers = {p: xavier for p in params if p.name.endswith("_W")}
         for param, value in zip(params, initialize_params(params, rng, initializers), strict=True):
             param.set_value(value)
         n_rho_inputs = self.n_features + 1 + self.n_unit_covariates
         if self.widths is None:
-            self.widths = default_encoder_widths(n_rho_inputs)
+            self.widths = default_encoder_widths()
         self.widths = tuple(int(w) for w in self.widths)
         self._rho = MLPEncoder(
             n_inputs=n_rho_inputs,

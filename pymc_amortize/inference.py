@@ -348,7 +348,7 @@ class AmortizedVI(Inference):
         Hidden widths of the default encoder (of ρ for a pooled one), or ``{latent: widths}``;
         ``()`` is an affine encoder. When omitted (or for a latent the mapping leaves out),
         :func:`~pymc_amortize.encoders.default_encoder_widths` sizes one hidden layer from the
-        encoder's inputs and the plate's units.
+        plate's number of units.
     activation : str or callable
         Activation of the default encoder.
     init_scale : float

@@ -285,7 +285,10 @@ def test_a_model_without_local_latent_fits_mean_field_like_advi():
     analysis = AmortizedVI(model=model).approx.analysis
     assert analysis.plates == ()
     reasons = dict((mf.name, mf.reason) for mf in analysis.mean_field)
-    assert reasons.keys() == {"theta", "w"} and "no observed variable has its leading axis" in reasons["w"]
+    assert (
+        reasons.keys() == {"theta", "w"}
+        and "no observed variable has its leading axis" in reasons["w"]
+    )
     assert "no plate: every latent is fitted mean-field" in analysis.summary()
     expected_mean, expected_sd = x.sum() / (1 + 4 * n), 1 / np.sqrt(1 + n)
     fitted = {}
