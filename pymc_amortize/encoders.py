@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.rewriting import inline_ofg_node
@@ -231,7 +232,7 @@ def encoder_params(
 
     pytensor-ml marks its weights as ``TrainableParameter``; an encoder written by hand with plain
     ``pytensor.shared`` weights is supported too, so every float shared variable that is not data
-    (``exclude``) or a random generator counts.
+    (``exclude``), a random generator, or marked ``var.tag.trainable = False`` counts.
     """
     excluded = set(exclude)
     params = []
@@ -241,6 +242,7 @@ def encoder_params(
             and var not in excluded
             and not isinstance(var.type, RandomType)
             and var.type.dtype.startswith("float")
+            and getattr(var.tag, "trainable", True)
             and var not in params
         ):
             params.append(var)
@@ -383,6 +385,13 @@ class PooledEncoder:
         initializers = {p: xavier for p in params if p.name.endswith("_W")}
         for param, value in zip(params, initialize_params(params, rng, initializers), strict=True):
             param.set_value(value)
+        # Shared, not literals, so that the compiled step does not depend on the data's row
+        # counts (NUMBA compiles literals into machine code; see plates.PlateLayout.size).
+        self._log_count_standardization = pytensor.shared(
+            np.array([self.log_count_center, self.log_count_scale], dtype=pytensor.config.floatX),
+            name=f"{self.name}_log_count_standardization",
+        )
+        self._log_count_standardization.tag.trainable = False
         n_rho_inputs = self.n_features + 1 + self.n_unit_covariates
         if self.widths is None:
             self.widths = default_encoder_widths()
@@ -406,7 +415,8 @@ class PooledEncoder:
         unit_covariates: TensorVariable | None = None,
     ) -> tuple[TensorVariable, TensorVariable]:
         pooled, counts = segment_mean(self._phi(rows), unit_of_row, n_units)
-        log_count = (pt.log1p(counts) - self.log_count_center) / self.log_count_scale
+        center, scale = self._log_count_standardization[0], self._log_count_standardization[1]
+        log_count = (pt.log1p(counts) - center) / scale
         parts = [pooled, log_count[:, None]]
         if self.n_unit_covariates:
             if unit_covariates is None:

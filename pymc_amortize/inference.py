@@ -226,7 +226,8 @@ class AmortizedObjective:
         batch = mean.shape[0]
         eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, batch, latent.event_size))
         draws = (mean + pt.exp(log_sd) * eps).reshape((n_draws, batch, *latent.event_shape))
-        entropy = scale * log_sd.sum() + plate.size * latent.event_size * _HALF_LOG_2PI_E
+        n_units = self.approx.layouts[plate.name].size
+        entropy = scale * log_sd.sum() + n_units * (latent.event_size * _HALF_LOG_2PI_E)
         return draws, entropy, scale * _gaussian_log_q(eps, log_sd, axis=(1, 2))
 
     def mc_terms(
@@ -246,7 +247,7 @@ class AmortizedObjective:
             if minibatch and plate is self.batch_plate:
                 # Our own unit draw rather than pm.Minibatch: the encoder inputs, the local
                 # placeholders and every aligned data array must share these indices.
-                units = random(pt.random.integers, 0, plate.size, size=(self.batch_size,))
+                units = random(pt.random.integers, 0, layout.size, size=(self.batch_size,))
                 plate_batch = batch = layout.draw(units, self.batch_size)
             else:
                 plate_batch = layout.full()

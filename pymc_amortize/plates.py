@@ -38,7 +38,7 @@ class UnitBatch:
         Batch slot (0..B-1) of each batch row, int64 (R,).
     n_units : TensorVariable
         B, int64 scalar.
-    scale : float
+    scale : float or TensorVariable
         N / B, the weight of the batch's unit terms.
     """
 
@@ -46,7 +46,7 @@ class UnitBatch:
     rows: TensorVariable | None
     unit_of_row: TensorVariable
     n_units: TensorVariable
-    scale: float
+    scale: float | TensorVariable
 
     def take_units(self, var: TensorVariable) -> TensorVariable:
         return var if self.units is None else var[self.units]
@@ -78,6 +78,10 @@ class PlateLayout:
 
     def __init__(self, plate: Plate):
         self.plate = plate
+        #: N, shared rather than a literal: NUMBA compiles literals into the step's machine code,
+        #: so a step with N inside (the N / B scale, the unit draw's bound) missed PyTensor's
+        #: compile cache for every new data size and recompiled (see logjoint._gathered_leaf).
+        self.size: SharedVariable = pytensor.shared(np.int64(plate.size), name=f"{plate.name}_size")
         unit_of_row = plate.unit_of_row
         counts = plate.row_counts
         self.unit_of_row: SharedVariable = pytensor.shared(
@@ -97,7 +101,7 @@ class PlateLayout:
             units=None,
             rows=None,
             unit_of_row=self.unit_of_row,
-            n_units=pt.constant(self.plate.size, dtype="int64"),
+            n_units=self.size,
             scale=1.0,
         )
 
@@ -113,5 +117,5 @@ class PlateLayout:
             rows=rows,
             unit_of_row=slot,
             n_units=pt.constant(batch_size, dtype="int64"),
-            scale=self.plate.size / batch_size,
+            scale=self.size.astype(pytensor.config.floatX) / batch_size,
         )
