@@ -191,7 +191,9 @@ def _gathered_leaf(leaf: Variable) -> Variable:
     nothing is lost, and ``borrow=True`` shares the array rather than copying it.
     """
     if isinstance(leaf, Constant):
-        return pytensor.shared(leaf.data, name=leaf.name, borrow=True)
+        # The static shape of the trailing axes is kept: a length-1 axis must stay broadcastable.
+        shape = (None, *leaf.type.shape[1:])
+        return pytensor.shared(leaf.data, name=leaf.name, shape=shape, borrow=True)
     return leaf
 
 
