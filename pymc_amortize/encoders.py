@@ -407,6 +407,14 @@ class PooledEncoder:
             random_seed=rng,
         )
 
+    def set_count_scaling(self, center: float, scale: float) -> None:
+        """Set the standardisation of log(1 + n_j), e.g. to a saved fit's (graphs built before
+        read the new values: they are shared variables)."""
+        self.log_count_center, self.log_count_scale = float(center), float(scale)
+        self._log_count_standardization.set_value(
+            np.array([center, scale], dtype=self._log_count_standardization.dtype)
+        )
+
     def __call__(
         self,
         rows: TensorVariable,

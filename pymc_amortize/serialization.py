@@ -364,8 +364,9 @@ def load_approximation(
                 approx.envelopes[latent.name] = envelope
             encoder = approx._encoders[latent.name]
             if isinstance(encoder, PooledEncoder):
-                encoder.log_count_center = saved["encoder"]["log_count_center"]
-                encoder.log_count_scale = saved["encoder"]["log_count_scale"]
+                encoder.set_count_scaling(
+                    saved["encoder"]["log_count_center"], saved["encoder"]["log_count_scale"]
+                )
     approx._encode_fns.clear()
     approx.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx
