@@ -131,3 +131,11 @@ def test_an_indexed_plate_borrows_its_index_and_row_inputs(indexed_fit):
     model_arrays.append(model.rvs_to_values[model["log_radon"]].data)
     for column in rows.columns:
         assert any(np.shares_memory(column.get_value(borrow=True), a) for a in model_arrays)
+
+
+def test_scale_memory_benchmark_runs_on_a_tiny_problem():
+    from benchmarks.perf import scale_memory
+
+    row = scale_memory.one_size(2_000, 40)
+    assert row["n_units"] == 2_000 and row["steps"] == 40
+    assert np.isfinite(row["step_ms"]) and row["encode_s_per_1e6"] > 0
