@@ -190,7 +190,7 @@ class Plate:
         """Unit of each row, int64 (n_rows,); ``arange(N)`` for a row plate."""
         if self.index is None:
             return np.arange(self.size, dtype=np.int64)
-        return self.index.value.astype(np.int64)
+        return self.index.value.astype(np.int64, copy=False)
 
     @property
     def n_rows(self) -> int:

@@ -171,7 +171,7 @@ def _checked_matrix(name: str, matrix: np.ndarray, n_units: int | None) -> np.nd
             f"The encoder input of '{name}' has NaN or inf in {bad.size} unit(s) (first: row "
             f"{bad[0]}); the encoder needs finite inputs."
         )
-    return matrix.astype(pytensor.config.floatX)
+    return matrix.astype(pytensor.config.floatX, copy=False)
 
 
 def _first_line(error: Exception) -> str:
@@ -254,12 +254,80 @@ class EncoderWeight:
         return f"EncoderWeight({self.name!r}, shape={self.shape})"
 
 
-class EncoderData(NamedTuple):
-    """One latent's standardised encoder inputs, as shared arrays, and their scalings."""
+class EncoderInput:
+    """One latent's unit (or row) encoder input over the fitted data, held without copying it.
 
-    units: SharedVariable | None
+    Each data array the input stacks is a shared variable that **borrows the model's array**
+    (reshaped to (n, k_i), a view), and the column-wise standardisation is applied in the graph,
+    after a minibatch's rows are gathered: a fit holds each data array once, however many encoders
+    and likelihood terms read it (a standardised (n, k) copy per encoder was held before).
+    Standardisation parameters are a shared (2, k) array, not literals, so that the compiled step
+    does not depend on the data (see :class:`~pymc_amortize.plates.PlateLayout`).
+
+    Parameters
+    ----------
+    name : str
+        Prefix of the shared variables' names.
+    arrays : sequence of ndarray
+        The (n, k_i) numeric arrays, in column order; integer arrays stay integer (cast per batch).
+    scaling : InputScaling
+        Column centre and scale, (k,) each.
+    """
+
+    def __init__(self, name: str, arrays: Sequence[np.ndarray], scaling: InputScaling):
+        self.columns: list[SharedVariable] = [
+            pytensor.shared(a, name=f"{name}_{i}", borrow=True) for i, a in enumerate(arrays)
+        ]
+        self.widths = tuple(int(a.shape[1]) for a in arrays)
+        self.length = int(arrays[0].shape[0])
+        self.standardization = pytensor.shared(
+            np.zeros((2, sum(self.widths)), dtype=pytensor.config.floatX),
+            name=f"{name}_standardization",
+        )
+        self.standardization.tag.trainable = False
+        self.set_scaling(scaling)
+
+    @property
+    def width(self) -> int:
+        """k, the columns of one row of the input."""
+        return sum(self.widths)
+
+    def set_scaling(self, scaling: InputScaling) -> None:
+        """Standardise with ``scaling`` from now on (e.g. a saved fit's)."""
+        self.scaling = scaling
+        value = np.stack([np.asarray(scaling.center), np.asarray(scaling.scale)])
+        self.standardization.set_value(value.astype(pytensor.config.floatX))
+
+    def symbolic(self, take: Callable[[TensorVariable], TensorVariable]) -> TensorVariable:
+        """The standardised (B, k) input of the rows ``take`` picks from each shared array."""
+        floatx = pytensor.config.floatX
+        parts = [take(column).astype(floatx) for column in self.columns]
+        matrix = parts[0] if len(parts) == 1 else pt.concatenate(parts, axis=1)
+        return (matrix - self.standardization[0]) / self.standardization[1]
+
+    def raw(self, start: int | np.ndarray = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` (or the rows numbered by an integer array ``start``), (n, k), on
+        the data's own scale (a view when there is one array and a slice)."""
+        index = start if isinstance(start, np.ndarray) else slice(start, stop)
+        arrays = [c.get_value(borrow=True)[index] for c in self.columns]
+        return arrays[0] if len(arrays) == 1 else np.column_stack(arrays)
+
+    def chunk(self, start: int | np.ndarray = 0, stop: int | None = None) -> np.ndarray:
+        """Rows as in :meth:`raw`, standardised, in floatX: what the encoder reads."""
+        return self.scaling.apply(self.raw(start, stop)).astype(pytensor.config.floatX)
+
+    def get_value(self, borrow: bool = False) -> np.ndarray:
+        """The whole standardised (n, k) input, computed (a new array: use :meth:`chunk` for
+        large n)."""
+        return self.chunk()
+
+
+class EncoderData(NamedTuple):
+    """One latent's encoder inputs over the fitted units and rows, and their scalings."""
+
+    units: EncoderInput | None
     unit_scaling: InputScaling | None
-    rows: SharedVariable | None
+    rows: EncoderInput | None
     row_scaling: InputScaling | None
 
 
@@ -267,6 +335,14 @@ def _stack(
     latent: LocalLatent, inputs: Sequence[DataInput], data: Mapping, what: str
 ) -> np.ndarray:
     """Stack the named arrays of ``data`` into an (n, k) float matrix, checked."""
+    columns = _columns(latent, inputs, data, what)
+    return _checked_matrix(latent.name, np.column_stack(columns), None)
+
+
+def _columns(
+    latent: LocalLatent, inputs: Sequence[DataInput], data: Mapping, what: str
+) -> list[np.ndarray]:
+    """The named arrays of ``data``, checked, each as an (n, k_i) view."""
     columns = []
     for item in inputs:
         if item.key not in data:
@@ -300,11 +376,11 @@ def _stack(
             f"The {what} of '{latent.name}' ({', '.join(i.key for i in inputs)}) must have the "
             f"same number of rows; got leading lengths {lengths}."
         )
-    return _checked_matrix(latent.name, np.column_stack(columns), None)
+    return columns
 
 
-def _check_width(latent: LocalLatent, matrix: np.ndarray, fitted: SharedVariable, what: str):
-    width = fitted.get_value(borrow=True).shape[1]
+def _check_width(latent: LocalLatent, matrix: np.ndarray, fitted: EncoderInput, what: str):
+    width = fitted.width
     if matrix.shape[1] != width:
         raise AmortizationError(
             f"The {what} of '{latent.name}' for the new units have {matrix.shape[1]} column(s) "
@@ -313,22 +389,40 @@ def _check_width(latent: LocalLatent, matrix: np.ndarray, fitted: SharedVariable
         )
 
 
-def _fitted_unit_matrix(latent: LocalLatent, size: int) -> np.ndarray | None:
+def _fitted_unit_arrays(latent: LocalLatent, size: int) -> list[np.ndarray] | None:
+    """The fitted units' encoder input arrays, (N, k_i) views of the model's data."""
     if latent.input_matrix is not None:
-        return _checked_matrix(latent.name, latent.input_matrix, size)
+        matrix = np.asarray(latent.input_matrix)
+        _checked_matrix(latent.name, matrix.reshape(matrix.shape[0], -1), size)
+        return [matrix.reshape(matrix.shape[0], -1)]
     if not latent.unit_inputs:
         return None
-    return _stack(
+    return _columns(
         latent, latent.unit_inputs, {d.key: d.value for d in latent.unit_inputs}, "unit inputs"
     )
 
 
-def _fitted_row_matrix(latent: LocalLatent) -> np.ndarray | None:
+def _fitted_row_arrays(latent: LocalLatent) -> list[np.ndarray] | None:
+    """The fitted rows' encoder input arrays, (R, k_i) views of the model's data."""
     if not latent.row_inputs:
         return None
-    return _stack(
+    return _columns(
         latent, latent.row_inputs, {d.key: d.value for d in latent.row_inputs}, "row inputs"
     )
+
+
+def _fit_scaling(arrays: Sequence[np.ndarray], standardize: bool) -> InputScaling:
+    """Column centre and scale of the arrays side by side, without stacking them."""
+    centers, scales = [], []
+    for a in arrays:
+        if standardize:
+            centers.append(a.mean(axis=0, dtype=np.float64))
+            scales.append(a.std(axis=0, dtype=np.float64))
+        else:
+            centers.append(np.zeros(a.shape[1]))
+            scales.append(np.ones(a.shape[1]))
+    scale = np.concatenate(scales)
+    return InputScaling(np.concatenate(centers), np.where(scale > 0, scale, 1.0))
 
 
 def training_envelope(
@@ -465,7 +559,7 @@ class AmortizedApproximation:
 
     # -- set-up --------------------------------------------------------------------------------
     def _init_encoders(self, encoder, widths, activation, init_scale, standardize, random_seed):
-        analysis, floatx = self.analysis, pytensor.config.floatX
+        analysis = self.analysis
         user = resolve_user_encoders(
             encoder,
             analysis.latent_names,
@@ -487,28 +581,26 @@ class AmortizedApproximation:
         for plate in analysis.plates:
             for latent in plate.latents:
                 seed = seeds[analysis.latent_names.index(latent.name)]
-                units = _fitted_unit_matrix(latent, plate.size)
-                rows = _fitted_row_matrix(latent)
-                unit_scaling = row_scaling = None
-                shared_units = shared_rows = None
-                if units is not None:
-                    unit_scaling = InputScaling.fit(units, standardize)
-                    shared_units = pytensor.shared(
-                        unit_scaling.apply(units).astype(floatx), name=f"{latent.name}_unit_inputs"
-                    )
-                if rows is not None:
-                    row_scaling = InputScaling.fit(rows, standardize)
-                    shared_rows = pytensor.shared(
-                        row_scaling.apply(rows).astype(floatx), name=f"{latent.name}_row_inputs"
-                    )
+                unit_arrays = _fitted_unit_arrays(latent, plate.size)
+                row_arrays = _fitted_row_arrays(latent)
+                units = rows = None
+                if unit_arrays is not None:
+                    scaling = _fit_scaling(unit_arrays, standardize)
+                    units = EncoderInput(f"{latent.name}_unit_inputs", unit_arrays, scaling)
+                if row_arrays is not None:
+                    scaling = _fit_scaling(row_arrays, standardize)
+                    rows = EncoderInput(f"{latent.name}_row_inputs", row_arrays, scaling)
                 self.inputs[latent.name] = EncoderData(
-                    shared_units, unit_scaling, shared_rows, row_scaling
+                    units,
+                    None if units is None else units.scaling,
+                    rows,
+                    None if rows is None else rows.scaling,
                 )
                 self.envelopes[latent.name] = training_envelope(
                     latent,
                     plate,
-                    None if units is None else unit_scaling.apply(units),
-                    None if rows is None else row_scaling.apply(rows),
+                    None if units is None else units.chunk(),
+                    None if rows is None else rows.chunk(),
                 )
                 if latent.name in user:
                     self._encoders[latent.name] = user[latent.name]
@@ -516,8 +608,8 @@ class AmortizedApproximation:
                     self._encoders[latent.name] = default_encoder(
                         latent,
                         plate,
-                        n_unit_inputs=0 if units is None else units.shape[1],
-                        n_row_inputs=0 if rows is None else rows.shape[1],
+                        n_unit_inputs=0 if units is None else units.width,
+                        n_row_inputs=0 if rows is None else rows.width,
                         widths=per_latent.get(latent.name),
                         activation=activation,
                         init_scale=init_scale,
@@ -530,26 +622,29 @@ class AmortizedApproximation:
         """Symbolic encoder inputs for one latent, and their values on the fitted units."""
         data, plate = self.inputs[latent.name], self.analysis.plate_of(latent.name)
         units = (
-            None
-            if data.units is None
-            else pt.matrix("units_probe", shape=(None, data.units.type.shape[1]))
+            None if data.units is None else pt.matrix("units_probe", shape=(None, data.units.width))
         )
         if data.rows is None:
-            return [units], [data.units.get_value()]
-        rows = pt.matrix("rows_probe", shape=(None, data.rows.type.shape[1]))
+            return [units], [data.units.chunk()]
+        rows = pt.matrix("rows_probe", shape=(None, data.rows.width))
         symbolic = [rows, pt.lvector("unit_of_row_probe"), pt.lscalar("n_units_probe"), units]
         values = [
-            data.rows.get_value(),
+            data.rows.chunk(),
             plate.unit_of_row,
             np.int64(plate.size),
-            None if units is None else data.units.get_value(),
+            None if units is None else data.units.chunk(),
         ]
         return symbolic, values
 
     def _init_params(self, latent: LocalLatent, plate: Plate) -> None:
         symbolic, values = self._probe_inputs(latent)
         outputs = self._call_encoder(latent, symbolic)
-        data = [v for v in self.inputs[latent.name] if isinstance(v, SharedVariable)]
+        data = [
+            shared
+            for part in self.inputs[latent.name]
+            if isinstance(part, EncoderInput)
+            for shared in (*part.columns, part.standardization)
+        ]
         if latent.name in self._user_encoders:
             _probe_encoder(latent, symbolic, outputs, values, plate.size)
         self._own_weights[latent.name] = encoder_params(outputs, exclude=data)
@@ -676,11 +771,11 @@ class AmortizedApproximation:
     def symbolic_encode(self, name: str, batch: UnitBatch) -> tuple[TensorVariable, TensorVariable]:
         """Mean and log-sd (B, event_size) of q(z_n) for the units of ``batch``."""
         data = self.inputs[name]
-        units = None if data.units is None else batch.take_units(data.units)
+        units = None if data.units is None else data.units.symbolic(batch.take_units)
         if data.rows is None:
             return self.encoder_graph(name, units)
         return self.encoder_graph(
-            name, units, batch.take_rows(data.rows), batch.unit_of_row, batch.n_units
+            name, units, data.rows.symbolic(batch.take_rows), batch.unit_of_row, batch.n_units
         )
 
     def global_draws(self, eps: TensorVariable) -> dict[str, TensorVariable]:
@@ -838,7 +933,7 @@ class AmortizedApproximation:
                 )
             matrix = np.asarray(new_data, dtype=float)
             matrix = matrix.reshape(matrix.shape[0], -1)
-            width = data.units.get_value().shape[1]
+            width = data.units.width
             if matrix.shape[1] != width:
                 raise AmortizationError(
                     f"The encoder of '{latent.name}' takes {width} input column(s); got "
@@ -864,7 +959,7 @@ class AmortizedApproximation:
         if data.rows is None:
             return [units], units, None
         if request.unit_of_row.size == 0 and not any(d.key in new_data for d in latent.row_inputs):
-            rows = np.zeros((0, data.rows.get_value(borrow=True).shape[1]), dtype=floatx)
+            rows = np.zeros((0, data.rows.width), dtype=floatx)
         else:
             rows = _stack(latent, latent.row_inputs, new_data, "row inputs")
             _check_width(latent, rows, data.rows, "row inputs")
@@ -1048,6 +1143,181 @@ class AmortizedApproximation:
             return np.zeros((0, *shape)), np.zeros((len(levels), 0, *shape))
         return np.concatenate(means), np.concatenate(quantiles, axis=1)
 
+    def encode_units(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Encoder mean and sd of q(z_n) for the fitted units ``start:stop`` of ``name``'s plate.
+
+        Parameters
+        ----------
+        name : str
+            A local latent.
+        start, stop : int
+            Units ``start <= n < stop`` of its plate (with all their rows).
+
+        Returns
+        -------
+        mean, sd : ndarray
+            (stop - start, *event_shape) float64, on the latent's unconstrained (value) space.
+        """
+        latent = next(lat for lat in self.analysis.latents if lat.name == name)
+        plate = self.analysis.plate_of(name)
+        data = self.inputs[name]
+        units = None if data.units is None else data.units.chunk(start, stop)
+        if data.rows is None:
+            args = [units]
+        else:
+            rows, slot = self.layouts[plate.name].chunk_rows(start, stop)
+            args = [data.rows.chunk(rows), slot, np.int64(stop - start)]
+            args += [units] if units is not None else []
+        mean, sd = self._encode_fn(name)(*args)
+        shape = (stop - start, *latent.event_shape)
+        return (
+            np.asarray(mean, dtype=float).reshape(shape),
+            np.asarray(sd, dtype=float).reshape(shape),
+        )
+
+    def encode_dataset(
+        self,
+        *,
+        chunk_size: int = 100_000,
+        progressbar: bool = True,
+        summary: bool = True,
+        quantiles: Sequence[float] = QUANTILE_LEVELS,
+        store=None,
+    ) -> xr.Dataset:
+        """The posterior q(z_n) of every fitted unit, encoded chunk by chunk, as an xarray Dataset.
+
+        For millions of units: the encoder's temporaries are bounded by ``chunk_size``, and with
+        ``store`` each chunk is appended to a zarr store as it is computed, so that the results
+        need not fit in memory either.
+
+        Parameters
+        ----------
+        chunk_size : int, default 100,000
+            Units per forward pass (and the zarr chunk length along the unit dim).
+        progressbar : bool, default True
+            Show PyMC's progress bar over the chunks.
+        summary : bool, default True
+            Also the constrained-scale mean and quantiles (see :meth:`encode`).
+        quantiles : sequence of float, default (0.05, 0.5, 0.95)
+            Levels of the constrained-scale quantiles.
+        store : str, path or zarr store, optional
+            Write the dataset there, chunk by chunk (``Dataset.to_zarr``, overwriting it), and
+            return it opened lazily from there (dask-backed when dask is installed).
+
+        Returns
+        -------
+        xarray.Dataset
+            Per local latent ``<name>_mean`` and ``<name>_sd`` ``(unit dim, *event dims)`` on the
+            unconstrained (value) space; with ``summary``, ``<name>`` ``(unit dim, *dims)`` the
+            posterior mean on the latent's own scale and ``<name>_quantiles`` ``(quantile, unit
+            dim, *dims)``. The unit dim is the plate's dim (its coords when the model has them).
+            Equal to :meth:`encode` whatever ``chunk_size``.
+
+        Examples
+        --------
+        .. code-block:: python
+
+            posterior = approx.encode_dataset(chunk_size=500_000, store="units.zarr")
+            posterior["z_mean"].sel(unit=slice(0, 10)).values
+        """
+        if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
+            raise AmortizationError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+        from pymc.progress_bar import create_simple_progress
+
+        chunk_size = int(chunk_size)
+        levels = tuple(float(q) for q in quantiles)
+        plates = [plate for plate in self.analysis.plates if plate.latents]
+        total = sum(-(-plate.size // chunk_size) for plate in plates)
+        pieces: list[xr.Dataset] = []
+        written = False
+        progress = create_simple_progress(progressbar)  # (a null one's __enter__ gives None)
+        with progress:
+            task = progress.add_task("Encoding units", completed=0, total=total)
+            for plate in plates:
+                plate_pieces = []
+                for start in range(0, plate.size, chunk_size):
+                    stop = min(start + chunk_size, plate.size)
+                    piece = self._unit_dataset(plate, start, stop, summary, levels)
+                    if store is None:
+                        plate_pieces.append(piece)
+                    else:
+                        encoding = {
+                            name: {"chunks": (chunk_size, *var.shape[1:])}
+                            if var.dims[0] == piece.attrs["unit_dim"]
+                            else {"chunks": (var.shape[0], chunk_size, *var.shape[2:])}
+                            for name, var in piece.data_vars.items()
+                        }
+                        piece.attrs = {}
+                        if not written:
+                            piece.to_zarr(store, mode="w", encoding=encoding, consolidated=False)
+                        elif start == 0:
+                            piece.to_zarr(store, mode="a", encoding=encoding, consolidated=False)
+                        else:
+                            piece.to_zarr(
+                                store, append_dim=self._unit_dim(plate), consolidated=False
+                            )
+                        written = True
+                    progress.advance(task)
+                if plate_pieces:
+                    dim = self._unit_dim(plate)
+                    merged = xr.concat(plate_pieces, dim=dim, data_vars="all")
+                    merged.attrs = {}
+                    pieces.append(merged)
+        if store is not None:
+            try:
+                import dask  # noqa: F401
+
+                chunks = {}
+            except ImportError:
+                chunks = None
+            return xr.open_zarr(store, chunks=chunks, consolidated=False)
+        return xr.merge(pieces) if pieces else xr.Dataset()
+
+    def _unit_dim(self, plate: Plate) -> str:
+        return plate.dim if plate.dim is not None else plate.name
+
+    def _unit_dataset(
+        self, plate: Plate, start: int, stop: int, summary: bool, levels: tuple[float, ...]
+    ) -> xr.Dataset:
+        """The posterior of the fitted units ``start:stop`` of ``plate`` (see
+        :meth:`encode_dataset`)."""
+        dim = self._unit_dim(plate)
+        coords = {}
+        values = self.model.coords.get(plate.dim) if plate.dim is not None else None
+        if values is not None:
+            coords[dim] = np.asarray(values[start:stop])
+        data_vars = {}
+        for latent in plate.latents:
+            mean, sd = self.encode_units(latent.name, start, stop)
+            model_dims = list(self.model.named_vars_to_dims.get(latent.name) or ())[1:]
+            value_dims = (
+                model_dims
+                if len(model_dims) == len(latent.event_shape)
+                else [f"{latent.name}_dim_{i}" for i in range(len(latent.event_shape))]
+            )
+            data_vars[f"{latent.name}_mean"] = ([dim, *value_dims], mean)
+            data_vars[f"{latent.name}_sd"] = ([dim, *value_dims], sd)
+            if summary:
+                post = self._local_posterior(
+                    latent, mean, sd, np.zeros(stop - start, bool), levels, True
+                )
+                own = post.constrained_mean
+                own_dims = (
+                    model_dims
+                    if len(model_dims) == own.ndim - 1
+                    else [f"{latent.name}_dim_{i}" for i in range(own.ndim - 1)]
+                )
+                if own.shape[1:] != mean.shape[1:] and own_dims == value_dims:
+                    own_dims = [f"{latent.name}_constrained_dim_{i}" for i in range(own.ndim - 1)]
+                data_vars[latent.name] = ([dim, *own_dims], own)
+                data_vars[f"{latent.name}_quantiles"] = (
+                    ["quantile", dim, *own_dims],
+                    post.quantiles,
+                )
+        if summary:
+            coords["quantile"] = np.asarray(levels)
+        return xr.Dataset(data_vars, coords=coords, attrs={"unit_dim": dim})
+
     def encode(
         self,
         new_data: Mapping[str, np.ndarray] | np.ndarray | None = None,
@@ -1058,6 +1328,7 @@ class AmortizedApproximation:
         prior_draws: int = 4000,
         random_seed: int | None = 0,
         summary: bool = True,
+        chunk_size: int = 100_000,
     ) -> dict[str, LocalPosterior]:
         """The posterior q(z_n) of each unit, in one forward pass of the encoders.
 
@@ -1091,6 +1362,10 @@ class AmortizedApproximation:
             Seed of those draws (fixed by default, so that ``encode`` is deterministic).
         summary : bool, default True
             Compute the constrained-scale summary (False leaves those fields None).
+        chunk_size : int, default 100,000
+            Fitted units encoded per forward pass, which bounds the encoder's temporaries; the
+            results are the same for any chunk size. For millions of units see
+            :meth:`encode_dataset`, which also bounds the results' memory.
 
         Returns
         -------
@@ -1115,18 +1390,15 @@ class AmortizedApproximation:
         if new_data is None and units is None:
             for plate in self.analysis.plates:
                 for latent in plate.latents:
-                    data = self.inputs[latent.name]
-                    units_value = None if data.units is None else data.units.get_value()
-                    if data.rows is None:
-                        args = [units_value]
-                    else:
-                        args = [data.rows.get_value(), plate.unit_of_row, np.int64(plate.size)]
-                        args += [units_value] if units_value is not None else []
-                    mean, sd = self._encode_fn(latent.name)(*args)
-                    shape = (mean.shape[0], *latent.event_shape)
-                    mean, sd = mean.reshape(shape).astype(float), sd.reshape(shape).astype(float)
+                    mean = np.empty((plate.size, *latent.event_shape))
+                    sd = np.empty_like(mean)
+                    for start in range(0, plate.size, chunk_size):
+                        stop = min(start + chunk_size, plate.size)
+                        mean[start:stop], sd[start:stop] = self.encode_units(
+                            latent.name, start, stop
+                        )
                     out[latent.name] = self._local_posterior(
-                        latent, mean, sd, np.zeros(shape[0], bool), quantiles, summary
+                        latent, mean, sd, np.zeros(plate.size, bool), quantiles, summary
                     )
             return out
         encoded, requests = self._encode_new(new_data, units, check_range)

@@ -57,24 +57,31 @@ class UnitBatch:
 
 def gather_unit_rows(
     units: TensorVariable,
-    counts: TensorVariable,
     offsets: TensorVariable,
-    row_order: TensorVariable,
+    row_order: TensorVariable | None = None,
 ) -> tuple[TensorVariable, TensorVariable]:
     """All rows of the drawn ``units`` (B,) from a CSR layout, as (batch slot, row number) pairs.
 
-    Unit u's rows are ``row_order[offsets[u] : offsets[u] + counts[u]]``; they are laid end to end
-    in the order of ``units``. O(B + rows gathered).
+    Unit u's rows are ``row_order[offsets[u] : offsets[u + 1]]`` (``row_order=None``: the rows are
+    already sorted by unit, so they are the positions themselves); they are laid end to end in the
+    order of ``units``. O(B + rows gathered).
     """
-    n_rows = counts[units]
+    starts = offsets[units]
+    n_rows = offsets[units + 1] - starts
     slot = pt.repeat(pt.arange(units.shape[0], dtype="int64"), n_rows)
-    start_minus_position = offsets[units] - (pt.cumsum(n_rows) - n_rows)
+    start_minus_position = starts - (pt.cumsum(n_rows) - n_rows)
     position = pt.arange(slot.shape[0], dtype="int64")
-    return slot, row_order[pt.repeat(start_minus_position, n_rows) + position]
+    sorted_position = pt.repeat(start_minus_position, n_rows) + position
+    return slot, sorted_position if row_order is None else row_order[sorted_position]
 
 
 class PlateLayout:
-    """The shared arrays a plate's batches are drawn from (its CSR layout), built once per fit."""
+    """The shared arrays a plate's batches are drawn from (its CSR layout), built once per fit.
+
+    A row plate needs none: its unit is its own row. An indexed plate holds ``offsets`` (N + 1,)
+    and, only when the index is not sorted by unit, ``row_order`` (R,); its ``unit_of_row`` is the
+    model's own index array (borrowed, not copied, when it is int64).
+    """
 
     def __init__(self, plate: Plate):
         self.plate = plate
@@ -82,25 +89,39 @@ class PlateLayout:
         #: so a step with N inside (the N / B scale, the unit draw's bound) missed PyTensor's
         #: compile cache for every new data size and recompiled (see logjoint._gathered_leaf).
         self.size: SharedVariable = pytensor.shared(np.int64(plate.size), name=f"{plate.name}_size")
-        unit_of_row = plate.unit_of_row
-        counts = plate.row_counts
-        self.unit_of_row: SharedVariable = pytensor.shared(
-            unit_of_row, name=f"{plate.name}_unit_of_row"
+        self.unit_of_row: SharedVariable | None = None
+        self.offsets: SharedVariable | None = None
+        self.row_order: SharedVariable | None = None
+        if plate.index is None:
+            return
+        # The model's own index array, in its own dtype (cast per use in the graph): an int64
+        # copy of an int32 index was the layout's largest array.
+        unit_of_row = plate.index.value
+        counts = np.bincount(unit_of_row, minlength=plate.size)
+        offsets = np.zeros(plate.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        del counts
+        self.unit_of_row = pytensor.shared(
+            unit_of_row, name=f"{plate.name}_unit_of_row", borrow=True
         )
-        self.counts = pytensor.shared(counts, name=f"{plate.name}_row_counts")
-        self.offsets = pytensor.shared(
-            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), name=f"{plate.name}_offsets"
-        )
-        self.row_order = pytensor.shared(
-            np.argsort(unit_of_row, kind="stable").astype(np.int64), name=f"{plate.name}_row_order"
-        )
+        self.offsets = pytensor.shared(offsets, name=f"{plate.name}_offsets", borrow=True)
+        if unit_of_row.size > 1 and (unit_of_row[1:] < unit_of_row[:-1]).any():
+            self.row_order = pytensor.shared(
+                np.argsort(unit_of_row, kind="stable").astype(np.int64, copy=False),
+                name=f"{plate.name}_row_order",
+                borrow=True,
+            )
 
     def full(self) -> UnitBatch:
         """Every unit and every row, in order."""
+        if self.unit_of_row is None:
+            unit_of_row = pt.arange(self.size, dtype="int64")
+        else:
+            unit_of_row = self.unit_of_row.astype("int64")
         return UnitBatch(
             units=None,
             rows=None,
-            unit_of_row=self.unit_of_row,
+            unit_of_row=unit_of_row,
             n_units=self.size,
             scale=1.0,
         )
@@ -111,7 +132,7 @@ class PlateLayout:
             # A row plate: each unit is its own row.
             rows, slot = units, pt.arange(batch_size, dtype="int64")
         else:
-            slot, rows = gather_unit_rows(units, self.counts, self.offsets, self.row_order)
+            slot, rows = gather_unit_rows(units, self.offsets, self.row_order)
         return UnitBatch(
             units=units,
             rows=rows,
@@ -119,3 +140,20 @@ class PlateLayout:
             n_units=pt.constant(batch_size, dtype="int64"),
             scale=self.size.astype(pytensor.config.floatX) / batch_size,
         )
+
+    def chunk_rows(self, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """Units ``start:stop``'s rows in numpy: (row numbers (R_c,), each row's unit position
+        0..stop-start-1); for a row plate (None, arange)."""
+        if self.plate.index is None:
+            return None, np.arange(stop - start, dtype=np.int64)
+        offsets = self.offsets.get_value(borrow=True)
+        lo, hi = int(offsets[start]), int(offsets[stop])
+        rows = (
+            np.arange(lo, hi)
+            if self.row_order is None
+            else self.row_order.get_value(borrow=True)[lo:hi]
+        )
+        slot = np.repeat(
+            np.arange(stop - start, dtype=np.int64), np.diff(offsets[start : stop + 1])
+        )
+        return rows, slot

@@ -173,8 +173,8 @@ def plot_posterior_comparison(
     return fig
 
 
-def _raw(shared, scaling) -> np.ndarray:
-    return shared.get_value() * scaling.scale + scaling.center
+def _raw(data_input) -> np.ndarray:
+    return np.asarray(data_input.raw(), dtype=float)
 
 
 def _unit_input(approx: AmortizedApproximation, latent: str) -> tuple[np.ndarray, str]:
@@ -187,19 +187,19 @@ def _unit_input(approx: AmortizedApproximation, latent: str) -> tuple[np.ndarray
             f"'{latent}' is not a local latent; local latents: {approx.analysis.latent_names}."
         )
     data = approx.inputs[latent]
-    if data.rows is not None and data.rows.get_value().shape[1] == 1:
+    if data.rows is not None and data.rows.width == 1:
         plate = approx.analysis.plate_of(latent)
-        rows = _raw(data.rows, data.row_scaling)[:, 0]
+        rows = _raw(data.rows)[:, 0]
         sums = np.bincount(plate.unit_of_row, weights=rows, minlength=plate.size)
         counts = plate.row_counts
         with np.errstate(invalid="ignore", divide="ignore"):
             means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
         return means, f"mean of {spec.row_inputs[0].key} over the unit's rows"
-    if data.units is not None and data.units.get_value().shape[1] == 1:
+    if data.units is not None and data.units.width == 1:
         name = spec.unit_inputs[0].key if spec.unit_inputs else f"{latent} encoder input"
-        return _raw(data.units, data.unit_scaling)[:, 0], name
+        return _raw(data.units)[:, 0], name
     widths = [
-        f"{m.get_value().shape[1]} {what}"
+        f"{m.width} {what}"
         for m, what in ((data.units, "unit"), (data.rows, "row"))
         if m is not None
     ]

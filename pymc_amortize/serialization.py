@@ -24,8 +24,6 @@ from pymc_amortize.analysis import IndexedLocal, LocalLatent, Plate
 from pymc_amortize.approximation import (
     AmortizedApproximation,
     InputScaling,
-    _fitted_row_matrix,
-    _fitted_unit_matrix,
 )
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
@@ -339,7 +337,6 @@ def load_approximation(
             approx.global_group.params_dict[key].set_value(next(values))
     for param in approx.encoder_params:
         param.set_value(next(values))
-    floatx = pytensor.config.floatX
     for plate in approx.analysis.plates:
         for latent in plate.latents:
             saved = latents[latent.name]
@@ -347,10 +344,9 @@ def load_approximation(
             unit_scaling = _scaling_from_json(saved["unit_scaling"])
             row_scaling = _scaling_from_json(saved["row_scaling"])
             if data.units is not None:
-                raw = _fitted_unit_matrix(latent, plate.size)
-                data.units.set_value(unit_scaling.apply(raw).astype(floatx))
+                data.units.set_scaling(unit_scaling)
             if data.rows is not None:
-                data.rows.set_value(row_scaling.apply(_fitted_row_matrix(latent)).astype(floatx))
+                data.rows.set_scaling(row_scaling)
             approx.inputs[latent.name] = data._replace(
                 unit_scaling=unit_scaling if data.units is not None else None,
                 row_scaling=row_scaling if data.rows is not None else None,

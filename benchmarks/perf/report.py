@@ -24,6 +24,7 @@ SECTIONS = [
         "8. User-style models: first fit and time to ADVI's final ELBO; steps at N = 10³ and 10⁵",
     ),
     ("competitors", "9. Against NUTS (nutpie), pathfinder and DADVI on radon-style data"),
+    ("scale_memory", "10. Large data: peak memory, step time and encoding from 10³ to 10⁷ units"),
 ]
 
 INTRO = """# Performance benchmarks
@@ -40,6 +41,7 @@ python -m benchmarks.perf.allocator --quick      # needs the `bench` extra too
 python -m benchmarks.perf.step_args --quick
 PYTENSOR_FLAGS=base_compiledir=$(mktemp -d) python -m benchmarks.perf.user_models --quick
 python -m benchmarks.perf.competitors --quick    # nutpie; pymc-extras installed by hand (below)
+python -m benchmarks.perf.scale_memory --quick   # full run: up to 10⁷ units (~4 min)
 python -m benchmarks.perf.report
 ```
 

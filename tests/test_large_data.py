@@ -1,0 +1,141 @@
+"""Large data: every data array held once, and every unit's posterior encoded chunk by chunk.
+
+Small sizes only; the memory and time targets are measured by ``benchmarks/perf/scale_memory.py``.
+"""
+
+import numpy as np
+import pymc as pm
+import pytest
+import xarray as xr
+
+import pymc_amortize
+from pymc_amortize.examples.paper import nonlinear_model
+from pymc_amortize.examples.simulated_radon import radon_data, radon_model
+from pymc_amortize.inference import AmortizedVI
+
+N_UNITS = 53  # a prime: no chunk size below divides it
+
+
+@pytest.fixture(scope="module")
+def row_fit():
+    x = np.random.default_rng(0).normal(size=N_UNITS)
+    model = nonlinear_model(x)
+    approx = pm.fit(
+        30,
+        method="amortized",
+        model=model,
+        local={"z": "x"},
+        encoder_widths=(8,),
+        batch_size=10,
+        random_seed=0,
+        progressbar=False,
+    )
+    return model, approx
+
+
+@pytest.fixture(scope="module")
+def indexed_fit():
+    model = radon_model(radon_data(23, 120, random_seed=1))
+    approx = pm.fit(
+        30, method="amortized", model=model, encoder_widths=(4,), batch_size=5, progressbar=False
+    )
+    return model, approx
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 10, N_UNITS, 1000])
+def test_chunked_encode_equals_one_pass(row_fit, chunk_size):
+    _, approx = row_fit
+    whole = approx.encode(chunk_size=10**6)["z"]
+    chunked = approx.encode(chunk_size=chunk_size)["z"]
+    np.testing.assert_allclose(chunked.mean, whole.mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked.sd, whole.sd, rtol=0, atol=1e-12)
+    ds = approx.encode_dataset(chunk_size=chunk_size, progressbar=False)
+    assert ds["z_mean"].dims == ("unit",) and ds.sizes["unit"] == N_UNITS
+    np.testing.assert_allclose(ds["z_mean"].values, whole.mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ds["z_sd"].values, whole.sd, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ds["z"].values, whole.constrained_mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ds["z_quantiles"].values, whole.quantiles, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ds["unit"].values, np.arange(N_UNITS))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 9, 100])
+def test_chunked_encode_of_an_indexed_plate_takes_each_units_rows(indexed_fit, chunk_size):
+    _, approx = indexed_fit
+    whole = approx.encode(chunk_size=10**6)["a"]
+    ds = approx.encode_dataset(chunk_size=chunk_size, progressbar=False, summary=False)
+    np.testing.assert_allclose(ds["a_mean"].values, whole.mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ds["a_sd"].values, whole.sd, rtol=0, atol=1e-12)
+    assert set(ds.data_vars) == {"a_mean", "a_sd"}
+
+
+def test_encode_dataset_round_trips_through_zarr(row_fit, tmp_path):
+    pytest.importorskip("zarr")
+    _, approx = row_fit
+    in_memory = approx.encode_dataset(chunk_size=10, progressbar=False)
+    stored = approx.encode_dataset(chunk_size=10, progressbar=False, store=tmp_path / "q.zarr")
+    xr.testing.assert_allclose(stored.load(), in_memory, rtol=0, atol=1e-12)
+    reopened = xr.open_zarr(tmp_path / "q.zarr", chunks=None, consolidated=False)
+    xr.testing.assert_allclose(reopened.load(), in_memory, rtol=0, atol=1e-12)
+
+
+def test_encode_dataset_refuses_a_bad_chunk_size(row_fit):
+    _, approx = row_fit
+    with pytest.raises(pymc_amortize.AmortizationError, match="chunk_size"):
+        approx.encode_dataset(chunk_size=0, progressbar=False)
+
+
+def _large_arrays(approx, n):
+    """Every array of at least n entries that the fitted approximation or its step holds."""
+    arrays = []
+    for data in approx.inputs.values():
+        for part in (data.units, data.rows):
+            if part is not None:
+                arrays += [c.get_value(borrow=True) for c in part.columns]
+    for layout in approx.layouts.values():
+        for var in (layout.unit_of_row, layout.offsets, layout.row_order):
+            if var is not None:
+                arrays.append(var.get_value(borrow=True))
+    return [a for a in arrays if isinstance(a, np.ndarray) and a.size >= n]
+
+
+def test_a_row_plate_fit_holds_its_data_once(row_fit):
+    model, approx = row_fit
+    x = model.rvs_to_values[model["x"]].data
+    held = _large_arrays(approx, N_UNITS)
+    assert held, "the encoder reads x"
+    # Each large array is the model's own x (a view of it), not a copy.
+    assert all(np.shares_memory(a, x) for a in held)
+    (layout,) = approx.layouts.values()
+    assert layout.offsets is None and layout.row_order is None and layout.unit_of_row is None
+
+
+def test_the_compiled_step_reads_the_models_arrays(row_fit):
+    model, _ = row_fit
+    with model:
+        inference = AmortizedVI({"z": "x"}, encoder_widths=(8,), batch_size=10, random_seed=0)
+    guard = inference.objective.step_function(obj_optimizer=pm.adam(learning_rate=1e-2))
+    x = model.rvs_to_values[model["x"]].data
+    shared = [i.variable.get_value(borrow=True) for i in guard.fn.maker.inputs if i.shared]
+    large = [a for a in shared if isinstance(a, np.ndarray) and a.size >= N_UNITS]
+    assert len(large) >= 2  # the observed x and the encoder's input
+    assert all(np.shares_memory(a, x) for a in large)
+
+
+def test_an_indexed_plate_borrows_its_index_and_row_inputs(indexed_fit):
+    model, approx = indexed_fit
+    (layout,) = approx.layouts.values()
+    index = model["county_idx"].get_value(borrow=True)
+    assert np.shares_memory(layout.unit_of_row.get_value(borrow=True), index)
+    rows = approx.inputs["a"].rows
+    model_arrays = [model["floor"].get_value(borrow=True)]
+    model_arrays.append(model.rvs_to_values[model["log_radon"]].data)
+    for column in rows.columns:
+        assert any(np.shares_memory(column.get_value(borrow=True), a) for a in model_arrays)
+
+
+def test_scale_memory_benchmark_runs_on_a_tiny_problem():
+    from benchmarks.perf import scale_memory
+
+    row = scale_memory.one_size(2_000, 40)
+    assert row["n_units"] == 2_000 and row["steps"] == 40
+    assert np.isfinite(row["step_ms"]) and row["encode_s_per_1e6"] > 0
