@@ -141,9 +141,7 @@ def test_gather_takes_all_rows_of_the_drawn_units(radon):
     (plate,) = analyze_model(radon[1]).plates
     layout = PlateLayout(plate)
     units = np.array([3, 0, 3, 84, 17], dtype=np.int64)
-    slot, rows = gather_unit_rows(
-        pt.as_tensor(units), layout.counts, layout.offsets, layout.row_order
-    )
+    slot, rows = gather_unit_rows(pt.as_tensor(units), layout.offsets, layout.row_order)
     slot, rows = slot.eval(), rows.eval()
     index = plate.unit_of_row
     expected = np.concatenate([np.flatnonzero(index == u) for u in units])
@@ -153,7 +151,7 @@ def test_gather_takes_all_rows_of_the_drawn_units(radon):
     batch = layout.draw(pt.as_tensor(units), units.size)
     np.testing.assert_array_equal(batch.rows.eval(), expected)
     np.testing.assert_array_equal(batch.unit_of_row.eval(), slot)
-    assert batch.scale.eval() == pytest.approx(85 / 5)
+    assert float(batch.scale.eval()) == 85 / 5
 
 
 def _uranium_model(data):
@@ -189,7 +187,7 @@ def test_batch_log_joint_of_all_units_equals_model_logp(radon, which):
     # Every unit once, in a shuffled order, through the CSR gather: the same log joint.
     units = rng.permutation(plate.size)
     batch = PlateLayout(plate).draw(pt.as_tensor(units), plate.size)
-    assert batch.scale.eval() == pytest.approx(1.0)
+    assert float(batch.scale.eval()) == 1.0
     globals_ = {k: pt.as_tensor(point[k][None]) for k in joint.global_values}
     locals_ = {k: pt.as_tensor(point[k][units][None]) for k in joint.local_values}
     total = joint.per_draw(globals_, locals_, batch)

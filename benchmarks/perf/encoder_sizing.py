@@ -102,8 +102,13 @@ def run(quick: bool) -> None:
     rows, records = [], []
     for label, model in models(quick).items():
         with model:
-            advi = pm.fit(4 * n_steps, method="advi", obj_optimizer=pm.adam(learning_rate=1e-2),
-                          random_seed=0, progressbar=False)
+            advi = pm.fit(
+                4 * n_steps,
+                method="advi",
+                obj_optimizer=pm.adam(learning_rate=1e-2),
+                random_seed=0,
+                progressbar=False,
+            )
         reference = _final(advi.hist)
         target = reference + max(1.0, 0.01 * abs(reference))
         for widths in CANDIDATES:
@@ -111,29 +116,51 @@ def run(quick: bool) -> None:
             for seed in seeds:
                 with model:
                     started = time.perf_counter()
-                    approx = pm.fit(n_steps, method="amortized", encoder_widths=widths,
-                                    obj_optimizer=pm.adam(learning_rate=1e-2), random_seed=seed,
-                                    progressbar=False)
+                    approx = pm.fit(
+                        n_steps,
+                        method="amortized",
+                        encoder_widths=widths,
+                        obj_optimizer=pm.adam(learning_rate=1e-2),
+                        random_seed=seed,
+                        progressbar=False,
+                    )
                     seconds.append(time.perf_counter() - started)
                 gaps.append(_final(approx.hist) - reference)
                 steps.append(_steps_to(approx.hist, target))
             n_weights = int(sum(w.get_value().size for w in approx.encoder_params))
             reached = [s for s in steps if s is not None]
             record = {
-                "model": label, "widths": list(widths), "n_encoder_params": n_weights,
-                "gap": gaps, "steps_to_fvi": steps, "fit_seconds": seconds,
+                "model": label,
+                "widths": list(widths),
+                "n_encoder_params": n_weights,
+                "gap": gaps,
+                "steps_to_fvi": steps,
+                "fit_seconds": seconds,
                 "advi_final_loss": reference,
             }
             records.append(record)
-            rows.append([
-                label, str(widths), n_weights,
-                f"{np.median(gaps):.1f}", f"{max(gaps):.1f}",
-                f"{len(reached)}/{len(steps)}",
-                f"{int(np.median(reached))}" if reached else f"> {n_steps}",
-                f"{np.median(seconds):.1f}",
-            ])
-    header = ["model", "widths", "encoder params", "median gap (nats)", "worst gap (nats)",
-              "seeds within 1 %", "median steps to 1 %", "median fit s"]
+            rows.append(
+                [
+                    label,
+                    str(widths),
+                    n_weights,
+                    f"{np.median(gaps):.1f}",
+                    f"{max(gaps):.1f}",
+                    f"{len(reached)}/{len(steps)}",
+                    f"{int(np.median(reached))}" if reached else f"> {n_steps}",
+                    f"{np.median(seconds):.1f}",
+                ]
+            )
+    header = [
+        "model",
+        "widths",
+        "encoder params",
+        "median gap (nats)",
+        "worst gap (nats)",
+        "seeds within 1 %",
+        "median steps to 1 %",
+        "median fit s",
+    ]
     table = markdown_table(header, rows)
     write_results("encoder_sizing", {"records": records, "n_steps": n_steps}, table, quick=quick)
 
