@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pymc as pm
@@ -129,59 +128,25 @@ def test_mesh_needs_jax_mode():
         HostNoiseStep(linear_inference(), mode="NUMBA", mesh=mesh)
 
 
-TWO_DEVICES = textwrap.dedent(
-    """
-    import json, os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    import jax, numpy as np, pymc as pm
-    from jax.sharding import Mesh
-    from pymc_amortize import AmortizedVI
-    from pymc_amortize.accelerators import HostNoiseStep
-    from pymc_amortize.examples.paper import linear_data, linear_model
-
-    def run(devices):
-        with linear_model(linear_data(1_000, random_seed=0)):
-            inference = AmortizedVI(batch_size=100, encoder_widths=(8,), random_seed=1)
-        mesh = Mesh(np.array(devices), ("batch",))
-        step = HostNoiseStep(inference, obj_optimizer=pm.adam(learning_rate=1e-2),
-                             noise_seed=3, mesh=mesh)
-        losses = [step() for _ in range(200)]
-        noise = [jax.device_put(v, s) for v, s in zip(step.draw_noise(), step.shardings)]
-        split = [str(v.sharding.spec) for v in noise]
-        # The step XLA compiled for these placements: a split computation sums across devices.
-        thunk = step.function.vm
-        shared = [cell[0] for cell in thunk.inputs[len(noise):]]
-        hlo = thunk.jit_fn.lower(*noise, *shared).compile().as_text()
-        params = [np.asarray(p.get_value(borrow=True)) for p in inference.approx.params]
-        out_devices = len(inference.approx.params[0].get_value(borrow=True).sharding.device_set)
-        return losses, split, out_devices, params, hlo.count("all-reduce")
-
-    one = run(jax.devices()[:1])
-    two = run(jax.devices()[:2])
-    print(json.dumps({
-        "devices": len(jax.devices()),
-        "one": one[0], "two": two[0], "split_two": two[1], "param_devices_two": two[2],
-        "all_reduce_one": one[4], "all_reduce_two": two[4],
-        "param_diff": max(float(np.abs(a - b).max()) for a, b in zip(one[3], two[3])),
-    }))
-    """
-)
-
-
 @pytest.mark.slow
 def test_two_host_devices_give_the_one_device_trajectory():
+    """benchmarks/jax_two_devices.py in a subprocess (XLA_FLAGS must precede importing JAX)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run(
-        [sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-m", "benchmarks.jax_two_devices"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["devices"] == 2
     # The unit ids and the local noise are split over both devices; the parameters (outputs of
     # the step) live replicated on both.
-    assert sum("batch" in spec for spec in out["split_two"]) == 2  # unit ids, local noise
+    assert sum("batch" in spec for spec in out["noise_specs_two"]) == 2  # unit ids, local noise
     assert out["param_devices_two"] == 2
-    assert out["all_reduce_one"] == 0 < out["all_reduce_two"]
+    assert out["all_reduces_one"] == 0 < out["all_reduces_two"]
     one, two = np.array(out["one"]), np.array(out["two"])
     np.testing.assert_allclose(two, one, rtol=1e-9)
     assert out["param_diff"] < 1e-8
