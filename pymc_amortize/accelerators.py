@@ -272,16 +272,19 @@ class HostNoiseStep:
         (axis_name,) = mesh.axis_names
         n_devices = mesh.devices.size
         shardings = []
-        for axis, value in zip(self.noise.unit_axes, self.noise.draw(self.rng), strict=True):
+        # The draws' shapes, from a throwaway generator: the step's own stream stays untouched,
+        # so a step with a mesh draws what one without draws.
+        shapes = [value.shape for value in self.noise.draw(np.random.default_rng(0))]
+        for axis, shape in zip(self.noise.unit_axes, shapes, strict=True):
             if axis is None:
                 shardings.append(NamedSharding(mesh, PartitionSpec()))
                 continue
-            if value.shape[axis] % n_devices:
+            if shape[axis] % n_devices:
                 raise AmortizationError(
-                    f"batch_size={value.shape[axis]} cannot be split evenly across {n_devices} "
+                    f"batch_size={shape[axis]} cannot be split evenly across {n_devices} "
                     f"devices; pass a batch_size that is a multiple of {n_devices}."
                 )
-            spec = [None] * value.ndim
+            spec = [None] * len(shape)
             spec[axis] = axis_name
             shardings.append(NamedSharding(mesh, PartitionSpec(*spec)))
         return shardings
