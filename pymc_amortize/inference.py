@@ -26,6 +26,7 @@ from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 
+from pymc_amortize.accelerators import is_jax_mode, refuse_dynamic_shapes, static_sizes
 from pymc_amortize.analysis import (
     EncoderInputSpec,
     LocalLatent,
@@ -147,8 +148,11 @@ class _RandomDraws:
     def __init__(self):
         self.updates: dict[SharedVariable, pt.TensorVariable] = {}
 
-    def __call__(self, rv, *args, size) -> pt.TensorVariable:
+    def __call__(self, rv, *args, size, unit_axis: int | None = None) -> pt.TensorVariable:
         rng = pytensor.shared(np.random.default_rng())
+        # The axis of the minibatch's units, read by pymc_amortize.accelerators to split a
+        # minibatch across devices.
+        rng.tag.unit_axis = unit_axis
         next_rng, value = rv(*args, size=size, rng=rng, return_next_rng=True)
         self.updates[rng] = next_rng
         return value
@@ -220,11 +224,18 @@ class AmortizedObjective:
         random: _RandomDraws,
         *,
         scale: float,
+        minibatched: bool = False,
     ) -> tuple[pt.TensorVariable, pt.TensorVariable, pt.TensorVariable]:
         """Draws (S, B, *event_shape) of one local latent from the encoder's (B, d) mean and
         log-sd, with its entropy and the draws' log q, both scaled to all N units."""
         batch = mean.shape[0]
-        eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, batch, latent.event_size))
+        eps = random(
+            pt.random.normal,
+            0.0,
+            1.0,
+            size=(n_draws, batch, latent.event_size),
+            unit_axis=1 if minibatched else None,
+        )
         draws = (mean + pt.exp(log_sd) * eps).reshape((n_draws, batch, *latent.event_shape))
         n_units = self.approx.layouts[plate.name].size
         entropy = scale * log_sd.sum() + n_units * (latent.event_size * _HALF_LOG_2PI_E)
@@ -247,14 +258,23 @@ class AmortizedObjective:
             if minibatch and plate is self.batch_plate:
                 # Our own unit draw rather than pm.Minibatch: the encoder inputs, the local
                 # placeholders and every aligned data array must share these indices.
-                units = random(pt.random.integers, 0, layout.size, size=(self.batch_size,))
+                units = random(
+                    pt.random.integers, 0, layout.size, size=(self.batch_size,), unit_axis=0
+                )
                 plate_batch = batch = layout.draw(units, self.batch_size)
             else:
                 plate_batch = layout.full()
             for latent in plate.latents:
                 mean, log_sd = approx.symbolic_encode(latent.name, plate_batch)
                 draws, local_entropy, local_log_q = self.draw_local(
-                    latent, plate, mean, log_sd, n_draws, random, scale=plate_batch.scale
+                    latent,
+                    plate,
+                    mean,
+                    log_sd,
+                    n_draws,
+                    random,
+                    scale=plate_batch.scale,
+                    minibatched=plate_batch is batch,
                 )
                 local_draws[latent.value_name] = draws
                 entropy, log_q = entropy + local_entropy, log_q + local_log_q
@@ -282,15 +302,34 @@ class AmortizedObjective:
         values = np.concatenate([fn() for _ in range(repeats)])
         return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
 
-    def step_function(
+    def step_graph(
         self,
         *,
-        score: bool = True,
         obj_n_mc: int = 1,
         obj_optimizer: Callable | None = None,
         total_grad_norm_constraint: float | None = None,
-        compile_kwargs: dict | None = None,
-    ) -> _GuardedStep:
+    ) -> tuple[pt.TensorVariable, dict[SharedVariable, pt.TensorVariable]]:
+        """The symbolic training step: the loss and the updates of one step.
+
+        The updates hold the optimizer's (parameters and moments) and the random generators'
+        (the step draws its minibatch and noise itself); :meth:`step_function` compiles them.
+
+        Parameters
+        ----------
+        obj_n_mc : int
+            Monte Carlo draws per step.
+        obj_optimizer : callable, optional
+            A PyMC optimizer, ``pm.adam(learning_rate=1e-3)`` when omitted.
+        total_grad_norm_constraint : float, optional
+            Clip the gradient's total norm to this value.
+
+        Returns
+        -------
+        loss : TensorVariable
+            The scalar loss (the objective's negative, before the update).
+        updates : dict
+            Shared variable -> its value after the step.
+        """
         if not isinstance(obj_n_mc, int | np.integer) or obj_n_mc <= 0:
             raise AmortizationError(f"obj_n_mc must be a positive integer; got {obj_n_mc!r}.")
         optimizer = obj_optimizer if obj_optimizer is not None else pm.adam(learning_rate=1e-3)
@@ -303,6 +342,28 @@ class AmortizedObjective:
             grads = total_norm_constraint(grads, total_grad_norm_constraint)
         updates = optimizer(grads, params)
         updates.update(random.updates)
+        return loss, updates
+
+    def step_function(
+        self,
+        *,
+        score: bool = True,
+        obj_n_mc: int = 1,
+        obj_optimizer: Callable | None = None,
+        total_grad_norm_constraint: float | None = None,
+        compile_kwargs: dict | None = None,
+    ) -> _GuardedStep:
+        jax_mode = is_jax_mode((compile_kwargs or {}).get("mode"))
+        if jax_mode:
+            refuse_dynamic_shapes(self)
+        loss, updates = self.step_graph(
+            obj_n_mc=obj_n_mc,
+            obj_optimizer=obj_optimizer,
+            total_grad_norm_constraint=total_grad_norm_constraint,
+        )
+        if jax_mode:
+            loss, *new_values = static_sizes([loss, *updates.values()])
+            updates = dict(zip(updates, new_values, strict=True))
         fn = compile_pymc(
             [], loss, updates=updates, random_seed=self.random_seed, **(compile_kwargs or {})
         )
