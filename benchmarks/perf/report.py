@@ -25,6 +25,8 @@ SECTIONS = [
     ),
     ("competitors", "9. Against NUTS (nutpie), pathfinder and DADVI on radon-style data"),
     ("scale_memory", "10. Large data: peak memory, step time and encoding from 10³ to 10⁷ units"),
+    ("compile_time", "11. Compile time: where a first fit's seconds go before its first step"),
+    ("encoder_sizing", "12. Encoder size and depth against the F-VI optimum (the default's rule)"),
 ]
 
 INTRO = """# Performance benchmarks
@@ -42,6 +44,8 @@ python -m benchmarks.perf.step_args --quick
 PYTENSOR_FLAGS=base_compiledir=$(mktemp -d) python -m benchmarks.perf.user_models --quick
 python -m benchmarks.perf.competitors --quick    # nutpie; pymc-extras installed by hand (below)
 python -m benchmarks.perf.scale_memory --quick   # full run: up to 10⁷ units (~4 min)
+python -m benchmarks.perf.compile_time --quick   # fresh processes, each with its own cache
+python -m benchmarks.perf.encoder_sizing --quick
 python -m benchmarks.perf.report
 ```
 
