@@ -202,3 +202,28 @@ def test_competitors_pymc_extras_contenders_run():
     for method in ("pathfinder", "dadvi"):
         out = competitors.run_pymc_extras(model, ref, method)
         assert out["wall_s"] > 0 and 0 <= out["errors"]["within"] <= 1
+
+
+def test_compile_time_measures_every_phase_of_both_methods():
+    from benchmarks.perf import compile_time
+
+    avi = compile_time._measure("poisson", 150, "A-VI")
+    advi = compile_time._measure("poisson", 150, "ADVI")
+    for phases in (avi, advi):
+        assert set(phases) == {"setup_s", "graph_and_rewrites_s", "first_call_s", "nodes"}
+        assert all(math.isfinite(v) and v > 0 for v in phases.values())
+    # The encoder, the pooled gathers and their gradients: A-VI's step is the larger graph.
+    assert avi["nodes"] > advi["nodes"]
+
+
+def test_encoder_sizing_steps_to_target_and_final_loss():
+    import numpy as np
+
+    from benchmarks.perf import encoder_sizing
+
+    hist = np.concatenate([np.full(300, 50.0), np.full(700, 10.0)])
+    assert encoder_sizing._final(hist) == 10.0
+    # The 100-step running mean first reaches 12 when at most 5 of its steps are at 50: the window
+    # of steps 295-394, so the target is met at step 395.
+    assert encoder_sizing._steps_to(hist, 12.0) == 395
+    assert encoder_sizing._steps_to(hist, 5.0) is None
