@@ -98,8 +98,11 @@ def test_step_args_counts_arguments_and_ratios():
     assert set(rows) == {"saw (N=1,000)", "nonlinear (N=10,000)", "radon (85 counties)"}
     for row in rows.values():
         assert 0 < row["avi_over_advi"] < math.inf
-        # Encoder weights are one flat vector: a handful of arguments, whatever the encoder.
-        assert row["avi_arguments"] <= row["advi_arguments"] + 8
+        # Encoder weights are one flat vector: a handful of arguments, whatever the encoder. The
+        # rest are data the step reads as shared variables so that its compiled code does not
+        # depend on them (N, the gathered observed rows, the inputs' standardisation): 24 on
+        # radon against ADVI's 13, 47-63 before the flat weights.
+        assert row["avi_arguments"] <= row["advi_arguments"] + 12
 
 
 def test_user_models_ratios_and_columns():
