@@ -69,16 +69,16 @@ class LocalPosterior(NamedTuple):
     Attributes
     ----------
     mean, sd : ndarray
-        (M, *event_shape) mean and sd of the Gaussian q(z_n) on the latent's **unconstrained**
+        ``(M, *event_shape)`` mean and sd of the Gaussian q(z_n) on the latent's **unconstrained**
         (value) space: the encoder's output (a zero-row unit: Monte Carlo moments of its prior
         given q(θ), mapped to that space).
     prior_only : ndarray or None
         (M,) bool: the unit has no rows, so its posterior is its prior given the globals.
     constrained_mean : ndarray or None
-        (M, *shape) posterior mean of z_n on the latent's **own (constrained)** scale, e.g. a
+        ``(M, *shape)`` posterior mean of z_n on the latent's **own (constrained)** scale, e.g. a
         positive rate or a point of the simplex.
     quantiles : ndarray or None
-        (len(quantile_levels), M, *shape) posterior quantiles of each entry of z_n on its own scale.
+        ``(len(quantile_levels), M, *shape)`` posterior quantiles of each entry of z_n on its own scale.
     quantile_levels : tuple of float
         The levels of ``quantiles``.
     """
@@ -1156,7 +1156,7 @@ class AmortizedApproximation:
         Returns
         -------
         mean, sd : ndarray
-            (stop - start, *event_shape) float64, on the latent's unconstrained (value) space.
+            ``(stop - start, *event_shape)`` float64, on the latent's unconstrained (value) space.
         """
         latent = next(lat for lat in self.analysis.latents if lat.name == name)
         plate = self.analysis.plate_of(name)
