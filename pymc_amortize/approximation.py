@@ -807,6 +807,10 @@ class AmortizedApproximation:
         """How many new units ``plate`` gets, their coords, and each row's unit; None when the
         call concerns none of its units."""
         given = units.get(plate.name, units.get(plate.dim)) if isinstance(units, Mapping) else units
+        if isinstance(units, Mapping) and given is None:
+            # A mapping names the plates that get new units; the others keep their fitted units
+            # (a crossed model's new actor whose rows name known blocks must not make new blocks).
+            return None
         data = new_data if isinstance(new_data, Mapping) else {}
         keys = {d.key for lat in plate.latents for d in lat.unit_inputs + lat.row_inputs}
         keys |= {lat.name for lat in plate.latents if lat.input_matrix is not None}
@@ -1344,7 +1348,9 @@ class AmortizedApproximation:
             units the model was fitted on.
         units : int, sequence or mapping, optional
             The new units of an indexed plate: their number M or their M coords (a mapping
-            ``{plate name: ...}`` for one plate of several). A unit that no row names (no entry
+            ``{plate name: ...}`` for one plate of several; the plates it leaves out keep their
+            fitted units and are not encoded, so a crossed model's new rows may name known units
+            of the other grouping). A unit that no row names (no entry
             of the index equals its position) is a **zero-row unit**: its posterior is its prior
             given the globals, ``p(z | θ)`` under ``q(θ)``. Without ``units`` the new units are
             the unit inputs' rows, else the index values 0..max, which must then all have rows

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pymc as pm
 import pytest
+from gaussian_plate_models import crossed_gaussian
 
 from pymc_amortize import (
     AmortizationError,
@@ -351,3 +352,27 @@ def test_poisson_predictions_agree_with_advi_and_sample_posterior_predictive(poi
     # Predictive mean and sd per new user (pooled over visits): both are N(E lam, E lam + Var lam).
     np.testing.assert_allclose(ours.mean((0, 2)), theirs.mean((0, 2)), rtol=0.08)
     np.testing.assert_allclose(ours.std((0, 2)), theirs.std((0, 2)), rtol=0.1)
+
+
+def test_units_mapping_leaves_the_other_plates_fitted_units_alone():
+    """Crossed actor x block: a new actor's rows feed the block encoder too, but units={"actor": 2}
+    asks only for new actors; the blocks keep their fitted posteriors (a newcomer's case: a new
+    block was made up from the new actor's rows, z_block 2.06 +- 0.11)."""
+    approx = pm.fit(
+        300,
+        method="amortized",
+        model=crossed_gaussian(),
+        encoder_widths=(8,),
+        random_seed=0,
+        progressbar=False,
+    )
+    rows = {"y": np.array([2.0, 2.5, 1.8]), "actor_idx": np.array([1, 1, 1])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the envelope's row-count warning is beside the point
+        q = approx.encode(rows, units={"actor": 2})
+        q_known_blocks = approx.encode(
+            rows | {"block_idx": np.array([0, 3, 4])}, units={"actor": 2}
+        )
+    assert set(q) == set(q_known_blocks) == {"z_actor"}
+    np.testing.assert_array_equal(q["z_actor"].prior_only, [True, False])
+    np.testing.assert_allclose(q_known_blocks["z_actor"].mean, q["z_actor"].mean)
