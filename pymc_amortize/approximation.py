@@ -178,6 +178,14 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [""])[0]
 
 
+def _units_without_rows(plate: Plate) -> np.ndarray:
+    """(N,) bool: the fitted units of an indexed plate that no row names (all False for a row
+    plate). Their posterior is their prior given the globals, not the encoder's extrapolation."""
+    if plate.index is None:
+        return np.zeros(plate.size, dtype=bool)
+    return np.asarray(plate.row_counts) == 0
+
+
 def _compile_once(inputs: list, outputs):
     """Compile a function that runs once or a few times per fit (probes, encode, transforms).
 
@@ -1043,36 +1051,61 @@ class AmortizedApproximation:
         var = self.model[name]
         return any(self.model.rvs_to_values[rv] is var for rv in self.model.observed_RVs)
 
+    def _fitted_encoder_outputs(
+        self, chunk_size: int = 100_000
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The encoders' (mean, sd) of every fitted unit, unconstrained, chunk by chunk."""
+        out = {}
+        for plate in self.analysis.plates:
+            for latent in plate.latents:
+                mean = np.empty((plate.size, *latent.event_shape))
+                sd = np.empty_like(mean)
+                for start in range(0, plate.size, chunk_size):
+                    stop = min(start + chunk_size, plate.size)
+                    mean[start:stop], sd[start:stop] = self.encode_units(latent.name, start, stop)
+                out[latent.name] = (mean, sd)
+        return out
+
     def _fitted_other_locals(self, plate: Plate, draws: int, rng) -> dict[str, np.ndarray]:
-        """Value-space draws of the local latents of the other plates, from their fitted q."""
+        """Value-space draws of the local latents of the other plates, from their encoders."""
         others = [p for p in self.analysis.plates if p.name != plate.name]
         if not others:
             return {}
-        encoded = self.encode(summary=False)
         names = {lat.name for p in others for lat in p.latents}
-        return self._draw_locals(draws, rng, {k: v for k, v in encoded.items() if k in names})
+        outputs = self._fitted_encoder_outputs()
+        out = {}
+        for latent in self.analysis.latents:
+            if latent.name in names:
+                mean, sd = outputs[latent.name]
+                out[latent.value_name] = mean + sd * rng.standard_normal((draws, *mean.shape))
+        return out
 
-    def _prior_draws(
-        self,
-        plate: Plate,
-        request: NewUnits,
-        new_data,
-        global_values: Mapping[str, np.ndarray],
-        rng: np.random.Generator,
-    ) -> dict[str, np.ndarray]:
-        """Constrained draws (S, M, ...) of the plate's latents for the new units from their prior
-        given each draw of the globals (PyMC's forward sampling on the model resized to them)."""
-        draws = len(next(iter(global_values.values()))) if global_values else 1
-        clone = resized_model(
+    def _resized_for(self, plate: Plate, request: NewUnits, new_data) -> pm.Model:
+        """A copy of the model whose ``plate`` has the requested new units and their data."""
+        return resized_model(
             self.model,
             dim=plate.dim,
             coords=request.labels,
             data=self._unit_data(plate, new_data, request),
             what=f"'{plate.latents[0].name}'",
         )
+
+    def _prior_draws(
+        self,
+        plate: Plate,
+        model: pm.Model,
+        n_units: int,
+        global_values: Mapping[str, np.ndarray],
+        rng: np.random.Generator,
+    ) -> dict[str, np.ndarray]:
+        """Constrained draws (S, n_units, ...) of the plate's latents from their prior given each
+        draw of the globals, by PyMC's forward sampling on ``model``: the fitted model (for its
+        units without rows) or a copy resized to new units (:meth:`_resized_for`)."""
+        draws = len(next(iter(global_values.values()))) if global_values else 1
+        clone = model
         values = dict(global_values) | self._fitted_other_locals(plate, draws, rng)
         for latent in plate.latents:  # placeholders: drawn below, not read
-            values[latent.value_name] = np.zeros((draws, request.labels.size, *latent.event_shape))
+            values[latent.value_name] = np.zeros((draws, n_units, *latent.event_shape))
         kept = [rv.name for rv in clone.free_RVs if rv.name not in plate.latent_names]
         if kept:
             idata = posterior_dataset(clone, values, var_names=kept)
@@ -1394,17 +1427,19 @@ class AmortizedApproximation:
         """
         out = {}
         if new_data is None and units is None:
+            encoded = self._fitted_encoder_outputs(chunk_size)
+            rng = np.random.default_rng(random_seed)
             for plate in self.analysis.plates:
+                empty = _units_without_rows(plate)
+                prior = {}
+                if empty.any():
+                    prior = self._prior_draws(
+                        plate, self.model, plate.size, self._draw_globals(prior_draws, rng), rng
+                    )
                 for latent in plate.latents:
-                    mean = np.empty((plate.size, *latent.event_shape))
-                    sd = np.empty_like(mean)
-                    for start in range(0, plate.size, chunk_size):
-                        stop = min(start + chunk_size, plate.size)
-                        mean[start:stop], sd[start:stop] = self.encode_units(
-                            latent.name, start, stop
-                        )
+                    mean, sd = encoded[latent.name]
                     out[latent.name] = self._local_posterior(
-                        latent, mean, sd, np.zeros(plate.size, bool), quantiles, summary
+                        latent, mean, sd, empty, quantiles, summary, prior.get(latent.name)
                     )
             return out
         encoded, requests = self._encode_new(new_data, units, check_range)
@@ -1422,7 +1457,11 @@ class AmortizedApproximation:
             prior = {}
             if request.prior_only.any():
                 prior = self._prior_draws(
-                    plate, request, new_data, self._draw_globals(prior_draws, rng), rng
+                    plate,
+                    self._resized_for(plate, request, new_data),
+                    request.labels.size,
+                    self._draw_globals(prior_draws, rng),
+                    rng,
                 )
             for latent in plate.latents:
                 if latent.name not in encoded:
@@ -1502,7 +1541,20 @@ class AmortizedApproximation:
         (mean and sd of each q(z_n)), see :func:`pymc_amortize.results.method_groups`.
         """
         rng = np.random.default_rng(random_seed)
-        values = self._draw_globals(draws, rng) | self._draw_locals(draws, rng, self.encode())
+        global_values = self._draw_globals(draws, rng)
+        outputs = self._fitted_encoder_outputs()
+        values = global_values | self._draw_locals(
+            draws, rng, {name: LocalPosterior(mean, sd) for name, (mean, sd) in outputs.items()}
+        )
+        for plate in self.analysis.plates:
+            empty = _units_without_rows(plate)
+            if not empty.any():
+                continue
+            # No rows: the posterior is the prior given the globals, drawn with the same draws.
+            prior = self._prior_draws(plate, self.model, plate.size, global_values, rng)
+            for latent in plate.latents:
+                own = self._to_value(latent, prior[latent.name])
+                values[latent.value_name][:, empty] = own[:, empty]
         if not return_inferencedata:
             return self.trace_from_values(values)
         idata = pm.to_inference_data(
@@ -1594,7 +1646,8 @@ class AmortizedApproximation:
             q = {lat.name: LocalPosterior(*encoded[lat.name]) for lat in plate_latents}
             local_values |= self._draw_locals(draws, rng, q)
             if request.prior_only.any():
-                prior = self._prior_draws(plate, request, new_data, global_values, rng)
+                clone = self._resized_for(plate, request, new_data)
+                prior = self._prior_draws(plate, clone, request.labels.size, global_values, rng)
                 for latent in plate_latents:
                     value = local_values[latent.value_name]
                     value[:, request.prior_only] = self._to_value(latent, prior[latent.name])[
