@@ -186,6 +186,29 @@ def _units_without_rows(plate: Plate) -> np.ndarray:
     return np.asarray(plate.row_counts) == 0
 
 
+def _check_new_observations(model: pm.Model, new_data: Mapping[str, np.ndarray]) -> None:
+    """New units' observations of a discrete likelihood must be whole numbers.
+
+    An encoder takes any real input, so counts of 2.5 were encoded without complaint; the
+    likelihood gives them no density, so the posterior they stand for does not exist.
+    """
+    for key, value in new_data.items():
+        var = model.named_vars.get(key)
+        if var is None or var not in model.observed_RVs or var.dtype[0] not in "iu":
+            continue
+        value = np.asarray(value)
+        if value.dtype.kind != "f":
+            continue
+        finite = value[np.isfinite(value)]
+        if not np.array_equal(finite, np.round(finite)):
+            bad = finite[finite != np.round(finite)]
+            raise AmortizationError(
+                f"new_data['{key}'] holds values that are not whole numbers (e.g. {bad[0]:g}), "
+                f"but '{key}' has a discrete likelihood ({type(var.owner.op).__name__}); its "
+                "new units' observations must be counts or categories like the fitted ones."
+            )
+
+
 def _compile_once(inputs: list, outputs):
     """Compile a function that runs once or a few times per fit (probes, encode, transforms).
 
@@ -985,6 +1008,8 @@ class AmortizedApproximation:
         """Encoder mean and sd (value space, (M, *event_shape)) of the new units of every plate
         the call concerns, and each plate's :class:`NewUnits`. A zero-row unit's entries are NaN:
         its posterior is its prior given the globals, drawn by the callers."""
+        if isinstance(new_data, Mapping):
+            _check_new_observations(self.model, new_data)
         out, requests, warned = {}, {}, []
         for plate in self.analysis.plates:
             request = self._unit_request(plate, new_data, units)

@@ -381,3 +381,12 @@ def test_units_mapping_leaves_the_other_plates_fitted_units_alone():
     assert set(q) == set(q_known_blocks) == {"z_actor"}
     np.testing.assert_array_equal(q["z_actor"].prior_only, [True, False])
     np.testing.assert_allclose(q_known_blocks["z_actor"].mean, q["z_actor"].mean)
+
+
+def test_non_integer_counts_of_a_discrete_likelihood_are_an_error(poisson):
+    """A newcomer's case: counts of 2.5 were encoded (rate 2.51) without complaint."""
+    _, approx = poisson
+    with pytest.raises(AmortizationError, match=r"new_data\['counts'\] holds values that are not"):
+        approx.encode({"counts": np.full((1, 6), 2.5)})
+    q = approx.encode({"counts": np.full((1, 6), 2.0)}, check_range=False)["lam"]
+    assert np.isfinite(q.mean).all()
