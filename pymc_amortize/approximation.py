@@ -1091,19 +1091,17 @@ class AmortizedApproximation:
                 out[latent.name] = (mean, sd)
         return out
 
-    def _fitted_other_locals(self, plate: Plate, draws: int, rng) -> dict[str, np.ndarray]:
-        """Value-space draws of the local latents of the other plates, from their encoders."""
+    def _fitted_other_locals(
+        self, plate: Plate, draws: int, rng, outputs: Mapping | None = None
+    ) -> dict[str, np.ndarray]:
+        """Value-space draws of the local latents of the other plates, from their encoders
+        (``outputs``: :meth:`_fitted_encoder_outputs`, when the caller has them already)."""
         others = [p for p in self.analysis.plates if p.name != plate.name]
         if not others:
             return {}
-        names = {lat.name for p in others for lat in p.latents}
-        outputs = self._fitted_encoder_outputs()
-        out = {}
-        for latent in self.analysis.latents:
-            if latent.name in names:
-                mean, sd = outputs[latent.name]
-                out[latent.value_name] = mean + sd * rng.standard_normal((draws, *mean.shape))
-        return out
+        outputs = self._fitted_encoder_outputs() if outputs is None else outputs
+        q = {lat.name: LocalPosterior(*outputs[lat.name]) for p in others for lat in p.latents}
+        return self._draw_locals(draws, rng, q)
 
     def _resized_for(self, plate: Plate, request: NewUnits, new_data) -> pm.Model:
         """A copy of the model whose ``plate`` has the requested new units and their data."""
@@ -1122,31 +1120,33 @@ class AmortizedApproximation:
         n_units: int,
         global_values: Mapping[str, np.ndarray],
         rng: np.random.Generator,
+        outputs: Mapping | None = None,
     ) -> dict[str, np.ndarray]:
         """Constrained draws (S, n_units, ...) of the plate's latents from their prior given each
         draw of the globals, by PyMC's forward sampling on ``model``: the fitted model (for its
-        units without rows) or a copy resized to new units (:meth:`_resized_for`)."""
+        units without rows) or a copy resized to new units (:meth:`_resized_for`). The other
+        plates' latents come from their encoders (``outputs``, see :meth:`_fitted_other_locals`).
+        """
         draws = len(next(iter(global_values.values()))) if global_values else 1
-        clone = model
-        values = dict(global_values) | self._fitted_other_locals(plate, draws, rng)
+        values = dict(global_values) | self._fitted_other_locals(plate, draws, rng, outputs)
         for latent in plate.latents:  # placeholders: drawn below, not read
             values[latent.value_name] = np.zeros((draws, n_units, *latent.event_shape))
-        kept = [rv.name for rv in clone.free_RVs if rv.name not in plate.latent_names]
+        kept = [rv.name for rv in model.free_RVs if rv.name not in plate.latent_names]
         if kept:
-            idata = posterior_dataset(clone, values, var_names=kept)
+            idata = posterior_dataset(model, values, var_names=kept)
         else:  # nothing to condition on: the prior itself
             idata = xr.DataTree.from_dict(
                 {"posterior": xr.Dataset(coords={"chain": [0], "draw": np.arange(draws)})}
             )
         try:
             drawn = forward_draws(
-                clone, idata, plate.latent_names, random_seed=rng, predictions=True
+                model, idata, plate.latent_names, random_seed=rng, predictions=True
             )
         except AmortizationError:
             raise
         except Exception as error:
             raise AmortizationError(
-                f"Drawing the prior of {', '.join(plate.latent_names)} for new units with no rows "
+                f"Drawing the prior of {', '.join(plate.latent_names)} for units with no rows "
                 f"failed: {type(error).__name__}: {_first_line(error)}"
             ) from error
         return {name: drawn.predictions[name].values[0] for name in plate.latent_names}
@@ -1459,7 +1459,12 @@ class AmortizedApproximation:
                 prior = {}
                 if empty.any():
                     prior = self._prior_draws(
-                        plate, self.model, plate.size, self._draw_globals(prior_draws, rng), rng
+                        plate,
+                        self.model,
+                        plate.size,
+                        self._draw_globals(prior_draws, rng),
+                        rng,
+                        encoded,
                     )
                 for latent in plate.latents:
                     mean, sd = encoded[latent.name]
@@ -1576,7 +1581,7 @@ class AmortizedApproximation:
             if not empty.any():
                 continue
             # No rows: the posterior is the prior given the globals, drawn with the same draws.
-            prior = self._prior_draws(plate, self.model, plate.size, global_values, rng)
+            prior = self._prior_draws(plate, self.model, plate.size, global_values, rng, outputs)
             for latent in plate.latents:
                 own = self._to_value(latent, prior[latent.name])
                 values[latent.value_name][:, empty] = own[:, empty]
