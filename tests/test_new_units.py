@@ -390,3 +390,28 @@ def test_non_integer_counts_of_a_discrete_likelihood_are_an_error(poisson):
         approx.encode({"counts": np.full((1, 6), 2.5)})
     q = approx.encode({"counts": np.full((1, 6), 2.0)}, check_range=False)["lam"]
     assert np.isfinite(q.mean).all()
+
+
+def test_fitted_group_without_rows_non_centred_bernoulli_without_row_dims():
+    """Non-centred z ~ N(0, 1) behind (mu + s z)[g], a Bernoulli likelihood, plain arrays and no
+    row dim: a group with no rows has exactly its N(0, 1) prior, whatever q(θ)."""
+    rng = np.random.default_rng(3)
+    n_groups, n_rows, empty = 30, 600, 3
+    g = rng.integers(0, n_groups, n_rows)
+    g[g == empty] = empty + 1
+    x = rng.normal(size=n_rows)
+    y = rng.binomial(1, 1 / (1 + np.exp(-(rng.normal(0, 1, n_groups)[g] + 0.5 * x))))
+    with pm.Model(coords={"group": range(n_groups)}):
+        mu, s = pm.Normal("mu", 0, 2), pm.HalfNormal("s", 1)
+        z = pm.Normal("z", 0, 1, dims="group")
+        b = pm.Normal("b", 0, 1)
+        pm.Bernoulli("y", logit_p=(mu + s * z)[g] + b * x, observed=y)
+        approx = pm.fit(
+            1500, method="amortized", obj_optimizer=pm.adam(learning_rate=1e-2), random_seed=0,
+            progressbar=False,
+        )  # fmt: skip
+    q = approx.encode(prior_draws=20_000)["z"]
+    np.testing.assert_array_equal(np.flatnonzero(q.prior_only), [empty])
+    assert abs(q.mean[empty]) < 4 / np.sqrt(20_000) and abs(q.sd[empty] - 1) < 4 / np.sqrt(40_000)
+    drawn = approx.sample(20_000, random_seed=1).posterior["z"].sel(group=empty).values.ravel()
+    assert abs(drawn.mean()) < 4 / np.sqrt(20_000) and abs(drawn.std() - 1) < 4 / np.sqrt(40_000)
