@@ -23,6 +23,7 @@ from pymc.distributions.transforms import LogTransform
 from pymc.variational.approximations import MeanFieldGroup
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
+from pytensor.graph.traversal import ancestors
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
@@ -47,6 +48,7 @@ from pymc_amortize.new_units import (
 )
 from pymc_amortize.plates import PlateLayout, UnitBatch
 from pymc_amortize.results import method_groups
+from pymc_amortize.streaming import UnitSource, input_columns, summarize_columns
 
 __all__ = [
     "AmortizedApproximation",
@@ -303,14 +305,30 @@ class EncoderInput:
         The (n, k_i) numeric arrays, in column order; integer arrays stay integer (cast per batch).
     scaling : InputScaling
         Column centre and scale, (k,) each.
+    reader : callable, optional
+        ``(start, stop) -> arrays`` of units ``start:stop``, for a fit on ``unit_data``: then
+        ``arrays`` are the step's (B, k_i) batch buffers and every unit is read through ``reader``.
+    length : int, optional
+        The number of units when ``reader`` is given.
     """
 
-    def __init__(self, name: str, arrays: Sequence[np.ndarray], scaling: InputScaling):
+    def __init__(
+        self,
+        name: str,
+        arrays: Sequence[np.ndarray],
+        scaling: InputScaling,
+        *,
+        reader: Callable[[int, int], list[np.ndarray]] | None = None,
+        length: int | None = None,
+    ):
         self.columns: list[SharedVariable] = [
             pytensor.shared(a, name=f"{name}_{i}", borrow=True) for i, a in enumerate(arrays)
         ]
         self.widths = tuple(int(a.shape[1]) for a in arrays)
-        self.length = int(arrays[0].shape[0])
+        #: Reads units ``start:stop`` as (n, k_i) arrays when the columns hold one batch only
+        #: (a fit on ``unit_data``); None when they hold every unit.
+        self.reader = reader
+        self.length = int(arrays[0].shape[0]) if length is None else int(length)
         self.standardization = pytensor.shared(
             np.zeros((2, sum(self.widths)), dtype=pytensor.config.floatX),
             name=f"{name}_standardization",
@@ -339,8 +357,13 @@ class EncoderInput:
     def raw(self, start: int | np.ndarray = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (or the rows numbered by an integer array ``start``), (n, k), on
         the data's own scale (a view when there is one array and a slice)."""
-        index = start if isinstance(start, np.ndarray) else slice(start, stop)
-        arrays = [c.get_value(borrow=True)[index] for c in self.columns]
+        if self.reader is not None:
+            if isinstance(start, np.ndarray):
+                raise AmortizationError("Units read from unit_data are taken by slices only.")
+            arrays = self.reader(start, self.length if stop is None else stop)
+        else:
+            index = start if isinstance(start, np.ndarray) else slice(start, stop)
+            arrays = [c.get_value(borrow=True)[index] for c in self.columns]
         return arrays[0] if len(arrays) == 1 else np.column_stack(arrays)
 
     def chunk(self, start: int | np.ndarray = 0, stop: int | None = None) -> np.ndarray:
@@ -456,6 +479,50 @@ def _fit_scaling(arrays: Sequence[np.ndarray], standardize: bool) -> InputScalin
     return InputScaling(np.concatenate(centers), np.where(scale > 0, scale, 1.0))
 
 
+def _streamed_input(
+    source: UnitSource, latent: LocalLatent, standardize: bool
+) -> tuple[EncoderInput, TrainingEnvelope]:
+    """A latent's unit input over ``unit_data``: the step's batch buffers, read chunk by chunk
+    elsewhere, with its scaling and training envelope from passes over the dataset."""
+    keys = [d.key for d in latent.unit_inputs]
+    summary = summarize_columns(source, keys, f"the encoder inputs of '{latent.name}'")
+    sd = np.sqrt(np.diag(summary.cov))
+    scaling = (
+        InputScaling(summary.mean, np.where(sd > 0, sd, 1.0))
+        if standardize
+        else InputScaling(np.zeros_like(summary.mean), np.ones_like(summary.mean))
+    )
+    center, scale = scaling
+    precision = max_distance = None
+    if summary.mean.size >= 2:
+        precision = np.linalg.pinv(summary.cov / np.outer(scale, scale))
+        # Mahalanobis distances are the same on the raw and the standardised scale.
+        raw_precision = np.linalg.pinv(summary.cov)
+        max_distance = 0.0
+        for _, _, matrix in input_columns(source, keys):
+            diff = matrix - summary.mean
+            d2 = np.einsum("ij,jk,ik->i", diff, raw_precision, diff)
+            max_distance = max(max_distance, float(np.sqrt(max(d2.max(), 0.0))))
+    envelope = InputEnvelope(
+        column_labels(latent.unit_inputs),
+        (summary.low - center) / scale,
+        (summary.high - center) / scale,
+        (summary.mean - center) / scale,
+        precision,
+        max_distance,
+    )
+    buffers = [source.batch[k].reshape(source.batch[k].shape[0], -1) for k in keys]
+
+    def reader(start: int, stop: int) -> list[np.ndarray]:
+        piece = source.read(start, stop, keys)
+        return [piece[k].reshape(stop - start, -1) for k in keys]
+
+    units = EncoderInput(
+        f"{latent.name}_unit_inputs", buffers, scaling, reader=reader, length=source.size
+    )
+    return units, TrainingEnvelope(envelope, None, None)
+
+
 def training_envelope(
     latent: LocalLatent, plate: Plate, units: np.ndarray | None, rows: np.ndarray | None
 ) -> TrainingEnvelope:
@@ -543,9 +610,13 @@ class AmortizedApproximation:
         start: Mapping[str, np.ndarray] | None = None,
         start_sigma: Mapping[str, np.ndarray] | None = None,
         random_seed: int | None = None,
+        unit_source: UnitSource | None = None,
     ):
         self.model = model
         self.analysis = analysis
+        #: Where the batch plate's units are read from when they are not in the model (a fit on
+        #: ``unit_data``); the model is then a template of a few of them.
+        self.unit_source = unit_source
         self.hist = np.asarray(())
         #: Wall-clock seconds of each step, aligned with ``hist``.
         self.step_seconds = np.asarray(())
@@ -612,9 +683,12 @@ class AmortizedApproximation:
         for plate in analysis.plates:
             for latent in plate.latents:
                 seed = seeds[analysis.latent_names.index(latent.name)]
-                unit_arrays = _fitted_unit_arrays(latent, plate.size)
+                streamed = self.unit_source is not None and plate is self.unit_source.plate
+                unit_arrays = None if streamed else _fitted_unit_arrays(latent, plate.size)
                 row_arrays = _fitted_row_arrays(latent)
                 units = rows = None
+                if streamed:
+                    units, envelope = _streamed_input(self.unit_source, latent, standardize)
                 if unit_arrays is not None:
                     scaling = _fit_scaling(unit_arrays, standardize)
                     units = EncoderInput(f"{latent.name}_unit_inputs", unit_arrays, scaling)
@@ -627,11 +701,15 @@ class AmortizedApproximation:
                     rows,
                     None if rows is None else rows.scaling,
                 )
-                self.envelopes[latent.name] = training_envelope(
-                    latent,
-                    plate,
-                    None if units is None else units.chunk(),
-                    None if rows is None else rows.chunk(),
+                self.envelopes[latent.name] = (
+                    envelope
+                    if streamed
+                    else training_envelope(
+                        latent,
+                        plate,
+                        None if units is None else units.chunk(),
+                        None if rows is None else rows.chunk(),
+                    )
                 )
                 if latent.name in user:
                     self._encoders[latent.name] = user[latent.name]
@@ -656,7 +734,9 @@ class AmortizedApproximation:
             None if data.units is None else pt.matrix("units_probe", shape=(None, data.units.width))
         )
         if data.rows is None:
-            return [units], [data.units.chunk()]
+            # Units read from unit_data: the first chunk is probe enough.
+            stop = None if data.units.reader is None else min(data.units.length, 10_000)
+            return [units], [data.units.chunk(0, stop)]
         rows = pt.matrix("rows_probe", shape=(None, data.rows.width))
         symbolic = [rows, pt.lvector("unit_of_row_probe"), pt.lscalar("n_units_probe"), units]
         values = [
@@ -728,6 +808,16 @@ class AmortizedApproximation:
                 f"{type(error).__name__}: {_first_line(error)}"
             ) from error
         return check_encoder_outputs(latent.name, outputs, latent.event_size)
+
+    def require_units_in_memory(self, what: str) -> None:
+        """Raise :class:`AmortizationError` for ``what`` on a fit on ``unit_data``, whose units
+        are not in the (template) model."""
+        if self.unit_source is not None:
+            raise AmortizationError(
+                f"{what} needs every unit in the model, and this fit read its "
+                f"{self.unit_source.size} units from unit_data (the model is a template of a "
+                "few). Per-unit posteriors: approx.encode_dataset(); globals: approx.sample()."
+            )
 
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""
@@ -1345,8 +1435,12 @@ class AmortizedApproximation:
         :meth:`encode_dataset`)."""
         dim = self._unit_dim(plate)
         coords = {}
-        values = self.model.coords.get(plate.dim) if plate.dim is not None else None
-        if values is not None:
+        source = self.unit_source
+        if source is not None and plate is source.plate:
+            # The units are the dataset's, not the template model's.
+            if source.dim in source.dataset.coords:
+                coords[dim] = source.dataset[source.dim].values[start:stop]
+        elif plate.dim is not None and (values := self.model.coords.get(plate.dim)) is not None:
             coords[dim] = np.asarray(values[start:stop])
         data_vars = {}
         for latent in plate.latents:
@@ -1572,6 +1666,8 @@ class AmortizedApproximation:
         """
         rng = np.random.default_rng(random_seed)
         global_values = self._draw_globals(draws, rng)
+        if self.unit_source is not None:
+            return self._sample_globals(global_values, return_inferencedata)
         outputs = self._fitted_encoder_outputs()
         values = global_values | self._draw_locals(
             draws, rng, {name: LocalPosterior(mean, sd) for name, (mean, sd) in outputs.items()}
@@ -1589,6 +1685,39 @@ class AmortizedApproximation:
             return self.trace_from_values(values)
         idata = pm.to_inference_data(
             self.trace_from_values(values), model=self.model, log_likelihood=False
+        )
+        for name, dataset in method_groups(self).items():
+            idata[name] = xr.DataTree(dataset)
+        return idata
+
+    def _sample_globals(
+        self, global_values: dict[str, np.ndarray], return_inferencedata: bool
+    ) -> xr.DataTree | MultiTrace:
+        """:meth:`sample` of a fit on ``unit_data``: the globals and the Deterministics of the
+        globals alone. The template model's locals are only placeholders (its initial point);
+        every variable that depends on them is left out."""
+        draws = len(next(iter(global_values.values()))) if global_values else 1
+        start = self.model.initial_point()
+        values = dict(global_values)
+        for latent in self.analysis.latents:
+            values[latent.value_name] = np.repeat(start[latent.value_name][None], draws, axis=0)
+        trace = self.trace_from_values(values)
+        if not return_inferencedata:
+            return trace
+        idata = pm.to_inference_data(trace, model=self.model, log_likelihood=False)
+        local_rvs = [self.model[name] for name in self.analysis.latent_names]
+        per_unit = [
+            name
+            for name in idata.posterior.data_vars
+            if name in self.analysis.latent_names
+            or set(local_rvs) & set(ancestors([self.model[name]]))
+        ]
+        idata["posterior"] = xr.DataTree(idata.posterior.to_dataset().drop_vars(per_unit))
+        for group in ("observed_data", "constant_data"):  # the template's few units
+            if group in idata.children:
+                del idata[group]
+        idata["posterior"].attrs["note"] = (
+            "Fitted on unit_data: the posterior of its units is approx.encode_dataset()'s."
         )
         for name, dataset in method_groups(self).items():
             idata[name] = xr.DataTree(dataset)

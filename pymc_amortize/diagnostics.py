@@ -359,6 +359,7 @@ def semi_amortize(
         raise AmortizationError(
             f"semi_amortize() takes a fitted AmortizedApproximation; got {type(approx).__name__}."
         )
+    approx.require_units_in_memory("semi_amortize")
     if not isinstance(n, int | np.integer) or n <= 0:
         raise AmortizationError(f"n (the refinement steps) must be a positive integer; got {n!r}.")
     if not 0 <= average_last < 1:
@@ -595,6 +596,7 @@ def amortization_gap(
             "amortization_gap() takes a fitted AmortizedApproximation; got "
             f"{type(approx).__name__}."
         )
+    approx.require_units_in_memory("amortization_gap")
     if not approx.analysis.plates:
         raise AmortizationError(
             "The model has no plate of units (every latent is fitted mean-field), so nothing is "

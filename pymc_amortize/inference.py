@@ -19,6 +19,7 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
+import xarray as xr
 from pymc.progress_bar import default_progress_theme
 from pymc.pytensorf import compile as compile_pymc
 from pymc.variational.inference import Inference, State
@@ -39,6 +40,7 @@ from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
+from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
 
@@ -79,8 +81,11 @@ class _GuardedStep:
         state: Sequence[SharedVariable],
         describe_nonfinite: Callable[[], tuple[str, ...]],
         checkpoint_every: int = 100,
+        feed: Callable[[], None] | None = None,
     ):
         self.fn = fn
+        #: Called before each step to put its batch in the step's buffers (a fit on unit_data).
+        self.feed = feed
         self.state = list(state)
         self.describe_nonfinite = describe_nonfinite
         self.checkpoint_every = checkpoint_every
@@ -107,6 +112,8 @@ class _GuardedStep:
 
     def __call__(self) -> np.ndarray:
         started = time.perf_counter()
+        if self.feed is not None:
+            self.feed()
         loss = self.fn()
         elapsed = time.perf_counter() - started
         self.step += 1
@@ -191,14 +198,19 @@ class AmortizedObjective:
         self._logjoints: dict[bool, LogJoint] = {}
         self.logjoint(minibatch=batch_size is not None)  # refuse what cannot be minibatched now
         self.guard: _GuardedStep | None = None
+        self.sampler: ChunkedUnitSampler | None = None
+        #: MiB of unit_data's chunks a sampler holds (see ChunkedUnitSampler).
+        self.pool_mib = POOL_MIB
 
     def logjoint(self, *, minibatch: bool) -> LogJoint:
         """The model's log joint, with the batch plate's factors ready for a minibatch or not."""
         if minibatch not in self._logjoints:
+            source = self.approx.unit_source
             self._logjoints[minibatch] = build_logjoint(
                 self.approx.model,
                 self.approx.analysis,
                 batch_plate=self.batch_plate if minibatch else None,
+                batch_buffers=source.batch if source is not None and minibatch else None,
             )
         return self._logjoints[minibatch]
 
@@ -251,11 +263,19 @@ class AmortizedObjective:
         """
         approx = self.approx
         minibatch = self.batch_size is not None and not full_batch
+        if approx.unit_source is not None and not minibatch:
+            raise AmortizationError(
+                "This fit reads its units from unit_data, so only minibatches of them are ever "
+                "in memory; a full-batch estimate over all of them is not available."
+            )
         global_draws, entropy, log_q = self.draw_globals(n_draws, random)
         local_draws, batch = {}, None
         for plate in approx.analysis.plates:
             layout = approx.layouts[plate.name]
-            if minibatch and plate is self.batch_plate:
+            if minibatch and plate is self.batch_plate and approx.unit_source is not None:
+                # The host gathers the batch from chunks of unit_data (streaming.py).
+                plate_batch = batch = layout.buffered(self.batch_size)
+            elif minibatch and plate is self.batch_plate:
                 # Our own unit draw rather than pm.Minibatch: the encoder inputs, the local
                 # placeholders and every aligned data array must share these indices.
                 units = random(
@@ -301,6 +321,33 @@ class AmortizedObjective:
         fn = compile_pymc([], estimates, updates=random.updates, random_seed=random_seed)
         values = np.concatenate([fn() for _ in range(repeats)])
         return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+
+    def gradient_function(
+        self, *, obj_n_mc: int = 1, full_batch: bool = False, random_seed: int | None = None
+    ) -> Callable[[], tuple[float, list[np.ndarray]]]:
+        """A function of no arguments giving the loss and its gradient for every parameter of
+        :attr:`AmortizedApproximation.params`, each call on a fresh minibatch and Monte Carlo
+        draw, at the current parameters (nothing is updated): for checks of the estimator, e.g.
+        that minibatch gradients average to the full-batch one.
+        """
+        random = _RandomDraws()
+        n_draws = int(obj_n_mc) * self.objective.n_particles
+        loss = self.objective.loss(*self.mc_terms(n_draws, random, full_batch=full_batch))
+        grads = pytensor.grad(loss, self.approx.params)
+        fn = compile_pymc([], [loss, *grads], updates=random.updates, random_seed=random_seed)
+        sampler = None
+        if self.approx.unit_source is not None:
+            sampler = ChunkedUnitSampler(
+                self.approx.unit_source, pool_mib=self.pool_mib, random_seed=random_seed
+            )
+
+        def loss_and_gradient() -> tuple[float, list[np.ndarray]]:
+            if sampler is not None:
+                sampler.fill()
+            loss_value, *grad_values = fn()
+            return float(loss_value), grad_values
+
+        return loss_and_gradient
 
     def step_graph(
         self,
@@ -373,8 +420,21 @@ class AmortizedObjective:
             for v in updates
             if isinstance(v, SharedVariable) and not isinstance(v.type, RandomType)
         ]
-        self.guard = _GuardedStep(fn, state, self.approx.nonfinite_params)
+        self.guard = _GuardedStep(fn, state, self.approx.nonfinite_params, feed=self._sampler())
         return self.guard
+
+    def _sampler(self) -> Callable[[], None] | None:
+        """The host's batch filler of a fit on unit_data, seeded from the fit's seed."""
+        source = self.approx.unit_source
+        if source is None:
+            return None
+        if self.sampler is not None:
+            self.sampler.close()
+        seed = np.random.SeedSequence(self.random_seed).spawn(1)[0]
+        self.sampler = ChunkedUnitSampler(
+            source, pool_mib=self.pool_mib, random_seed=np.random.default_rng(seed)
+        )
+        return self.sampler.fill
 
 
 def _describe_optimizer(optimizer: Callable | None) -> str:
@@ -428,6 +488,25 @@ class AmortizedVI(Inference):
         Seeds the initial weights, the Monte Carlo draws and the minibatches.
     start, start_sigma : dict, optional
         Initial mean and sd of the globals, as for ADVI.
+    unit_data : xarray.Dataset, optional
+        The units of the model's plate, for data larger than memory (see
+        :mod:`pymc_amortize.streaming`): the model is then a *template* written on a few of them
+        (at least two), and the fit reads minibatches of ``batch_size`` units from this dataset,
+        one chunk (of its own chunking, e.g. a zarr store's through dask) at a time. It holds one
+        variable per unit-aligned array of the model (observed variables, ``pm.Data``, encoder
+        inputs), by the model's names, with the plate's dim first. Needs ``batch_size``, a model
+        with one plate of one row per unit, and named data. The results for its units come from
+        ``encode_dataset``; ``sample`` gives the globals.
+    unit_data_pool_mib : float, default 128
+        Memory (MiB) for the chunks of ``unit_data`` held at once: all of it when it fits (then
+        batches are uniform draws, as from memory), else as many chunks as fit, refreshed as the
+        fit goes (see :class:`~pymc_amortize.streaming.ChunkedUnitSampler`).
+
+    Raises
+    ------
+    AmortizationError
+        For an option out of range, a model nothing can be minibatched in, or ``unit_data`` that
+        does not match the model (naming the variable).
     """
 
     def __init__(
@@ -445,9 +524,24 @@ class AmortizedVI(Inference):
         random_seed: int | None = None,
         start: Mapping[str, np.ndarray] | None = None,
         start_sigma: Mapping[str, np.ndarray] | None = None,
+        unit_data: xr.Dataset | None = None,
+        unit_data_pool_mib: float = POOL_MIB,
     ):
         model = pm.modelcontext(model)
         analysis = analyze_model(model, local)
+        source = None
+        if not isinstance(unit_data_pool_mib, int | float) or not unit_data_pool_mib >= 0:
+            raise AmortizationError(
+                f"unit_data_pool_mib must be a number >= 0; got {unit_data_pool_mib!r}."
+            )
+        if unit_data is not None:
+            if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+                raise AmortizationError(
+                    "unit_data= reads minibatches of units from a dataset; give their size, "
+                    f"batch_size= (a positive integer); got {batch_size!r}."
+                )
+            source = UnitSource(unit_data, analysis, int(batch_size))
+            analysis = source.analysis
         batch_plate = batch_plate_of(analysis)
         if batch_size is not None:
             if batch_plate is None:
@@ -463,7 +557,7 @@ class AmortizedVI(Inference):
                     f"batch_size must be an integer in [1, {batch_plate.size}] (the number of "
                     f"units of plate '{batch_plate.name}'); got {batch_size!r}."
                 )
-            if batch_size == batch_plate.size:
+            if batch_size == batch_plate.size and source is None:
                 batch_size = None
         if batch_size is not None and objective is not None and objective.n_particles > 1:
             raise AmortizationError(
@@ -482,6 +576,7 @@ class AmortizedVI(Inference):
             start=start,
             start_sigma=start_sigma,
             random_seed=random_seed,
+            unit_source=source,
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
         approx.settings = {
@@ -505,6 +600,7 @@ class AmortizedVI(Inference):
             objective=objective if objective is not None else ELBO(),
             random_seed=random_seed,
         )
+        self.objective.pool_mib = float(unit_data_pool_mib)
 
     def _maybe_score(self, score):
         # The loss comes with every step for free, and PyMC's loop without loss assumes a

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
@@ -198,9 +199,17 @@ def _gathered_leaf(leaf: Variable) -> Variable:
 
 
 def build_logjoint(
-    model: pm.Model, analysis: ModelAnalysis, *, batch_plate: Plate | None = None
+    model: pm.Model,
+    analysis: ModelAnalysis,
+    *,
+    batch_plate: Plate | None = None,
+    batch_buffers: Mapping[str, np.ndarray] | None = None,
 ) -> LogJoint:
     """The model's log joint with the ``batch_plate``'s factors ready for a minibatch of its units.
+
+    With ``batch_buffers`` (``{data key: (B, ...) array}``, a fit on ``unit_data``) the batch
+    plate's unit-aligned data are read whole from those arrays, which the host fills before each
+    step, instead of being gathered from the model's arrays.
 
     Raises :class:`AmortizationError` when a factor of the batch plate couples its units (it has
     no per-unit axis, e.g. a random walk over units), which a minibatch cannot estimate.
@@ -241,7 +250,17 @@ def build_logjoint(
         placeholder = pt.tensor(
             f"{data.key}_units", dtype=data.node.dtype, shape=(None, *data.node.type.shape[1:])
         )
-        replace[data.node], unit_data[placeholder] = placeholder, _gathered_leaf(data.node)
+        leaf = (
+            pytensor.shared(
+                batch_buffers[data.key],
+                name=data.key,
+                shape=(None, *data.node.type.shape[1:]),
+                borrow=True,
+            )
+            if batch_buffers is not None
+            else _gathered_leaf(data.node)
+        )
+        replace[data.node], unit_data[placeholder] = placeholder, leaf
     for data in batch_plate.batched_rows:
         placeholder = pt.tensor(
             f"{data.key}_rows", dtype=data.node.dtype, shape=(None, *data.node.type.shape[1:])

@@ -141,6 +141,18 @@ class PlateLayout:
             scale=self.size.astype(pytensor.config.floatX) / batch_size,
         )
 
+    def buffered(self, batch_size: int) -> UnitBatch:
+        """A batch of ``batch_size`` units gathered on the host into buffers the step reads
+        whole (a fit on ``unit_data``, see :mod:`pymc_amortize.streaming`): every unit of the
+        buffers, in order, scaled by N / B."""
+        return UnitBatch(
+            units=None,
+            rows=None,
+            unit_of_row=pt.arange(batch_size, dtype="int64"),
+            n_units=pt.constant(batch_size, dtype="int64"),
+            scale=self.size.astype(pytensor.config.floatX) / batch_size,
+        )
+
     def chunk_rows(self, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray]:
         """Units ``start:stop``'s rows in numpy: (row numbers (R_c,), each row's unit position
         0..stop-start-1); for a row plate (None, arange)."""

@@ -240,8 +240,8 @@ def method_groups(approx: AmortizedApproximation) -> dict[str, xr.Dataset]:
     """
     fit = fit_trace(approx.hist, approx.step_seconds)
     fit.attrs = fit_attributes(approx)
-    return {
-        "amortized_fit": fit,
-        "variational_params": variational_params(approx),
-        "encoder_outputs": encoder_outputs(approx),
-    }
+    groups = {"amortized_fit": fit, "variational_params": variational_params(approx)}
+    # A fit on unit_data may have more units than memory holds: encode_dataset gives them.
+    if approx.unit_source is None:
+        groups["encoder_outputs"] = encoder_outputs(approx)
+    return groups

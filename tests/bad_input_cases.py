@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+import xarray as xr
 from pytensor_ml.layers import Linear
 
 import pymc_amortize
 from pymc_amortize import AmortizationError, IndexedLocal
+from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 
 __all__ = ["CASES", "BadInputCase", "two_plates_model", "unit_model"]
 
@@ -422,6 +424,30 @@ CASES: list[BadInputCase] = [
         "`fit_amortized(draws=0)`",
         lambda: pymc_amortize.fit_amortized(unit_model(), n=5, progressbar=False, draws=0),
         r"draws must be a positive integer; got 0",
+    ),
+    # -- unit_data= (units read from a dataset) --------------------------------------------------
+    _case(
+        "unit-data-missing-variable",
+        "`unit_data=` lacks a variable the model reads per unit",
+        lambda: _fit(unit_data=xr.Dataset({"y": ("unit", np.zeros(50))}), batch_size=10),
+        r"unit_data has no variable 'x', which the model reads per unit",
+    ),
+    _case(
+        "unit-data-no-batch-size",
+        "`unit_data=` without `batch_size=`",
+        lambda: _fit(unit_data=xr.Dataset({"x": ("unit", np.zeros(50))})),
+        r"unit_data= reads minibatches of units from a dataset; give their size, batch_size=",
+    ),
+    _case(
+        "unit-data-indexed-plate",
+        "`unit_data=` for a plate whose units have several rows through an index",
+        lambda: _fit(
+            radon_model(radon_data(10, 60, random_seed=0)),
+            unit_data=xr.Dataset({"log_radon": ("obs_id", np.zeros(50))}),
+            batch_size=2,
+        ),
+        r"unit_data= streams a plate with one row per unit; plate 'county' ties rows to its "
+        r"units through 'county_idx'",
     ),
     # -- new units after a fit -------------------------------------------------------------------
     _case(

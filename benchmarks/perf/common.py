@@ -106,6 +106,25 @@ def _status_kib(field: str) -> int:
     raise OSError(f"no {field} in /proc/self/status")
 
 
+def rss_mib(field: str = "VmRSS") -> float:
+    """The process's resident memory (``VmRSS``) or its peak since the last reset (``VmHWM``)."""
+    return _status_kib(field) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Reset Linux's peak-RSS counter (``VmHWM``) to the current resident memory."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def trim_heap() -> None:
+    """Collect garbage and hand glibc's free heap back to the OS, so RSS is what is held."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
 def step_peak_mib(step: Callable, *, calls: int = 20, warmup: int = 2) -> float:
     """Peak resident MiB above the resting process while ``step`` runs ``calls`` times (after
     ``warmup`` calls), i.e. the step's temporaries; NaN where Linux's peak counter is unavailable.

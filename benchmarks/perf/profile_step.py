@@ -35,10 +35,13 @@ from benchmarks.perf import common, models
 from pymc_amortize.plates import PlateLayout
 
 
-def _old_build_logjoint(model, analysis, *, batch_plate=None):
+def _old_build_logjoint(model, analysis, *, batch_plate=None, batch_buffers=None):
     """The old core built every step's log joint with batch placeholders, full batch included."""
     return logjoint_module.build_logjoint(
-        model, analysis, batch_plate=inference_module.batch_plate_of(analysis)
+        model,
+        analysis,
+        batch_plate=inference_module.batch_plate_of(analysis),
+        batch_buffers=batch_buffers,
     )
 
 

@@ -27,6 +27,10 @@ SECTIONS = [
     ("scale_memory", "10. Large data: peak memory, step time and encoding from 10³ to 10⁷ units"),
     ("compile_time", "11. Compile time: where a first fit's seconds go before its first step"),
     ("encoder_sizing", "12. Encoder size and depth against the F-VI optimum (the default's rule)"),
+    (
+        "scale_disk",
+        "13. Data larger than memory: 10⁶ to 10⁸ units from a zarr store, against in-memory",
+    ),
 ]
 
 INTRO = """# Performance benchmarks
@@ -46,6 +50,7 @@ python -m benchmarks.perf.competitors --quick    # nutpie; pymc-extras installed
 python -m benchmarks.perf.scale_memory --quick   # full run: up to 10⁷ units (~4 min)
 python -m benchmarks.perf.compile_time --quick   # fresh processes, each with its own cache
 python -m benchmarks.perf.encoder_sizing --quick
+python -m benchmarks.perf.scale_disk --quick     # full run: up to 10⁸ units (--store-dir DIR)
 python -m benchmarks.perf.report
 ```
 

@@ -1,0 +1,310 @@
+"""Benchmark: minibatched A-VI on units read from a zarr store, 10⁶ to 10⁸ units, memory flat in N.
+
+    python -m benchmarks.perf.scale_disk [--quick] [--store-dir DIR]
+    # quick: N = 10⁵, 10⁶; full: 10⁶, 10⁷, 10⁸ (writes ≈ 0.8 GB per 10⁸ units to DIR, then deletes)
+
+The paper's nonlinear model, one float64 x per unit, written to a zarr store in chunks of
+``CHUNK`` units (generated chunk by chunk: the data never exist in memory whole). Each N runs in a
+fresh process:
+
+1. *baseline*: resident memory after the imports and a warm-up fit on a small store (numba and
+   PyTensor loaded, the compile cache read);
+2. the peak-RSS counter is reset, the store opened lazily (``xr.open_zarr``, dask), the model built
+   on a template of its first 1,000 units and ``pm.fit(method="amortized", unit_data=store,
+   batch_size=1000)`` run: the dataset's column moments and range are read in one pass, then every
+   step draws its batch from a pool of 4 chunks. *fit peak* = peak RSS − baseline;
+3. *step ms* = median wall time per step in the fit, the host's batch gathering and chunk reads
+   included (reads run ahead in a thread);
+4. ``approx.encode_dataset(chunk_size=10⁶, summary=False, store=...)``: every unit's mean and sd
+   written to zarr; seconds per 10⁶ units and the peak it adds.
+
+*Against in-memory batches* (one process, N = 10⁷; quick 3 × 10⁶; the same model, parameters and B):
+the step time of the streamed (a pool of 8 chunks) and the in-memory fit, interleaved; and the
+variance of the mean of 100 consecutive minibatch gradients (summed over parameters), streamed ÷
+in-memory, with the default pool (the whole store, which fits in 128 MiB) and with 8 chunks: the
+price of consecutive batches sharing chunks (1: none), for units stored in random order and sorted
+by x.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.perf import common
+
+BATCH = 1_000
+CHUNK = 250_000
+TEMPLATE = 1_000
+#: A pool that holds 8 of the store's chunks, for the cost of the chunk-wise scheme.
+SMALL_POOL_MIB = 8 * CHUNK * 8 / 2**20
+
+
+def write_store(path: Path, n_units: int, *, seed: int = 0, sort: bool = False) -> None:
+    """x ~ N(0, 1) for ``n_units`` units, written chunk by chunk (never held whole); with
+    ``sort``, in increasing order (drawn whole first), so that chunks differ."""
+    import xarray as xr
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w")
+    x = root.create_array(
+        "x", shape=(n_units,), chunks=(CHUNK,), dtype="float64", dimension_names=["unit"]
+    )
+    ordered = np.sort(np.random.default_rng(seed).standard_normal(n_units)) if sort else None
+    for i, start in enumerate(range(0, n_units, CHUNK)):
+        stop = min(start + CHUNK, n_units)
+        x[start:stop] = (
+            ordered[start:stop]
+            if sort
+            else np.random.default_rng([seed, i]).standard_normal(stop - start)
+        )
+    del root
+    xr.open_zarr(path, consolidated=False)  # fails here, not in the fit, if unreadable
+
+
+def _fit(model, store, steps: int):
+    import pymc as pm
+
+    return pm.fit(
+        steps,
+        method="amortized",
+        model=model,
+        unit_data=store,
+        encoder_widths=(16, 16),
+        batch_size=BATCH,
+        obj_optimizer=pm.adam(learning_rate=1e-2),
+        random_seed=0,
+        progressbar=False,
+    )
+
+
+def _template(store):
+    from benchmarks.perf import models
+    from pymc_amortize.examples.paper import nonlinear_model
+
+    x = store["x"].isel(unit=slice(0, TEMPLATE)).values
+    return nonlinear_model(x, variance_floor=models.NONLINEAR_FLOOR, coords=False)
+
+
+def one_size(n_units: int, steps: int, store_dir: Path) -> dict:
+    """Measure one N in this process (called in a fresh subprocess)."""
+    import xarray as xr
+
+    import pymc_amortize  # noqa: F401
+
+    small = store_dir / "warmup.zarr"
+    write_store(small, 20_000, seed=1)
+    warm = xr.open_zarr(small, consolidated=False)
+    _fit(_template(warm), warm, 50)
+    path = store_dir / f"units_{n_units}.zarr"
+    t0 = time.perf_counter()
+    write_store(path, n_units)
+    write_s = time.perf_counter() - t0
+    common.trim_heap()
+    baseline = common.rss_mib()
+    common.reset_peak_rss()
+    start = time.perf_counter()
+    store = xr.open_zarr(path, consolidated=False)
+    approx = _fit(_template(store), store, steps)
+    fit_s = time.perf_counter() - start
+    fit_peak = common.rss_mib("VmHWM") - baseline
+    after_fit = common.rss_mib() - baseline
+    step_ms = float(np.median(approx.step_seconds[steps // 5 :]) * 1e3)
+    common.trim_heap()
+    before_encode = common.rss_mib()
+    common.reset_peak_rss()
+    with tempfile.TemporaryDirectory(dir=store_dir) as tmp:
+        t0 = time.perf_counter()
+        approx.encode_dataset(
+            chunk_size=1_000_000, summary=False, progressbar=False, store=f"{tmp}/q.zarr"
+        )
+        encode_s = time.perf_counter() - t0
+    encode_peak = common.rss_mib("VmHWM") - before_encode
+    shutil.rmtree(path)
+    return {
+        "n_units": n_units,
+        "data_mib": n_units * 8 / 2**20,
+        "write_s": write_s,
+        "baseline_mib": baseline,
+        "fit_peak_mib": fit_peak,
+        "after_fit_mib": after_fit,
+        "fit_s": fit_s,
+        "steps": steps,
+        "step_ms": step_ms,
+        "encode_s_per_1e6": encode_s / n_units * 1e6,
+        "encode_peak_mib": encode_peak,
+    }
+
+
+def against_memory(store_dir: Path, n_units: int, *, sort: bool = False) -> dict:
+    """Streamed against in-memory batches on the same N units, parameters and batch size: the
+    step time (interleaved), and the variance of the mean of 100 consecutive gradients with the
+    default pool (the whole dataset, when it fits) and a pool of ``SMALL_POOL_MIB``."""
+    import pymc as pm
+    import xarray as xr
+
+    from benchmarks.perf import models
+    from pymc_amortize.examples.paper import nonlinear_model
+    from pymc_amortize.inference import AmortizedVI
+
+    path = store_dir / "against.zarr"
+    write_store(path, n_units, sort=sort)
+    store = xr.open_zarr(path, consolidated=False)
+    options = {"local": {"z": "x"}, "encoder_widths": (16, 16), "batch_size": BATCH}
+    whole_model = nonlinear_model(
+        store["x"].values, variance_floor=models.NONLINEAR_FLOOR, coords=False
+    )
+    memory = AmortizedVI(model=whole_model, random_seed=0, **options)
+    pools = {}
+    for pool_mib in (None, SMALL_POOL_MIB):
+        extra = {} if pool_mib is None else {"unit_data_pool_mib": pool_mib}
+        pools[pool_mib] = AmortizedVI(
+            model=_template(store), unit_data=store, random_seed=0, **options, **extra
+        )
+        for mine, theirs in zip(pools[pool_mib].approx.params, memory.approx.params, strict=True):
+            mine.set_value(theirs.get_value())
+    sgd = pm.sgd(learning_rate=0.0)  # steps that leave the parameters where they are
+    steps = {
+        "streamed": pools[SMALL_POOL_MIB].objective.step_function(obj_optimizer=sgd),
+        "memory": memory.objective.step_function(obj_optimizer=sgd),
+    }
+    common.pin_malloc_thresholds()
+    times = common.interleaved(steps, repeats=7, calls=200)
+
+    def block_variance(objective) -> np.ndarray:
+        fn = objective.gradient_function(random_seed=1)
+        grads = np.array([np.concatenate([g.ravel() for g in fn()[1]]) for _ in range(20_000)])
+        return grads.reshape(200, 100, -1).mean(axis=1).var(axis=0, ddof=1)
+
+    # Summed over parameters (a trace): some weights' gradients are exactly zero (dead ReLUs).
+    reference = block_variance(memory.objective).sum()
+    variance = {
+        key: float(block_variance(inference.objective).sum() / reference)
+        for key, inference in pools.items()
+    }
+    pools[SMALL_POOL_MIB].objective.sampler.close()
+    shutil.rmtree(path)
+    return {
+        "n_units": n_units,
+        "sorted": sort,
+        "step_ratio_streamed_vs_memory": common.paired_ratio(times["streamed"], times["memory"]),
+        "step_ms_streamed": float(np.median(times["streamed"]) * 1e3),
+        "step_ms_memory": float(np.median(times["memory"]) * 1e3),
+        "variance_ratio_default_pool": variance[None],
+        "variance_ratio_small_pool": variance[SMALL_POOL_MIB],
+    }
+
+
+def _subprocess(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.perf.scale_disk", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(*, quick: bool = False, sizes=None, steps: int = 2_000, store_dir: str | None = None):
+    sizes = sizes or ((100_000, 1_000_000) if quick else (1_000_000, 10_000_000, 100_000_000))
+    with tempfile.TemporaryDirectory(dir=store_dir) as tmp:
+        rows = []
+        for n in sizes:
+            row = _subprocess("--one", str(n), "--steps", str(steps), "--store-dir", tmp)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        n_versus = str(3_000_000 if quick else 10_000_000)
+        versus = [
+            _subprocess("--versus", n_versus, *order, "--store-dir", tmp)
+            for order in ((), ("--sorted",))
+        ]
+        for row in versus:
+            print(json.dumps(row), flush=True)
+    header = [
+        "N (zarr, chunks of 250,000)",
+        "data MiB on disk (uncompressed)",
+        "fit peak MiB",
+        "held after fit MiB",
+        "fit s (moments pass + compile + steps)",
+        "step ms (in fit)",
+        "encode s per 10⁶ units",
+        "encode peak MiB",
+    ]
+    cells = [
+        [
+            f"{r['n_units']:,}",
+            r["data_mib"],
+            r["fit_peak_mib"],
+            r["after_fit_mib"],
+            r["fit_s"],
+            r["step_ms"],
+            r["encode_s_per_1e6"],
+            r["encode_peak_mib"],
+        ]
+        for r in rows
+    ]
+    peaks = [r["fit_peak_mib"] for r in rows]
+    table = (
+        f'Nonlinear model, one float64 x per unit in a zarr store, `pm.fit(method="amortized", '
+        f"unit_data=xr.open_zarr(store), batch_size={BATCH})`, encoders 1→16→16→1, {steps} Adam "
+        "steps, each N in a fresh process; memory above the process after its imports and a "
+        "warm-up fit (≈ {:.0f} MiB). *encode*: `encode_dataset(chunk_size=10⁶, summary=False, "
+        "store=...)`.\n\n".format(float(np.median([r["baseline_mib"] for r in rows])))
+        + common.markdown_table(header, cells)
+        + f"\nFit peak from {min(peaks):.0f} to {max(peaks):.0f} MiB over N = "
+        f"{rows[0]['n_units']:,} … {rows[-1]['n_units']:,}.\n\n"
+        f"**Against in-memory batches** at N = {versus[0]['n_units']:,} (same parameters and B; "
+        "the step timed interleaved, the pool of 8 chunks): "
+        + "; ".join(
+            f"units stored {'sorted by x' if v['sorted'] else 'in random order'}: step "
+            f"{v['step_ms_streamed']:.3f} ms streamed vs {v['step_ms_memory']:.3f} ms "
+            f"(**{v['step_ratio_streamed_vs_memory']:.2f}×**), variance of the mean of 100 "
+            f"consecutive gradients **{v['variance_ratio_default_pool']:.2f}×** the in-memory one "
+            f"with the default pool (the whole store: {v['n_units'] * 8 / 2**20:.0f} MiB ≤ 128) "
+            f"and **{v['variance_ratio_small_pool']:.2f}×** with a pool of 8 chunks"
+            for v in versus
+        )
+        + ".\n"
+    )
+    common.write_results(
+        "scale_disk",
+        {"rows": rows, "versus_memory": versus},
+        table,
+        quick=quick,
+    )
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 10⁵, 10⁶")
+    parser.add_argument("--sizes", type=int, nargs="*")
+    parser.add_argument("--steps", type=int, default=2_000)
+    parser.add_argument("--store-dir", help="where the zarr stores are written (a temp dir in it)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--versus", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sorted", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(one_size(args.one, args.steps, Path(args.store_dir))))
+    elif args.versus:
+        print(json.dumps(against_memory(Path(args.store_dir), args.versus, sort=args.sorted)))
+    else:
+        run(
+            quick=args.quick,
+            sizes=tuple(args.sizes) if args.sizes else None,
+            steps=args.steps,
+            store_dir=args.store_dir,
+        )
+
+
+if __name__ == "__main__":
+    main()

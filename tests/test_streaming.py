@@ -1,0 +1,240 @@
+"""Fits on units read from an xarray Dataset chunk by chunk (``unit_data=``): data larger than
+memory. The scheme's unbiasedness is tested on unit frequencies and on gradients; the fit against
+a closed-form posterior; the reads through zarr and dask against the in-memory answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytest
+import xarray as xr
+
+import pymc_amortize
+from pymc_amortize import AmortizationError
+from pymc_amortize.analysis import analyze_model
+from pymc_amortize.examples.paper import nonlinear_model
+from pymc_amortize.examples.simulated_radon import radon_data, radon_model
+from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.streaming import ChunkedUnitSampler, UnitSource
+
+
+def repeated_measures_model(Y: np.ndarray) -> pm.Model:
+    """z_n ~ N(mu, 1), Y[n, j] ~ N(z_n, 1), j < 5; mu ~ N(0, 10): conjugate."""
+    with pm.Model(coords={"unit": range(len(Y)), "rep": range(Y.shape[1])}) as model:
+        mu = pm.Normal("mu", 0, 10)
+        z = pm.Normal("z", mu, 1, dims="unit")
+        pm.Normal("Y", z[:, None], 1, observed=Y, dims=("unit", "rep"))
+    return model
+
+
+def repeated_measures_posterior(Y: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Exact posterior: mu's mean and sd, and each z_n's marginal mean and sd."""
+    n, k = Y.shape
+    ybar = Y.mean(axis=1)
+    mu_precision = n / (1 + 1 / k) + 1 / 100
+    mu_mean = ybar.sum() / (1 + 1 / k) / mu_precision
+    z_mean = (mu_mean + Y.sum(axis=1)) / (1 + k)
+    z_sd = np.sqrt(1 / (1 + k) + 1 / mu_precision / (1 + k) ** 2)
+    return mu_mean, 1 / np.sqrt(mu_precision), z_mean, np.full(n, z_sd)
+
+
+def _dataset(x: np.ndarray, chunks) -> xr.Dataset:
+    return xr.Dataset({"x": ("unit", x)}).chunk({"unit": chunks})
+
+
+def test_every_unit_is_drawn_with_probability_one_over_n_whatever_the_chunk_lengths():
+    """Chunks of 100, 100 and 30 units: drawing a chunk uniformly (not by its length) would give
+    the 30 units of the last one a third of the draws instead of 30/230."""
+    n = 230
+    ds = _dataset(np.arange(n, dtype=float), (100, 100, 30))
+    analysis = analyze_model(nonlinear_model(np.random.default_rng(0).normal(size=20)), None)
+    source = UnitSource(ds, analysis, 7)
+    sampler = ChunkedUnitSampler(source, slots=2, random_seed=0)
+    counts = np.zeros(n)
+    steps = 20_000
+    for _ in range(steps):
+        sampler.fill()
+        # The buffers hold the drawn units' data: here each unit's x is its id.
+        np.testing.assert_array_equal(source.batch["x"], sampler.units)
+        counts += np.bincount(sampler.units, minlength=n)
+    sampler.close()
+    expected = steps * 7 / n
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    # 229 degrees of freedom: mean 229, sd 21.4. Draws that overlap in time (a chunk serves
+    # several steps) inflate it a little; a biased scheme gives thousands.
+    assert chi2 < 229 + 6 * 21.4, chi2
+    assert abs(counts[200:].sum() / counts.sum() - 30 / 230) < 0.01
+    assert sampler.chunks_read > steps // sampler.refresh_every
+
+
+@pytest.fixture(scope="module")
+def streamed_and_in_memory():
+    """The same model read from unit_data (chunks of 60, 60, 60 and 20) and held whole, both at
+    the streamed one's initial parameters (where the gradients are far from zero)."""
+    rng = np.random.default_rng(3)
+    n = 200
+    z = rng.normal(size=n)
+    # Sorted, so that chunks differ: a scheme that mis-weights the short chunk is then biased.
+    x = np.sort(0.5 + z * (1 + np.sin(z)) + rng.normal(size=n))
+    ds = _dataset(x, (60, 60, 60, 20))
+    streamed = AmortizedVI(
+        model=nonlinear_model(x[:30]),
+        unit_data=ds,
+        batch_size=10,
+        encoder_widths=(8,),
+        random_seed=1,
+        unit_data_pool_mib=2 * 60 * 8 / 2**20,  # a pool of 2 chunks, not the whole dataset
+    )
+    whole = AmortizedVI(model=nonlinear_model(x), batch_size=10, encoder_widths=(8,), random_seed=1)
+    for mine, theirs in zip(streamed.approx.params, whole.approx.params, strict=True):
+        theirs.set_value(mine.get_value())
+    return streamed, whole, x
+
+
+def test_the_streamed_minibatch_gradient_averages_to_the_full_batch_gradient(
+    streamed_and_in_memory,
+):
+    streamed, whole, _ = streamed_and_in_memory
+    pool = ChunkedUnitSampler(streamed.approx.unit_source, pool_mib=streamed.objective.pool_mib)
+    assert (pool.whole, pool.slots) == (False, 2)
+    pool.close()
+    stream_grad = streamed.objective.gradient_function(random_seed=0)
+    full_grad = whole.objective.gradient_function(full_batch=True, obj_n_mc=20, random_seed=0)
+
+    def flat(fn, n):
+        return np.array([np.concatenate([g.ravel() for g in fn()[1]]) for _ in range(n)])
+
+    batches = flat(stream_grad, 4_000)
+    full = flat(full_grad, 200)
+    # Neighbouring batches share chunks, so the standard error comes from means of blocks of
+    # 100 steps (the pool turns over every 2 slots x 6 steps).
+    blocks = batches.reshape(40, 100, -1).mean(axis=1)
+    se = np.sqrt(blocks.var(axis=0, ddof=1) / 40 + full.var(axis=0, ddof=1) / 200)
+    z = (batches.mean(axis=0) - full.mean(axis=0)) / se
+    assert np.abs(z).max() < 4.5, np.abs(z).max()
+    # The check has the power to see a bias of 10 %, as a wrong N / B scale would give.
+    z_biased = (0.9 * batches.mean(axis=0) - full.mean(axis=0)) / se
+    assert np.abs(z_biased).max() > 4.5
+
+
+def test_encoding_reads_every_unit_from_the_dataset_as_the_model_would_hold_them(
+    streamed_and_in_memory,
+):
+    streamed, whole, x = streamed_and_in_memory
+    mine, theirs = streamed.approx.encode()["z"], whole.approx.encode()["z"]
+    assert mine.mean.shape == (x.size,)
+    np.testing.assert_allclose(mine.mean, theirs.mean, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(mine.sd, theirs.sd, rtol=0, atol=1e-10)
+    ds = streamed.approx.encode_dataset(chunk_size=37, progressbar=False)
+    np.testing.assert_allclose(ds["z_mean"].values, theirs.mean, rtol=0, atol=1e-10)
+    # The scaling and the training range are the whole dataset's, read chunk by chunk.
+    np.testing.assert_allclose(
+        streamed.approx.inputs["z"].unit_scaling.center, [x.mean()], rtol=1e-12
+    )
+    np.testing.assert_allclose(streamed.approx.inputs["z"].unit_scaling.scale, [x.std()], rtol=1e-9)
+    envelope = streamed.approx.envelopes["z"].units
+    np.testing.assert_allclose(envelope.high, [(x.max() - x.mean()) / x.std()], rtol=1e-9)
+
+
+def test_sample_of_a_streamed_fit_gives_the_globals_only(streamed_and_in_memory):
+    streamed, _, _ = streamed_and_in_memory
+    idata = streamed.approx.sample(50, random_seed=0)
+    assert set(idata.posterior.data_vars) == {"theta"}
+    assert idata.posterior["theta"].shape == (1, 50)
+    assert "observed_data" not in idata.children and "encoder_outputs" not in idata.children
+    assert idata.amortized_fit.attrs["plates"] == "unit: 200 units"
+    with pytest.raises(AmortizationError, match="unit_data"):
+        pymc_amortize.psis_diagnostic(streamed.approx)
+
+
+@pytest.mark.slow
+def test_a_fit_from_a_zarr_store_matches_the_closed_form(tmp_path):
+    """Repeated measures with a trailing axis, read lazily from zarr through dask."""
+    pytest.importorskip("dask")
+    rng = np.random.default_rng(11)
+    n = 3_000
+    z = 1.5 + rng.normal(size=n)
+    Y = z[:, None] + rng.normal(size=(n, 5))
+    xr.Dataset({"Y": (("unit", "rep"), Y)}).chunk({"unit": 400}).to_zarr(
+        tmp_path / "units.zarr", consolidated=False
+    )
+    stored = xr.open_zarr(tmp_path / "units.zarr", consolidated=False)
+    assert stored["Y"].chunks is not None  # lazy
+    approx = pm.fit(
+        4_000,
+        method="amortized",
+        model=repeated_measures_model(Y[:50]),
+        unit_data=stored,
+        batch_size=100,
+        encoder_widths=(),
+        obj_optimizer=pm.adam(learning_rate=1e-2),
+        random_seed=2,
+        progressbar=False,
+    )
+    mu_mean, mu_sd, z_mean, z_sd = repeated_measures_posterior(Y)
+    mu = approx.sample(2_000, random_seed=0).posterior["mu"]
+    assert abs(float(mu.mean()) - mu_mean) < 5 * mu_sd + 0.02
+    posterior = approx.encode_dataset(chunk_size=1_000, progressbar=False)
+    err = (posterior["z_mean"].values - z_mean) / z_sd
+    assert np.sqrt(np.mean(err**2)) < 0.3, np.sqrt(np.mean(err**2))
+    assert 0.85 < np.mean(posterior["z_sd"].values / z_sd) < 1.15
+
+
+@pytest.mark.parametrize(("pool_mib", "held"), [(128, 5_000), (0.02, 10 * 250)])
+def test_a_fit_on_unit_data_holds_the_pool_it_is_given(pool_mib, held):
+    """The whole dataset when it fits in the pool, else as many chunks as fit (0.02 MiB holds
+    10 chunks of 250 float64)."""
+    ds = _dataset(np.random.default_rng(0).normal(size=5_000), 250)
+    inference = AmortizedVI(
+        model=nonlinear_model(ds["x"].values[:40]),
+        unit_data=ds,
+        batch_size=20,
+        random_seed=0,
+        unit_data_pool_mib=pool_mib,
+    )
+    inference.fit(30, progressbar=False)
+    sampler = inference.objective.sampler
+    assert sampler.whole == (held == 5_000)
+    assert sum(a.size for a in sampler.pool.values()) == held
+    assert sampler.source.batch["x"].shape == (20,)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda ds: ds.rename({"x": "y"}), "no variable 'x'"),
+        (lambda ds: ds.rename({"unit": "row"}), "unit"),
+        (lambda ds: ds.expand_dims(rep=2, axis=1), "shape"),
+        (lambda ds: ds["x"].values, "xarray.Dataset"),
+    ],
+)
+def test_unit_data_that_does_not_match_the_model_is_named(change, match):
+    ds = _dataset(np.zeros(100), 50)
+    with pytest.raises(AmortizationError, match=match):
+        AmortizedVI(
+            model=nonlinear_model(np.random.default_rng(0).normal(size=20)),
+            unit_data=change(ds),
+            batch_size=10,
+        )
+
+
+def test_unit_data_needs_a_batch_size_and_one_row_per_unit():
+    ds = _dataset(np.zeros(100), 50)
+    with pytest.raises(AmortizationError, match="batch_size"):
+        AmortizedVI(model=nonlinear_model(np.random.default_rng(0).normal(size=20)), unit_data=ds)
+    model = radon_model(radon_data(10, 60, random_seed=0))
+    with pytest.raises(AmortizationError, match="county_idx"):
+        AmortizedVI(model=model, unit_data=ds, batch_size=5)
+
+
+def test_counts_stored_as_floats_are_refused_for_an_integer_observed_variable():
+    counts = np.random.default_rng(0).poisson(3.0, size=60)
+    with pm.Model(coords={"unit": range(20)}) as model:
+        z = pm.Normal("z", 0, 1, dims="unit")
+        pm.Poisson("counts", pm.math.exp(z), observed=counts[:20], dims="unit")
+    ds = xr.Dataset({"counts": ("unit", counts.astype(float))})
+    with pytest.raises(AmortizationError, match="integer"):
+        AmortizedVI(model=model, unit_data=ds, batch_size=10)
+    # As integers they stream.
+    ds["counts"] = ds["counts"].astype(np.int64)
+    AmortizedVI(model=model, unit_data=ds, batch_size=10).fit(5, progressbar=False)
