@@ -31,7 +31,24 @@ def radon_inference():
         return AmortizedVI(random_seed=1)
 
 
-@pytest.mark.parametrize("build", [linear_inference, radon_inference], ids=["rows", "indexed"])
+def streamed_inference():
+    """Units read from an xarray Dataset (unit_data=): the step reads fixed-size host buffers."""
+    import xarray as xr
+
+    x = linear_data(1_000, random_seed=0)
+    unit_data = xr.Dataset({"x": ("unit", x)}).chunk({"unit": 300})
+    with linear_model(x[:50]):
+        inference = AmortizedVI(batch_size=100, random_seed=1, unit_data=unit_data)
+    inference.objective.step_function()  # its sampler fills the buffers
+    inference.objective.guard.feed()
+    return inference
+
+
+@pytest.mark.parametrize(
+    "build",
+    [linear_inference, radon_inference, streamed_inference],
+    ids=["rows", "indexed", "unit_data"],
+)
 def test_loss_and_gradient_match_numba_for_the_same_draws(build):
     inference = build()
     numba_fn, noise = compile_noise_loss(inference, mode="NUMBA")

@@ -238,3 +238,12 @@ def test_counts_stored_as_floats_are_refused_for_an_integer_observed_variable():
     # As integers they stream.
     ds["counts"] = ds["counts"].astype(np.int64)
     AmortizedVI(model=model, unit_data=ds, batch_size=10).fit(5, progressbar=False)
+
+
+def test_scale_disk_benchmark_runs_on_a_tiny_store(tmp_path):
+    pytest.importorskip("zarr")
+    from benchmarks.perf import scale_disk
+
+    row = scale_disk.one_size(3_000, 20, tmp_path, small_pool=True)
+    assert row["n_units"] == 3_000 and row["steps"] == 20
+    assert np.isfinite(row["step_ms"]) and row["fit_peak_mib"] >= 0
