@@ -27,6 +27,7 @@ from pytensor.graph.traversal import ancestors
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
+from pymc_amortize.chunks import ChunkedPart, assemble_chunks
 from pymc_amortize.encoders import (
     MLPEncoder,
     PooledEncoder,
@@ -1374,56 +1375,29 @@ class AmortizedApproximation:
         """
         if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
             raise AmortizationError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
-        from pymc.progress_bar import create_simple_progress
-
         chunk_size = int(chunk_size)
         levels = tuple(float(q) for q in quantiles)
         plates = [plate for plate in self.analysis.plates if plate.latents]
-        total = sum(-(-plate.size // chunk_size) for plate in plates)
-        pieces: list[xr.Dataset] = []
-        written = False
-        progress = create_simple_progress(progressbar)  # (a null one's __enter__ gives None)
-        with progress:
-            task = progress.add_task("Encoding units", completed=0, total=total)
-            for plate in plates:
-                plate_pieces = []
-                for start in range(0, plate.size, chunk_size):
-                    stop = min(start + chunk_size, plate.size)
-                    piece = self._unit_dataset(plate, start, stop, summary, levels)
-                    if store is None:
-                        plate_pieces.append(piece)
-                    else:
-                        encoding = {
-                            name: {"chunks": (chunk_size, *var.shape[1:])}
-                            if var.dims[0] == piece.attrs["unit_dim"]
-                            else {"chunks": (var.shape[0], chunk_size, *var.shape[2:])}
-                            for name, var in piece.data_vars.items()
-                        }
-                        piece.attrs = {}
-                        if not written:
-                            piece.to_zarr(store, mode="w", encoding=encoding, consolidated=False)
-                        elif start == 0:
-                            piece.to_zarr(store, mode="a", encoding=encoding, consolidated=False)
-                        else:
-                            piece.to_zarr(
-                                store, append_dim=self._unit_dim(plate), consolidated=False
-                            )
-                        written = True
-                    progress.advance(task)
-                if plate_pieces:
-                    dim = self._unit_dim(plate)
-                    merged = xr.concat(plate_pieces, dim=dim, data_vars="all")
-                    merged.attrs = {}
-                    pieces.append(merged)
-        if store is not None:
-            try:
-                import dask  # noqa: F401
-
-                chunks = {}
-            except ImportError:
-                chunks = None
-            return xr.open_zarr(store, chunks=chunks, consolidated=False)
-        return xr.merge(pieces) if pieces else xr.Dataset()
+        parts = [
+            ChunkedPart(
+                self._unit_dim(plate),
+                (
+                    self._unit_dataset(
+                        plate, start, min(start + chunk_size, plate.size), summary, levels
+                    )
+                    for start in range(0, plate.size, chunk_size)
+                ),
+            )
+            for plate in plates
+        ]
+        return assemble_chunks(
+            parts,
+            chunk_size=chunk_size,
+            total=sum(-(-plate.size // chunk_size) for plate in plates),
+            description="Encoding units",
+            progressbar=progressbar,
+            store=store,
+        )
 
     def _unit_dim(self, plate: Plate) -> str:
         return plate.dim if plate.dim is not None else plate.name
