@@ -15,7 +15,7 @@ units a chunk at a time. Two things make their results independent of ``chunk_si
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -67,18 +67,19 @@ def unit_noise(
 
 
 class ChunkedPart(NamedTuple):
-    """Datasets to be laid end to end along ``unit_dim`` (None: one dataset without a unit dim,
-    e.g. the globals' draws), computed lazily by the iterable."""
+    """The dataset of ``size`` units laid end to end along ``unit_dim``: ``build(start, stop)``
+    computes units ``start:stop``. With ``unit_dim=None``, ``build(0, size)`` is the whole part
+    (e.g. the globals' draws), computed once."""
 
     unit_dim: str | None
-    pieces: Iterable[xr.Dataset]
+    size: int
+    build: Callable[[int, int], xr.Dataset]
 
 
 def assemble_chunks(
     parts: Sequence[ChunkedPart],
     *,
     chunk_size: int,
-    total: int,
     description: str,
     progressbar: bool,
     store=None,
@@ -88,13 +89,11 @@ def assemble_chunks(
     Parameters
     ----------
     parts : sequence of ChunkedPart
-        The chunks of each unit dim, computed one at a time as they are consumed.
+        The parts, each computed ``chunk_size`` units at a time.
     chunk_size : int
         Units per chunk: the zarr chunk length along the unit dim (other dims are one chunk).
-    total : int
-        Chunks in all, for PyMC's progress bar (which advances once per chunk along a unit dim).
     description : str
-        The progress bar's label.
+        The label of PyMC's progress bar, which advances once per chunk.
     progressbar : bool
         Show the progress bar.
     store : str, path or zarr store, optional
@@ -113,12 +112,17 @@ def assemble_chunks(
     merged: list[xr.Dataset] = []
     written = False
     progress = create_simple_progress(progressbar)  # (a null one's __enter__ gives None)
+    total = sum(-(-part.size // chunk_size) for part in parts if part.unit_dim is not None)
     with progress:
         task = progress.add_task(description, completed=0, total=total)
-        for unit_dim, pieces in parts:
+        for unit_dim, size, build in parts:
             in_memory = []
-            for i, piece in enumerate(pieces):
-                piece = piece.copy()
+            if unit_dim is None:
+                bounds = [(0, size)]
+            else:
+                bounds = [(a, min(a + chunk_size, size)) for a in range(0, size, chunk_size)]
+            for i, (start, stop) in enumerate(bounds):
+                piece = build(start, stop)
                 piece.attrs = {}
                 if store is None:
                     in_memory.append(piece)
