@@ -4,6 +4,7 @@ Small sizes only; the memory and time targets are measured by ``benchmarks/perf/
 """
 
 import numpy as np
+import plate_models
 import pymc as pm
 import pytest
 import xarray as xr
@@ -12,6 +13,7 @@ import pymc_amortize
 from pymc_amortize.examples.paper import nonlinear_model
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.psis import psis_diagnostic
 
 N_UNITS = 53  # a prime: no chunk size below divides it
 
@@ -194,6 +196,81 @@ def test_sample_dataset_refuses_bad_arguments(row_fit, kwargs, match):
     _, approx = row_fit
     with pytest.raises(pymc_amortize.AmortizationError, match=match):
         approx.sample_dataset(**{"draws": 10, **kwargs}, progressbar=False)
+
+
+# -- PSIS k̂ per unit, in chunks -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kind_fits():
+    """An (unfitted) approximation of every plate kind of the plate matrix (row, vector,
+    transformed, indexed, non-centred, crossed, nested, covariates, Dirichlet): what is compared
+    here does not depend on the weights, and fits' compilation would cost a minute."""
+    return {
+        name: AmortizedVI(model=build().model, encoder_widths=(4,), random_seed=0).approx
+        for name, build in plate_models.KINDS.items()
+    }
+
+
+@pytest.mark.parametrize("kind", list(plate_models.KINDS))
+def test_chunked_psis_equals_the_whole_batch_one(kind_fits, kind):
+    """The chunked path (each plate's batch log joint, compiled once) against the whole-batch one
+    (``compile_log_terms``), with a chunk size that divides no plate's units."""
+    approx = kind_fits[kind]
+    whole = psis_diagnostic(approx, draws=60, random_seed=1)
+    chunked = psis_diagnostic(approx, draws=60, random_seed=1, chunk_size=7)
+    np.testing.assert_allclose(chunked.log_weights, whole.log_weights, rtol=1e-12, atol=1e-9)
+    assert chunked.khat == pytest.approx(whole.khat, abs=1e-9)
+    plates = {p.name for p in approx.analysis.plates}
+    assert set(chunked.khat_per_plate) == set(whole.khat_per_plate) == plates
+    for name, khat in whole.khat_per_plate.items():
+        assert np.isfinite(khat.values).all()
+        xr.testing.assert_allclose(chunked.khat_per_plate[name], khat, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", list(plate_models.KINDS))
+def test_sample_dataset_of_every_plate_kind_is_chunk_size_invariant(kind_fits, kind):
+    approx = kind_fits[kind]
+    whole = approx.sample_dataset(20, chunk_size=10**6, random_seed=1, progressbar=False)
+    chunked = approx.sample_dataset(20, chunk_size=7, random_seed=1, progressbar=False)
+    xr.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-12)
+    sample = approx.sample(20, random_seed=1).posterior
+    for plate in approx.analysis.plates:
+        for name in plate.latent_names:
+            # On the latent's own scale, under sample()'s dims (e.g. a simplex's K entries).
+            assert whole[name].dims == sample[name].dims and whole[name].shape == sample[name].shape
+    for name in set(whole.data_vars) - set(approx.analysis.latent_names):
+        np.testing.assert_allclose(whole[name].values, sample[name].values, rtol=0, atol=1e-12)
+
+
+def test_chunked_psis_with_a_unit_without_rows_and_a_store(empty_county_fit, tmp_path):
+    pytest.importorskip("zarr")
+    _, approx = empty_county_fit
+    whole = psis_diagnostic(approx, draws=100, random_seed=0)
+    store = tmp_path / "khat.zarr"
+    stored = psis_diagnostic(approx, draws=100, random_seed=0, chunk_size=4, store=store)
+    khat = stored.khat_per_unit
+    assert khat.chunks == ((4, 4, 4, 4, 3),)  # dask-backed, read from the store
+    xr.testing.assert_allclose(khat.load(), whole.khat_per_unit, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(stored.log_weights, whole.log_weights, rtol=1e-12, atol=1e-9)
+    on_disk = xr.open_zarr(store, consolidated=False)["pareto_k_county"]
+    np.testing.assert_allclose(on_disk.values, whole.khat_per_unit.values, rtol=0, atol=1e-9)
+    assert "PSIS diagnostic" in stored.summary()
+    with pytest.raises(pymc_amortize.AmortizationError, match="chunk_size"):
+        stored.resample(10)
+    assert whole.resample(10, random_seed=0)["posterior"]["a"].shape == (1, 10, 19)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"chunk_size": 0}, "chunk_size must be a positive integer"),
+        ({"chunk_size": 1.5}, "chunk_size must be a positive integer"),
+        ({"store": "khat.zarr"}, "give chunk_size"),
+    ],
+)
+def test_chunked_psis_refuses_bad_arguments(row_fit, kwargs, match):
+    _, approx = row_fit
+    with pytest.raises(pymc_amortize.AmortizationError, match=match):
+        psis_diagnostic(approx, draws=20, **kwargs)
 
 
 def _large_arrays(approx, n):
