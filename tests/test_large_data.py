@@ -328,3 +328,4 @@ def test_scale_memory_benchmark_runs_on_a_tiny_problem():
     row = scale_memory.one_size(2_000, 40)
     assert row["n_units"] == 2_000 and row["steps"] == 40
     assert np.isfinite(row["step_ms"]) and row["encode_s_per_1e6"] > 0
+    assert row["sample_s_per_1e6"] > 0 and row["psis_s_per_1e6"] > 0
