@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from arviz_stats.base import array_stats
 from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
+from pymc_amortize.analysis import Plate
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence
 from pymc_amortize.errors import AmortizationError
@@ -317,7 +319,9 @@ def psis_diagnostic(
     prior_only = any(p.index is not None and (np.asarray(p.row_counts) == 0).any() for p in plates)
     encoded = approx.encode(summary=False) if prior_only else None
     units = _PlateUnits(approx, draws, seed, encoded)
-    whole = {  # every plate's draws and log q, whole: the factors outside a plate read them
+    # Every plate's draws and log q, whole, unless one plate is chunked: with several plates,
+    # a plate's factors (a crossed likelihood) read the other plates' draws at every unit.
+    whole = {
         plate.name: units.draws(plate, 0, plate.size)
         for plate in plates
         if chunk_size is None or len(plates) > 1
@@ -327,14 +331,13 @@ def psis_diagnostic(
 
     terms, totals, parts = {}, {}, []
     for plate in plates:
-        other = {k: v for p in plates if p.name != plate.name for k, v in whole[p.name][0].items()}
         terms[plate.name] = _UnitTerms(approx, plate, whole=chunk_size is None)
         totals[plate.name] = np.zeros(draws)  # Σ over the plate's units of log p − log q
         build = functools.partial(
             _khat_chunk,
             approx=approx,
             plate=plate,
-            values=values | other,
+            values=values,
             draw_units=(lambda p, a, b: whole[p.name]) if chunk_size is None else units.draws,
             terms=terms[plate.name],
             total=totals[plate.name],
@@ -367,9 +370,9 @@ def _khat_chunk(
     stop: int,
     *,
     approx: AmortizedApproximation,
-    plate,
+    plate: Plate,
     values: dict[str, np.ndarray],
-    draw_units,
+    draw_units: Callable[[Plate, int, int], tuple[dict[str, np.ndarray], np.ndarray]],
     terms: _UnitTerms,
     total: np.ndarray,
     labels: np.ndarray | None,
@@ -403,10 +406,18 @@ class _PlateUnits:
     chunk (``AmortizedApproximation._unit_draws``); ``encoded``: q of every unit when some units
     have no rows (their q is their prior's moments), else the encoder's, per chunk."""
 
-    def __init__(self, approx, draws, seed, encoded):
+    def __init__(
+        self,
+        approx: AmortizedApproximation,
+        draws: int,
+        seed: np.random.SeedSequence,
+        encoded: dict | None,
+    ):
         self.approx, self.n_draws, self.seed, self.encoded = approx, draws, seed, encoded
 
-    def draws(self, plate, start: int, stop: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def draws(
+        self, plate: Plate, start: int, stop: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         values, log_q = {}, np.zeros((self.n_draws, stop - start))
         for latent in plate.latents:
             q = None
@@ -430,7 +441,7 @@ class _UnitTerms:
     gathered by index vectors, compiled once for every chunk length.
     """
 
-    def __init__(self, approx: AmortizedApproximation, plate, *, whole: bool):
+    def __init__(self, approx: AmortizedApproximation, plate: Plate, *, whole: bool):
         self.approx, self.plate, self.whole = approx, plate, whole
         model, analysis = approx.model, approx.analysis
         if whole:
@@ -476,12 +487,12 @@ class _UnitTerms:
         rest = pt.zeros((n_rest,))
         for term, drawn in zip(other_terms, other_drawn, strict=True):
             rest = rest + (term.sum(axis=tuple(range(1, term.ndim))) if drawn else term.sum())
-        names = list(draws)
-        inputs = list(draws.values())
-        self._order = names
-        self._fn = compile_pymc([*inputs, units, rows, slot], per_unit, on_unused_input="ignore")
+        self._order = list(draws)
+        self._fn = compile_pymc(
+            [*draws.values(), units, rows, slot], per_unit, on_unused_input="ignore"
+        )
         own = {latent.value_name for latent in plate.latents}
-        self._rest_order = [name for name in names if name not in own]
+        self._rest_order = [name for name in draws if name not in own]
         self._rest_fn = compile_pymc(
             [n_rest, *(draws[name] for name in self._rest_order)], rest, on_unused_input="ignore"
         )
@@ -502,7 +513,7 @@ class _UnitTerms:
         return self._rest_fn(n_draws, *(values[name] for name in self._rest_order))
 
 
-def _is_row_term(model: pm.Model, plate, name: str) -> bool:
+def _is_row_term(model: pm.Model, plate: Plate, name: str) -> bool:
     """Whether ``name``'s factor has one entry per row of an indexed plate (summed into each
     row's unit), as in ``LogJoint.per_unit``, rather than one per unit."""
     var = model[name]
