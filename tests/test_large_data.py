@@ -198,6 +198,25 @@ def test_sample_dataset_refuses_bad_arguments(row_fit, kwargs, match):
         approx.sample_dataset(**{"draws": 10, **kwargs}, progressbar=False)
 
 
+def test_sample_dataset_of_a_fit_on_unit_data_reads_every_unit_from_the_dataset():
+    """A fit on units streamed from a (dask-backed) dataset: the draws equal those of the same
+    parameters with every unit in the model."""
+    pytest.importorskip("dask")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=90)
+    units = xr.Dataset({"x": ("unit", x)}).chunk({"unit": 40})
+    options = {"batch_size": 10, "encoder_widths": (4,), "random_seed": 1}
+    streamed = AmortizedVI(model=nonlinear_model(x[:20]), unit_data=units, **options).approx
+    whole = AmortizedVI(model=nonlinear_model(x), **options).approx
+    for mine, theirs in zip(streamed.params, whole.params, strict=True):
+        theirs.set_value(mine.get_value())
+    drawn = streamed.sample_dataset(20, chunk_size=37, random_seed=0, progressbar=False)
+    assert drawn["z"].shape == (1, 20, 90)
+    expected = whole.sample_dataset(20, chunk_size=10**6, random_seed=0, progressbar=False)
+    # The dataset has no unit coords, so neither have the draws (as in encode_dataset).
+    xr.testing.assert_allclose(drawn, expected.drop_vars("unit"), rtol=0, atol=1e-10)
+
+
 # -- PSIS k̂ per unit, in chunks -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def kind_fits():
