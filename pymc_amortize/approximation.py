@@ -8,6 +8,7 @@ own inputs (one row per unit) and, for an indexed plate, the set of its rows, po
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -22,11 +23,12 @@ from pymc.backends.base import MultiTrace
 from pymc.distributions.transforms import LogTransform
 from pymc.variational.approximations import MeanFieldGroup
 from pytensor.compile.sharedvalue import SharedVariable
-from pytensor.graph.replace import graph_replace
+from pytensor.graph.replace import graph_replace, vectorize_graph
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
+from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence, unit_noise
 from pymc_amortize.encoders import (
     MLPEncoder,
     PooledEncoder,
@@ -1374,74 +1376,62 @@ class AmortizedApproximation:
         """
         if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
             raise AmortizationError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
-        from pymc.progress_bar import create_simple_progress
-
         chunk_size = int(chunk_size)
         levels = tuple(float(q) for q in quantiles)
-        plates = [plate for plate in self.analysis.plates if plate.latents]
-        total = sum(-(-plate.size // chunk_size) for plate in plates)
-        pieces: list[xr.Dataset] = []
-        written = False
-        progress = create_simple_progress(progressbar)  # (a null one's __enter__ gives None)
-        with progress:
-            task = progress.add_task("Encoding units", completed=0, total=total)
-            for plate in plates:
-                plate_pieces = []
-                for start in range(0, plate.size, chunk_size):
-                    stop = min(start + chunk_size, plate.size)
-                    piece = self._unit_dataset(plate, start, stop, summary, levels)
-                    if store is None:
-                        plate_pieces.append(piece)
-                    else:
-                        encoding = {
-                            name: {"chunks": (chunk_size, *var.shape[1:])}
-                            if var.dims[0] == piece.attrs["unit_dim"]
-                            else {"chunks": (var.shape[0], chunk_size, *var.shape[2:])}
-                            for name, var in piece.data_vars.items()
-                        }
-                        piece.attrs = {}
-                        if not written:
-                            piece.to_zarr(store, mode="w", encoding=encoding, consolidated=False)
-                        elif start == 0:
-                            piece.to_zarr(store, mode="a", encoding=encoding, consolidated=False)
-                        else:
-                            piece.to_zarr(
-                                store, append_dim=self._unit_dim(plate), consolidated=False
-                            )
-                        written = True
-                    progress.advance(task)
-                if plate_pieces:
-                    dim = self._unit_dim(plate)
-                    merged = xr.concat(plate_pieces, dim=dim, data_vars="all")
-                    merged.attrs = {}
-                    pieces.append(merged)
-        if store is not None:
-            try:
-                import dask  # noqa: F401
-
-                chunks = {}
-            except ImportError:
-                chunks = None
-            return xr.open_zarr(store, chunks=chunks, consolidated=False)
-        return xr.merge(pieces) if pieces else xr.Dataset()
+        parts = [
+            ChunkedPart(
+                self._unit_dim(plate),
+                plate.size,
+                functools.partial(
+                    self._unit_dataset,
+                    plate,
+                    summary=summary,
+                    levels=levels,
+                    labels=self._unit_labels(plate),
+                ),
+            )
+            for plate in self.analysis.plates
+            if plate.latents
+        ]
+        return assemble_chunks(
+            parts,
+            chunk_size=chunk_size,
+            description="Encoding units",
+            progressbar=progressbar,
+            store=store,
+        )
 
     def _unit_dim(self, plate: Plate) -> str:
         return plate.dim if plate.dim is not None else plate.name
 
-    def _unit_dataset(
-        self, plate: Plate, start: int, stop: int, summary: bool, levels: tuple[float, ...]
-    ) -> xr.Dataset:
-        """The posterior of the fitted units ``start:stop`` of ``plate`` (see
-        :meth:`encode_dataset`)."""
-        dim = self._unit_dim(plate)
-        coords = {}
+    def _unit_labels(self, plate: Plate) -> np.ndarray | None:
+        """The plate's unit coords as one array (None without coords). Converted once per call and
+        sliced per chunk, a chunk's labels keep the whole array's dtype: string labels converted
+        chunk by chunk ("c9" then "c10") failed to append to zarr (dtype <U2, then <U3)."""
         source = self.unit_source
         if source is not None and plate is source.plate:
             # The units are the dataset's, not the template model's.
             if source.dim in source.dataset.coords:
-                coords[dim] = source.dataset[source.dim].values[start:stop]
-        elif plate.dim is not None and (values := self.model.coords.get(plate.dim)) is not None:
-            coords[dim] = np.asarray(values[start:stop])
+                return np.asarray(source.dataset[source.dim].values)
+            return None
+        values = self.model.coords.get(plate.dim) if plate.dim is not None else None
+        return None if values is None else np.asarray(values)
+
+    def _unit_dataset(
+        self,
+        plate: Plate,
+        start: int,
+        stop: int,
+        summary: bool,
+        levels: tuple[float, ...],
+        labels: np.ndarray | None,
+    ) -> xr.Dataset:
+        """The posterior of the fitted units ``start:stop`` of ``plate``, whose coords are
+        ``labels`` (see :meth:`encode_dataset` and :meth:`_unit_labels`)."""
+        dim = self._unit_dim(plate)
+        coords = {}
+        if labels is not None:
+            coords[dim] = labels[start:stop]
         data_vars = {}
         for latent in plate.latents:
             mean, sd = self.encode_units(latent.name, start, stop)
@@ -1722,6 +1712,183 @@ class AmortizedApproximation:
         for name, dataset in method_groups(self).items():
             idata[name] = xr.DataTree(dataset)
         return idata
+
+    def sample_dataset(
+        self,
+        draws: int = 1000,
+        *,
+        chunk_size: int = 10_000,
+        store=None,
+        random_seed: int | None = None,
+        progressbar: bool = True,
+    ) -> xr.Dataset:
+        """Posterior draws of every fitted unit, chunk by chunk, as an xarray Dataset.
+
+        For millions of units: the draws of ``chunk_size`` units are computed at a time, and with
+        ``store`` each chunk is appended to a zarr store as it is computed, so that the draws need
+        not fit in memory. The globals are drawn once, and the same draws θ_s are paired with
+        every chunk: draw s of every unit is a draw of q(z_n) next to the same θ_s, and a unit
+        without rows gets draws of its prior p(z_n | θ_s), as in :meth:`sample`.
+
+        Parameters
+        ----------
+        draws : int, default 1000
+            Draws S (one chain).
+        chunk_size : int, default 10,000
+            Units per chunk, and the zarr chunk length along the unit dim: a chunk holds
+            S × ``chunk_size`` × (entries per unit) floats (80 MB at the defaults).
+        store : str, path or zarr store, optional
+            Write the dataset there, chunk by chunk (``Dataset.to_zarr``, overwriting it), and
+            return it opened lazily from there (dask-backed when dask is installed).
+        random_seed : int, optional
+            Seed of every draw. The draws are the same for every ``chunk_size`` (the noise of
+            each block of units has its own stream, see :mod:`pymc_amortize.chunks`); the globals'
+            draws are those of :meth:`sample` with the same seed, the units' are not.
+        progressbar : bool, default True
+            Show PyMC's progress bar over the chunks.
+
+        Returns
+        -------
+        xarray.Dataset
+            Each local latent ``(chain, draw, unit dim, *dims)`` and each global ``(chain, draw,
+            *dims)``, on the variable's own (constrained) scale, e.g. a positive scale or a point
+            of the simplex, with the model's dims and coords (``<name>_dim_<i>`` where the model
+            has none); ``chain`` has length 1 and ``draw`` length S. Deterministics are left out
+            (derive them from these draws, or use :meth:`sample` for a few units' worth).
+            A plate with units without rows draws their prior once, by PyMC's forward sampling
+            over the whole plate, which holds S × N of its latents for a moment.
+
+        Examples
+        --------
+        .. code-block:: python
+
+            posterior = approx.sample_dataset(1000, chunk_size=10_000, store="draws.zarr")
+            posterior["z"].isel(unit=slice(0, 10)).mean("draw").compute()
+        """
+        if not isinstance(draws, int | np.integer) or draws <= 0:
+            raise AmortizationError(f"draws must be a positive integer; got {draws!r}.")
+        if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
+            raise AmortizationError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+        draws, chunk_size = int(draws), int(chunk_size)
+        seed = seed_sequence(random_seed)
+        global_values = self._draw_globals(draws, np.random.default_rng(seed))
+        globals_dataset = self._globals_dataset(global_values, draws)
+        parts = [ChunkedPart(None, 0, lambda start, stop: globals_dataset)]
+        for plate_number, plate in enumerate(self.analysis.plates):
+            if not plate.latents:
+                continue
+            empty = np.flatnonzero(_units_without_rows(plate))
+            prior = {}
+            if empty.size:
+                # The prior given the same θ_s, drawn once (a stream of its own) so that it does
+                # not depend on the chunking.
+                rng = np.random.default_rng(
+                    np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, plate_number))
+                )
+                drawn = self._prior_draws(plate, self.model, plate.size, global_values, rng)
+                prior = {name: value[:, empty] for name, value in drawn.items()}
+            build = functools.partial(
+                self._draws_dataset,
+                plate,
+                draws=draws,
+                seed=seed,
+                labels=self._unit_labels(plate),
+                empty=empty,
+                prior=prior,
+            )
+            parts.append(ChunkedPart(self._unit_dim(plate), plate.size, build))
+        return assemble_chunks(
+            parts,
+            chunk_size=chunk_size,
+            description="Drawing units",
+            progressbar=progressbar,
+            store=store,
+        )
+
+    def _unit_draws(
+        self,
+        latent: LocalLatent,
+        start: int,
+        stop: int,
+        draws: int,
+        seed: np.random.SeedSequence,
+        q: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Value-space draws ``(draws, stop - start, *event_shape)`` of q(z_n) for the fitted units
+        ``start:stop``, the same whatever chunk asks (:func:`~pymc_amortize.chunks.unit_noise`),
+        and q's mean and sd there (``q``, else the encoder's)."""
+        mean, sd = self.encode_units(latent.name, start, stop) if q is None else q
+        stream = self.analysis.latent_names.index(latent.name)
+        noise = unit_noise(seed, stream, draws, start, stop, latent.event_shape)
+        return mean + sd * noise, mean, sd
+
+    def _dims_and_coords(self, name: str, shape: Sequence[int]) -> tuple[list[str], dict]:
+        """The model's dims of ``name``'s trailing axes of ``shape`` (``<name>_dim_<i>`` where
+        the model has none or they do not fit) and their coords."""
+        model_dims = list(self.model.named_vars_to_dims.get(name) or ())
+        model_dims = model_dims[len(model_dims) - len(shape) :] if len(shape) else []
+        if len(model_dims) != len(shape) or None in model_dims:
+            model_dims = [f"{name}_dim_{i}" for i in range(len(shape))]
+        coords = {}
+        for dim, size in zip(model_dims, shape, strict=True):
+            values = self.model.coords.get(dim)
+            if values is not None and len(values) == size:
+                coords[dim] = np.asarray(values)
+        return model_dims, coords
+
+    def _globals_dataset(self, global_values: Mapping[str, np.ndarray], draws: int) -> xr.Dataset:
+        """The globals' value-space draws on their own scale, ``(chain, draw, *dims)``."""
+        coords = {"chain": [0], "draw": np.arange(draws)}
+        if self.global_group is None:
+            return xr.Dataset(coords=coords)
+        local = set(self.analysis.latent_names)
+        rvs = [rv for rv in self.model.free_RVs if rv.name not in local]
+        value_vars = [self.model.rvs_to_values[rv] for rv in rvs]
+        # Each global on its own scale as a graph of the value variables, with a draw axis.
+        batched = {
+            v: pt.tensor(f"{v.name}_draws", dtype=v.dtype, shape=(None, *v.type.shape))
+            for v in value_vars
+        }
+        own = vectorize_graph(self.model.replace_rvs_by_values(rvs), batched)
+        values = _compile_once(list(batched.values()), own)(
+            *(global_values[v.name] for v in value_vars)
+        )
+        data_vars = {}
+        for rv, value in zip(rvs, values, strict=True):
+            dims, dim_coords = self._dims_and_coords(rv.name, value.shape[1:])
+            data_vars[rv.name] = (["chain", "draw", *dims], np.asarray(value)[None])
+            coords |= dim_coords
+        return xr.Dataset(data_vars, coords=coords)
+
+    def _draws_dataset(
+        self,
+        plate: Plate,
+        start: int,
+        stop: int,
+        draws: int,
+        seed: np.random.SeedSequence,
+        labels: np.ndarray | None,
+        empty: np.ndarray,
+        prior: Mapping[str, np.ndarray],
+    ) -> xr.Dataset:
+        """Draws of the fitted units ``start:stop`` of ``plate`` (coords ``labels``) on their own
+        scale (see :meth:`sample_dataset`); ``empty`` are the plate's units without rows and
+        ``prior`` their constrained prior draws ``(draws, empty.size, ...)``."""
+        dim = self._unit_dim(plate)
+        coords = {"chain": [0], "draw": np.arange(draws)}
+        if labels is not None:
+            coords[dim] = labels[start:stop]
+        inside = (empty >= start) & (empty < stop)
+        data_vars = {}
+        for latent in plate.latents:
+            value, _, _ = self._unit_draws(latent, start, stop, draws, seed)
+            own = self._to_constrained(latent, value)
+            if inside.any():
+                own[:, empty[inside] - start] = prior[latent.name][:, inside]
+            dims, dim_coords = self._dims_and_coords(latent.name, own.shape[2:])
+            data_vars[latent.name] = (["chain", "draw", dim, *dims], own[None])
+            coords |= dim_coords
+        return xr.Dataset(data_vars, coords=coords)
 
     def trace_from_values(self, values: Mapping[str, np.ndarray]) -> MultiTrace:
         """A one-chain trace of value-space draws ``{value name: (draws, *shape)}``.

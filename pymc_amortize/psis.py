@@ -14,18 +14,25 @@ the encoder got wrong has heavy-tailed weights, whatever the other units do.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pymc as pm
+import pytensor.tensor as pt
 import xarray as xr
 from arviz_stats.base import array_stats
+from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
+from pymc_amortize.analysis import Plate
 from pymc_amortize.approximation import AmortizedApproximation
+from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.logjoint import compile_log_terms
+from pymc_amortize.logjoint import build_logjoint, compile_log_terms
+from pymc_amortize.plates import UnitBatch
 
 __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
 
@@ -199,11 +206,17 @@ class PSISDiagnostic:
         draws = n_draws if draws is None else draws
         if not isinstance(draws, int | np.integer) or draws <= 0:
             raise AmortizationError(f"draws must be a positive integer; got {draws!r}.")
+        approx = self.approximation
+        missing = [v.name for v in approx.model.value_vars if v.name not in self.values]
+        if missing:
+            raise AmortizationError(
+                f"This diagnostic was computed in chunks (chunk_size=), so it kept no draws of "
+                f"{', '.join(missing)} to resample; rerun psis_diagnostic without chunk_size."
+            )
         weights = np.exp(self.smoothed_log_weights.values)
         rng = np.random.default_rng(random_seed)
         index = rng.choice(n_draws, size=draws, replace=True, p=weights / weights.sum())
         values = {name: value[index] for name, value in self.values.items()}
-        approx = self.approximation
         idata = pm.to_inference_data(
             approx.trace_from_values(values), model=approx.model, log_likelihood=False
         )
@@ -216,7 +229,13 @@ def _log_normal(value: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarr
 
 
 def psis_diagnostic(
-    approx: AmortizedApproximation, *, draws: int = 1000, random_seed: int | None = None
+    approx: AmortizedApproximation,
+    *,
+    draws: int = 1000,
+    random_seed: int | None = None,
+    chunk_size: int | None = None,
+    store=None,
+    progressbar: bool = False,
 ) -> PSISDiagnostic:
     """Pareto k̂ of the whole approximation and of each unit's q(z_n) (Yao et al., 2018).
 
@@ -230,10 +249,22 @@ def psis_diagnostic(
     approx : AmortizedApproximation
         A fitted approximation.
     draws : int
-        Number of draws S (a few hundred at least; k̂ is noisy for small S). Memory grows as
-        S × N: a few arrays of S × N floats are held at once.
+        Number of draws S (a few hundred at least; k̂ is noisy for small S).
     random_seed : int, optional
-        Seed of the draws.
+        Seed of the draws. A unit's draws do not depend on ``chunk_size`` (see
+        :mod:`pymc_amortize.chunks`), so neither do the results.
+    chunk_size : int, optional
+        Units of a plate per chunk: the draws, log weights and k̂ of ``chunk_size`` units are
+        computed at a time (with PyMC's progress bar when ``progressbar``), so memory grows as
+        S × ``chunk_size``, not S × N; the plate's factors are compiled once for any chunk length.
+        A crossed model's other plates' draws are held whole. ``resample`` then has no draws to
+        resample (the units' draws are not kept). None (default): all units at once, memory
+        S × N (a few arrays of S × N floats).
+    store : str, path or zarr store, optional
+        With ``chunk_size``: write each plate's k̂ per unit, ``pareto_k_<plate>``, to this zarr
+        store chunk by chunk, and read it back lazily (dask-backed) into ``khat_per_plate``.
+    progressbar : bool, default False
+        Show PyMC's progress bar over the chunks.
 
     Returns
     -------
@@ -249,6 +280,8 @@ def psis_diagnostic(
         diagnostic = psis_diagnostic(approx, draws=1000, random_seed=0)
         print(diagnostic.summary())
         diagnostic.khat_per_unit.sortby(diagnostic.khat_per_unit)[-5:]
+        # Millions of units: 100,000 at a time, k̂ per unit written to zarr.
+        big = psis_diagnostic(approx, draws=500, chunk_size=100_000, store="khat.zarr")
     """
     if not isinstance(approx, AmortizedApproximation):
         raise AmortizationError(
@@ -258,9 +291,15 @@ def psis_diagnostic(
     approx.require_units_in_memory("psis_diagnostic")
     if not isinstance(draws, int | np.integer) or draws < 10:
         raise AmortizationError(f"draws must be an integer >= 10; got {draws!r}.")
-    rng = np.random.default_rng(random_seed)
-    encoded = approx.encode()
-    values = approx._draw_globals(draws, rng) | approx._draw_locals(draws, rng, encoded)
+    if chunk_size is not None and (not isinstance(chunk_size, int | np.integer) or chunk_size <= 0):
+        raise AmortizationError(
+            f"chunk_size must be a positive integer or None; got {chunk_size!r}."
+        )
+    if store is not None and chunk_size is None:
+        raise AmortizationError("store= writes k̂ chunk by chunk; give chunk_size= too.")
+    draws = int(draws)
+    seed = seed_sequence(random_seed)
+    values = approx._draw_globals(draws, np.random.default_rng(seed))
 
     log_q_globals = np.zeros(draws)
     group = approx.global_group
@@ -270,42 +309,86 @@ def psis_diagnostic(
         for name, slc, _, _ in group.ordering.values():
             flat = values[name].reshape(draws, -1)
             log_q_globals += _log_normal(flat, mu[slc], sd[slc]).sum(axis=1)
-    log_q_locals = {}
-    for latent in approx.analysis.latents:
-        q = encoded[latent.name]
-        terms = _log_normal(values[latent.value_name], q.mean, q.sd)
-        log_q_locals[latent.name] = terms.reshape(draws, q.mean.shape[0], -1).sum(axis=2)
-
-    khat_per_plate = {}
-    log_weights = None
-    for plate in approx.analysis.plates:
-        fn, order = compile_log_terms(approx.model, approx.analysis, plate)
-        log_p_rest, log_p_units = fn(*(values[name] for name in order))
-        log_q_units = sum(log_q_locals[name] for name in plate.latent_names)
-        unit_log_weights = log_p_units - log_q_units
-        if log_weights is None:
-            # log p(x, θ, z) − log q(θ, z): the rest of log q is every other plate's and q(θ)'s.
-            other_q = sum(
-                (v.sum(axis=1) for k, v in log_q_locals.items() if k not in plate.latent_names),
-                np.zeros(draws),
-            )
-            log_weights = (
-                log_p_rest
-                + log_p_units.sum(axis=1)
-                - other_q
-                - log_q_units.sum(axis=1)
-                - log_q_globals
-            )
-        unit_dim = plate.dim or plate.name
-        coords = approx.model.coords.get(unit_dim) if plate.dim else None
-        unit_coords = np.asarray(coords) if coords is not None else np.arange(plate.size)
-        per_unit = xr.DataArray(
-            unit_log_weights, dims=("draw", unit_dim), coords={unit_dim: unit_coords}
-        )
-        khat_per_plate[plate.name] = pareto_khat(per_unit)[1]
-    if log_weights is None:  # no plate: every latent is mean-field
+    plates = approx.analysis.plates
+    if not plates:  # every latent is mean-field
         fn, order = compile_log_terms(approx.model, approx.analysis, None)
         log_weights = fn(*(values[name] for name in order))[0] - log_q_globals
+        return _diagnostic(approx, log_weights, {}, values)
+
+    # A unit without rows has q = the Monte Carlo moments of its prior given q(θ) (see encode).
+    prior_only = any(p.index is not None and (np.asarray(p.row_counts) == 0).any() for p in plates)
+    encoded = approx.encode(summary=False) if prior_only else None
+    units = _PlateUnits(approx, draws, seed, encoded)
+    # Every plate's draws and log q, whole, unless one plate is chunked: with several plates,
+    # a plate's factors (a crossed likelihood) read the other plates' draws at every unit.
+    whole = {
+        plate.name: units.draws(plate, 0, plate.size)
+        for plate in plates
+        if chunk_size is None or len(plates) > 1
+    }
+    for plate_values, _ in whole.values():
+        values |= plate_values
+
+    terms, totals, parts = {}, {}, []
+    for plate in plates:
+        terms[plate.name] = _UnitTerms(approx, plate, whole=chunk_size is None)
+        totals[plate.name] = np.zeros(draws)  # Σ over the plate's units of log p − log q
+        build = functools.partial(
+            _khat_chunk,
+            approx=approx,
+            plate=plate,
+            values=values,
+            draw_units=(lambda p, a, b: whole[p.name]) if chunk_size is None else units.draws,
+            terms=terms[plate.name],
+            total=totals[plate.name],
+            labels=approx._unit_labels(plate),
+        )
+        parts.append(ChunkedPart(approx._unit_dim(plate), plate.size, build))
+    khats = assemble_chunks(
+        parts,
+        chunk_size=chunk_size or max(p.size for p in plates),
+        description="PSIS per unit",
+        progressbar=progressbar,
+        store=store,
+    )
+    # log p(x, θ, z) − log q(θ, z) from the first plate: its units' factors (summed over the
+    # chunks) and the rest of the model, in which every other plate's draws enter whole.
+    first = plates[0]
+    other_q = sum(
+        (log_q.sum(axis=1) for name, (_, log_q) in whole.items() if name != first.name),
+        np.zeros(draws),
+    )
+    log_weights = (
+        terms[first.name].rest(values, draws) + totals[first.name] - other_q - log_q_globals
+    )
+    khat_per_plate = {p.name: khats[f"pareto_k_{p.name}"].rename("pareto_k") for p in plates}
+    return _diagnostic(approx, log_weights, khat_per_plate, values)
+
+
+def _khat_chunk(
+    start: int,
+    stop: int,
+    *,
+    approx: AmortizedApproximation,
+    plate: Plate,
+    values: dict[str, np.ndarray],
+    draw_units: Callable[[Plate, int, int], tuple[dict[str, np.ndarray], np.ndarray]],
+    terms: _UnitTerms,
+    total: np.ndarray,
+    labels: np.ndarray | None,
+) -> xr.Dataset:
+    """k̂ of the units ``start:stop`` of ``plate`` as ``pareto_k_<plate>``; adds their
+    log p − log q to ``total`` (S,)."""
+    local, log_q = draw_units(plate, start, stop)
+    log_weights = terms.per_unit(values | local, start, stop) - log_q
+    total += log_weights.sum(axis=1)
+    dim = approx._unit_dim(plate)
+    khat = pareto_khat(xr.DataArray(log_weights, dims=("draw", dim)))[1].values
+    coords = {dim: labels[start:stop] if labels is not None else np.arange(start, stop)}
+    return xr.Dataset({f"pareto_k_{plate.name}": ((dim,), khat)}, coords=coords)
+
+
+def _diagnostic(approx, log_weights, khat_per_plate, values) -> PSISDiagnostic:
     overall = xr.DataArray(log_weights, dims="draw")
     smoothed, khat = pareto_khat(overall)
     return PSISDiagnostic(
@@ -316,3 +399,125 @@ def psis_diagnostic(
         approximation=approx,
         values=values,
     )
+
+
+class _PlateUnits:
+    """Draws of a plate's units ``start:stop`` from q and their log q, the same whatever the
+    chunk (``AmortizedApproximation._unit_draws``); ``encoded``: q of every unit when some units
+    have no rows (their q is their prior's moments), else the encoder's, per chunk."""
+
+    def __init__(
+        self,
+        approx: AmortizedApproximation,
+        draws: int,
+        seed: np.random.SeedSequence,
+        encoded: dict | None,
+    ):
+        self.approx, self.n_draws, self.seed, self.encoded = approx, draws, seed, encoded
+
+    def draws(
+        self, plate: Plate, start: int, stop: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        values, log_q = {}, np.zeros((self.n_draws, stop - start))
+        for latent in plate.latents:
+            q = None
+            if self.encoded is not None:
+                post = self.encoded[latent.name]
+                q = (post.mean[start:stop], post.sd[start:stop])
+            value, mean, sd = self.approx._unit_draws(
+                latent, start, stop, self.n_draws, self.seed, q
+            )
+            values[latent.value_name] = value
+            log_q += _log_normal(value, mean, sd).reshape(self.n_draws, stop - start, -1).sum(2)
+        return values, log_q
+
+
+class _UnitTerms:
+    """log p of a plate's factors per unit (S, B) for units ``start:stop``, and of the rest of
+    the model (S,).
+
+    ``whole``: the full-batch log joint (``compile_log_terms``) on all units. Else the plate's
+    batch log joint (``build_logjoint(batch_plate=plate)``) with the chunk's units, rows and data
+    gathered by index vectors, compiled once for every chunk length.
+    """
+
+    def __init__(self, approx: AmortizedApproximation, plate: Plate, *, whole: bool):
+        self.approx, self.plate, self.whole = approx, plate, whole
+        model, analysis = approx.model, approx.analysis
+        if whole:
+            self._fn, self._order = compile_log_terms(model, analysis, plate)
+            self._rest_fn = None
+            return
+        try:
+            logjoint = build_logjoint(model, analysis, batch_plate=plate)
+        except AmortizationError as error:
+            raise AmortizationError(
+                f"psis_diagnostic(chunk_size=...) evaluates plate '{plate.name}' chunk by chunk, "
+                f"which this model does not allow: {error} Pass chunk_size=None."
+            ) from error
+        draws = {
+            name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
+            for name, var in (logjoint.global_values | logjoint.local_values).items()
+        }
+        units, rows, slot = pt.lvector("units"), pt.lvector("rows"), pt.lvector("slot")
+        batch = UnitBatch(
+            units=units, rows=rows, unit_of_row=slot, n_units=units.shape[0], scale=1.0
+        )
+        global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
+        local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
+        batch_terms, other_terms, batch_drawn, other_drawn = logjoint.terms_per_draw(
+            global_draws, local_draws, batch
+        )
+        n_draws = draws[plate.latents[0].value_name].shape[0]
+        per_unit = pt.zeros((n_draws, units.shape[0]))
+        for (name, _), term, drawn in zip(
+            logjoint.batch_terms, batch_terms, batch_drawn, strict=True
+        ):
+            if not drawn or term.ndim < 2:
+                raise AmortizationError(
+                    f"The log density of '{name}' couples the units of plate '{plate.name}', so "
+                    "it has no per-unit terms."
+                )
+            per_row = term.sum(axis=tuple(range(2, term.ndim)))
+            if _is_row_term(model, plate, name):
+                per_unit = pt.inc_subtensor(per_unit[:, slot], per_row)
+            else:
+                per_unit = per_unit + per_row
+        n_rest = pt.lscalar("n_draws")  # the rest may have no drawn input
+        rest = pt.zeros((n_rest,))
+        for term, drawn in zip(other_terms, other_drawn, strict=True):
+            rest = rest + (term.sum(axis=tuple(range(1, term.ndim))) if drawn else term.sum())
+        self._order = list(draws)
+        self._fn = compile_pymc(
+            [*draws.values(), units, rows, slot], per_unit, on_unused_input="ignore"
+        )
+        own = {latent.value_name for latent in plate.latents}
+        self._rest_order = [name for name in draws if name not in own]
+        self._rest_fn = compile_pymc(
+            [n_rest, *(draws[name] for name in self._rest_order)], rest, on_unused_input="ignore"
+        )
+
+    def per_unit(self, values, start: int, stop: int) -> np.ndarray:
+        if self.whole:  # one call for every unit: keep the rest for rest()
+            self._whole = self._fn(*(values[name] for name in self._order))
+            return self._whole[1][:, start:stop]
+        units = np.arange(start, stop, dtype=np.int64)
+        rows, slot = self.approx.layouts[self.plate.name].chunk_rows(start, stop)
+        rows = units if rows is None else rows.astype(np.int64, copy=False)
+        args = [values[name] for name in self._order]
+        return self._fn(*args, units, rows, slot)
+
+    def rest(self, values, n_draws: int) -> np.ndarray:
+        if self.whole:
+            return self._whole[0]
+        return self._rest_fn(n_draws, *(values[name] for name in self._rest_order))
+
+
+def _is_row_term(model: pm.Model, plate: Plate, name: str) -> bool:
+    """Whether ``name``'s factor has one entry per row of an indexed plate (summed into each
+    row's unit), as in ``LogJoint.per_unit``, rather than one per unit."""
+    var = model[name]
+    if plate.index is None or var not in model.observed_RVs:
+        return False
+    length = model.rvs_to_values[var].type.shape[0]
+    return length in (None, plate.n_rows)

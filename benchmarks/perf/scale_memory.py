@@ -18,7 +18,11 @@ the data). Each N runs in a fresh process:
    a shared machine);
 4. ``approx.encode_dataset(chunk_size=100_000, store=<tmp>.zarr)``: every unit's posterior (mean,
    sd, constrained mean and quantiles) written to zarr chunk by chunk; seconds per 10⁶ units and the
-   peak RSS it adds.
+   peak RSS it adds;
+5. up to N = 10⁶ (``CHUNKED_MAX``; 100 draws of 10⁷ units would write 8 GB):
+   ``approx.sample_dataset(100, store=<tmp>.zarr)`` (every unit's draws, 10,000 units per chunk,
+   written to zarr) and ``psis_diagnostic(approx, draws=100, chunk_size=100_000)`` (k̂ of every
+   unit); seconds per 10⁶ units (compilation included) and the peak RSS each adds.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ import numpy as np
 from benchmarks.perf import common
 
 BATCH = 1_000
+#: Draws and the largest N of the chunked sample and PSIS rows.
+CHUNKED_DRAWS = 100
+CHUNKED_MAX = 1_000_000
 
 
 def _rss_mib(field: str = "VmRSS") -> float:
@@ -110,7 +117,8 @@ def one_size(n_units: int, steps: int) -> dict:
         approx.encode_dataset(chunk_size=100_000, progressbar=False, store=f"{tmp}/units.zarr")
         encode_s = time.perf_counter() - t0
     encode_peak = _rss_mib("VmHWM") - before_encode
-    return {
+    chunked = chunked_results(approx, n_units) if n_units <= CHUNKED_MAX else {}
+    return chunked | {
         "n_units": n_units,
         "data_mib": data_mib,
         "baseline_mib": baseline,
@@ -124,6 +132,33 @@ def one_size(n_units: int, steps: int) -> dict:
         "encode_s_per_1e6": encode_s / n_units * 1e6,
         "encode_peak_mib": encode_peak,
     }
+
+
+def chunked_results(approx, n_units: int) -> dict:
+    """Seconds per 10⁶ units and added peak MiB of ``sample_dataset`` (to zarr) and of the
+    chunked ``psis_diagnostic``, each with ``CHUNKED_DRAWS`` draws."""
+    from pymc_amortize.psis import psis_diagnostic
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        calls = {
+            "sample": lambda: approx.sample_dataset(
+                CHUNKED_DRAWS, random_seed=0, progressbar=False, store=f"{tmp}/draws.zarr"
+            ),
+            "psis": lambda: psis_diagnostic(
+                approx, draws=CHUNKED_DRAWS, chunk_size=100_000, random_seed=0
+            ),
+        }
+        for name, call in calls.items():
+            _trim()
+            before = _rss_mib()
+            _reset_peak()
+            t0 = time.perf_counter()
+            call()
+            seconds = time.perf_counter() - t0
+            out[f"{name}_s_per_1e6"] = seconds / n_units * 1e6
+            out[f"{name}_peak_mib"] = _rss_mib("VmHWM") - before
+    return out
 
 
 def step_ratio(n_units: int, *, repeats: int = 7, calls: int = 200) -> float:
@@ -184,6 +219,8 @@ def run(*, quick: bool = False, sizes: tuple[int, ...] | None = None, steps: int
         "step ÷ step at N = 10³ (interleaved)",
         "encode s per 10⁶ units",
         "encode peak MiB",
+        f"sample_dataset ({CHUNKED_DRAWS} draws, zarr) s per 10⁶ units",
+        f"chunked PSIS ({CHUNKED_DRAWS} draws) s per 10⁶ units",
     ]
     cells = [
         [
@@ -196,6 +233,8 @@ def run(*, quick: bool = False, sizes: tuple[int, ...] | None = None, steps: int
             r["step_ratio_vs_1e3"],
             r["encode_s_per_1e6"],
             r["encode_peak_mib"],
+            r.get("sample_s_per_1e6", "–"),
+            r.get("psis_s_per_1e6", "–"),
         ]
         for r in rows
     ]
@@ -210,9 +249,10 @@ def run(*, quick: bool = False, sizes: tuple[int, ...] | None = None, steps: int
         "what stays resident (x once, in the model). *step ÷ step at N = 10³*: medians of "
         "interleaved rounds of the two compiled steps in one process. *encode*: "
         "`approx.encode_dataset(chunk_size=100_000, store=...zarr)`, mean, sd, constrained mean "
-        "and 3 quantiles of every unit written to zarr chunk by chunk.\n\n".format(
-            float(np.median([r["baseline_mib"] for r in rows]))
-        )
+        "and 3 quantiles of every unit written to zarr chunk by chunk. *sample_dataset*: "
+        f"{CHUNKED_DRAWS} draws of every unit, to zarr; *chunked PSIS*: `psis_diagnostic(approx, "
+        f"draws={CHUNKED_DRAWS}, chunk_size=100_000)`, k̂ of every unit (compilation included; up "
+        f"to N = {CHUNKED_MAX:,}).\n\n".format(float(np.median([r["baseline_mib"] for r in rows])))
         + common.markdown_table(header, cells)
         + f"\nTargets at N = {big['n_units']:,}: step ÷ step at N = 10³ **{big['step_ratio_vs_1e3']:.2f}** "
         f"(≤ 1.2); fit peak {big['fit_peak_mib']:.0f} MiB against data + 300 = "
