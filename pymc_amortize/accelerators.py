@@ -42,7 +42,6 @@ __all__ = [
     "compile_noise_loss",
     "explicit_noise",
     "is_jax_mode",
-    "refuse_dynamic_shapes",
     "static_sizes",
 ]
 
@@ -74,23 +73,6 @@ def static_sizes(outputs: Sequence[Variable]) -> list[Variable]:
         return list(outputs)
     constants = {var: pt.constant(var.get_value(), dtype=var.type.dtype) for var in sizes}
     return graph_replace(list(outputs), constants, strict=False)
-
-
-def refuse_dynamic_shapes(inference_objective: Any) -> None:
-    """Refuse, with the fix, a JAX step whose minibatch gathers a varying number of rows.
-
-    A minibatch of an indexed plate takes all rows of the drawn units, a number that changes from
-    step to step; JAX compiles for fixed shapes and fails on the gather ("JAX requires the
-    arguments of `jax.numpy.arange` to be constants").
-    """
-    plate = inference_objective.batch_plate
-    if plate is not None and plate.index is not None:
-        raise AmortizationError(
-            f"mode='JAX' cannot minibatch the indexed plate '{plate.name}': a batch takes all "
-            "rows of its drawn units, a number that changes every step, and JAX compiles for "
-            "fixed shapes. Fit it full batch under JAX (batch_size=None), or minibatch it under "
-            "NUMBA (the default mode)."
-        )
 
 
 class NoiseInputs:
@@ -237,12 +219,11 @@ class HostNoiseStep:
                 f"mesh= splits the minibatch across JAX devices and needs mode='JAX'; got "
                 f"mode={mode!r}."
             )
-        if jax_mode:
-            refuse_dynamic_shapes(inference.objective)
         loss, updates = inference.objective.step_graph(
             obj_n_mc=obj_n_mc,
             obj_optimizer=obj_optimizer,
             total_grad_norm_constraint=total_grad_norm_constraint,
+            static_shapes=jax_mode,
         )
         loss, updates, self.noise = explicit_noise(loss, updates)
         if jax_mode:
@@ -317,6 +298,7 @@ def compile_noise_loss(
     *,
     mode: Any,
     obj_n_mc: int = 1,
+    static_shapes: bool | None = None,
 ) -> tuple[Callable, NoiseInputs]:
     """The step's loss and its gradient in the parameters, as a function of the step's draws.
 
@@ -328,6 +310,9 @@ def compile_noise_loss(
         PyTensor compilation mode.
     obj_n_mc : int
         Monte Carlo draws per step.
+    static_shapes : bool, optional
+        Pad an indexed plate's batch rows to a fixed count (see ``step_graph``); by default only
+        under JAX.
 
     Returns
     -------
@@ -345,9 +330,8 @@ def compile_noise_loss(
         draws = noise.draw(np.random.default_rng(0))
         loss_numba, loss_jax = numba_fn(*draws)[0], jax_fn(*draws)[0]
     """
-    if is_jax_mode(mode):
-        refuse_dynamic_shapes(inference.objective)
-    loss, updates = inference.objective.step_graph(obj_n_mc=obj_n_mc)
+    static = is_jax_mode(mode) if static_shapes is None else static_shapes
+    loss, updates = inference.objective.step_graph(obj_n_mc=obj_n_mc, static_shapes=static)
     loss, _, noise = explicit_noise(loss, updates)
     outputs = [loss, *pytensor.grad(loss, inference.approx.params)]
     if is_jax_mode(mode):

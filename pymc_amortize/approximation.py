@@ -897,9 +897,16 @@ class AmortizedApproximation:
         units = None if data.units is None else data.units.symbolic(batch.take_units)
         if data.rows is None:
             return self.encoder_graph(name, units)
-        return self.encoder_graph(
-            name, units, data.rows.symbolic(batch.take_rows), batch.unit_of_row, batch.n_units
+        unit_of_row, n_units = batch.pooling_slots()
+        if batch.row_weight is not None and units is not None:
+            # The padding's extra unit needs a row of unit inputs too (any: it is dropped).
+            units = pt.concatenate([units, units[:1]], axis=0)
+        mean, log_sd = self.encoder_graph(
+            name, units, data.rows.symbolic(batch.take_rows), unit_of_row, n_units
         )
+        if batch.row_weight is not None:
+            mean, log_sd = mean[:-1], log_sd[:-1]
+        return mean, log_sd
 
     def global_draws(self, eps: TensorVariable) -> dict[str, TensorVariable]:
         """Value-space draws ``(S, *shape)`` of each global from standard normal ``eps`` (S, D)."""

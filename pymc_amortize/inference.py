@@ -27,7 +27,7 @@ from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 
-from pymc_amortize.accelerators import is_jax_mode, refuse_dynamic_shapes, static_sizes
+from pymc_amortize.accelerators import is_jax_mode, static_sizes
 from pymc_amortize.analysis import (
     EncoderInputSpec,
     LocalLatent,
@@ -254,12 +254,18 @@ class AmortizedObjective:
         return draws, entropy, scale * _gaussian_log_q(eps, log_sd, axis=(1, 2))
 
     def mc_terms(
-        self, n_draws: int, random: _RandomDraws, *, full_batch: bool = False
+        self,
+        n_draws: int,
+        random: _RandomDraws,
+        *,
+        full_batch: bool = False,
+        static_shapes: bool = False,
     ) -> tuple[pt.TensorVariable, pt.TensorVariable, pt.TensorVariable]:
         """Symbolic (n_draws,) log joint draws (the batch plate's terms scaled by N/B), the exact
         entropy, and the (n_draws,) log q of the draws (local terms scaled likewise).
 
-        The graph draws its own minibatch and noise through ``random``.
+        The graph draws its own minibatch and noise through ``random``. With ``static_shapes``
+        (for JAX) an indexed plate's batch rows are padded to a fixed count and weighted.
         """
         approx = self.approx
         minibatch = self.batch_size is not None and not full_batch
@@ -281,7 +287,7 @@ class AmortizedObjective:
                 units = random(
                     pt.random.integers, 0, layout.size, size=(self.batch_size,), unit_axis=0
                 )
-                plate_batch = batch = layout.draw(units, self.batch_size)
+                plate_batch = batch = layout.draw(units, self.batch_size, padded=static_shapes)
             else:
                 plate_batch = layout.full()
             for latent in plate.latents:
@@ -355,6 +361,7 @@ class AmortizedObjective:
         obj_n_mc: int = 1,
         obj_optimizer: Callable | None = None,
         total_grad_norm_constraint: float | None = None,
+        static_shapes: bool = False,
     ) -> tuple[pt.TensorVariable, dict[SharedVariable, pt.TensorVariable]]:
         """The symbolic training step: the loss and the updates of one step.
 
@@ -369,6 +376,9 @@ class AmortizedObjective:
             A PyMC optimizer, ``pm.adam(learning_rate=1e-3)`` when omitted.
         total_grad_norm_constraint : float, optional
             Clip the gradient's total norm to this value.
+        static_shapes : bool
+            Give every array a shape fixed at compile time (what JAX needs): an indexed plate's
+            batch rows are padded to B times its largest unit's rows and the padding weighted out.
 
         Returns
         -------
@@ -382,7 +392,7 @@ class AmortizedObjective:
         optimizer = obj_optimizer if obj_optimizer is not None else pm.adam(learning_rate=1e-3)
         random = _RandomDraws()
         n_draws = int(obj_n_mc) * self.objective.n_particles
-        loss = self.objective.loss(*self.mc_terms(n_draws, random))
+        loss = self.objective.loss(*self.mc_terms(n_draws, random, static_shapes=static_shapes))
         params = self.approx.params
         grads = pytensor.grad(loss, params)
         if total_grad_norm_constraint is not None:
@@ -401,12 +411,11 @@ class AmortizedObjective:
         compile_kwargs: dict | None = None,
     ) -> _GuardedStep:
         jax_mode = is_jax_mode((compile_kwargs or {}).get("mode"))
-        if jax_mode:
-            refuse_dynamic_shapes(self)
         loss, updates = self.step_graph(
             obj_n_mc=obj_n_mc,
             obj_optimizer=obj_optimizer,
             total_grad_norm_constraint=total_grad_norm_constraint,
+            static_shapes=jax_mode,
         )
         if jax_mode:
             loss, *new_values = static_sizes([loss, *updates.values()])

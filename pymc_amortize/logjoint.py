@@ -57,6 +57,9 @@ class LogJoint:
         Placeholder -> data leaf of the batch plate's unit- and row-aligned arrays.
     slot : TensorVariable or None
         Placeholder of the batch slot of each batch row (the index remapped to the batch).
+    row_terms : tuple of bool
+        Per batch factor, whether it is one term per row (it reads ``slot``): the factors a padded
+        batch weights (:attr:`~pymc_amortize.plates.UnitBatch.row_weight`).
     """
 
     batch_plate: Plate | None
@@ -67,6 +70,7 @@ class LogJoint:
     unit_data: dict[TensorVariable, Variable]
     row_data: dict[TensorVariable, Variable]
     slot: TensorVariable | None
+    row_terms: tuple[bool, ...] = ()
 
     def terms_per_draw(
         self,
@@ -108,8 +112,12 @@ class LogJoint:
             global_draws, local_draws, batch
         )
         scale = batch.scale if batch is not None else 1.0
+        weight = batch.row_weight if batch is not None else None
+        row_terms = self.row_terms or (False,) * len(batch_terms)
         total = pt.zeros(())
-        for term, has_draw_axis in zip(batch_terms, batch_drawn, strict=True):
+        for term, has_draw_axis, per_row in zip(batch_terms, batch_drawn, row_terms, strict=True):
+            if weight is not None and per_row:
+                term = term * _along_rows(weight, term, has_draw_axis)
             total = total + scale * _term_sum(term, has_draw_axis)
         for term, has_draw_axis in zip(other_terms, other_drawn, strict=True):
             total = total + _term_sum(term, has_draw_axis)
@@ -155,6 +163,14 @@ class LogJoint:
             else:
                 units = units + per_row
         return rest, units
+
+
+def _along_rows(
+    weight: TensorVariable, term: TensorVariable, has_draw_axis: bool
+) -> TensorVariable:
+    """``weight`` (R,) shaped to broadcast along ``term``'s row axis (after its draw axis)."""
+    lead = 1 if has_draw_axis else 0
+    return pt.shape_padright(pt.shape_padleft(weight, lead), term.ndim - lead - 1)
 
 
 def _plate_factors(terms: Mapping[str, TensorVariable], model: pm.Model, plate: Plate) -> set[str]:
@@ -304,6 +320,7 @@ def build_logjoint(
         unit_data=unit_data,
         row_data=row_data,
         slot=slot,
+        row_terms=tuple(slot is not None and slot in graph_inputs([t]) for t in cloned),
     )
 
 

@@ -17,11 +17,12 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.tensor.extra_ops import searchsorted
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import Plate
 
-__all__ = ["PlateLayout", "UnitBatch", "gather_unit_rows"]
+__all__ = ["PlateLayout", "UnitBatch", "gather_unit_rows", "gather_unit_rows_padded"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class UnitBatch:
         B, int64 scalar.
     scale : float or TensorVariable
         N / B, the weight of the batch's unit terms.
+    row_weight : TensorVariable or None
+        (R,) 1 for the batch's rows and 0 for padding, when the rows are padded to a fixed count
+        (see :func:`gather_unit_rows_padded`); None without padding.
     """
 
     units: TensorVariable | None
@@ -47,6 +51,18 @@ class UnitBatch:
     unit_of_row: TensorVariable
     n_units: TensorVariable
     scale: float | TensorVariable
+    row_weight: TensorVariable | None = None
+
+    def pooling_slots(self) -> tuple[TensorVariable, TensorVariable]:
+        """Each row's unit and the number of units, for an encoder that pools rows by unit.
+
+        With padding, the padded rows go to an extra unit B, so that any pooling encoder (a
+        user's included) ignores them; its output for that unit is dropped by the caller.
+        """
+        if self.row_weight is None:
+            return self.unit_of_row, self.n_units
+        slot = pt.switch(self.row_weight > 0, self.unit_of_row, self.n_units)
+        return slot, self.n_units + 1
 
     def take_units(self, var: TensorVariable) -> TensorVariable:
         return var if self.units is None else var[self.units]
@@ -73,6 +89,31 @@ def gather_unit_rows(
     position = pt.arange(slot.shape[0], dtype="int64")
     sorted_position = pt.repeat(start_minus_position, n_rows) + position
     return slot, sorted_position if row_order is None else row_order[sorted_position]
+
+
+def gather_unit_rows_padded(
+    units: TensorVariable,
+    offsets: TensorVariable,
+    row_order: TensorVariable | None,
+    cap: int,
+) -> tuple[TensorVariable, TensorVariable, TensorVariable]:
+    """All rows of the drawn ``units`` (B,) as in :func:`gather_unit_rows`, padded to ``cap``
+    rows: (batch slot, row number, weight), each (cap,).
+
+    Every shape is fixed by ``cap``, which is what JAX compiles for. A padding row repeats row 0
+    with slot 0 and weight 0, so that its terms are finite and weighted out. ``cap`` must be at
+    least the rows of the B largest draws (B times the largest unit's, with replacement).
+    """
+    starts = offsets[units]
+    n_rows = offsets[units + 1] - starts
+    ends = pt.cumsum(n_rows)
+    position = pt.arange(cap, dtype="int64")
+    slot = pt.minimum(searchsorted(ends, position, side="right"), units.shape[0] - 1)
+    valid = position < ends[-1]
+    sorted_position = pt.switch(valid, starts[slot] + position - (ends - n_rows)[slot], 0)
+    rows = sorted_position if row_order is None else row_order[sorted_position]
+    slot = pt.switch(valid, slot, 0)
+    return slot, rows, valid.astype(pytensor.config.floatX)
 
 
 class PlateLayout:
@@ -126,11 +167,18 @@ class PlateLayout:
             scale=1.0,
         )
 
-    def draw(self, units: TensorVariable, batch_size: int) -> UnitBatch:
-        """The batch of the drawn unit ids ``units`` (B,) and all their rows."""
+    def draw(self, units: TensorVariable, batch_size: int, *, padded: bool = False) -> UnitBatch:
+        """The batch of the drawn unit ids ``units`` (B,) and all their rows; with ``padded``
+        (an indexed plate under JAX), the rows padded to B times the largest unit's rows, so that
+        the batch's shapes never change."""
+        weight = None
         if self.plate.index is None:
             # A row plate: each unit is its own row.
             rows, slot = units, pt.arange(batch_size, dtype="int64")
+        elif padded:
+            offsets = self.offsets.get_value(borrow=True)
+            cap = batch_size * max(int(np.diff(offsets).max(initial=0)), 1)
+            slot, rows, weight = gather_unit_rows_padded(units, self.offsets, self.row_order, cap)
         else:
             slot, rows = gather_unit_rows(units, self.offsets, self.row_order)
         return UnitBatch(
@@ -139,6 +187,7 @@ class PlateLayout:
             unit_of_row=slot,
             n_units=pt.constant(batch_size, dtype="int64"),
             scale=self.size.astype(pytensor.config.floatX) / batch_size,
+            row_weight=weight,
         )
 
     def buffered(self, batch_size: int) -> UnitBatch:
