@@ -27,14 +27,11 @@ the data). Each N runs in a fresh process:
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -44,25 +41,6 @@ BATCH = 1_000
 #: Draws and the largest N of the chunked sample and PSIS rows.
 CHUNKED_DRAWS = 100
 CHUNKED_MAX = 1_000_000
-
-
-def _rss_mib(field: str = "VmRSS") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise OSError(f"no {field} in /proc/self/status")
-
-
-def _trim() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def one_size(n_units: int, steps: int) -> dict:
@@ -92,31 +70,31 @@ def one_size(n_units: int, steps: int) -> dict:
     # Warm-up on a small N: what a process pays once is not charged to the fit measured.
     small = build(models.nonlinear_data(1_000)["x"])
     fit(small, 50)
-    _trim()
-    baseline = _rss_mib()
+    common.trim_heap()
+    baseline = common.rss_mib()
     rng = np.random.default_rng(0)
     x = rng.standard_normal(n_units)  # the data: only its size matters to memory and time
     data_mib = x.nbytes / 2**20
-    _trim()
-    resting = _rss_mib()
-    _reset_peak()
+    common.trim_heap()
+    resting = common.rss_mib()
+    common.reset_peak_rss()
     start = time.perf_counter()
     model = build(x)
     del x  # PyMC holds its own copy (make_obs_var's astype); the caller's is dropped
     approx = fit(model, steps)
     fit_s = time.perf_counter() - start
-    fit_peak = _rss_mib("VmHWM") - baseline
-    after_fit = _rss_mib() - baseline
+    fit_peak = common.rss_mib("VmHWM") - baseline
+    after_fit = common.rss_mib() - baseline
     step_ms = float(np.median(approx.step_seconds[steps // 5 :]) * 1e3)
     # Encode every unit, chunk by chunk, into a zarr store.
-    _trim()
-    before_encode = _rss_mib()
-    _reset_peak()
+    common.trim_heap()
+    before_encode = common.rss_mib()
+    common.reset_peak_rss()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         approx.encode_dataset(chunk_size=100_000, progressbar=False, store=f"{tmp}/units.zarr")
         encode_s = time.perf_counter() - t0
-    encode_peak = _rss_mib("VmHWM") - before_encode
+    encode_peak = common.rss_mib("VmHWM") - before_encode
     chunked = chunked_results(approx, n_units) if n_units <= CHUNKED_MAX else {}
     return chunked | {
         "n_units": n_units,
@@ -150,14 +128,14 @@ def chunked_results(approx, n_units: int) -> dict:
             ),
         }
         for name, call in calls.items():
-            _trim()
-            before = _rss_mib()
-            _reset_peak()
+            common.trim_heap()
+            before = common.rss_mib()
+            common.reset_peak_rss()
             t0 = time.perf_counter()
             call()
             seconds = time.perf_counter() - t0
             out[f"{name}_s_per_1e6"] = seconds / n_units * 1e6
-            out[f"{name}_peak_mib"] = _rss_mib("VmHWM") - before
+            out[f"{name}_peak_mib"] = common.rss_mib("VmHWM") - before
     return out
 
 
