@@ -24,7 +24,12 @@ from pymc_amortize.diagnostics import (
     semi_amortize,
 )
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
-from pymc_amortize.errors import AmortizationError, DivergenceWarning, OutOfTrainingRangeWarning
+from pymc_amortize.errors import (
+    AmortizationError,
+    ChunkOrderWarning,
+    DivergenceWarning,
+    OutOfTrainingRangeWarning,
+)
 from pymc_amortize.fit import fit_amortized
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO, IWAE
@@ -42,6 +47,7 @@ __all__ = [
     "AmortizationGap",
     "AmortizedApproximation",
     "AmortizedVI",
+    "ChunkOrderWarning",
     "Comparison",
     "DivergenceInfo",
     "DivergenceWarning",

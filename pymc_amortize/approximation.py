@@ -1709,7 +1709,11 @@ class AmortizedApproximation:
             if name in self.analysis.latent_names
             or set(local_rvs) & set(ancestors([self.model[name]]))
         ]
-        idata["posterior"] = xr.DataTree(idata.posterior.to_dataset().drop_vars(per_unit))
+        posterior = idata.posterior.to_dataset().drop_vars(per_unit)
+        used = {dim for var in posterior.data_vars.values() for dim in var.dims}
+        # The template's unit coords (and any other left unused) would only mislead.
+        posterior = posterior.drop_vars([c for c in posterior.coords if c not in used])
+        idata["posterior"] = xr.DataTree(posterior)
         for group in ("observed_data", "constant_data"):  # the template's few units
             if group in idata.children:
                 del idata[group]

@@ -1,6 +1,11 @@
 """Exceptions and warnings raised by pymc_amortize."""
 
-__all__ = ["AmortizationError", "DivergenceWarning", "OutOfTrainingRangeWarning"]
+__all__ = [
+    "AmortizationError",
+    "ChunkOrderWarning",
+    "DivergenceWarning",
+    "OutOfTrainingRangeWarning",
+]
 
 
 class AmortizationError(ValueError):
@@ -15,3 +20,10 @@ class OutOfTrainingRangeWarning(UserWarning):
     """New units' encoder inputs lie outside the range seen in training: their q(z_n) is an
     extrapolation of the encoder. The message names the units and by how much; silence it with
     ``check_range=False``."""
+
+
+class ChunkOrderWarning(UserWarning):
+    """The chunks of ``unit_data`` differ more than units stored in random order would, and the
+    fit holds only some of them at a time: neighbouring batches then come from a few alike chunks,
+    which slows the fit and can leave its globals off. Store the units shuffled, or give the pool
+    the memory to hold the whole dataset (``unit_data_pool_mib``)."""

@@ -549,7 +549,13 @@ class AmortizedVI(Inference):
                     "unit_data= reads minibatches of units from a dataset; give their size, "
                     f"batch_size= (a positive integer); got {batch_size!r}."
                 )
-            source = UnitSource(unit_data, analysis, int(batch_size))
+            source = UnitSource(
+                unit_data,
+                analysis,
+                int(batch_size),
+                model_dims=model.named_vars_to_dims,
+                model_coords=model.coords,
+            )
             analysis = source.analysis
         batch_plate = batch_plate_of(analysis)
         if batch_size is not None:
@@ -601,6 +607,11 @@ class AmortizedVI(Inference):
             "activation": activation if isinstance(activation, str) else repr(activation),
             "user_encoders": bool(encoder) or not isinstance(activation, str),
         }
+        if source is not None:
+            approx.settings["unit_data"] = (
+                f"{source.size} units of '{source.dim}' read in {source.n_chunks} chunks "
+                f"({', '.join(source.keys)}), a pool of {unit_data_pool_mib:g} MiB"
+            )
         self.hist = np.asarray(())
         self.state = None
         self.objective = AmortizedObjective(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pymc as pm
 import pytensor
+import xarray as xr
 from pytensor_ml.checkpoint import load_state, save_state
 
 from pymc_amortize.analysis import IndexedLocal, LocalLatent, Plate
@@ -258,6 +259,7 @@ def load_approximation(
     *,
     model: pm.Model | None = None,
     local: Mapping[str, object] | None = None,
+    unit_data: xr.Dataset | None = None,
 ) -> AmortizedApproximation:
     """Load an approximation saved by :func:`save_approximation` into ``model``.
 
@@ -276,6 +278,10 @@ def load_approximation(
         Needed only when the saved fit took an explicit input matrix: the ``local=`` entry of that
         latent for this model's units (``{latent: matrix}``, or an ``IndexedLocal`` with
         ``unit_covariates=matrix``).
+    unit_data : xarray.Dataset, optional
+        The units of a fit on ``unit_data`` (see :class:`~pymc_amortize.AmortizedVI`), for
+        ``model`` written on a few of them: ``encode`` and ``encode_dataset`` then cover every
+        unit of the dataset.
 
     Returns
     -------
@@ -317,6 +323,9 @@ def load_approximation(
         encoder_widths=_saved_widths(options["encoder_widths"]),
         activation=options["activation"],
         standardize_inputs=options["standardize_inputs"],
+        # Batches are never drawn from a loaded approximation: the smallest buffers do.
+        unit_data=unit_data,
+        batch_size=1 if unit_data is not None else None,
     ).approx
     saved_globals = structure["globals"]
     have_globals = (

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ import numpy as np
 import xarray as xr
 
 from pymc_amortize.analysis import DataInput, ModelAnalysis, Plate
-from pymc_amortize.errors import AmortizationError
+from pymc_amortize.errors import AmortizationError, ChunkOrderWarning
 
 __all__ = [
     "POOL_MIB",
@@ -55,6 +56,8 @@ __all__ = [
 DEFAULT_CHUNK = 100_000
 #: MiB of chunks a fit holds by default: the whole dataset when it fits, else as many chunks.
 POOL_MIB = 128.0
+#: Chunk means this many times more spread than a random order gives mark an ordered store.
+ORDER_RATIO = 10.0
 
 
 class UnitSource:
@@ -96,7 +99,15 @@ class UnitSource:
         the model's.
     """
 
-    def __init__(self, dataset: xr.Dataset, analysis: ModelAnalysis, batch_size: int):
+    def __init__(
+        self,
+        dataset: xr.Dataset,
+        analysis: ModelAnalysis,
+        batch_size: int,
+        *,
+        model_dims: Mapping[str, Sequence[str]] | None = None,
+        model_coords: Mapping[str, Sequence] | None = None,
+    ):
         if not isinstance(dataset, xr.Dataset):
             raise AmortizationError(
                 f"unit_data must be an xarray.Dataset (e.g. xr.open_zarr(path)); got "
@@ -108,9 +119,10 @@ class UnitSource:
             hint = (
                 ""
                 if plates
-                else "\nThe template's data decide what is local: data that are constant on it "
-                "(all zeros, say) look like no data. Take a template of varied units (a random "
-                "sample), or name each local latent's inputs with local=."
+                else "\nThe template's data decide what is local: a template of one unit, or "
+                "data that are constant on it (all zeros, say), look like no data. Take a "
+                "template of at least two varied units (a random sample), or name each local "
+                "latent's inputs with local=."
             )
             raise AmortizationError(
                 "unit_data= streams the units of one plate, and every other latent must be "
@@ -148,12 +160,20 @@ class UnitSource:
         self.keys = tuple(needed)
         self.dtypes: dict[str, np.dtype] = {}
         self.trailing: dict[str, tuple[int, ...]] = {}
+        variables = {}
         for key, data in needed.items():
             template = np.asarray(data.value)
-            self._check_variable(dataset, key, template)
+            dims = (model_dims or {}).get(key)
+            variables[key] = self._aligned(
+                dataset, key, template, tuple(dims[1:]) if dims else None, model_coords or {}
+            )
             self.dtypes[key], self.trailing[key] = template.dtype, template.shape[1:]
-        self.dataset = dataset[list(self.keys)]
+        # unify_chunks: variables of one store may be chunked differently along the units.
+        self.dataset = xr.Dataset(variables).unify_chunks()
         self.bounds = self._chunk_bounds()
+        #: Variables whose chunks differ more than units stored in random order would (see scan).
+        self.ordered: tuple[str, ...] = ()
+        self._scan()
         self.plate: Plate = dataclasses.replace(plate, size=self.size)
         self.analysis = dataclasses.replace(
             analysis,
@@ -176,6 +196,79 @@ class UnitSource:
             f"'{plate.name}'; its dims are {sorted(dataset.dims)}."
         )
 
+    def _aligned(
+        self,
+        dataset: xr.Dataset,
+        key: str,
+        template: np.ndarray,
+        trailing_dims: tuple[str, ...] | None,
+        coords: Mapping[str, Sequence],
+    ) -> xr.DataArray:
+        """``dataset[key]`` checked against the model's variable and laid out as the model
+        reads it: its trailing dims in the model's order (by name) and their coords in the
+        model's order (by label), so that a store written in another order is read right."""
+        self._check_variable(dataset, key, template)
+        var = dataset[key]
+        if trailing_dims is not None and tuple(var.dims[1:]) != trailing_dims:
+            if set(var.dims[1:]) != set(trailing_dims):
+                raise AmortizationError(
+                    f"unit_data['{key}'] has the dims {var.dims}; the model's '{key}' has "
+                    f"{(self.dim, *trailing_dims)}: give the dataset the model's dim names."
+                )
+            var = var.transpose(self.dim, *trailing_dims)
+        for dim in var.dims[1:]:
+            if dim not in coords or dim not in var.coords:
+                continue
+            labels = list(np.asarray(coords[dim]).tolist())
+            if list(var[dim].values.tolist()) != labels:
+                if set(var[dim].values.tolist()) != set(labels):
+                    raise AmortizationError(
+                        f"unit_data['{key}'] has the labels {var[dim].values.tolist()} along "
+                        f"'{dim}'; the model's are {labels}."
+                    )
+                var = var.sel({dim: labels})
+        if tuple(var.shape[1:]) != template.shape[1:]:
+            raise AmortizationError(
+                f"unit_data['{key}'] has a unit of shape {tuple(var.shape[1:])}; the model's "
+                f"'{key}' has {template.shape[1:]}."
+            )
+        return var
+
+    def _scan(self) -> None:
+        """One pass over the dataset: every value finite, and which variables' chunk means
+        differ more than a random order of the units would make them (an ordered store, whose
+        few pooled chunks make neighbouring batches alike)."""
+        sums = {k: [] for k in self.keys}
+        squares = dict.fromkeys(self.keys, 0.0)
+        for start, stop in self.spans():
+            piece = self.read(start, stop)
+            for key, values in piece.items():
+                flat = values.reshape(stop - start, -1).astype(np.float64)
+                finite = np.isfinite(flat).all(axis=1)
+                if not finite.all():
+                    first = start + int(np.flatnonzero(~finite)[0])
+                    raise AmortizationError(
+                        f"unit_data['{key}'] has NaN or inf at unit {first} (of '{self.dim}'); "
+                        "every value the model reads must be finite."
+                    )
+                sums[key].append(flat.sum(axis=0))
+                squares[key] = squares[key] + (flat**2).sum(axis=0)
+        lengths = self.chunk_lengths.astype(np.float64)
+        if lengths.size < 3:
+            return
+        ordered = []
+        for key in self.keys:
+            chunk_means = np.stack(sums[key]) / lengths[:, None]
+            mean = chunk_means.T @ lengths / self.size
+            variance = squares[key] / self.size - mean**2
+            # Under a random order a chunk mean has variance ≈ variance / n_c: the ratio of the
+            # chunk means' spread to that is ≈ 1 (an F statistic); 10 is far beyond chance.
+            spread = ((chunk_means - mean) ** 2 * lengths[:, None]).sum(axis=0) / (lengths.size - 1)
+            ratio = spread / np.where(variance > 0, variance, np.inf)
+            if (ratio > ORDER_RATIO).any():
+                ordered.append(key)
+        self.ordered = tuple(ordered)
+
     def _check_variable(self, dataset: xr.Dataset, key: str, template: np.ndarray) -> None:
         if key not in dataset:
             raise AmortizationError(
@@ -188,7 +281,7 @@ class UnitSource:
                 f"unit_data['{key}'] must have the unit dim '{self.dim}' first; its dims are "
                 f"{var.dims}."
             )
-        if tuple(var.shape[1:]) != template.shape[1:]:
+        if var.ndim != template.ndim:
             raise AmortizationError(
                 f"unit_data['{key}'] has a unit of shape {tuple(var.shape[1:])}; the model's "
                 f"'{key}' has {template.shape[1:]}."
@@ -316,6 +409,18 @@ class ChunkedUnitSampler:
                     self.pool[key][start:stop] = array
                 self.chunks_read += 1
             return
+        if source.ordered:
+            warnings.warn(
+                f"unit_data's chunks differ more than units stored in random order would "
+                f"({', '.join(source.ordered)}: the chunk means spread over {ORDER_RATIO:g}x "
+                f"what a random order gives), and the pool holds {self.slots} of its "
+                f"{source.n_chunks} chunks at a time, so neighbouring batches "
+                "come from a few alike chunks, which slows the fit and can bias its globals. "
+                "Store the units shuffled, or raise unit_data_pool_mib to "
+                f"{math.ceil(source.size * unit_bytes / 2**20)} to hold the whole dataset.",
+                ChunkOrderWarning,
+                stacklevel=2,
+            )
         for slot in range(self.slots):
             chunk = self._draw_chunk()
             self._put(slot, chunk, source.read_chunk(chunk))

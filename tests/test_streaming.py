@@ -4,6 +4,8 @@ a closed-form posterior; the reads through zarr and dask against the in-memory a
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pymc as pm
 import pytest
@@ -42,6 +44,7 @@ def _dataset(x: np.ndarray, chunks) -> xr.Dataset:
     return xr.Dataset({"x": ("unit", x)}).chunk({"unit": chunks})
 
 
+@pytest.mark.filterwarnings("ignore::pymc_amortize.ChunkOrderWarning")
 def test_every_unit_is_drawn_with_probability_one_over_n_whatever_the_chunk_lengths():
     """Chunks of 100, 100 and 30 units: drawing a chunk uniformly (not by its length) would give
     the 30 units of the last one a third of the draws instead of 30/230."""
@@ -91,6 +94,7 @@ def streamed_and_in_memory():
     return streamed, whole, x
 
 
+@pytest.mark.filterwarnings("ignore::pymc_amortize.ChunkOrderWarning")
 def test_the_streamed_minibatch_gradient_averages_to_the_full_batch_gradient(
     streamed_and_in_memory,
 ):
@@ -117,6 +121,7 @@ def test_the_streamed_minibatch_gradient_averages_to_the_full_batch_gradient(
     assert np.abs(z_biased).max() > 4.5
 
 
+@pytest.mark.filterwarnings("ignore::pymc_amortize.ChunkOrderWarning")
 def test_encoding_reads_every_unit_from_the_dataset_as_the_model_would_hold_them(
     streamed_and_in_memory,
 ):
@@ -136,6 +141,7 @@ def test_encoding_reads_every_unit_from_the_dataset_as_the_model_would_hold_them
     np.testing.assert_allclose(envelope.high, [(x.max() - x.mean()) / x.std()], rtol=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore::pymc_amortize.ChunkOrderWarning")
 def test_sample_of_a_streamed_fit_gives_the_globals_only(streamed_and_in_memory):
     streamed, _, _ = streamed_and_in_memory
     idata = streamed.approx.sample(50, random_seed=0)
@@ -247,3 +253,130 @@ def test_scale_disk_benchmark_runs_on_a_tiny_store(tmp_path):
     row = scale_disk.one_size(3_000, 20, tmp_path, small_pool=True)
     assert row["n_units"] == 3_000 and row["steps"] == 20
     assert np.isfinite(row["step_ms"]) and row["fit_peak_mib"] >= 0
+
+
+def _sensor_model(Y: np.ndarray, n_template: int = 30) -> pm.Model:
+    """z_n ~ N(0, 1), Y[n, s, t] ~ N(z_n + offset_s, 1): trailing dims with names and labels."""
+    coords = {"unit": range(n_template), "sensor": ["a", "b", "c"], "time": [0, 1]}
+    with pm.Model(coords=coords) as model:
+        offset = pm.Normal("offset", 0, 5, dims="sensor")
+        z = pm.Normal("z", 0, 1, dims="unit")
+        pm.Normal(
+            "Y",
+            z[:, None, None] + offset[None, :, None],
+            1,
+            observed=Y[:n_template],
+            dims=("unit", "sensor", "time"),
+        )
+    return model
+
+
+def _sensor_data(n=400):
+    rng = np.random.default_rng(5)
+    offset = np.array([-2.0, 0.0, 2.0])
+    Y = rng.normal(size=n)[:, None, None] + offset[None, :, None] + rng.normal(size=(n, 3, 2))
+    ds = xr.Dataset(
+        {"Y": (("unit", "sensor", "time"), Y)}, coords={"sensor": ["a", "b", "c"], "time": [0, 1]}
+    )
+    return Y, ds
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda ds: ds.transpose("unit", "time", "sensor"),  # same dims, another order
+        lambda ds: ds.isel(sensor=[2, 0, 1]),  # same labels, another order
+    ],
+    ids=["dims-transposed", "labels-permuted"],
+)
+def test_trailing_dims_and_labels_are_read_by_name_not_by_position(layout):
+    """A store whose trailing dims or labels are in another order than the model's is read in the
+    model's order (it was read by position: a newcomer's fit found offsets near 0, not ±2)."""
+    Y, ds = _sensor_data()
+    inference = AmortizedVI(model=_sensor_model(Y), unit_data=layout(ds), batch_size=20)
+    np.testing.assert_array_equal(inference.approx.unit_source.read(10, 20)["Y"], Y[10:20])
+
+
+def test_trailing_dims_or_labels_the_model_lacks_are_named():
+    Y, ds = _sensor_data()
+    with pytest.raises(AmortizationError, match=r"unit_data\['Y'\] has the dims"):
+        AmortizedVI(
+            model=_sensor_model(Y), unit_data=ds.rename({"sensor": "channel"}), batch_size=20
+        )
+    relabelled = ds.assign_coords(sensor=["a", "b", "d"])
+    with pytest.raises(AmortizationError, match=r"labels \['a', 'b', 'd'\] along 'sensor'"):
+        AmortizedVI(model=_sensor_model(Y), unit_data=relabelled, batch_size=20)
+
+
+def test_nan_in_any_variable_read_is_named_before_the_fit():
+    """Not only encoder inputs: NaN in an observed variable the encoder does not read made the
+    fit diverge at step 39 with advice about the learning rate."""
+    rng = np.random.default_rng(0)
+    c, y = rng.normal(size=500), rng.normal(size=500)
+    y[321] = np.nan
+    with pm.Model(coords={"unit": range(20)}) as model:
+        cov = pm.Data("c", c[:20], dims="unit")
+        z = pm.Normal("z", cov, 1, dims="unit")
+        pm.Normal("y", z, 1, observed=y[:20], dims="unit")
+    ds = xr.Dataset({"c": ("unit", c), "y": ("unit", y)})
+    with pytest.raises(AmortizationError, match=r"unit_data\['y'\] has NaN or inf at unit 321"):
+        AmortizedVI(model=model, local={"z": ["c"]}, unit_data=ds, batch_size=10)
+
+
+def test_variables_chunked_differently_are_read_together(tmp_path):
+    pytest.importorskip("zarr")
+    rng = np.random.default_rng(0)
+    c, y = rng.normal(size=2_000), rng.normal(size=2_000)
+    with pm.Model(coords={"unit": range(20)}) as model:
+        cov = pm.Data("c", c[:20], dims="unit")
+        z = pm.Normal("z", cov, 1, dims="unit")
+        pm.Normal("y", z, 1, observed=y[:20], dims="unit")
+    ds = xr.Dataset({"c": ("unit", c), "y": ("unit", y)})
+    encoding = {"c": {"chunks": (700,)}, "y": {"chunks": (1_000,)}}
+    ds.to_zarr(tmp_path / "mixed.zarr", encoding=encoding, consolidated=False)
+    stored = xr.open_zarr(tmp_path / "mixed.zarr", consolidated=False)
+    inference = AmortizedVI(model=model, unit_data=stored, batch_size=10)
+    piece = inference.approx.unit_source.read(650, 1_050)
+    np.testing.assert_array_equal(piece["c"], c[650:1_050])
+    np.testing.assert_array_equal(piece["y"], y[650:1_050])
+
+
+def test_an_ordered_store_read_through_a_small_pool_warns():
+    """Sorted units with a pool of a few chunks: neighbouring batches alike (a newcomer's global
+    was 26 posterior sds off). Shuffled, or with the whole store in the pool, nothing to say."""
+    x = np.sort(np.random.default_rng(1).normal(size=4_000))
+    small = {"batch_size": 20, "unit_data_pool_mib": 2 * 500 * 8 / 2**20}
+    template = nonlinear_model(np.random.default_rng(2).normal(size=40))
+    with pytest.warns(pymc_amortize.ChunkOrderWarning, match="Store the units shuffled"):
+        AmortizedVI(model=template, unit_data=_dataset(x, 500), **small).fit(5, progressbar=False)
+    shuffled = np.random.default_rng(3).permutation(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pymc_amortize.ChunkOrderWarning)
+        AmortizedVI(model=template, unit_data=_dataset(shuffled, 500), **small).fit(
+            5, progressbar=False
+        )
+        AmortizedVI(model=template, unit_data=_dataset(x, 500), batch_size=20).fit(
+            5, progressbar=False
+        )
+
+
+def test_a_saved_fit_loads_onto_its_unit_data(tmp_path):
+    x = np.random.default_rng(4).normal(size=600)
+    ds = _dataset(x, 250)
+    approx = pm.fit(
+        50,
+        method="amortized",
+        model=nonlinear_model(x[:40]),
+        unit_data=ds,
+        batch_size=20,
+        progressbar=False,
+    )
+    pymc_amortize.save_approximation(approx, tmp_path / "fit")
+    loaded = pymc_amortize.load_approximation(
+        tmp_path / "fit", model=nonlinear_model(x[:40]), unit_data=ds
+    )
+    mine, theirs = approx.encode()["z"], loaded.encode()["z"]
+    assert theirs.mean.shape == (600,)
+    np.testing.assert_allclose(theirs.mean, mine.mean, rtol=0, atol=1e-12)
+    # The globals' posterior carries no leftover coords of the template's units.
+    assert "unit" not in approx.sample(10).posterior.coords
