@@ -481,19 +481,11 @@ def _fit_scaling(arrays: Sequence[np.ndarray], standardize: bool) -> InputScalin
     return InputScaling(np.concatenate(centers), np.where(scale > 0, scale, 1.0))
 
 
-def _streamed_input(
-    source: UnitSource, latent: LocalLatent, standardize: bool
-) -> tuple[EncoderInput, TrainingEnvelope]:
-    """A latent's unit input over ``unit_data``: the step's batch buffers, read chunk by chunk
-    elsewhere, with its scaling and training envelope from passes over the dataset."""
-    keys = [d.key for d in latent.unit_inputs]
-    summary = summarize_columns(source, keys, f"the encoder inputs of '{latent.name}'")
-    sd = np.sqrt(np.diag(summary.cov))
-    scaling = (
-        InputScaling(summary.mean, np.where(sd > 0, sd, 1.0))
-        if standardize
-        else InputScaling(np.zeros_like(summary.mean), np.ones_like(summary.mean))
-    )
+def _streamed_envelope(
+    source: UnitSource, keys: list[str], labels, summary, scaling: InputScaling, rows: bool
+) -> InputEnvelope:
+    """The training envelope of streamed inputs, from their summary (and for several columns
+    one more pass for the largest Mahalanobis distance)."""
     center, scale = scaling
     precision = max_distance = None
     if summary.mean.size >= 2:
@@ -501,28 +493,49 @@ def _streamed_input(
         # Mahalanobis distances are the same on the raw and the standardised scale.
         raw_precision = np.linalg.pinv(summary.cov)
         max_distance = 0.0
-        for _, _, matrix in input_columns(source, keys):
+        for _, _, matrix in input_columns(source, keys, rows=rows):
             diff = matrix - summary.mean
             d2 = np.einsum("ij,jk,ik->i", diff, raw_precision, diff)
             max_distance = max(max_distance, float(np.sqrt(max(d2.max(), 0.0))))
-    envelope = InputEnvelope(
-        column_labels(latent.unit_inputs),
+    return InputEnvelope(
+        labels,
         (summary.low - center) / scale,
         (summary.high - center) / scale,
         (summary.mean - center) / scale,
         precision,
         max_distance,
     )
+
+
+def _streamed_part(
+    source: UnitSource, latent: LocalLatent, standardize: bool, rows: bool
+) -> tuple[EncoderInput | None, InputEnvelope | None]:
+    """A latent's unit (or row) encoder input over ``unit_data``: the step's batch buffers, with
+    a reader of any units' data, its scaling and its training envelope from passes over the
+    dataset."""
+    inputs = latent.row_inputs if rows else latent.unit_inputs
+    if not inputs:
+        return None, None
+    keys = [d.key for d in inputs]
+    summary = summarize_columns(source, keys, rows=rows)
+    sd = np.sqrt(np.diag(summary.cov))
+    scaling = (
+        InputScaling(summary.mean, np.where(sd > 0, sd, 1.0))
+        if standardize
+        else InputScaling(np.zeros_like(summary.mean), np.ones_like(summary.mean))
+    )
+    envelope = _streamed_envelope(source, keys, column_labels(inputs), summary, scaling, rows)
     buffers = [source.batch[k].reshape(source.batch[k].shape[0], -1) for k in keys]
 
     def reader(start: int, stop: int) -> list[np.ndarray]:
-        piece = source.read(start, stop, keys)
-        return [piece[k].reshape(stop - start, -1) for k in keys]
+        piece = source.read_rows(start, stop, keys)[0] if rows else source.read(start, stop, keys)
+        return [piece[k].reshape(len(piece[k]), -1) for k in keys]
 
-    units = EncoderInput(
-        f"{latent.name}_unit_inputs", buffers, scaling, reader=reader, length=source.size
+    what = "row" if rows else "unit"
+    encoder_input = EncoderInput(
+        f"{latent.name}_{what}_inputs", buffers, scaling, reader=reader, length=source.size
     )
-    return units, TrainingEnvelope(envelope, None, None)
+    return encoder_input, envelope
 
 
 def training_envelope(
@@ -555,11 +568,13 @@ def default_encoder(
     init_scale: float,
     init_mean: float,
     random_seed: np.random.Generator,
+    log_count_scaling: tuple[float, float] | None = None,
 ) -> MLPEncoder | PooledEncoder:
     """An :class:`MLPEncoder` for a latent with unit inputs only, else a :class:`PooledEncoder`.
 
     ``widths=None`` picks :func:`~pymc_amortize.encoders.default_encoder_widths` from the plate's
-    number of units.
+    number of units. ``log_count_scaling`` (centre, scale of log(1 + rows) over the units) is the
+    plate's own when omitted.
     """
     if n_row_inputs == 0:
         if widths is None:
@@ -574,7 +589,9 @@ def default_encoder(
             name=f"{latent.name}_encoder",
             random_seed=random_seed,
         )
-    log_counts = np.log1p(plate.row_counts)
+    if log_count_scaling is None:
+        log_counts = np.log1p(plate.row_counts)
+        log_count_scaling = (float(log_counts.mean()), float(log_counts.std()) or 1.0)
     if widths is None:
         widths = default_encoder_widths(plate.size)
     return PooledEncoder(
@@ -585,8 +602,8 @@ def default_encoder(
         activation=activation,
         init_scale=init_scale,
         init_mean=init_mean,
-        log_count_center=float(log_counts.mean()),
-        log_count_scale=float(log_counts.std()) or 1.0,
+        log_count_center=log_count_scaling[0],
+        log_count_scale=log_count_scaling[1],
         name=f"{latent.name}_encoder",
         random_seed=random_seed,
     )
@@ -639,7 +656,12 @@ class AmortizedApproximation:
             if global_rvs
             else None
         )
-        self.layouts = {plate.name: PlateLayout(plate) for plate in analysis.plates}
+        self.layouts = {
+            plate.name: PlateLayout(
+                plate, buffered=unit_source is not None and plate is unit_source.plate
+            )
+            for plate in analysis.plates
+        }
         self.inputs: dict[str, EncoderData] = {}
         self._encoders: dict[str, Callable] = {}
         self._user_encoders = frozenset()
@@ -687,10 +709,13 @@ class AmortizedApproximation:
                 seed = seeds[analysis.latent_names.index(latent.name)]
                 streamed = self.unit_source is not None and plate is self.unit_source.plate
                 unit_arrays = None if streamed else _fitted_unit_arrays(latent, plate.size)
-                row_arrays = _fitted_row_arrays(latent)
+                row_arrays = None if streamed else _fitted_row_arrays(latent)
                 units = rows = None
                 if streamed:
-                    units, envelope = _streamed_input(self.unit_source, latent, standardize)
+                    source = self.unit_source
+                    units, unit_envelope = _streamed_part(source, latent, standardize, False)
+                    rows, row_envelope = _streamed_part(source, latent, standardize, True)
+                    envelope = TrainingEnvelope(unit_envelope, row_envelope, source.row_count_range)
                 if unit_arrays is not None:
                     scaling = _fit_scaling(unit_arrays, standardize)
                     units = EncoderInput(f"{latent.name}_unit_inputs", unit_arrays, scaling)
@@ -726,6 +751,7 @@ class AmortizedApproximation:
                         init_scale=init_scale,
                         init_mean=float(np.mean(initial_point[latent.value_name])),
                         random_seed=np.random.default_rng(seed),
+                        log_count_scaling=self.unit_source.log_count_scaling if streamed else None,
                     )
                 self._init_params(latent, plate)
 
@@ -741,13 +767,25 @@ class AmortizedApproximation:
             return [units], [data.units.chunk(0, stop)]
         rows = pt.matrix("rows_probe", shape=(None, data.rows.width))
         symbolic = [rows, pt.lvector("unit_of_row_probe"), pt.lscalar("n_units_probe"), units]
+        stop = plate.size if data.rows.reader is None else min(plate.size, 10_000)
+        row_values, unit_of_row = self._fitted_rows(latent.name, 0, stop)
         values = [
-            data.rows.chunk(),
-            plate.unit_of_row,
-            np.int64(plate.size),
-            None if units is None else data.units.chunk(),
+            row_values,
+            unit_of_row,
+            np.int64(stop),
+            None if units is None else data.units.chunk(0, stop),
         ]
         return symbolic, values
+
+    def _fitted_rows(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The standardised row inputs of ``name``'s fitted units ``start:stop`` and each row's
+        unit position 0..stop-start-1, from the model or from ``unit_data``."""
+        rows = self.inputs[name].rows
+        if rows.reader is not None:
+            return rows.chunk(start, stop), self.unit_source.read_rows(start, stop, [])[1]
+        plate = self.analysis.plate_of(name)
+        row_numbers, slot = self.layouts[plate.name].chunk_rows(start, stop)
+        return rows.chunk(row_numbers), slot
 
     def _init_params(self, latent: LocalLatent, plate: Plate) -> None:
         symbolic, values = self._probe_inputs(latent)
@@ -1320,14 +1358,13 @@ class AmortizedApproximation:
             ``(stop - start, *event_shape)`` float64, on the latent's unconstrained (value) space.
         """
         latent = next(lat for lat in self.analysis.latents if lat.name == name)
-        plate = self.analysis.plate_of(name)
         data = self.inputs[name]
         units = None if data.units is None else data.units.chunk(start, stop)
         if data.rows is None:
             args = [units]
         else:
-            rows, slot = self.layouts[plate.name].chunk_rows(start, stop)
-            args = [data.rows.chunk(rows), slot, np.int64(stop - start)]
+            rows, slot = self._fitted_rows(name, start, stop)
+            args = [rows, slot, np.int64(stop - start)]
             args += [units] if units is not None else []
         mean, sd = self._encode_fn(name)(*args)
         shape = (stop - start, *latent.event_shape)

@@ -280,7 +280,17 @@ class AmortizedObjective:
             layout = approx.layouts[plate.name]
             if minibatch and plate is self.batch_plate and approx.unit_source is not None:
                 # The host gathers the batch from chunks of unit_data (streaming.py).
-                plate_batch = batch = layout.buffered(self.batch_size)
+                source = approx.unit_source
+                plate_batch = batch = (
+                    layout.buffered(self.batch_size)
+                    if source.index_key is None
+                    else layout.buffered(
+                        self.batch_size,
+                        source.row_slot,
+                        source.row_weight,
+                        None if static_shapes else source.row_count,
+                    )
+                )
             elif minibatch and plate is self.batch_plate:
                 # Our own unit draw rather than pm.Minibatch: the encoder inputs, the local
                 # placeholders and every aligned data array must share these indices.
@@ -502,10 +512,11 @@ class AmortizedVI(Inference):
         :mod:`pymc_amortize.streaming`): the model is then a *template* written on a few of them
         (at least two), and the fit reads minibatches of ``batch_size`` units from this dataset,
         one chunk (of its own chunking, e.g. a zarr store's through dask) at a time. It holds one
-        variable per unit-aligned array of the model (observed variables, ``pm.Data``, encoder
-        inputs), by the model's names, with the plate's dim first. Needs ``batch_size``, a model
-        with one plate of one row per unit, and named data. The results for its units come from
-        ``encode_dataset``; ``sample`` gives the globals.
+        variable per data array of the plate (observed variables, ``pm.Data``, encoder inputs),
+        by the model's names, with the plate's dim first (the rows' dim for an indexed plate's
+        row-aligned arrays, whose index must be sorted by unit). Needs ``batch_size``, a model
+        with one plate, and named data. The results for its units come from ``encode_dataset``;
+        ``sample`` gives the globals.
     unit_data_pool_mib : float, default 128
         Memory (MiB) for the chunks of ``unit_data`` held at once: all of it when it fits (then
         batches are uniform draws, as from memory), else as many chunks as fit, refreshed as the

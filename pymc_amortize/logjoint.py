@@ -27,7 +27,7 @@ from pytensor.tensor.basic import Alloc
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import ModelAnalysis, Plate, factorized_terms
+from pymc_amortize.analysis import DataInput, ModelAnalysis, Plate, factorized_terms
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.plates import UnitBatch
 
@@ -214,6 +214,15 @@ def _gathered_leaf(leaf: Variable) -> Variable:
     return leaf
 
 
+def _batch_leaf(data: DataInput, batch_buffers: Mapping[str, np.ndarray] | None) -> Variable:
+    """What a minibatch reads ``data`` from: the model's array (see :func:`_gathered_leaf`), or
+    the host's batch buffer of a fit on ``unit_data``, borrowed."""
+    if batch_buffers is None:
+        return _gathered_leaf(data.node)
+    shape = (None, *data.node.type.shape[1:])
+    return pytensor.shared(batch_buffers[data.key], name=data.key, shape=shape, borrow=True)
+
+
 def build_logjoint(
     model: pm.Model,
     analysis: ModelAnalysis,
@@ -266,22 +275,12 @@ def build_logjoint(
         placeholder = pt.tensor(
             f"{data.key}_units", dtype=data.node.dtype, shape=(None, *data.node.type.shape[1:])
         )
-        leaf = (
-            pytensor.shared(
-                batch_buffers[data.key],
-                name=data.key,
-                shape=(None, *data.node.type.shape[1:]),
-                borrow=True,
-            )
-            if batch_buffers is not None
-            else _gathered_leaf(data.node)
-        )
-        replace[data.node], unit_data[placeholder] = placeholder, leaf
+        replace[data.node], unit_data[placeholder] = placeholder, _batch_leaf(data, batch_buffers)
     for data in batch_plate.batched_rows:
         placeholder = pt.tensor(
             f"{data.key}_rows", dtype=data.node.dtype, shape=(None, *data.node.type.shape[1:])
         )
-        replace[data.node], row_data[placeholder] = placeholder, _gathered_leaf(data.node)
+        replace[data.node], row_data[placeholder] = placeholder, _batch_leaf(data, batch_buffers)
     slot = None
     if batch_plate.index is not None:
         slot = pt.tensor(f"{batch_plate.index.key}_slot", dtype="int64", shape=(None,))

@@ -33,8 +33,9 @@ class UnitBatch:
     ----------
     units : TensorVariable or None
         Unit ids (B,) into the plate; None for all units in order.
-    rows : TensorVariable or None
-        Row numbers (R,) of the batch's rows into the full data; None for all rows in order.
+    rows : TensorVariable, slice or None
+        Row numbers (R,) of the batch's rows into the full data, or a slice of them; None for all
+        rows in order.
     unit_of_row : TensorVariable
         Batch slot (0..B-1) of each batch row, int64 (R,).
     n_units : TensorVariable
@@ -47,7 +48,7 @@ class UnitBatch:
     """
 
     units: TensorVariable | None
-    rows: TensorVariable | None
+    rows: TensorVariable | slice | None
     unit_of_row: TensorVariable
     n_units: TensorVariable
     scale: float | TensorVariable
@@ -124,7 +125,7 @@ class PlateLayout:
     model's own index array (borrowed, not copied, when it is int64).
     """
 
-    def __init__(self, plate: Plate):
+    def __init__(self, plate: Plate, *, buffered: bool = False):
         self.plate = plate
         #: N, shared rather than a literal: NUMBA compiles literals into the step's machine code,
         #: so a step with N inside (the N / B scale, the unit draw's bound) missed PyTensor's
@@ -133,7 +134,9 @@ class PlateLayout:
         self.unit_of_row: SharedVariable | None = None
         self.offsets: SharedVariable | None = None
         self.row_order: SharedVariable | None = None
-        if plate.index is None:
+        # A plate read from unit_data has its batches gathered on the host: no CSR layout (it
+        # would be the template's, and N long).
+        if plate.index is None or buffered:
             return
         # The model's own index array, in its own dtype (cast per use in the graph): an int64
         # copy of an int32 index was the layout's largest array.
@@ -190,16 +193,42 @@ class PlateLayout:
             row_weight=weight,
         )
 
-    def buffered(self, batch_size: int) -> UnitBatch:
+    def buffered(
+        self,
+        batch_size: int,
+        unit_of_row: np.ndarray | None = None,
+        row_weight: np.ndarray | None = None,
+        row_count: np.ndarray | None = None,
+    ) -> UnitBatch:
         """A batch of ``batch_size`` units gathered on the host into buffers the step reads
         whole (a fit on ``unit_data``, see :mod:`pymc_amortize.streaming`): every unit of the
-        buffers, in order, scaled by N / B."""
+        buffers, in order, scaled by N / B. An indexed plate's rows come padded, with each row's
+        batch slot ``unit_of_row`` and ``row_weight`` (0 for padding), host arrays the step reads
+        (borrowed). With ``row_count`` (a 0-d array the host sets to the batch's rows) the step
+        reads only the rows, not the padding: shapes then vary, which NUMBA takes and JAX does
+        not."""
+        if unit_of_row is None:
+            return UnitBatch(
+                units=None,
+                rows=None,
+                unit_of_row=pt.arange(batch_size, dtype="int64"),
+                n_units=pt.constant(batch_size, dtype="int64"),
+                scale=self.size.astype(pytensor.config.floatX) / batch_size,
+            )
+        name = self.plate.name
+        slot = pytensor.shared(unit_of_row, name=f"{name}_row_slots", borrow=True)
+        weight = pytensor.shared(row_weight, name=f"{name}_row_weights", borrow=True)
+        rows = None
+        if row_count is not None:
+            rows = slice(None, pytensor.shared(row_count, name=f"{name}_row_count", borrow=True))
+            slot, weight = slot[rows], weight[rows]
         return UnitBatch(
             units=None,
-            rows=None,
-            unit_of_row=pt.arange(batch_size, dtype="int64"),
+            rows=rows,
+            unit_of_row=slot,
             n_units=pt.constant(batch_size, dtype="int64"),
             scale=self.size.astype(pytensor.config.floatX) / batch_size,
+            row_weight=weight,
         )
 
     def chunk_rows(self, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray]:

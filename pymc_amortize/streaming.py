@@ -25,7 +25,11 @@ the pool more memory (``benchmarks/perf/scale_disk.py`` measures both).
 
 The step reads each batch from **fixed-size buffers**: one (B, ...) array per data variable,
 filled in place before each step and read by the compiled step as a shared variable, so its
-shapes never change and the gather happens on the host.
+shapes never change and the gather happens on the host. An indexed plate (units with any number
+of rows, e.g. counties and their houses) keeps its rows sorted by unit in the store; a pooled
+chunk holds its units' rows and where each unit's rows start, a batch's rows go into buffers of B
+times the most rows of a unit, and the step reads them up to the batch's row count (NUMBA) or
+whole with the padding weighted out (JAX, whose shapes must be fixed).
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+import pytensor
 import xarray as xr
 
 from pymc_amortize.analysis import DataInput, ModelAnalysis, Plate
@@ -45,8 +51,10 @@ from pymc_amortize.errors import AmortizationError, ChunkOrderWarning
 
 __all__ = [
     "POOL_MIB",
+    "ChunkData",
     "ChunkedUnitSampler",
     "ColumnSummary",
+    "StreamedPlate",
     "UnitSource",
     "input_columns",
     "summarize_columns",
@@ -60,43 +68,81 @@ POOL_MIB = 128.0
 ORDER_RATIO = 10.0
 
 
+@dataclass(frozen=True)
+class StreamedPlate(Plate):
+    """A plate whose units are read from ``unit_data``: its row statistics come from passes over
+    the dataset, not from the template model's index (see :class:`UnitSource`)."""
+
+    stream_rows: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        return self.stream_rows if self.index is not None else self.size
+
+    @property
+    def row_counts(self) -> np.ndarray:
+        # A fit on unit_data has no unit without rows (UnitSource refuses them).
+        return np.ones(self.size, dtype=np.int64)
+
+    @property
+    def unit_of_row(self) -> np.ndarray:
+        raise AmortizationError(
+            f"The rows of plate '{self.name}' are read from unit_data chunk by chunk; they are "
+            "never in memory together."
+        )
+
+
+class ChunkData(NamedTuple):
+    """One chunk of units: their unit arrays, their rows' arrays, and (indexed plates) where each
+    unit's rows start in them, (n_c + 1,) int64."""
+
+    units: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+    offsets: np.ndarray | None
+
+
 class UnitSource:
     """The N units of a model's plate, read from an xarray Dataset one chunk at a time.
 
     Parameters
     ----------
     dataset : xarray.Dataset
-        One variable per unit-aligned data array of the plate (observed variables, ``pm.Data``
-        and encoder inputs), under the model's names, with the plate's dim first and the same
-        trailing shape as in the model. May be lazy (dask, zarr); its chunking along the unit dim
+        One variable per data array of the plate (observed variables, ``pm.Data`` and encoder
+        inputs), under the model's names, with the plate's dim first (its rows' dim for
+        row-aligned arrays of an indexed plate, whose index must be sorted by unit) and the same
+        trailing dims as in the model. May be lazy (dask, zarr); its chunking along the unit dim
         is the read unit (``DEFAULT_CHUNK`` units when it has none).
     analysis : ModelAnalysis
         The analysis of the template model.
     batch_size : int
-        B, the length of the step's buffers.
+        B, the length of the step's unit buffers.
+    model_dims, model_coords : mapping, optional
+        The model's dims of each variable and its coords, to read the dataset in their order.
 
     Attributes
     ----------
-    plate : Plate
+    plate : StreamedPlate
         The template's plate with its size set to the dataset's N.
     analysis : ModelAnalysis
         The template's analysis with that plate.
-    dim : str
-        The dataset's unit dim.
-    keys : tuple of str
-        The variables read, in a fixed order.
+    dim, row_dim : str
+        The dataset's unit dim, and (indexed plates) its rows' dim.
+    unit_keys, row_keys : tuple of str
+        The unit-aligned and (indexed plates) row-aligned variables read.
     bounds : ndarray
-        (n_chunks + 1,) int64 chunk starts, and N last.
+        (n_chunks + 1,) int64 chunk starts, and N last; ``row_bounds`` the chunks' first rows.
     batch : dict of str to ndarray
-        The fixed (B, ...) buffers, filled in place by :class:`ChunkedUnitSampler`.
+        The fixed buffers, filled in place by :class:`ChunkedUnitSampler`: (B, ...) per unit
+        variable, (B · most rows of a unit, ...) per row variable, with ``row_slot`` and
+        ``row_weight`` (0 for padding) per buffered row.
 
     Raises
     ------
     AmortizationError
-        When the model has more than one plate, when the plate ties several rows to a unit (an
-        index), when an encoder reads an unnamed array or a given matrix, or when the dataset
-        lacks a variable or the unit dim, or a variable's trailing shape or dtype does not match
-        the model's.
+        When the model has more than one plate, when an encoder reads an unnamed array or a given
+        matrix, when the dataset lacks a variable or a dim, when a variable's trailing dims,
+        labels or dtype do not match the model's, when a value is not finite, or when an index
+        is not sorted by unit, out of range, or leaves a unit without rows.
     """
 
     def __init__(
@@ -129,13 +175,8 @@ class UnitSource:
                 f"global; this model has the plates {names}:\n{analysis.summary()}{hint}"
             )
         (plate,) = plates
-        if plate.index is not None:
-            raise AmortizationError(
-                f"unit_data= streams a plate with one row per unit; plate '{plate.name}' ties "
-                f"rows to its units through '{plate.index.key}'. Give each unit's rows as "
-                "trailing axes of its variables (one row per unit), or fit in memory."
-            )
-        needed: dict[str, DataInput] = {d.key: d for d in plate.batched_units}
+        units: dict[str, DataInput] = {d.key: d for d in plate.batched_units}
+        rows: dict[str, DataInput] = {d.key: d for d in plate.batched_rows}
         for latent in plate.latents:
             if latent.input_matrix is not None:
                 raise AmortizationError(
@@ -143,54 +184,108 @@ class UnitSource:
                     "inputs must be variables of the dataset: name them in local= "
                     f"({{'{latent.name}': ['x', ...]}})."
                 )
-            needed |= {d.key: d for d in latent.unit_inputs}
-        for data in needed.values():
+            units |= {d.key: d for d in latent.unit_inputs}
+            rows |= {d.key: d for d in latent.row_inputs}
+        for data in (*units.values(), *rows.values(), *([plate.index] if plate.index else [])):
             if not data.named:
                 raise AmortizationError(
                     f"'{data.key}' is an unnamed array of the model aligned with plate "
                     f"'{plate.name}'; with unit_data= each such array is read from the dataset by "
                     "name: give it one with pm.Data and add it to the dataset."
                 )
-        self.dim = self._unit_dim(dataset, plate, needed)
-        self.size = int(dataset.sizes[self.dim])
+        self.index_key = plate.index.key if plate.index is not None else None
+        self.row_dim: str | None = None
+        if self.index_key is not None:
+            if self.index_key not in dataset or not dataset[self.index_key].dims:
+                raise AmortizationError(
+                    f"unit_data has no variable '{self.index_key}', the unit of each row of "
+                    f"plate '{plate.name}'; it has {sorted(dataset.data_vars)}."
+                )
+            self.row_dim = dataset[self.index_key].dims[0]
+        self.dim = self._unit_dim(dataset, plate, units)
+        self.unit_keys, self.row_keys = tuple(units), tuple(rows)
+        self.keys = self.unit_keys + self.row_keys
+        self.dtypes: dict[str, np.dtype] = {}
+        self.trailing: dict[str, tuple[int, ...]] = {}
+        variables = {}
+        for key, data in (*units.items(), *rows.items()):
+            template = np.asarray(data.value)
+            lead = self.dim if key in units else self.row_dim
+            dims = (model_dims or {}).get(key)
+            variables[key] = self._aligned(
+                dataset, key, lead, template, tuple(dims[1:]) if dims else None, model_coords or {}
+            )
+            self.dtypes[key], self.trailing[key] = template.dtype, template.shape[1:]
+        if self.index_key is not None:
+            index = dataset[self.index_key]
+            if index.ndim != 1 or index.dtype.kind not in "iu":
+                raise AmortizationError(
+                    f"unit_data['{self.index_key}'] must be one integer unit id per row; it has "
+                    f"dims {index.dims} and dtype {index.dtype}."
+                )
+            variables[self.index_key] = index
+        # unify_chunks: variables of one store may be chunked differently along a dim.
+        self.dataset = xr.Dataset(variables).unify_chunks()
+        if self.dim in self.dataset.sizes:
+            self.size = int(self.dataset.sizes[self.dim])
+        elif self.dim in dataset.sizes:
+            self.size = int(dataset.sizes[self.dim])
+        else:  # an indexed plate whose units have no variable: the index's last unit
+            self.size = int(self.dataset[self.index_key][-1].values) + 1
         if batch_size > self.size:
             raise AmortizationError(
                 f"batch_size={batch_size} is more than the {self.size} units of unit_data."
             )
-        self.keys = tuple(needed)
-        self.dtypes: dict[str, np.dtype] = {}
-        self.trailing: dict[str, tuple[int, ...]] = {}
-        variables = {}
-        for key, data in needed.items():
-            template = np.asarray(data.value)
-            dims = (model_dims or {}).get(key)
-            variables[key] = self._aligned(
-                dataset, key, template, tuple(dims[1:]) if dims else None, model_coords or {}
-            )
-            self.dtypes[key], self.trailing[key] = template.dtype, template.shape[1:]
-        # unify_chunks: variables of one store may be chunked differently along the units.
-        self.dataset = xr.Dataset(variables).unify_chunks()
-        self.bounds = self._chunk_bounds()
+        self.bounds = self._chunk_bounds(self.dim, self.size)
+        if self.index_key is not None and not self.unit_keys:
+            # No unit variable to take the chunking of: chunks of units with about as many rows
+            # as the rows' chunks.
+            n_rows = int(self.dataset.sizes[self.row_dim])
+            row_chunk = int(np.diff(self._chunk_bounds(self.row_dim, n_rows)).max(initial=1))
+            length = max(1, round(self.size * row_chunk / max(n_rows, 1)))
+            self.bounds = np.unique(np.r_[np.arange(0, self.size, length), self.size])
+        self.row_bounds: np.ndarray | None = None
+        self.n_rows, self.max_rows = self.size, 1
+        #: Fewest and most rows of a unit; centre and scale of log(1 + rows) over the units.
+        self.row_count_range: tuple[int, int] | None = None
+        self.log_count_scaling = (0.0, 1.0)
+        if self.index_key is not None:
+            self._index_pass()
         #: Variables whose chunks differ more than units stored in random order would (see scan).
         self.ordered: tuple[str, ...] = ()
         self._scan()
-        self.plate: Plate = dataclasses.replace(plate, size=self.size)
+        self.plate = StreamedPlate(
+            **{f.name: getattr(plate, f.name) for f in dataclasses.fields(plate)}
+            | {"size": self.size},
+            stream_rows=self.n_rows,
+        )
         self.analysis = dataclasses.replace(
             analysis,
             plates=tuple(self.plate if p is plate else p for p in analysis.plates),
         )
+        self.batch_size = batch_size
+        self.cap = batch_size * self.max_rows if self.index_key is not None else batch_size
         self.batch = {
-            key: np.zeros((batch_size, *self.trailing[key]), dtype=self.dtypes[key])
+            key: np.zeros(
+                (batch_size if key in units else self.cap, *self.trailing[key]),
+                dtype=self.dtypes[key],
+            )
             for key in self.keys
         }
+        self.row_slot = np.zeros(self.cap, dtype=np.int64)
+        self.row_weight = np.zeros(self.cap, dtype=pytensor.config.floatX)
+        #: The batch's rows, before the padding (a 0-d array, set in place).
+        self.row_count = np.zeros((), dtype=np.int64)
 
     @staticmethod
     def _unit_dim(dataset: xr.Dataset, plate: Plate, needed: Mapping[str, DataInput]) -> str:
-        if plate.dim is not None and plate.dim in dataset.dims:
+        if plate.dim is not None and (plate.dim in dataset.dims or plate.index is not None):
             return plate.dim
         leading = {dataset[k].dims[0] for k in needed if k in dataset and dataset[k].dims}
         if plate.dim is None and len(leading) == 1:
             return leading.pop()
+        if plate.dim is None and plate.index is not None and not needed:
+            return plate.name
         raise AmortizationError(
             f"unit_data has no dim '{plate.dim or plate.name}' for the units of plate "
             f"'{plate.name}'; its dims are {sorted(dataset.dims)}."
@@ -200,6 +295,7 @@ class UnitSource:
         self,
         dataset: xr.Dataset,
         key: str,
+        lead: str,
         template: np.ndarray,
         trailing_dims: tuple[str, ...] | None,
         coords: Mapping[str, Sequence],
@@ -207,20 +303,20 @@ class UnitSource:
         """``dataset[key]`` checked against the model's variable and laid out as the model
         reads it: its trailing dims in the model's order (by name) and their coords in the
         model's order (by label), so that a store written in another order is read right."""
-        self._check_variable(dataset, key, template)
+        self._check_variable(dataset, key, lead, template)
         var = dataset[key]
         if trailing_dims is not None and tuple(var.dims[1:]) != trailing_dims:
             if set(var.dims[1:]) != set(trailing_dims):
                 raise AmortizationError(
                     f"unit_data['{key}'] has the dims {var.dims}; the model's '{key}' has "
-                    f"{(self.dim, *trailing_dims)}: give the dataset the model's dim names."
+                    f"{(lead, *trailing_dims)}: give the dataset the model's dim names."
                 )
-            var = var.transpose(self.dim, *trailing_dims)
+            var = var.transpose(lead, *trailing_dims)
         for dim in var.dims[1:]:
             if dim not in coords or dim not in var.coords:
                 continue
             labels = list(np.asarray(coords[dim]).tolist())
-            if list(var[dim].values.tolist()) != labels:
+            if var[dim].values.tolist() != labels:
                 if set(var[dim].values.tolist()) != set(labels):
                     raise AmortizationError(
                         f"unit_data['{key}'] has the labels {var[dim].values.tolist()} along "
@@ -234,52 +330,16 @@ class UnitSource:
             )
         return var
 
-    def _scan(self) -> None:
-        """One pass over the dataset: every value finite, and which variables' chunk means
-        differ more than a random order of the units would make them (an ordered store, whose
-        few pooled chunks make neighbouring batches alike)."""
-        sums = {k: [] for k in self.keys}
-        squares = dict.fromkeys(self.keys, 0.0)
-        for start, stop in self.spans():
-            piece = self.read(start, stop)
-            for key, values in piece.items():
-                flat = values.reshape(stop - start, -1).astype(np.float64)
-                finite = np.isfinite(flat).all(axis=1)
-                if not finite.all():
-                    first = start + int(np.flatnonzero(~finite)[0])
-                    raise AmortizationError(
-                        f"unit_data['{key}'] has NaN or inf at unit {first} (of '{self.dim}'); "
-                        "every value the model reads must be finite."
-                    )
-                sums[key].append(flat.sum(axis=0))
-                squares[key] = squares[key] + (flat**2).sum(axis=0)
-        lengths = self.chunk_lengths.astype(np.float64)
-        if lengths.size < 3:
-            return
-        ordered = []
-        for key in self.keys:
-            chunk_means = np.stack(sums[key]) / lengths[:, None]
-            mean = chunk_means.T @ lengths / self.size
-            variance = squares[key] / self.size - mean**2
-            # Under a random order a chunk mean has variance ≈ variance / n_c: the ratio of the
-            # chunk means' spread to that is ≈ 1 (an F statistic); 10 is far beyond chance.
-            spread = ((chunk_means - mean) ** 2 * lengths[:, None]).sum(axis=0) / (lengths.size - 1)
-            ratio = spread / np.where(variance > 0, variance, np.inf)
-            if (ratio > ORDER_RATIO).any():
-                ordered.append(key)
-        self.ordered = tuple(ordered)
-
-    def _check_variable(self, dataset: xr.Dataset, key: str, template: np.ndarray) -> None:
+    def _check_variable(self, dataset: xr.Dataset, key: str, lead: str, template) -> None:
         if key not in dataset:
             raise AmortizationError(
                 f"unit_data has no variable '{key}', which the model reads per unit of plate "
                 f"'{self.dim}'; it has {sorted(dataset.data_vars)}."
             )
         var = dataset[key]
-        if not var.dims or var.dims[0] != self.dim:
+        if not var.dims or var.dims[0] != lead:
             raise AmortizationError(
-                f"unit_data['{key}'] must have the unit dim '{self.dim}' first; its dims are "
-                f"{var.dims}."
+                f"unit_data['{key}'] must have the dim '{lead}' first; its dims are {var.dims}."
             )
         if var.ndim != template.ndim:
             raise AmortizationError(
@@ -296,14 +356,127 @@ class UnitSource:
                 f"{template.dtype} (counts?); store it as integers."
             )
 
-    def _chunk_bounds(self) -> np.ndarray:
-        chunks = self.dataset.chunksizes.get(self.dim) if self.dataset.chunks else None
+    def _chunk_bounds(self, dim: str, size: int) -> np.ndarray:
+        chunks = self.dataset.chunksizes.get(dim) if self.dataset.chunks else None
         if chunks:
             lengths = np.asarray(chunks, dtype=np.int64)
         else:
-            n_full, rest = divmod(self.size, DEFAULT_CHUNK)
+            n_full, rest = divmod(size, DEFAULT_CHUNK)
             lengths = np.asarray([DEFAULT_CHUNK] * n_full + ([rest] if rest else []), np.int64)
         return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+    def _index_pass(self) -> None:
+        """One pass over the index, row chunk by row chunk: sorted, in range, every unit with
+        rows; each unit chunk's first row; the rows per unit's range and log-count moments."""
+        key, n_units = self.index_key, self.size
+        row_bounds = np.zeros(self.bounds.size, dtype=np.int64)
+        bounds = self._chunk_bounds(self.row_dim, int(self.dataset.sizes[self.row_dim]))
+        previous, carry = -1, (-1, 0)
+        with_rows, low, high, total, squares = 0, np.iinfo(np.int64).max, 0, 0.0, 0.0
+
+        def close(count: int) -> None:
+            nonlocal with_rows, low, high, total, squares
+            with_rows += 1
+            low, high = min(low, count), max(high, count)
+            total, squares = total + np.log1p(count), squares + np.log1p(count) ** 2
+
+        for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            index = self._read_index(start, stop)
+            if index.size == 0:
+                continue
+            if index[0] < previous or (index.size > 1 and (np.diff(index) < 0).any()):
+                raise AmortizationError(
+                    f"unit_data['{key}'] must be sorted by unit (rows of a unit together, units "
+                    "in order) to be read chunk by chunk; sort the store by it "
+                    f"(ds.sortby('{key}')), near row {start}."
+                )
+            if index[0] < 0 or index[-1] >= n_units:
+                raise AmortizationError(
+                    f"unit_data['{key}'] has unit ids outside 0..{n_units - 1} near row {start}."
+                )
+            previous = int(index[-1])
+            row_bounds += np.searchsorted(index, self.bounds, side="left")
+            units, counts = np.unique(index, return_counts=True)
+            if units[0] == carry[0]:
+                counts[0] += carry[1]
+            elif carry[1]:
+                close(carry[1])
+            for count in counts[:-1]:
+                close(int(count))
+            carry = (int(units[-1]), int(counts[-1]))
+        if carry[1]:
+            close(carry[1])
+        if with_rows < n_units:
+            raise AmortizationError(
+                f"{n_units - with_rows} of the {n_units} units of '{self.dim}' in unit_data have "
+                "no rows. A fit on unit_data needs rows for every unit: leave the others out "
+                "(their posterior is their prior given the globals: approx.sample_new_units with "
+                "units= gives it)."
+            )
+        self.row_bounds = row_bounds
+        self.n_rows, self.max_rows = int(row_bounds[-1]), int(high)
+        self.row_count_range = (int(low), int(high))
+        mean = total / n_units
+        self.log_count_scaling = (
+            mean,
+            float(np.sqrt(max(squares / n_units - mean**2, 0.0))) or 1.0,
+        )
+
+    def _read_index(self, start: int, stop: int) -> np.ndarray:
+        var = self.dataset[self.index_key].isel({self.row_dim: slice(start, stop)})
+        return np.asarray(var.values, dtype=np.int64)
+
+    def _scan(self) -> None:
+        """One pass over the dataset: every value finite, and which variables' chunk means
+        differ more than a random order of the units would make them (an ordered store, whose
+        few pooled chunks make neighbouring batches alike)."""
+        sums = {k: [] for k in self.keys}
+        counts = {k: [] for k in self.keys}
+        squares = dict.fromkeys(self.keys, 0.0)
+        for chunk in range(self.n_chunks):
+            start = int(self.bounds[chunk])
+            data = self.read_chunk(chunk)
+            for key, values in (*data.units.items(), *data.rows.items()):
+                flat = values.reshape(values.shape[0], -1).astype(np.float64)
+                finite = np.isfinite(flat).all(axis=1)
+                if not finite.all():
+                    where = int(np.flatnonzero(~finite)[0])
+                    at = (
+                        f"unit {start + where}"
+                        if key in data.units
+                        else f"row {int(self.row_bounds[chunk]) + where}"
+                    )
+                    raise AmortizationError(
+                        f"unit_data['{key}'] has NaN or inf at {at}; every value the model reads "
+                        "must be finite."
+                    )
+                if key not in data.units:
+                    # Rows are alike within a unit by design: compare chunks by unit means.
+                    sizes = np.diff(data.offsets)[:, None]
+                    flat = np.add.reduceat(flat, data.offsets[:-1], axis=0) / sizes
+                sums[key].append(flat.sum(axis=0))
+                counts[key].append(flat.shape[0])
+                squares[key] = squares[key] + (flat**2).sum(axis=0)
+        if self.n_chunks < 3:
+            return
+        ordered = []
+        for key in self.keys:
+            lengths = np.asarray(counts[key], dtype=np.float64)
+            keep = lengths > 0
+            lengths, chunk_sums = lengths[keep], np.stack(sums[key])[keep]
+            n = lengths.sum()
+            chunk_means = chunk_sums / lengths[:, None]
+            mean = chunk_sums.sum(axis=0) / n
+            variance = squares[key] / n - mean**2
+            # Under a random order a chunk mean has variance ≈ variance / n_c: the ratio of the
+            # chunk means' spread to that is ≈ 1 (an F statistic); 10 is far beyond chance.
+            spread = ((chunk_means - mean) ** 2 * lengths[:, None]).sum(axis=0) / max(
+                lengths.size - 1, 1
+            )
+            ratio = spread / np.where(variance > 0, variance, np.inf)
+            if (ratio > ORDER_RATIO).any():
+                ordered.append(key)
+        self.ordered = tuple(ordered)
 
     @property
     def n_chunks(self) -> int:
@@ -313,15 +486,48 @@ class UnitSource:
     def chunk_lengths(self) -> np.ndarray:
         return np.diff(self.bounds)
 
+    @property
+    def chunk_rows(self) -> np.ndarray:
+        """Rows of each chunk of units (its units for a row plate)."""
+        return np.diff(self.row_bounds) if self.row_bounds is not None else self.chunk_lengths
+
     def read(self, start: int, stop: int, keys=None) -> dict[str, np.ndarray]:
-        """Units ``start:stop`` of each variable (all of ``keys``) as numpy, in the model's
+        """Units ``start:stop`` of each unit variable (all of ``keys``) as numpy, in the model's
         dtype: one read of the dataset (dask computes the variables together)."""
-        keys = self.keys if keys is None else tuple(keys)
+        keys = self.unit_keys if keys is None else tuple(keys)
+        if not keys:
+            return {}
         piece = self.dataset[list(keys)].isel({self.dim: slice(start, stop)}).compute()
         return {k: np.asarray(piece[k].values, dtype=self.dtypes[k]) for k in keys}
 
-    def read_chunk(self, chunk: int) -> dict[str, np.ndarray]:
-        return self.read(int(self.bounds[chunk]), int(self.bounds[chunk + 1]))
+    def _row_start(self, unit: int) -> int:
+        """The first row of ``unit`` (of the rows of units ``unit`` and after)."""
+        chunk = int(np.searchsorted(self.bounds, unit, side="right")) - 1
+        if chunk >= self.n_chunks or unit == self.bounds[chunk]:
+            return int(self.row_bounds[min(chunk, self.n_chunks)])
+        lo, hi = int(self.row_bounds[chunk]), int(self.row_bounds[chunk + 1])
+        return lo + int(np.searchsorted(self._read_index(lo, hi), unit, side="left"))
+
+    def read_rows(
+        self, start: int, stop: int, keys=None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The rows of units ``start:stop`` of each row variable (all of ``keys``), and each
+        row's unit position 0..stop-start-1 (int64)."""
+        keys = self.row_keys if keys is None else tuple(keys)
+        lo, hi = self._row_start(start), self._row_start(stop)
+        piece = self.dataset[[*keys, self.index_key]].isel({self.row_dim: slice(lo, hi)})
+        piece = piece.compute()
+        slot = np.asarray(piece[self.index_key].values, dtype=np.int64) - start
+        return {k: np.asarray(piece[k].values, dtype=self.dtypes[k]) for k in keys}, slot
+
+    def read_chunk(self, chunk: int) -> ChunkData:
+        start, stop = int(self.bounds[chunk]), int(self.bounds[chunk + 1])
+        units = self.read(start, stop)
+        if self.index_key is None:
+            return ChunkData(units, {}, None)
+        rows, slot = self.read_rows(start, stop)
+        offsets = np.searchsorted(slot, np.arange(stop - start + 1), side="left").astype(np.int64)
+        return ChunkData(units, rows, offsets)
 
     def spans(self, chunk_size: int | None = None) -> Iterator[tuple[int, int]]:
         """(start, stop) of the dataset's chunks, or of pieces of ``chunk_size`` units."""
@@ -372,20 +578,41 @@ class ChunkedUnitSampler:
     ):
         self.source = source
         self.rng = np.random.default_rng(random_seed)
-        self.batch_size = next(iter(source.batch.values())).shape[0]
-        lengths = source.chunk_lengths
-        unit_bytes = sum(
-            source.dtypes[k].itemsize * int(np.prod(source.trailing[k], dtype=np.int64))
-            for k in source.keys
-        )
+        self.batch_size = source.batch_size
+        lengths, rows = source.chunk_lengths, source.chunk_rows
+        indexed = source.index_key is not None
+
+        def nbytes(keys) -> int:
+            return sum(
+                source.dtypes[k].itemsize * int(np.prod(source.trailing[k], dtype=np.int64))
+                for k in keys
+            )
+
+        # A unit costs its unit variables, its offset (indexed plates) and its rows' variables.
+        unit_bytes, row_bytes = nbytes(source.unit_keys) + 8 * indexed, nbytes(source.row_keys)
         budget = pool_mib * 2**20
-        self.whole = slots is None and source.size * unit_bytes <= budget
-        if self.whole:
-            self.slots, self.width = 1, source.size
+        self.whole = slots is None and (
+            source.size * unit_bytes + source.n_rows * row_bytes <= budget
+        )
+        if self.whole:  # one slot holding the whole dataset
+            self.slots, self.width, self.row_width = 1, source.size, source.n_rows
         else:
-            self.width = int(lengths.max())
-            fit = int(budget // (self.width * unit_bytes))
+            self.width, self.row_width = int(lengths.max()), int(rows.max())
+            fit = int(budget // max(self.width * unit_bytes + self.row_width * row_bytes, 1))
             self.slots = int(slots) if slots is not None else max(2, fit)
+        if source.ordered and not self.whole:
+            warnings.warn(
+                f"unit_data's chunks differ more than units stored in random order would "
+                f"({', '.join(source.ordered)}: the chunk means spread over {ORDER_RATIO:g}x "
+                f"what a random order gives), and the pool holds {self.slots} of its "
+                f"{source.n_chunks} chunks at a time, so neighbouring batches "
+                "come from a few alike chunks, which slows the fit and can bias its globals. "
+                "Store the units shuffled, or raise unit_data_pool_mib to "
+                f"{math.ceil((source.size * unit_bytes + source.n_rows * row_bytes) / 2**20)} "
+                "to hold the whole dataset.",
+                ChunkOrderWarning,
+                stacklevel=2,
+            )
         self.chunk_probabilities = lengths / lengths.sum()
         self.refresh_every = (
             refresh_every
@@ -393,9 +620,17 @@ class ChunkedUnitSampler:
             else max(1, math.ceil(lengths.mean() / self.batch_size))
         )
         self.pool = {
-            key: np.zeros((self.slots * self.width, *source.trailing[key]), source.dtypes[key])
+            key: np.zeros(
+                (
+                    self.slots * (self.width if key in source.unit_keys else self.row_width),
+                    *source.trailing[key],
+                ),
+                source.dtypes[key],
+            )
             for key in source.keys
         }
+        #: Where each pooled unit's rows start in its slot's rows (indexed plates).
+        self.offsets = np.zeros((self.slots, self.width + 1), dtype=np.int64) if indexed else None
         #: The chunk each slot holds, and its length.
         self.slot_chunks = np.zeros(self.slots, dtype=np.int64)
         self.slot_lengths = np.zeros(self.slots, dtype=np.int64)
@@ -404,23 +639,10 @@ class ChunkedUnitSampler:
         self.units = np.zeros(self.batch_size, dtype=np.int64)
         self._reader: ThreadPoolExecutor | None = None
         if self.whole:
-            for start, stop in source.spans():
-                for key, array in source.read(start, stop).items():
-                    self.pool[key][start:stop] = array
-                self.chunks_read += 1
+            for chunk in range(source.n_chunks):
+                self._put_whole(chunk, source.read_chunk(chunk))
+            self.slot_lengths[0] = source.size
             return
-        if source.ordered:
-            warnings.warn(
-                f"unit_data's chunks differ more than units stored in random order would "
-                f"({', '.join(source.ordered)}: the chunk means spread over {ORDER_RATIO:g}x "
-                f"what a random order gives), and the pool holds {self.slots} of its "
-                f"{source.n_chunks} chunks at a time, so neighbouring batches "
-                "come from a few alike chunks, which slows the fit and can bias its globals. "
-                "Store the units shuffled, or raise unit_data_pool_mib to "
-                f"{math.ceil(source.size * unit_bytes / 2**20)} to hold the whole dataset.",
-                ChunkOrderWarning,
-                stacklevel=2,
-            )
         for slot in range(self.slots):
             chunk = self._draw_chunk()
             self._put(slot, chunk, source.read_chunk(chunk))
@@ -435,31 +657,60 @@ class ChunkedUnitSampler:
         chunk = self._draw_chunk()
         return chunk, self._reader.submit(self.source.read_chunk, chunk)
 
-    def _put(self, slot: int, chunk: int, values: Mapping[str, np.ndarray]) -> None:
+    def _put(self, slot: int, chunk: int, data: ChunkData) -> None:
         length = int(self.source.chunk_lengths[chunk])
-        begin = slot * self.width
-        for key, array in values.items():
+        begin, row_begin = slot * self.width, slot * self.row_width
+        for key, array in data.units.items():
             self.pool[key][begin : begin + length] = array
+        for key, array in data.rows.items():
+            self.pool[key][row_begin : row_begin + len(array)] = array
+        if data.offsets is not None:
+            self.offsets[slot, : length + 1] = data.offsets
         self.slot_chunks[slot], self.slot_lengths[slot] = chunk, length
+        self.chunks_read += 1
+
+    def _put_whole(self, chunk: int, data: ChunkData) -> None:
+        start, stop = int(self.source.bounds[chunk]), int(self.source.bounds[chunk + 1])
+        for key, array in data.units.items():
+            self.pool[key][start:stop] = array
+        if data.offsets is not None:
+            row_start = int(self.source.row_bounds[chunk])
+            for key, array in data.rows.items():
+                self.pool[key][row_start : row_start + len(array)] = array
+            self.offsets[0, start : stop + 1] = row_start + data.offsets
         self.chunks_read += 1
 
     def fill(self) -> None:
         """Put the next step's batch into the source's buffers (in place)."""
         self.steps += 1
-        if self.whole:
-            self.units = pool_position = self.rng.integers(self.width, size=self.batch_size)
-        else:
-            if self.steps % self.refresh_every == 0:
-                slot = (self.steps // self.refresh_every) % self.slots
-                chunk, future = self._next
-                self._put(slot, chunk, future.result())
-                self._next = self._read_ahead()
-            slot = self.rng.integers(self.slots, size=self.batch_size)
-            position = (self.rng.random(self.batch_size) * self.slot_lengths[slot]).astype(np.int64)
-            self.units = self.source.bounds[self.slot_chunks[slot]] + position
-            pool_position = slot * self.width + position
-        for key, buffer in self.source.batch.items():
-            np.take(self.pool[key], pool_position, axis=0, out=buffer)
+        if not self.whole and self.steps % self.refresh_every == 0:
+            slot = (self.steps // self.refresh_every) % self.slots
+            chunk, future = self._next
+            self._put(slot, chunk, future.result())
+            self._next = self._read_ahead()
+        slot = self.rng.integers(self.slots, size=self.batch_size)
+        position = (self.rng.random(self.batch_size) * self.slot_lengths[slot]).astype(np.int64)
+        self.units = self.source.bounds[self.slot_chunks[slot]] + position
+        batch = self.source.batch
+        for key in self.source.unit_keys:
+            np.take(self.pool[key], slot * self.width + position, axis=0, out=batch[key])
+        if self.offsets is None:
+            return
+        first = self.offsets[slot, position]
+        counts = self.offsets[slot, position + 1] - first
+        total = int(counts.sum())
+        ends = np.cumsum(counts)
+        rows = np.repeat(slot * self.row_width + first - (ends - counts), counts)
+        rows += np.arange(total)
+        for key in self.source.row_keys:
+            np.take(self.pool[key], rows, axis=0, out=batch[key][:total])
+            # Padding repeats the batch's first row (real data, so its terms are finite).
+            batch[key][total:] = batch[key][0]
+        self.source.row_slot[:total] = np.repeat(np.arange(self.batch_size), counts)
+        self.source.row_slot[total:] = 0
+        self.source.row_weight[:total] = 1.0
+        self.source.row_weight[total:] = 0.0
+        self.source.row_count[...] = total
 
     def close(self) -> None:
         """Stop the read-ahead thread."""
@@ -480,32 +731,27 @@ class ColumnSummary:
 
 
 def input_columns(
-    source: UnitSource, keys: Sequence[str], chunk_size: int | None = None
+    source: UnitSource, keys: Sequence[str], chunk_size: int | None = None, *, rows: bool = False
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(start, stop, (stop - start, k) float64 matrix) of the named variables side by side."""
+    """(start, stop, (n, k) float64 matrix) of the named variables side by side, for the units
+    ``start:stop`` (n = stop - start) or, with ``rows``, for their rows."""
     for start, stop in source.spans(chunk_size):
-        piece = source.read(start, stop, keys)
+        piece = source.read_rows(start, stop, keys)[0] if rows else source.read(start, stop, keys)
+        n = len(next(iter(piece.values())))
         yield (
             start,
             stop,
-            np.column_stack([piece[k].reshape(stop - start, -1).astype(np.float64) for k in keys]),
+            np.column_stack([piece[k].reshape(n, -1).astype(np.float64) for k in keys]),
         )
 
 
-def summarize_columns(source: UnitSource, keys: Sequence[str], what: str) -> ColumnSummary:
-    """One pass over the dataset: column means, covariance, minima and maxima.
-
-    Raises :class:`AmortizationError` naming the variable when a value is NaN or infinite.
-    """
+def summarize_columns(
+    source: UnitSource, keys: Sequence[str], *, rows: bool = False
+) -> ColumnSummary:
+    """One pass over the dataset: the columns' means, covariance, minima and maxima (their
+    values were checked finite by the source's scan)."""
     n, total, outer, low, high = 0, 0.0, 0.0, np.inf, -np.inf
-    for start, _, matrix in input_columns(source, keys):
-        finite = np.isfinite(matrix).all(axis=1)
-        if not finite.all():
-            first = start + int(np.flatnonzero(~finite)[0])
-            raise AmortizationError(
-                f"unit_data[{list(keys)}] ({what}) has NaN or inf at unit {first}; the encoder "
-                "needs finite inputs."
-            )
+    for _, _, matrix in input_columns(source, keys, rows=rows):
         n += matrix.shape[0]
         total = total + matrix.sum(axis=0)
         outer = outer + matrix.T @ matrix

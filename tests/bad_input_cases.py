@@ -439,15 +439,20 @@ CASES: list[BadInputCase] = [
         r"unit_data= reads minibatches of units from a dataset; give their size, batch_size=",
     ),
     _case(
-        "unit-data-indexed-plate",
-        "`unit_data=` for a plate whose units have several rows through an index",
+        "unit-data-unsorted-index",
+        "`unit_data=` whose rows are not sorted by unit",
         lambda: _fit(
             radon_model(radon_data(10, 60, random_seed=0)),
-            unit_data=xr.Dataset({"log_radon": ("obs_id", np.zeros(50))}),
+            unit_data=xr.Dataset(
+                {
+                    "county_idx": ("obs_id", np.arange(40) % 10),
+                    "floor": ("obs_id", np.zeros(40)),
+                    "log_radon": ("obs_id", np.zeros(40)),
+                }
+            ),
             batch_size=2,
         ),
-        r"unit_data= streams a plate with one row per unit; plate 'county' ties rows to its "
-        r"units through 'county_idx'",
+        r"unit_data\['county_idx'\] must be sorted by unit",
     ),
     # -- new units after a fit -------------------------------------------------------------------
     _case(

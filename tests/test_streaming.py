@@ -13,6 +13,7 @@ import xarray as xr
 
 import pymc_amortize
 from pymc_amortize import AmortizationError
+from pymc_amortize.accelerators import compile_noise_loss
 from pymc_amortize.analysis import analyze_model
 from pymc_amortize.examples.paper import nonlinear_model
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
@@ -205,6 +206,136 @@ def test_a_fit_on_unit_data_holds_the_pool_it_is_given(pool_mib, held):
     assert sampler.source.batch["x"].shape == (20,)
 
 
+def _sorted_radon(n_counties=60, n_rows=900, seed=3):
+    """Simulated radon as a store: houses sorted by county in chunks of 250 (the counties, with
+    no variable of their own, are read in chunks of about as many houses)."""
+    data = radon_data(n_counties, n_rows, random_seed=seed)
+    order = np.argsort(data.county_idx, kind="stable")
+    rows = {k: ("obs_id", getattr(data, k)[order]) for k in ("floor", "county_idx", "log_radon")}
+    ds = xr.Dataset(rows, coords={"county": np.arange(data.n_counties)})
+    return data, ds.chunk({"obs_id": 250})
+
+
+@pytest.fixture(scope="module")
+def indexed_streamed_and_in_memory():
+    """Counties with their houses read from unit_data through a pool of 2 of 4 chunks, and the
+    same data in memory, at the streamed fit's initial parameters."""
+    data, ds = _sorted_radon()
+    template = radon_model(radon_data(20, 300, random_seed=4))
+    options = {"batch_size": 5, "random_seed": 1, "encoder_widths": (8,)}
+    streamed = AmortizedVI(model=template, unit_data=ds, unit_data_pool_mib=0.001, **options)
+    whole = AmortizedVI(model=radon_model(data), **options)
+    for mine, theirs in zip(streamed.approx.params, whole.approx.params, strict=True):
+        theirs.set_value(mine.get_value())
+    return streamed, whole, data
+
+
+def test_an_indexed_plate_streams_unbiased_minibatches(indexed_streamed_and_in_memory):
+    """Counties drawn from a pool of chunks with all their houses, padded buffers read up to the
+    batch's rows: the gradient averages to the full-batch one, as for a row plate."""
+    streamed, whole, _ = indexed_streamed_and_in_memory
+    pool = ChunkedUnitSampler(streamed.approx.unit_source, pool_mib=streamed.objective.pool_mib)
+    assert (pool.whole, pool.slots) == (False, 2)
+    pool.close()
+    stream_grad = streamed.objective.gradient_function(random_seed=0)
+    full_grad = whole.objective.gradient_function(full_batch=True, obj_n_mc=20, random_seed=0)
+
+    def flat(fn, n):
+        return np.array([np.concatenate([g.ravel() for g in fn()[1]]) for _ in range(n)])
+
+    batches, full = flat(stream_grad, 4_000), flat(full_grad, 200)
+    blocks = batches.reshape(40, 100, -1).mean(axis=1)
+    se = np.sqrt(blocks.var(axis=0, ddof=1) / 40 + full.var(axis=0, ddof=1) / 200)
+    varies = se > 0  # weights of dead ReLUs have a zero gradient throughout
+    z = (batches.mean(axis=0) - full.mean(axis=0))[varies] / se[varies]
+    assert np.abs(z).max() < 4.5, np.abs(z).max()
+
+
+def test_an_indexed_plate_from_unit_data_encodes_every_county_as_in_memory(
+    indexed_streamed_and_in_memory,
+):
+    streamed, whole, data = indexed_streamed_and_in_memory
+    mine, theirs = streamed.approx.encode()["a"], whole.approx.encode()["a"]
+    assert mine.mean.shape == (data.n_counties,)
+    np.testing.assert_allclose(mine.mean, theirs.mean, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(mine.sd, theirs.sd, rtol=0, atol=1e-10)
+    ds = streamed.approx.encode_dataset(chunk_size=7, progressbar=False, summary=False)
+    np.testing.assert_allclose(ds["a_mean"].values, theirs.mean, rtol=0, atol=1e-10)
+    source = streamed.approx.unit_source
+    counts = np.bincount(data.county_idx)
+    assert source.row_count_range == (counts.min(), counts.max())
+    assert source.cap == 5 * counts.max()
+
+
+def test_padded_and_trimmed_row_buffers_give_the_same_loss(indexed_streamed_and_in_memory):
+    """Under NUMBA the step reads the buffers up to the batch's rows; with static shapes (JAX) it
+    reads them whole, padding weighted out: the same loss and gradient for the same batch."""
+    streamed, _, _ = indexed_streamed_and_in_memory
+    sampler = ChunkedUnitSampler(streamed.approx.unit_source, random_seed=0)
+    trimmed, noise = compile_noise_loss(streamed, mode="NUMBA", static_shapes=False)
+    padded, _ = compile_noise_loss(streamed, mode="NUMBA", static_shapes=True)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        sampler.fill()
+        assert streamed.approx.unit_source.row_count < streamed.approx.unit_source.cap
+        draws = noise.draw(rng)
+        for expected, got in zip(trimmed(*draws), padded(*draws), strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda ds: ds.isel(obs_id=slice(None, None, -1)), "must be sorted by unit"),
+        (lambda ds: ds.isel(obs_id=np.flatnonzero(ds["county_idx"].values != 2)), "have no rows"),
+        (lambda ds: ds.drop_vars("county_idx"), "no variable 'county_idx'"),
+    ],
+    ids=["unsorted", "units-without-rows", "no-index"],
+)
+def test_an_indexed_store_that_cannot_be_streamed_is_named(change, match):
+    _, ds = _sorted_radon()
+    template = radon_model(radon_data(20, 300, random_seed=4))
+    with pytest.raises(AmortizationError, match=match):
+        AmortizedVI(model=template, unit_data=change(ds), batch_size=5)
+
+
+@pytest.mark.slow
+def test_indexed_rows_and_a_unit_observation_from_zarr_match_the_closed_form(tmp_path):
+    """a_j ~ N(0, 1), y_i ~ N(a[idx_i], 1) (rows, sorted by unit), u_j ~ N(a_j, 0.5): exact
+    posterior N((Σ y + 4 u_j) / (5 + n_j), 1 / (5 + n_j)), read from zarr through a pool."""
+    pytest.importorskip("zarr")
+    rng = np.random.default_rng(0)
+    J, R = 400, 4_000
+    idx = np.sort(rng.integers(0, J, R))
+    a_true = rng.normal(size=J)
+    y, u = a_true[idx] + rng.normal(size=R), a_true + 0.5 * rng.normal(size=J)
+    ds = xr.Dataset({"idx": ("obs", idx), "y": ("obs", y), "u": ("group", u)})
+    ds.chunk({"obs": 500, "group": 50}).to_zarr(tmp_path / "rows.zarr", consolidated=False)
+    stored = xr.open_zarr(tmp_path / "rows.zarr", consolidated=False)
+    with pm.Model(coords={"group": range(20), "obs": range(60)}) as template:
+        index = pm.Data("idx", np.repeat(np.arange(20), 3), dims="obs")
+        a = pm.Normal("a", 0, 1, dims="group")
+        pm.Normal("y", a[index], 1, observed=y[:60], dims="obs")
+        pm.Normal("u", a, 0.5, observed=u[:20], dims="group")
+    approx = pm.fit(
+        4_000,
+        method="amortized",
+        model=template,
+        unit_data=stored,
+        unit_data_pool_mib=0.02,
+        batch_size=20,
+        obj_optimizer=pm.adam(learning_rate=1e-2),
+        random_seed=0,
+        progressbar=False,
+    )
+    precision = 5 + np.bincount(idx, minlength=J)
+    mean = (np.bincount(idx, weights=y, minlength=J) + 4 * u) / precision
+    q = approx.encode()["a"]
+    z = (q.mean - mean) * np.sqrt(precision)
+    assert np.sqrt(np.mean(z**2)) < 0.5, np.sqrt(np.mean(z**2))
+    assert 0.8 < np.mean(q.sd * np.sqrt(precision)) < 1.2
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -224,13 +355,10 @@ def test_unit_data_that_does_not_match_the_model_is_named(change, match):
         )
 
 
-def test_unit_data_needs_a_batch_size_and_one_row_per_unit():
+def test_unit_data_needs_a_batch_size():
     ds = _dataset(np.zeros(100), 50)
     with pytest.raises(AmortizationError, match="batch_size"):
         AmortizedVI(model=nonlinear_model(np.random.default_rng(0).normal(size=20)), unit_data=ds)
-    model = radon_model(radon_data(10, 60, random_seed=0))
-    with pytest.raises(AmortizationError, match="county_idx"):
-        AmortizedVI(model=model, unit_data=ds, batch_size=5)
 
 
 def test_counts_stored_as_floats_are_refused_for_an_integer_observed_variable():

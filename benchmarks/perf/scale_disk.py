@@ -208,6 +208,98 @@ def against_memory(store_dir: Path, n_units: int, *, sort: bool = False) -> dict
     }
 
 
+def write_indexed_store(path: Path, n_units: int, *, rows_per_unit: float = 10.0) -> int:
+    """Radon-style rows, sorted by unit: unit j has 1 + Poisson(rows_per_unit - 1) rows, each
+    with a covariate x and y ~ N(a_j + 0.5 x, 1), a_j ~ N(1, 0.5). Written unit chunk by unit
+    chunk; returns the number of rows."""
+    import xarray as xr
+    import zarr
+
+    rng = np.random.default_rng(0)
+    counts = 1 + rng.poisson(rows_per_unit - 1, size=n_units)
+    n_rows = int(counts.sum())
+    root = zarr.open_group(str(path), mode="w")
+    arrays = {
+        name: root.create_array(
+            name, shape=(n_rows,), chunks=(CHUNK,), dtype=dtype, dimension_names=["row"]
+        )
+        for name, dtype in (("idx", "int64"), ("x", "float64"), ("y", "float64"))
+    }
+    start = 0
+    for first in range(0, n_units, CHUNK // 10):
+        units = np.arange(first, min(first + CHUNK // 10, n_units))
+        idx = np.repeat(units, counts[units])
+        a = 1.0 + 0.5 * rng.standard_normal(units.size)
+        x = rng.standard_normal(idx.size)
+        y = np.repeat(a, counts[units]) + 0.5 * x + rng.standard_normal(idx.size)
+        for name, values in (("idx", idx), ("x", x), ("y", y)):
+            arrays[name][start : start + idx.size] = values
+        start += idx.size
+    del root
+    xr.open_zarr(path, consolidated=False)
+    return n_rows
+
+
+def _indexed_model(rows):
+    import pymc as pm
+
+    n_units = int(rows["idx"].max()) + 1
+    with pm.Model(coords={"unit": range(n_units), "row": range(rows.sizes["row"])}) as model:
+        idx = pm.Data("idx", rows["idx"].values, dims="row")
+        x = pm.Data("x", rows["x"].values, dims="row")
+        mu, sigma_a = pm.Normal("mu", 0, 5), pm.HalfNormal("sigma_a", 1)
+        a = pm.Normal("a", mu, sigma_a, dims="unit")
+        b, sigma = pm.Normal("b", 0, 1), pm.HalfNormal("sigma", 1)
+        pm.Normal("y", a[idx] + b * x, sigma, observed=rows["y"].values, dims="row")
+    return model
+
+
+def one_indexed(n_units: int, steps: int, store_dir: Path) -> dict:
+    """An indexed plate (units with ~10 rows each) from zarr, in this (fresh) process: fit peak
+    and step; then the same fit in memory for its step time."""
+    import pymc as pm
+    import xarray as xr
+
+    import pymc_amortize  # noqa: F401
+
+    options = {
+        "method": "amortized",
+        "batch_size": BATCH,
+        "encoder_widths": (16,),
+        "obj_optimizer": pm.adam(learning_rate=1e-2),
+        "random_seed": 0,
+        "progressbar": False,
+    }
+    path = store_dir / f"indexed_{n_units}.zarr"
+    n_rows = write_indexed_store(path, n_units)
+    store = xr.open_zarr(path, consolidated=False)
+    template = _indexed_model(store.isel(row=slice(0, 10 * TEMPLATE)).load())
+    pm.fit(50, model=template, unit_data=store.isel(row=slice(0, 20_000)), **options)  # warm-up
+    common.trim_heap()
+    baseline = common.rss_mib()
+    common.reset_peak_rss()
+    start = time.perf_counter()
+    approx = pm.fit(steps, model=template, unit_data=store, **options)
+    fit_s = time.perf_counter() - start
+    fit_peak = common.rss_mib("VmHWM") - baseline
+    step_ms = float(np.median(approx.step_seconds[steps // 5 :]) * 1e3)
+    t0 = time.perf_counter()
+    approx.encode_dataset(chunk_size=100_000, summary=False, progressbar=False)
+    encode_s = time.perf_counter() - t0
+    memory = pm.fit(steps, model=_indexed_model(store.load()), **options)
+    shutil.rmtree(path)
+    return {
+        "n_units": n_units,
+        "n_rows": n_rows,
+        "data_mib": n_rows * 24 / 2**20,
+        "fit_peak_mib": fit_peak,
+        "fit_s": fit_s,
+        "step_ms": step_ms,
+        "step_ms_in_memory": float(np.median(memory.step_seconds[steps // 5 :]) * 1e3),
+        "encode_s_per_1e6": encode_s / n_units * 1e6,
+    }
+
+
 def _subprocess(*args: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.perf.scale_disk", *args],
@@ -236,6 +328,12 @@ def run(*, quick: bool = False, sizes=None, steps: int = 2_000, store_dir: str |
         ]
         for row in versus:
             print(json.dumps(row), flush=True)
+        indexed = []
+        for n in (100_000,) if quick else (100_000, 1_000_000):
+            indexed.append(
+                _subprocess("--indexed", str(n), "--steps", str(steps), "--store-dir", tmp)
+            )
+            print(json.dumps(indexed[-1]), flush=True)
     header = [
         "N (zarr, chunks of 250,000)",
         "data MiB on disk (uncompressed)",
@@ -286,11 +384,38 @@ def run(*, quick: bool = False, sizes=None, steps: int = 2_000, store_dir: str |
             f"and **{v['variance_ratio_small_pool']:.2f}×** with a pool of 8 chunks"
             for v in versus
         )
-        + ".\n"
+        + ".\n\n**An indexed plate** (units with 1 + Poisson(9) rows, sorted by unit; "
+        "`y ~ N(a[idx] + b x, σ)`, a pooled encoder of width 16, B = 1,000 units with all their "
+        "rows):\n\n"
+        + common.markdown_table(
+            [
+                "units",
+                "rows",
+                "data MiB on disk",
+                "fit peak MiB",
+                "fit s",
+                "step ms (streamed)",
+                "step ms (same fit in memory)",
+                "encode s per 10⁶ units",
+            ],
+            [
+                [
+                    f"{r['n_units']:,}",
+                    f"{r['n_rows']:,}",
+                    r["data_mib"],
+                    r["fit_peak_mib"],
+                    r["fit_s"],
+                    r["step_ms"],
+                    r["step_ms_in_memory"],
+                    r["encode_s_per_1e6"],
+                ]
+                for r in indexed
+            ],
+        )
     )
     common.write_results(
         "scale_disk",
-        {"rows": rows, "versus_memory": versus},
+        {"rows": rows, "versus_memory": versus, "indexed": indexed},
         table,
         quick=quick,
     )
@@ -308,6 +433,7 @@ def main(argv=None):
     parser.add_argument("--versus", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sorted", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--small-pool", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--indexed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(
@@ -315,6 +441,8 @@ def main(argv=None):
                 one_size(args.one, args.steps, Path(args.store_dir), small_pool=args.small_pool)
             )
         )
+    elif args.indexed:
+        print(json.dumps(one_indexed(args.indexed, args.steps, Path(args.store_dir))))
     elif args.versus:
         print(json.dumps(against_memory(Path(args.store_dir), args.versus, sort=args.sorted)))
     else:
