@@ -95,11 +95,11 @@ def streamed_and_in_memory():
     return streamed, whole, x
 
 
-@pytest.mark.filterwarnings("ignore::pymc_amortize.ChunkOrderWarning")
-def test_the_streamed_minibatch_gradient_averages_to_the_full_batch_gradient(
-    streamed_and_in_memory,
-):
-    streamed, whole, _ = streamed_and_in_memory
+def _gradient_means(streamed, whole) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mean of 4,000 streamed minibatch gradients (from a pool of 2 chunks), the mean of 200
+    full-batch gradients (20 draws each) at the same parameters, and the standard error of their
+    difference. Neighbouring batches share chunks, so the streamed part of the standard error
+    comes from means of blocks of 100 steps, much longer than the pool's turnover."""
     pool = ChunkedUnitSampler(streamed.approx.unit_source, pool_mib=streamed.objective.pool_mib)
     assert (pool.whole, pool.slots) == (False, 2)
     pool.close()
@@ -109,16 +109,22 @@ def test_the_streamed_minibatch_gradient_averages_to_the_full_batch_gradient(
     def flat(fn, n):
         return np.array([np.concatenate([g.ravel() for g in fn()[1]]) for _ in range(n)])
 
-    batches = flat(stream_grad, 4_000)
-    full = flat(full_grad, 200)
-    # Neighbouring batches share chunks, so the standard error comes from means of blocks of
-    # 100 steps (the pool turns over every 2 slots x 6 steps).
+    batches, full = flat(stream_grad, 4_000), flat(full_grad, 200)
     blocks = batches.reshape(40, 100, -1).mean(axis=1)
     se = np.sqrt(blocks.var(axis=0, ddof=1) / 40 + full.var(axis=0, ddof=1) / 200)
-    z = (batches.mean(axis=0) - full.mean(axis=0)) / se
+    return batches.mean(axis=0), full.mean(axis=0), se
+
+
+@pytest.mark.filterwarnings("ignore::pymc_amortize.ChunkOrderWarning")
+def test_the_streamed_minibatch_gradient_averages_to_the_full_batch_gradient(
+    streamed_and_in_memory,
+):
+    streamed, whole, _ = streamed_and_in_memory
+    batch_mean, full_mean, se = _gradient_means(streamed, whole)
+    z = (batch_mean - full_mean) / se
     assert np.abs(z).max() < 4.5, np.abs(z).max()
     # The check has the power to see a bias of 10 %, as a wrong N / B scale would give.
-    z_biased = (0.9 * batches.mean(axis=0) - full.mean(axis=0)) / se
+    z_biased = (0.9 * batch_mean - full_mean) / se
     assert np.abs(z_biased).max() > 4.5
 
 
@@ -234,20 +240,9 @@ def test_an_indexed_plate_streams_unbiased_minibatches(indexed_streamed_and_in_m
     """Counties drawn from a pool of chunks with all their houses, padded buffers read up to the
     batch's rows: the gradient averages to the full-batch one, as for a row plate."""
     streamed, whole, _ = indexed_streamed_and_in_memory
-    pool = ChunkedUnitSampler(streamed.approx.unit_source, pool_mib=streamed.objective.pool_mib)
-    assert (pool.whole, pool.slots) == (False, 2)
-    pool.close()
-    stream_grad = streamed.objective.gradient_function(random_seed=0)
-    full_grad = whole.objective.gradient_function(full_batch=True, obj_n_mc=20, random_seed=0)
-
-    def flat(fn, n):
-        return np.array([np.concatenate([g.ravel() for g in fn()[1]]) for _ in range(n)])
-
-    batches, full = flat(stream_grad, 4_000), flat(full_grad, 200)
-    blocks = batches.reshape(40, 100, -1).mean(axis=1)
-    se = np.sqrt(blocks.var(axis=0, ddof=1) / 40 + full.var(axis=0, ddof=1) / 200)
+    batch_mean, full_mean, se = _gradient_means(streamed, whole)
     varies = se > 0  # weights of dead ReLUs have a zero gradient throughout
-    z = (batches.mean(axis=0) - full.mean(axis=0))[varies] / se[varies]
+    z = (batch_mean - full_mean)[varies] / se[varies]
     assert np.abs(z).max() < 4.5, np.abs(z).max()
 
 
