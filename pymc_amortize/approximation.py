@@ -323,8 +323,11 @@ class EncoderInput:
         reader: Callable[[int, int], list[np.ndarray]] | None = None,
         length: int | None = None,
     ):
+        # The column counts are static: JAX needs the split positions of a concatenate's
+        # gradient (encoder inputs beside pooled features) as constants.
         self.columns: list[SharedVariable] = [
-            pytensor.shared(a, name=f"{name}_{i}", borrow=True) for i, a in enumerate(arrays)
+            pytensor.shared(a, name=f"{name}_{i}", borrow=True, shape=(None, a.shape[1]))
+            for i, a in enumerate(arrays)
         ]
         self.widths = tuple(int(a.shape[1]) for a in arrays)
         #: Reads units ``start:stop`` as (n, k_i) arrays when the columns hold one batch only
@@ -334,6 +337,7 @@ class EncoderInput:
         self.standardization = pytensor.shared(
             np.zeros((2, sum(self.widths)), dtype=pytensor.config.floatX),
             name=f"{name}_standardization",
+            shape=(2, sum(self.widths)),
         )
         self.standardization.tag.trainable = False
         self.set_scaling(scaling)
@@ -937,8 +941,10 @@ class AmortizedApproximation:
             return self.encoder_graph(name, units)
         unit_of_row, n_units = batch.pooling_slots()
         if batch.row_weight is not None and units is not None:
-            # The padding's extra unit needs a row of unit inputs too (any: it is dropped).
-            units = pt.concatenate([units, units[:1]], axis=0)
+            # The padding's extra unit needs a row of unit inputs too (any: it is dropped). A
+            # gather, not a concatenate: the gradient of a concatenate is a Split whose
+            # positions JAX needs as constants.
+            units = units[pt.minimum(pt.arange(n_units), n_units - 2)]
         mean, log_sd = self.encoder_graph(
             name, units, data.rows.symbolic(batch.take_rows), unit_of_row, n_units
         )

@@ -564,8 +564,7 @@ class AmortizedVI(Inference):
                 unit_data,
                 analysis,
                 int(batch_size),
-                model_dims=model.named_vars_to_dims,
-                model_coords=model.coords,
+                model=model,
             )
             analysis = source.analysis
         batch_plate = batch_plate_of(analysis)

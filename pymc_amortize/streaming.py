@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import pymc as pm
 import pytensor
 import xarray as xr
 
@@ -116,8 +117,8 @@ class UnitSource:
         The analysis of the template model.
     batch_size : int
         B, the length of the step's unit buffers.
-    model_dims, model_coords : mapping, optional
-        The model's dims of each variable and its coords, to read the dataset in their order.
+    model : pm.Model, optional
+        The template model: its dims and coords, to read the dataset in their order.
 
     Attributes
     ----------
@@ -151,8 +152,7 @@ class UnitSource:
         analysis: ModelAnalysis,
         batch_size: int,
         *,
-        model_dims: Mapping[str, Sequence[str]] | None = None,
-        model_coords: Mapping[str, Sequence] | None = None,
+        model: pm.Model | None = None,
     ):
         if not isinstance(dataset, xr.Dataset):
             raise AmortizationError(
@@ -175,6 +175,12 @@ class UnitSource:
                 f"global; this model has the plates {names}:\n{analysis.summary()}{hint}"
             )
         (plate,) = plates
+        if plate.size < 2:
+            raise AmortizationError(
+                f"The template holds {plate.size} unit of plate '{plate.name}'; it needs at least "
+                "two units whose data vary: the analysis reads from the template which data are "
+                "the units' (a covariate that is constant on it looks like none)."
+            )
         units: dict[str, DataInput] = {d.key: d for d in plate.batched_units}
         rows: dict[str, DataInput] = {d.key: d for d in plate.batched_rows}
         for latent in plate.latents:
@@ -193,6 +199,8 @@ class UnitSource:
                     f"'{plate.name}'; with unit_data= each such array is read from the dataset by "
                     "name: give it one with pm.Data and add it to the dataset."
                 )
+        model_dims = model.named_vars_to_dims if model is not None else {}
+        model_coords = model.coords if model is not None else {}
         self.index_key = plate.index.key if plate.index is not None else None
         self.row_dim: str | None = None
         if self.index_key is not None:
@@ -211,9 +219,9 @@ class UnitSource:
         for key, data in (*units.items(), *rows.items()):
             template = np.asarray(data.value)
             lead = self.dim if key in units else self.row_dim
-            dims = (model_dims or {}).get(key)
+            dims = model_dims.get(key)
             variables[key] = self._aligned(
-                dataset, key, lead, template, tuple(dims[1:]) if dims else None, model_coords or {}
+                dataset, key, lead, template, tuple(dims[1:]) if dims else None, model_coords
             )
             self.dtypes[key], self.trailing[key] = template.dtype, template.shape[1:]
         if self.index_key is not None:

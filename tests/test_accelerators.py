@@ -50,10 +50,26 @@ def radon_minibatch_inference():
         return AmortizedVI(batch_size=5, random_seed=1)
 
 
+def unit_observation_inference():
+    """Indexed plate minibatched, its encoder also reading a county-level observation: JAX once
+    failed on the split of the encoder's concatenated inputs (their width was not static)."""
+    data = radon_data(30, 300, random_seed=0)
+    w = np.random.default_rng(1).normal(size=30)
+    with radon_model(data):
+        pm.Normal("w", pm.modelcontext(None)["a"], 0.5, observed=w, dims="county")
+        return AmortizedVI(batch_size=5, random_seed=1)
+
+
 @pytest.mark.parametrize(
     "build",
-    [linear_inference, radon_inference, radon_minibatch_inference, streamed_inference],
-    ids=["rows", "indexed", "indexed-minibatch", "unit_data"],
+    [
+        linear_inference,
+        radon_inference,
+        radon_minibatch_inference,
+        unit_observation_inference,
+        streamed_inference,
+    ],
+    ids=["rows", "indexed", "indexed-minibatch", "unit-observation", "unit_data"],
 )
 def test_loss_and_gradient_match_numba_for_the_same_draws(build):
     inference = build()

@@ -503,3 +503,31 @@ def test_a_saved_fit_loads_onto_its_unit_data(tmp_path):
     np.testing.assert_allclose(theirs.mean, mine.mean, rtol=0, atol=1e-12)
     # The globals' posterior carries no leftover coords of the template's units.
     assert "unit" not in approx.sample(10).posterior.coords
+
+
+def test_a_one_unit_template_is_refused_and_a_constant_covariate_still_read():
+    """On a template of one county its covariate was read as no data: left out of the encoder
+    and the log joint kept the template's value for every county (a newcomer's g: 0.478 against
+    NUTS's 0.717). A covariate constant on a template of several counties is still read per
+    county from the store."""
+    data, ds = _sorted_radon()
+    uranium = np.random.default_rng(0).normal(size=data.n_counties)
+    store = ds.assign(log_uranium=("county", uranium))
+
+    def template(n_counties, covariate):
+        rows = data.county_idx < n_counties
+        with pm.Model(coords={"county": range(n_counties), "obs_id": range(rows.sum())}) as m:
+            u = pm.Data("log_uranium", covariate, dims="county")
+            idx = pm.Data("county_idx", data.county_idx[rows], dims="obs_id")
+            g = pm.Normal("g", 0, 1)
+            a = pm.Normal("a", g * u, 1, dims="county")
+            pm.Normal("log_radon", a[idx], 1, observed=data.log_radon[rows], dims="obs_id")
+        return m
+
+    with pytest.raises(AmortizationError, match="at least two units"):
+        AmortizedVI(model=template(1, uranium[:1]), unit_data=store, batch_size=5)
+    for covariate in (np.full(4, 0.3), uranium[:4]):
+        inference = AmortizedVI(model=template(4, covariate), unit_data=store, batch_size=5)
+        source = inference.approx.unit_source
+        assert "log_uranium" in source.unit_keys
+        np.testing.assert_array_equal(source.read(10, 20)["log_uranium"], uranium[10:20])
