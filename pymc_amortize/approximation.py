@@ -1512,6 +1512,17 @@ class AmortizedApproximation:
                 )
         if summary:
             coords["quantile"] = np.asarray(levels)
+        # The model's labels of the event dims, where a variable has them at their length (a
+        # simplex's value space is one shorter than its dim).
+        sizes = {
+            d: n
+            for dims, values in data_vars.values()
+            for d, n in zip(dims, values.shape, strict=True)
+        }
+        for name, size in sizes.items():
+            labels_of_dim = self.model.coords.get(name)
+            if name not in coords and labels_of_dim is not None and len(labels_of_dim) == size:
+                coords[name] = np.asarray(labels_of_dim)
         return xr.Dataset(data_vars, coords=coords, attrs={"unit_dim": dim})
 
     def encode(

@@ -348,3 +348,16 @@ def test_scale_memory_benchmark_runs_on_a_tiny_problem():
     assert row["n_units"] == 2_000 and row["steps"] == 40
     assert np.isfinite(row["step_ms"]) and row["encode_s_per_1e6"] > 0
     assert row["sample_s_per_1e6"] > 0 and row["psis_s_per_1e6"] > 0
+
+
+def test_encode_dataset_keeps_the_event_dims_labels():
+    """A latent with an event dim (dims=("unit", "k")) keeps the model's labels of k (they were
+    dropped, a newcomer's find); a simplex's value space, one shorter than k, gets none."""
+    Y = np.random.default_rng(0).normal(size=(40, 3))
+    with pm.Model(coords={"unit": range(40), "k": ["a", "b", "c"]}) as model:
+        z = pm.Normal("z", 0, 1, dims=("unit", "k"))
+        pm.Normal("Y", z, 1, observed=Y, dims=("unit", "k"))
+    approx = pm.fit(20, method="amortized", model=model, progressbar=False)
+    ds = approx.encode_dataset(chunk_size=15, progressbar=False)
+    assert ds["z_mean"].dims == ("unit", "k")
+    assert ds["k"].values.tolist() == ["a", "b", "c"]
