@@ -184,6 +184,10 @@ class PlateLayout:
             slot, rows, weight = gather_unit_rows_padded(units, self.offsets, self.row_order, cap)
         else:
             slot, rows = gather_unit_rows(units, self.offsets, self.row_order)
+        return self._batch_of(batch_size, units, rows, slot, weight)
+
+    def _batch_of(self, batch_size: int, units, rows, slot, weight) -> UnitBatch:
+        """A batch of ``batch_size`` of the plate's units, its terms scaled by N / B."""
         return UnitBatch(
             units=units,
             rows=rows,
@@ -208,12 +212,8 @@ class PlateLayout:
         reads only the rows, not the padding: shapes then vary, which NUMBA takes and JAX does
         not."""
         if unit_of_row is None:
-            return UnitBatch(
-                units=None,
-                rows=None,
-                unit_of_row=pt.arange(batch_size, dtype="int64"),
-                n_units=pt.constant(batch_size, dtype="int64"),
-                scale=self.size.astype(pytensor.config.floatX) / batch_size,
+            return self._batch_of(
+                batch_size, None, None, pt.arange(batch_size, dtype="int64"), None
             )
         name = self.plate.name
         slot = pytensor.shared(unit_of_row, name=f"{name}_row_slots", borrow=True)
@@ -222,14 +222,7 @@ class PlateLayout:
         if row_count is not None:
             rows = slice(None, pytensor.shared(row_count, name=f"{name}_row_count", borrow=True))
             slot, weight = slot[rows], weight[rows]
-        return UnitBatch(
-            units=None,
-            rows=rows,
-            unit_of_row=slot,
-            n_units=pt.constant(batch_size, dtype="int64"),
-            scale=self.size.astype(pytensor.config.floatX) / batch_size,
-            row_weight=weight,
-        )
+        return self._batch_of(batch_size, None, rows, slot, weight)
 
     def chunk_rows(self, start: int, stop: int) -> tuple[np.ndarray | None, np.ndarray]:
         """Units ``start:stop``'s rows in numpy: (row numbers (R_c,), each row's unit position
