@@ -374,7 +374,12 @@ class EncoderInput:
 
     def chunk(self, start: int | np.ndarray = 0, stop: int | None = None) -> np.ndarray:
         """Rows as in :meth:`raw`, standardised, in floatX: what the encoder reads."""
-        return self.scaling.apply(self.raw(start, stop)).astype(pytensor.config.floatX)
+        return self.standardized(self.raw(start, stop))
+
+    def standardized(self, matrix: np.ndarray) -> np.ndarray:
+        """An (n, k) matrix of this input's columns on the data's scale, as the encoder reads
+        it: standardised, in floatX."""
+        return self.scaling.apply(matrix).astype(pytensor.config.floatX)
 
     def get_value(self, borrow: bool = False) -> np.ndarray:
         """The whole standardised (n, k) input, computed (a new array: use :meth:`chunk` for
@@ -532,8 +537,10 @@ def _streamed_part(
     buffers = [source.batch[k].reshape(source.batch[k].shape[0], -1) for k in keys]
 
     def reader(start: int, stop: int) -> list[np.ndarray]:
-        piece = source.read_rows(start, stop, keys)[0] if rows else source.read(start, stop, keys)
-        return [piece[k].reshape(len(piece[k]), -1) for k in keys]
+        if rows:
+            return source.row_columns(start, stop, keys)[0]
+        piece = source.read(start, stop, keys)
+        return [piece[k].reshape(stop - start, -1) for k in keys]
 
     what = "row" if rows else "unit"
     encoder_input = EncoderInput(
@@ -786,7 +793,11 @@ class AmortizedApproximation:
         unit position 0..stop-start-1, from the model or from ``unit_data``."""
         rows = self.inputs[name].rows
         if rows.reader is not None:
-            return rows.chunk(start, stop), self.unit_source.read_rows(start, stop, [])[1]
+            # One read of unit_data for the rows and their units (the index).
+            latent = next(lat for lat in self.analysis.latents if lat.name == name)
+            keys = [d.key for d in latent.row_inputs]
+            columns, slot = self.unit_source.row_columns(start, stop, keys)
+            return rows.standardized(np.column_stack(columns)), slot
         plate = self.analysis.plate_of(name)
         row_numbers, slot = self.layouts[plate.name].chunk_rows(start, stop)
         return rows.chunk(row_numbers), slot

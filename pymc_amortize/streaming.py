@@ -528,6 +528,14 @@ class UnitSource:
         slot = np.asarray(piece[self.index_key].values, dtype=np.int64) - start
         return {k: np.asarray(piece[k].values, dtype=self.dtypes[k]) for k in keys}, slot
 
+    def row_columns(
+        self, start: int, stop: int, keys: Sequence[str]
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """The rows of units ``start:stop`` of the ``keys`` variables, each as an (R, k_i)
+        matrix, and each row's unit position (one read, see :meth:`read_rows`)."""
+        piece, slot = self.read_rows(start, stop, keys)
+        return [piece[k].reshape(slot.size, -1) for k in keys], slot
+
     def read_chunk(self, chunk: int) -> ChunkData:
         start, stop = int(self.bounds[chunk]), int(self.bounds[chunk + 1])
         units = self.read(start, stop)
