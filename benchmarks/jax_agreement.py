@@ -81,16 +81,24 @@ def same_seed_fit() -> dict[str, list[float]]:
     return first
 
 
-def two_devices() -> dict:
+def two_devices_output() -> dict:
+    """What ``benchmarks.jax_two_devices`` prints, run in a subprocess (XLA_FLAGS must be set
+    before JAX is imported); a RuntimeError with its stderr when it fails."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.jax_two_devices"],
         capture_output=True,
         text=True,
         env=env,
-        check=True,
+        check=False,
     )
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def two_devices() -> dict:
+    out = two_devices_output()
     out["loss_rel_diff"] = relative(out.pop("two"), out.pop("one"))
     return out
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pymc as pm
 import pytest
@@ -184,16 +179,9 @@ def test_mesh_needs_jax_mode():
 @pytest.mark.slow
 def test_two_host_devices_give_the_one_device_trajectory():
     """benchmarks/jax_two_devices.py in a subprocess (XLA_FLAGS must precede importing JAX)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.jax_two_devices"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    from benchmarks.jax_agreement import two_devices_output
+
+    out = two_devices_output()
     assert out["devices"] == 2
     # The unit ids and the local noise are split over both devices; the parameters (outputs of
     # the step) live replicated on both.
