@@ -13,6 +13,7 @@ import numpy as np
 import pymc as pm
 import pytest
 from gaussian_plate_models import crossed_gaussian
+from user_model_cases import varying_intercept_model
 
 from pymc_amortize import (
     AmortizationError,
@@ -30,17 +31,7 @@ def radon_model(seed: int = 8) -> pm.Model:
     county = np.concatenate([np.arange(J), rng.integers(0, J, N - J)])
     floor = rng.binomial(1, 0.3, N).astype(float)
     y = rng.normal(1.0, 0.5, J)[county] - 0.6 * floor + rng.normal(0, 0.7, N)
-    with pm.Model(coords={"county": range(J), "obs_id": range(N)}) as model:
-        idx = pm.Data("county_idx", county, dims="obs_id")
-        fl = pm.Data("floor", floor, dims="obs_id")
-        mu_a = pm.Normal("mu_a", 0, 5)
-        sd_a = pm.HalfNormal("sd_a", 2)
-        a = pm.Normal("a", mu_a, sd_a, dims="county")
-        b = pm.Normal("b", 0, 2)
-        pm.Deterministic("a_upstairs", a + b, dims="county")
-        sigma = pm.HalfNormal("sigma", 2)
-        pm.Normal("log_radon", a[idx] + b * fl, sigma, observed=y, dims="obs_id")
-    return model
+    return varying_intercept_model(county, floor, y, J, upstairs=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +102,7 @@ def test_fitted_unit_without_rows_is_its_prior_given_q_theta():
     county[county == empty] = empty + 1
     floor = rng.binomial(1, 0.3, n_rows).astype(float)
     y = rng.normal(1.0, 0.5, n_units)[county] - 0.6 * floor + rng.normal(0, 0.7, n_rows)
-    with pm.Model(coords={"county": range(n_units), "obs_id": range(n_rows)}):
-        idx = pm.Data("county_idx", county, dims="obs_id")
-        fl = pm.Data("floor", floor, dims="obs_id")
-        mu_a = pm.Normal("mu_a", 0, 5)
-        sd_a = pm.HalfNormal("sd_a", 2)
-        a = pm.Normal("a", mu_a, sd_a, dims="county")
-        b = pm.Normal("b", 0, 2)
-        pm.Normal(
-            "log_radon", a[idx] + b * fl, pm.HalfNormal("sigma", 2), observed=y, dims="obs_id"
-        )
+    with varying_intercept_model(county, floor, y, n_units):
         approx = pm.fit(
             2000,
             method="amortized",

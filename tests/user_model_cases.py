@@ -108,21 +108,30 @@ def pm_minibatch_model():
     return model
 
 
-def zero_row_model():
-    """c06: radon-style with J=60 counties, N=1200 rows."""
-    county, floor, y = radon_like_data(seed=8, J=60, N=1200)
-    J, N = 60, 1200
-    with pm.Model(coords={"county": range(J), "obs_id": range(N)}) as model:
+def varying_intercept_model(
+    county: np.ndarray, floor: np.ndarray, y: np.ndarray, n_counties: int, *, upstairs: bool = False
+) -> pm.Model:
+    """Radon's varying-intercept model on the given rows, with dims; ``upstairs`` adds the
+    Deterministic ``a_upstairs = a + b`` along the counties."""
+    with pm.Model(coords={"county": range(n_counties), "obs_id": range(len(y))}) as model:
         idx = pm.Data("county_idx", county, dims="obs_id")
         fl = pm.Data("floor", floor, dims="obs_id")
         mu_a = pm.Normal("mu_a", 0, 5)
         sd_a = pm.HalfNormal("sd_a", 2)
         a = pm.Normal("a", mu_a, sd_a, dims="county")
         b = pm.Normal("b", 0, 2)
+        if upstairs:
+            pm.Deterministic("a_upstairs", a + b, dims="county")
         pm.Normal(
             "log_radon", a[idx] + b * fl, pm.HalfNormal("sigma", 2), observed=y, dims="obs_id"
         )
     return model
+
+
+def zero_row_model():
+    """c06: radon-style with J=60 counties, N=1200 rows."""
+    county, floor, y = radon_like_data(seed=8, J=60, N=1200)
+    return varying_intercept_model(county, floor, y, 60)
 
 
 # c06's new counties: #0 has no rows, #1 these five.
