@@ -907,6 +907,11 @@ class AmortizedApproximation:
         return self.global_params + flat
 
     @property
+    def encoders(self) -> dict[str, Callable]:
+        """Each local latent's encoder, by latent name (built-in or the user's)."""
+        return dict(self._encoders)
+
+    @property
     def encoder_widths(self) -> dict[str, tuple[int, ...]]:
         """The hidden widths of each built-in encoder (ρ's for a pooled one), as resolved."""
         return {
@@ -1770,7 +1775,7 @@ class AmortizedApproximation:
             self.analysis,
             loss=self.hist,
             step_seconds=self.step_seconds,
-            encoders=self._encoders,
+            encoders=self.encoders,
             n_encoder_params=sum(p.get_value().size for p in self.encoder_params),
             global_factors=self.global_factors(),
             settings=self.settings,
