@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pymc as pm
 from scipy import stats
+
+from benchmarks.harness import sample_nuts
 
 # The tests folder is not a package (and site-packages holds an unrelated `tests`): import the
 # builders the way pytest does, from the folder itself.
@@ -38,12 +39,11 @@ def _r(x):
 
 
 def nuts(model):
-    with model:
-        # PyMC's own NUTS: bit-for-bit reproducible under a seed (nutpie's threaded chains are
-        # not; its numbers differ from these by Monte Carlo error, a few hundredths of an sd)
-        idata = pm.sample(
-            draws=1000, tune=1000, chains=2, random_seed=0, progressbar=False, nuts_sampler="pymc"
-        )
+    # PyMC's own NUTS: bit-for-bit reproducible under a seed (nutpie's threaded chains are
+    # not; its numbers differ from these by Monte Carlo error, a few hundredths of an sd)
+    idata, _ = sample_nuts(
+        model, draws=1000, tune=1000, chains=2, seed=0, sampler="pymc", nuts_sampler="pymc"
+    )
     post = idata.posterior
     diverging = int(idata.sample_stats["diverging"].sum())
     return post, diverging

@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pymc as pm
 import xarray as xr
 
 import pymc_amortize
+from benchmarks.harness import (
+    agreement,
+    fit_vi,
+    nutpie_available,
+    posterior_summary,
+    sample_nuts,
+    timed,
+)
 from pymc_amortize.examples.insteval import insteval_model, load_insteval
 
+TAG = "[insteval_crossed]"
 SCALARS = ("mu", "b_service", "sd_student", "sd_lecturer", "sigma")
 EFFECTS = (("v", "lecturers"), ("u", "students"))
 
@@ -59,76 +65,16 @@ QUICK = Settings(n_ratings=5_000, avi_steps=3_000, advi_steps=5_000, vi_draws=30
 
 def fit_avi(model: pm.Model, s: Settings, seed: int):
     """The A-VI call: plain ``pm.fit(method="amortized")``, the local latents found automatically."""
-    with model:
-        return pm.fit(
-            s.avi_steps,
-            method="amortized",
-            batch_size=s.avi_batch,
-            obj_optimizer=pm.adam(learning_rate=s.avi_lr),
-            random_seed=seed,
-            progressbar=False,
-        )
+    return fit_vi(model, "amortized", s.avi_steps, lr=s.avi_lr, seed=seed, batch_size=s.avi_batch)
 
 
 def fit_advi(model: pm.Model, s: Settings, seed: int):
-    with model:
-        return pm.fit(
-            s.advi_steps,
-            method="advi",
-            obj_optimizer=pm.adam(learning_rate=s.advi_lr),
-            random_seed=seed,
-            progressbar=False,
-        )
-
-
-def sample_nuts(model: pm.Model, s: Settings, seed: int) -> xr.DataTree:
-    import nutpie
-
-    compiled = nutpie.compile_pymc_model(model)
-    return nutpie.sample(
-        compiled,
-        draws=s.nuts_draws,
-        tune=s.nuts_tune,
-        chains=s.nuts_chains,
-        seed=seed,
-        progress_bar=False,
-    )
+    return fit_vi(model, "advi", s.advi_steps, lr=s.advi_lr, seed=seed)
 
 
 def summarise(idata: xr.DataTree) -> dict[str, Any]:
     """Posterior means of the scalars; means and sds of the effects ``u`` and ``v``."""
-    draws = idata["posterior"].to_dataset().stack(sample=("chain", "draw"))
-    out: dict[str, Any] = {name: float(draws[name].mean()) for name in SCALARS}
-    for name, _ in EFFECTS:
-        out[f"{name}_mean"] = draws[name].mean("sample").to_numpy()
-        out[f"{name}_sd"] = draws[name].std("sample").to_numpy()
-    return out
-
-
-def agreement(fit: dict[str, Any], ref: dict[str, Any], name: str) -> tuple[float, float, float]:
-    """Correlation of the means, RMS difference in the reference's sds, mean sd ratio."""
-    mean, ref_mean, ref_sd = fit[f"{name}_mean"], ref[f"{name}_mean"], ref[f"{name}_sd"]
-    corr = float(np.corrcoef(mean, ref_mean)[0, 1])
-    rms_z = float(np.sqrt(np.mean(((mean - ref_mean) / ref_sd) ** 2)))
-    sd_ratio = float(np.mean(fit[f"{name}_sd"] / ref_sd))
-    return corr, rms_z, sd_ratio
-
-
-def timed(label: str, work: Callable[[], Any]) -> tuple[Any, float]:
-    print(f"[insteval_crossed] {label} ...", flush=True)
-    start = time.perf_counter()
-    result = work()
-    seconds = time.perf_counter() - start
-    print(f"[insteval_crossed] {label}: {seconds:.1f} s", flush=True)
-    return result, seconds
-
-
-def nutpie_available() -> bool:
-    try:
-        import nutpie  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return posterior_summary(idata, SCALARS, [name for name, _ in EFFECTS])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,17 +104,27 @@ def main(argv: list[str] | None = None) -> int:
 
     fits: dict[str, tuple[dict[str, Any], float]] = {}
     if s.nuts and nutpie_available():
-        idata, t = timed("NUTS", lambda: sample_nuts(model, s, args.seed))
+        (idata, _), t = timed(
+            lambda: sample_nuts(
+                model,
+                draws=s.nuts_draws,
+                tune=s.nuts_tune,
+                chains=s.nuts_chains,
+                seed=args.seed,
+                sampler="nutpie",
+            ),
+            label=f"{TAG} NUTS",
+        )
         divergences = int(idata["sample_stats"]["diverging"].sum())
         label = f"NUTS (nutpie, {s.nuts_chains} × {s.nuts_draws})"
-        print(f"[insteval_crossed] NUTS divergences: {divergences}")
+        print(f"{TAG} NUTS divergences: {divergences}")
         fits[label] = (summarise(idata), t)
-    approx, t = timed("A-VI", lambda: fit_avi(model, s, args.seed))
+    approx, t = timed(lambda: fit_avi(model, s, args.seed), label=f"{TAG} A-VI")
     fits[f"A-VI ({s.avi_steps:,} steps, batch {batch})"] = (
         summarise(approx.sample(s.vi_draws, random_seed=args.seed)),
         t,
     )
-    approx, t = timed("ADVI", lambda: fit_advi(model, s, args.seed))
+    approx, t = timed(lambda: fit_advi(model, s, args.seed), label=f"{TAG} ADVI")
     fits[f"ADVI ({s.advi_steps:,} steps)"] = (
         summarise(approx.sample(s.vi_draws, random_seed=args.seed)),
         t,
@@ -189,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for name, what in EFFECTS:
         for fit, ref in pairs:
-            corr, rms_z, ratio = agreement(fits[fit][0], fits[ref][0], name)
+            a = agreement(fits[fit][0], fits[ref][0], name)
+            corr, rms_z, ratio = a["corr"], a["rms_z"], a["sd_ratio"]
             short_fit, short_ref = fit.split(" (")[0], ref.split(" (")[0]
             print(
                 f"| {what} `{name}` | {short_fit} vs {short_ref} | {corr:.3f} | {rms_z:.3f} | "

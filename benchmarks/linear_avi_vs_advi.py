@@ -9,28 +9,28 @@ solution is computed exactly (no Monte Carlo error) and compared with the closed
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
 import numpy as np
 import pymc as pm
 
-import pymc_amortize  # noqa: F401  (registers method="amortized")
+from benchmarks.harness import fit_vi, n_params, steps_to_within, timed, variational_params
 from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model, linear_optimum
 
 
-def steps_to_within(hist: np.ndarray, target_loss: float, rel: float = 0.01, window: int = 50):
-    """First step whose running-mean loss is within ``rel`` of ``target_loss`` (None if never)."""
-    smooth = np.convolve(hist, np.ones(window) / window, mode="valid")
-    hits = np.flatnonzero(smooth <= target_loss * (1 + rel))
-    return int(hits[0] + window) if hits.size else None
+def linear_problem(n_units: int, seed: int) -> tuple[np.ndarray, pm.Model, float]:
+    """The paper's linear model on ``n_units`` simulated units: the data, the model and the exact
+    ELBO of the closed-form F-VI optimum."""
+    x = linear_data(n_units, random_seed=seed)
+    opt = linear_optimum(x)
+    return x, linear_model(x), linear_elbo(x, opt.theta_mean, opt.theta_sd, opt.z_mean(x), opt.z_sd)
 
 
-def meanfield_params(approx, name):
-    group = approx.groups[0]
-    _, slc, shape, _ = group.ordering[name]
-    mean = group.mean.eval()[slc].reshape(shape)
-    sd = group.std.eval()[slc].reshape(shape)
-    return mean, sd
+def linear_elbo_of(x: np.ndarray, approx) -> float:
+    """The exact ELBO of a fit of the linear model (A-VI or ADVI) at its final parameters."""
+    params = variational_params(approx)
+    (theta_mean, theta_sd), (z_mean, z_sd) = params["theta"], params["z"]
+    return linear_elbo(x, float(theta_mean), float(theta_sd), z_mean, z_sd)
 
 
 def main(argv=None):
@@ -42,44 +42,18 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    x = linear_data(args.n_units, random_seed=args.seed)
-    model = linear_model(x)
-    opt = linear_optimum(x)
-    optimum = linear_elbo(x, opt.theta_mean, opt.theta_sd, opt.z_mean(x), opt.z_sd)
+    x, model, optimum = linear_problem(args.n_units, args.seed)
 
     rows = []
-    with model:
-        start = time.perf_counter()
-        avi = pm.fit(
-            args.avi_steps,
-            method="amortized",
-            encoder_widths=(),
-            obj_optimizer=pm.adam(learning_rate=args.lr),
-            random_seed=args.seed,
-            progressbar=False,
-        )
-        avi_time = time.perf_counter() - start
-        q = avi.encode()["z"]
-        theta_mean = avi.global_group.mean.get_value()[0]
-        theta_sd = np.logaddexp(0, avi.global_group.rho.get_value()[0])
-        avi_elbo = linear_elbo(x, theta_mean, theta_sd, q.mean, q.sd)
-        n_params = sum(p.get_value().size for p in avi.params)
-        rows.append(("A-VI (affine encoder)", avi_elbo, avi_time, avi.hist, n_params))
-
-        start = time.perf_counter()
-        advi = pm.fit(
-            args.advi_steps,
-            method="advi",
-            obj_optimizer=pm.adam(learning_rate=args.lr),
-            random_seed=args.seed,
-            progressbar=False,
-        )
-        advi_time = time.perf_counter() - start
-        theta_mean, theta_sd = meanfield_params(advi, "theta")
-        z_mean, z_sd = meanfield_params(advi, "z")
-        advi_elbo = linear_elbo(x, float(theta_mean), float(theta_sd), z_mean, z_sd)
-        n_params = sum(p.get_value().size for p in advi.params)
-        rows.append(("F-VI (pm.fit advi)", advi_elbo, advi_time, advi.hist, n_params))
+    for label, method, steps, options in [
+        ("A-VI (affine encoder)", "amortized", args.avi_steps, {"encoder_widths": ()}),
+        ("F-VI (pm.fit advi)", "advi", args.advi_steps, {}),
+    ]:
+        fit = functools.partial(fit_vi, model, method, steps, lr=args.lr, seed=args.seed, **options)
+        approx, wall = timed(fit)
+        elbo = linear_elbo_of(x, approx)
+        rows.append((label, elbo, wall, approx.hist, n_params(approx)))
+    advi_elbo = rows[-1][1]
 
     print(f"Linear model, N = {args.n_units}, Adam lr {args.lr}, seed {args.seed}")
     print(f"Closed-form F-VI optimum ELBO: {optimum:,.2f}")
@@ -88,13 +62,13 @@ def main(argv=None):
         f"{'steps to 1% of F-VI':>21}{'params':>9}"
     )
     fvi_final = -advi_elbo
-    for (name, elbo, wall, hist, n_params), steps in zip(
+    for (name, elbo, wall, hist, size), steps in zip(
         rows, (args.avi_steps, args.advi_steps), strict=True
     ):
         reach = steps_to_within(hist, fvi_final)
         print(
             f"{name:<24}{steps:>8}{elbo:>14,.2f}{optimum - elbo:>12.2f}{wall:>9.1f}"
-            f"{reach if reach is not None else 'never':>21}{n_params:>9}"
+            f"{reach if reach is not None else 'never':>21}{size:>9}"
         )
     print(
         "ELBOs are exact (closed form at each final solution); wall time includes compilation. "

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import pymc as pm
 import xarray as xr
 
-import pymc_amortize  # noqa: F401  (registers method="amortized")
+from benchmarks.harness import agreement, fit_vi, posterior_summary, sample_nuts, timed
 from pymc_amortize import ELBOConvergence
 from pymc_amortize.examples.radon import load_radon, radon_model
 
+TAG = "[radon_real]"
 SCALARS = ("mu_a", "g", "sd_a", "b", "sigma")
 
 
@@ -54,74 +54,26 @@ QUICK = Settings(avi_steps=3_000, advi_steps=5_000, vi_draws=500, nuts_tune=300,
 def fit_avi(model: pm.Model, s: Settings, seed: int):
     """The A-VI call: plain ``pm.fit(method="amortized")``, the local latent found automatically;
     ``s.avi_steps`` is a cap, the fit stops when its windowed loss is flat (ELBOConvergence)."""
-    with model:
-        return pm.fit(
-            s.avi_steps,
-            method="amortized",
-            batch_size=s.avi_batch,
-            obj_optimizer=pm.adam(learning_rate=s.avi_lr),
-            callbacks=[ELBOConvergence()],
-            random_seed=seed,
-            progressbar=False,
-        )
+    return fit_vi(
+        model,
+        "amortized",
+        s.avi_steps,
+        lr=s.avi_lr,
+        seed=seed,
+        batch_size=s.avi_batch,
+        callbacks=[ELBOConvergence()],
+    )
 
 
 def fit_advi(model: pm.Model, s: Settings, seed: int):
-    with model:
-        return pm.fit(
-            s.advi_steps,
-            method="advi",
-            obj_optimizer=pm.adam(learning_rate=s.advi_lr),
-            callbacks=[ELBOConvergence()],
-            random_seed=seed,
-            progressbar=False,
-        )
-
-
-def sample_nuts(model: pm.Model, s: Settings, seed: int) -> tuple[xr.DataTree, str]:
-    """NUTS draws with nutpie when it is importable, else PyMC's default NUTS."""
-    try:
-        import nutpie
-    except ImportError:
-        with model:
-            idata = pm.sample(
-                draws=s.nuts_draws,
-                tune=s.nuts_tune,
-                chains=s.nuts_chains,
-                random_seed=seed,
-                progressbar=False,
-                # PyMC's default 0.8 gave 59 divergences here (nutpie's adaptation gives none).
-                target_accept=0.95,
-            )
-        return idata, "NUTS (pm.sample)"
-    compiled = nutpie.compile_pymc_model(model)
-    idata = nutpie.sample(
-        compiled,
-        draws=s.nuts_draws,
-        tune=s.nuts_tune,
-        chains=s.nuts_chains,
-        seed=seed,
-        progress_bar=False,
+    return fit_vi(
+        model, "advi", s.advi_steps, lr=s.advi_lr, seed=seed, callbacks=[ELBOConvergence()]
     )
-    return idata, "NUTS (nutpie)"
 
 
 def summarise(idata: xr.DataTree) -> dict[str, np.ndarray | float]:
     """Posterior means of the scalars; means and sds of the county intercepts ``a``."""
-    draws = idata["posterior"].to_dataset().stack(sample=("chain", "draw"))
-    out: dict[str, np.ndarray | float] = {name: float(draws[name].mean()) for name in SCALARS}
-    out["a_mean"] = draws["a"].mean("sample").to_numpy()
-    out["a_sd"] = draws["a"].std("sample").to_numpy()
-    return out
-
-
-def timed(label: str, work):
-    print(f"[radon_real] {label} ...", flush=True)
-    start = time.perf_counter()
-    result = work()
-    seconds = time.perf_counter() - start
-    print(f"[radon_real] {label}: {seconds:.1f} s", flush=True)
-    return result, seconds
+    return posterior_summary(idata, SCALARS, ["a"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     rows: list[tuple[str, float, dict | None, str]] = []
-    (nuts_idata, nuts_label), t = timed("NUTS", lambda: sample_nuts(reference_model, s, args.seed))
+    (nuts_idata, nuts_label), t = timed(
+        lambda: sample_nuts(
+            reference_model,
+            draws=s.nuts_draws,
+            tune=s.nuts_tune,
+            chains=s.nuts_chains,
+            seed=args.seed,
+            # PyMC's default 0.8 gave 59 divergences here (nutpie's adaptation gives none).
+            target_accept=0.95,
+        ),
+        label=f"{TAG} NUTS",
+    )
     nuts = summarise(nuts_idata)
     divergences = int(nuts_idata.sample_stats["diverging"].sum())
     rows.append(
@@ -161,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         approx, t = timed(
-            "A-VI",
             lambda: (
                 a := fit_avi(model, s, args.seed),
                 a.sample(s.vi_draws, random_seed=args.seed),
             ),
+            label=f"{TAG} A-VI",
         )
         rows.append(
             (
@@ -180,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("A-VI", float("nan"), None, f"FAILED: {type(err).__name__}: {err}"))
 
     advi, t = timed(
-        "ADVI",
         lambda: (a := fit_advi(model, s, args.seed), a.sample(s.vi_draws, random_seed=args.seed)),
+        label=f"{TAG} ADVI",
     )
     rows.append(("ADVI", t, summarise(advi[1]), f"{advi[0].hist.size} steps, adam {s.advi_lr:g}"))
 
@@ -197,12 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         if res is None:
             print(f"{label:<17}{'-':>8}  {note}")
             continue
-        z = (res["a_mean"] - nuts["a_mean"]) / nuts["a_sd"]
-        ratio = res["a_sd"] / nuts["a_sd"]
+        a = agreement(res, nuts, "a")
         print(
             f"{label:<17}{seconds:>8.1f}"
             + "".join(f"{res[name]:>8.3f}" for name in SCALARS)
-            + f"{np.sqrt(np.mean(z**2)):>9.3f}{np.max(np.abs(z)):>9.3f}{np.mean(ratio):>10.3f}"
+            + f"{a['rms_z']:>9.3f}{a['max_abs_z']:>9.3f}{a['sd_ratio']:>10.3f}"
             + f"  {note}"
         )
     print(

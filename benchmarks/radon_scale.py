@@ -21,24 +21,6 @@ import time
 import numpy as np
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's resident-memory high-water mark (Linux ≥ 4.0); False if refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _time_steps(step, n_steps: int, blocks: int = 5) -> float:
     """Median milliseconds per step over ``blocks`` blocks of ``n_steps // blocks`` steps."""
     per_block = max(n_steps // blocks, 1)
@@ -55,6 +37,7 @@ def run_one(n_counties: int, batch: int, steps: int, advi: bool, seed: int) -> d
     """One size, in this process."""
     import pymc as pm
 
+    from benchmarks.harness import n_params, reset_peak_rss, rss_mib
     from pymc_amortize import AmortizedVI
     from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 
@@ -69,14 +52,18 @@ def run_one(n_counties: int, batch: int, steps: int, advi: bool, seed: int) -> d
     }
     inference = AmortizedVI(model=model, batch_size=batch, random_seed=seed)
     approx = inference.approx
-    out["avi_params"] = int(sum(p.get_value().size for p in approx.params))
+    out["avi_params"] = n_params(approx)
     step = inference.objective.step_function(obj_optimizer=pm.adam(learning_rate=1e-2))
     step()  # the first call pays for compilation
-    out["rss_after_setup_mb"] = _status_kb("VmRSS") / 1024
-    reset = _reset_peak_rss()
-    start_rss = _status_kb("VmRSS")
+    out["rss_after_setup_mb"] = rss_mib()
+    try:
+        reset_peak_rss()
+        reset = True
+    except OSError:  # the kernel refused (Linux < 4.0 or no /proc)
+        reset = False
+    start_rss = rss_mib()
     out["avi_ms_per_step"] = _time_steps(step, steps)
-    out["avi_step_extra_rss_mb"] = (_status_kb("VmHWM") - start_rss) / 1024 if reset else None
+    out["avi_step_extra_rss_mb"] = rss_mib("VmHWM") - start_rss if reset else None
     q = approx.encode()["a"]
     out["corr_encoded_vs_true_a"] = float(np.corrcoef(q.mean, data.a)[0, 1])
     if advi:

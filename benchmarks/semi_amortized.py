@@ -16,45 +16,21 @@ import argparse
 import numpy as np
 import pymc as pm
 
-import pymc_amortize  # noqa: F401  (registers method="amortized")
 from benchmarks.gaussian_models import ExactMeanField, hmm_model, saw_model
+from benchmarks.harness import ScoreTrace, fit_vi
 from pymc_amortize.diagnostics import meanfield_of, semi_amortize
 
 
-class ExactTracker:
-    """PyMC callback: the exact ELBO of the current iterate every ``every`` steps."""
-
-    def __init__(self, exact: ExactMeanField, every: int, offset: int = 0):
-        self.exact, self.every, self.offset = exact, every, offset
-        self.steps, self.elbos = [], []
-
-    def __call__(self, approx, losses, i):
-        if i % self.every == 0:
-            self.steps.append(i + self.offset)
-            self.elbos.append(self.exact.elbo(meanfield_of(approx)))
-
-    def first_within(self, target: float, rel: float = 0.01) -> int | None:
-        hits = [
-            s
-            for s, e in zip(self.steps, self.elbos, strict=True)
-            if e >= target - rel * abs(target)
-        ]
-        return hits[0] if hits else None
+def exact_trace(exact: ExactMeanField, every: int, offset: int = 0) -> ScoreTrace:
+    """The exact ELBO of the current iterate every ``every`` steps."""
+    return ScoreTrace(lambda approx: exact.elbo(meanfield_of(approx)), every, offset=offset)
 
 
 def semi_vs_fvi(model, *, widths, avi_steps, refine_steps, fvi_steps, lr, every, seed):
     exact = ExactMeanField(model)
-    approx = pm.fit(
-        avi_steps,
-        method="amortized",
-        model=model,
-        encoder_widths=widths,
-        obj_optimizer=pm.adam(learning_rate=lr),
-        random_seed=seed,
-        progressbar=False,
-    )
+    approx = fit_vi(model, "amortized", avi_steps, lr=lr, seed=seed, encoder_widths=widths)
     avi_elbo = exact.elbo(meanfield_of(approx))
-    tracker = ExactTracker(exact, every, offset=avi_steps)
+    tracker = exact_trace(exact, every, offset=avi_steps)
     semi = semi_amortize(
         approx,
         refine_steps,
@@ -64,16 +40,8 @@ def semi_vs_fvi(model, *, widths, avi_steps, refine_steps, fvi_steps, lr, every,
         random_seed=seed,
         progressbar=False,
     )
-    scratch = ExactTracker(exact, every)
-    with model:
-        pm.fit(
-            fvi_steps,
-            method="advi",
-            obj_optimizer=pm.adam(learning_rate=lr),
-            callbacks=[scratch],
-            random_seed=seed,
-            progressbar=False,
-        )
+    scratch = exact_trace(exact, every)
+    fit_vi(model, "advi", fvi_steps, lr=lr, seed=seed, callbacks=[scratch])
     target = exact.optimum_elbo
     return {
         "optimum": target,
@@ -81,7 +49,7 @@ def semi_vs_fvi(model, *, widths, avi_steps, refine_steps, fvi_steps, lr, every,
         "semi_final": exact.elbo(meanfield_of(semi)),
         "semi_steps": tracker.first_within(target),
         "semi_steps_tight": tracker.first_within(target, rel=0.0025),
-        "fvi_final": scratch.elbos[-1],
+        "fvi_final": scratch.values[-1],
         "fvi_steps": scratch.first_within(target),
         "fvi_steps_tight": scratch.first_within(target, rel=0.0025),
     }

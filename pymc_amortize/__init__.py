@@ -5,6 +5,7 @@ method behaves as before.
 """
 
 from pymc_amortize import registration
+from pymc_amortize._version import __version__ as __version__
 from pymc_amortize.analysis import (
     IndexedLocal,
     LocalLatent,
@@ -37,8 +38,6 @@ from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 from pymc_amortize.serialization import load_approximation, save_approximation
 
 registration.install()
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ELBO",

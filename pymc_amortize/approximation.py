@@ -907,6 +907,11 @@ class AmortizedApproximation:
         return self.global_params + flat
 
     @property
+    def encoders(self) -> dict[str, Callable]:
+        """Each local latent's encoder, by latent name (built-in or the user's)."""
+        return dict(self._encoders)
+
+    @property
     def encoder_widths(self) -> dict[str, tuple[int, ...]]:
         """The hidden widths of each built-in encoder (ρ's for a pooled one), as resolved."""
         return {
@@ -922,6 +927,18 @@ class AmortizedApproximation:
     @property
     def n_global(self) -> int:
         return self.global_group.ddim if self.global_group is not None else 0
+
+    def global_factors(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Mean and sd of q(θ) for each global, by value variable name, shaped as the variable
+        (on its unconstrained space)."""
+        if self.global_group is None:
+            return {}
+        mu = self.global_group.mean.get_value()
+        sd = _softplus(self.global_group.rho.get_value())
+        return {
+            value_name: (mu[slc].reshape(shape), sd[slc].reshape(shape))
+            for value_name, slc, shape, _ in self.global_group.ordering.values()
+        }
 
     # -- symbolic pieces used by the objective --------------------------------------------------
     def encoder_graph(
@@ -1748,9 +1765,26 @@ class AmortizedApproximation:
         idata = pm.to_inference_data(
             self.trace_from_values(values), model=self.model, log_likelihood=False
         )
-        for name, dataset in method_groups(self).items():
-            idata[name] = xr.DataTree(dataset)
+        self._add_method_groups(idata)
         return idata
+
+    def _add_method_groups(self, idata: xr.DataTree) -> None:
+        """The groups of :func:`pymc_amortize.results.method_groups`, added to ``idata``."""
+        groups = method_groups(
+            self.model,
+            self.analysis,
+            loss=self.hist,
+            step_seconds=self.step_seconds,
+            encoders=self.encoders,
+            n_encoder_params=sum(p.get_value().size for p in self.encoder_params),
+            global_factors=self.global_factors(),
+            settings=self.settings,
+            divergence=None if self.divergence is None else self.divergence.message(),
+            # A fit on unit_data may have more units than memory holds: encode_dataset gives them.
+            encoded=self.encode() if self.unit_source is None else None,
+        )
+        for name, dataset in groups.items():
+            idata[name] = xr.DataTree(dataset)
 
     def _sample_globals(
         self, global_values: dict[str, np.ndarray], return_inferencedata: bool
@@ -1785,8 +1819,7 @@ class AmortizedApproximation:
         idata["posterior"].attrs["note"] = (
             "Fitted on unit_data: the posterior of its units is approx.encode_dataset()'s."
         )
-        for name, dataset in method_groups(self).items():
-            idata[name] = xr.DataTree(dataset)
+        self._add_method_groups(idata)
         return idata
 
     def sample_dataset(

@@ -14,14 +14,26 @@ import xarray as xr
 from pymc_amortize.diagnostics import MeanFieldELBO, meanfield_of
 from pymc_amortize.errors import AmortizationError
 
-__all__ = ["Comparison", "compare"]
+__all__ = ["Comparison", "StepClock", "compare", "steps_to_within"]
 
 METHODS = ("amortized", "advi")
 COLUMNS = ("method", "elbo", "elbo_se", "wall_s", "steps", "steps_to_1pct", "n_params")
 
 
-class _Clock:
-    """PyMC callback: wall-clock seconds since the fit started, at every step."""
+class StepClock:
+    """PyMC callback: the seconds from the clock's creation to the end of every step.
+
+    Create it just before ``pm.fit`` and pass it among the callbacks; ``times[k]`` is then the
+    wall time of the first k + 1 steps, compilation included.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        clock = StepClock()
+        approx = pm.fit(1_000, method="amortized", model=model, callbacks=[clock])
+        clock.times[-1]  # seconds since the call, at the last step
+    """
 
     def __init__(self):
         self.start = time.perf_counter()
@@ -35,12 +47,24 @@ def _n_params(approx) -> int:
     return int(sum(np.size(p.get_value()) for p in approx.params))
 
 
-def _steps_to_within(hist: np.ndarray, best_elbo: float, rel: float, window: int) -> int | None:
-    """First step whose running-mean −loss is within ``rel`` of ``best_elbo`` (None if never)."""
-    if hist.size < window:
+def steps_to_within(
+    losses: np.ndarray, target_loss: float, *, rel: float = 0.01, window: int = 50
+) -> int | None:
+    """The first step whose running-mean loss over ``window`` steps is within ``rel`` of
+    ``target_loss`` (``target_loss + rel · |target_loss|`` or below), or None if none is (or the
+    target is not finite, or there are fewer than ``window`` steps).
+
+    Examples
+    --------
+    .. code-block:: python
+
+        steps_to_within(approx.hist, advi.hist[-50:].mean())
+    """
+    losses = np.asarray(losses, float)
+    if losses.size < window or not np.isfinite(target_loss):
         return None
-    smooth = -np.convolve(hist, np.ones(window) / window, mode="valid")
-    hits = np.flatnonzero(smooth >= best_elbo - rel * abs(best_elbo))
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    hits = np.flatnonzero(smooth <= target_loss + rel * abs(target_loss))
     return int(hits[0] + window) if hits.size else None
 
 
@@ -181,7 +205,7 @@ def compare(
     steps = {m: (n[m] if isinstance(n, Mapping) else n) for m in methods}
     approximations, clocks, walls = {}, {}, {}
     for method in methods:
-        clock = _Clock()
+        clock = StepClock()
         start = time.perf_counter()
         approximations[method] = pm.fit(
             steps[method],
@@ -207,7 +231,7 @@ def compare(
                 "elbo_se": scores[method][1],
                 "wall_s": walls[method],
                 "steps": int(hist.size),
-                "steps_to_1pct": _steps_to_within(hist, best, 0.01, window=min(50, hist.size)),
+                "steps_to_1pct": steps_to_within(hist, -best, window=min(50, hist.size)),
                 "n_params": _n_params(approx),
             }
         )

@@ -518,7 +518,7 @@ def _per_unit_gap(
             kl += _gaussian_kl(q, p).reshape(plate.size, -1).sum(axis=1)
             entropy_gain += np.log(q.sd / p.sd).reshape(plate.size, -1).sum(axis=1)
         per_draw = units_after - units_before + entropy_gain
-        dim, coords = unit_dim(approx, plate)
+        dim, coords = unit_dim(approx.model, plate)
         out[plate.name] = xr.Dataset(
             {
                 "kl": (dim, kl, {"long_name": "KL(refined q(z_n) ‖ encoder q(z_n))"}),

@@ -27,7 +27,6 @@ from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 
-from pymc_amortize.accelerators import is_jax_mode, static_sizes
 from pymc_amortize.analysis import (
     EncoderInputSpec,
     LocalLatent,
@@ -38,6 +37,7 @@ from pymc_amortize.analysis import (
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError, DivergenceWarning
+from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
 from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource

@@ -20,17 +20,15 @@ Every attribute is a string or a number, so the tree survives ``to_netcdf`` and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pymc as pm
 import xarray as xr
 
+from pymc_amortize._version import __version__
+from pymc_amortize.analysis import ModelAnalysis, Plate
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
-
-if TYPE_CHECKING:
-    from pymc_amortize.approximation import AmortizedApproximation
 
 __all__ = ["describe_encoder", "fit_trace", "method_groups"]
 
@@ -139,39 +137,43 @@ def _param_dataarray(
     )
 
 
-def variational_params(approx: AmortizedApproximation) -> xr.Dataset:
-    """Mean and sd of q(θ) for each global, by value variable, under the model's dims."""
-    model = approx.model
-    data = {}
-    group = approx.global_group
-    if group is not None:
-        mu = group.mean.get_value()
-        sd = np.logaddexp(0.0, group.rho.get_value())
-        rv_names = {value.name: rv.name for rv, value in model.rvs_to_values.items()}
-        for value_name, slc, shape, _ in group.ordering.values():
-            rv_name = rv_names[value_name]
-            data[value_name] = _param_dataarray(
-                model, rv_name, value_name, mu[slc].reshape(shape), sd[slc].reshape(shape)
-            )
-    return xr.Dataset(data)
+def variational_params(
+    model: pm.Model, global_factors: Mapping[str, tuple[np.ndarray, np.ndarray]]
+) -> xr.Dataset:
+    """Mean and sd of q(θ) for each global, by value variable, under the model's dims.
+
+    ``global_factors`` maps each global's value variable name to its mean and sd (shaped as the
+    variable), as ``approx.global_factors()`` gives them.
+    """
+    rv_names = {value.name: rv.name for rv, value in model.rvs_to_values.items()}
+    return xr.Dataset(
+        {
+            value_name: _param_dataarray(model, rv_names[value_name], value_name, mean, sd)
+            for value_name, (mean, sd) in global_factors.items()
+        }
+    )
 
 
-def unit_dim(approx: AmortizedApproximation, plate) -> tuple[str, np.ndarray]:
+def unit_dim(model: pm.Model, plate: Plate) -> tuple[str, np.ndarray]:
     """The dim of ``plate``'s units (its model dim, else the plate's name) and their coords."""
     dim = plate.dim or plate.name
-    coords = approx.model.coords.get(plate.dim) if plate.dim else None
+    coords = model.coords.get(plate.dim) if plate.dim else None
     if coords is None or len(coords) != plate.size:
         return dim, np.arange(plate.size)
     return dim, np.asarray(coords)
 
 
-def encoder_outputs(approx: AmortizedApproximation) -> xr.Dataset:
-    """Mean and sd of q(z_n) for each local latent and unit, under its plate's unit dim."""
-    model = approx.model
-    encoded = approx.encode()
+def encoder_outputs(
+    model: pm.Model, analysis: ModelAnalysis, encoded: Mapping[str, object]
+) -> xr.Dataset:
+    """Mean and sd of q(z_n) for each local latent and unit, under its plate's unit dim.
+
+    ``encoded`` maps each local latent's name to its q on the fitted units (anything with
+    ``mean`` and ``sd``, as ``approx.encode()`` gives them).
+    """
     data = {}
-    for plate in approx.analysis.plates:
-        dim, units = unit_dim(approx, plate)
+    for plate in analysis.plates:
+        dim, units = unit_dim(model, plate)
         for latent in plate.latents:
             q = encoded[latent.name]
             event_dims = _dims(model, latent.name, q.mean.shape)[1:]
@@ -188,42 +190,77 @@ def encoder_outputs(approx: AmortizedApproximation) -> xr.Dataset:
     return xr.Dataset(data)
 
 
-def fit_attributes(approx: AmortizedApproximation) -> dict[str, str | int | float]:
+def fit_attributes(
+    analysis: ModelAnalysis,
+    encoders: Mapping[str, object],
+    *,
+    n_encoder_params: int,
+    global_dim: int,
+    settings: Mapping[str, object],
+    divergence: str | None = None,
+) -> dict[str, str | int | float]:
     """The method, encoders and fit settings as netCDF-safe attributes."""
-    import pymc_amortize
-
-    encoders = "; ".join(
-        f"{name}: {describe_encoder(encoder)}" for name, encoder in approx._encoders.items()
-    )
     attrs = {
         "method": METHOD,
         "library": "pymc_amortize",
-        "library_version": pymc_amortize.__version__,
-        "local_latents": ", ".join(approx.analysis.latent_names),
+        "library_version": __version__,
+        "local_latents": ", ".join(analysis.latent_names),
         "plates": "; ".join(
             f"{p.name}: {p.size} units"
             + ("" if p.index is None else f", {p.n_rows} rows by {p.index.key}")
-            for p in approx.analysis.plates
+            for p in analysis.plates
         ),
-        "analysis": approx.analysis.summary(),
-        "encoder": encoders,
-        "encoder_params": int(sum(p.get_value().size for p in approx.encoder_params)),
-        "global_dim": approx.n_global,
+        "analysis": analysis.summary(),
+        "encoder": "; ".join(
+            f"{name}: {describe_encoder(encoder)}" for name, encoder in encoders.items()
+        ),
+        "encoder_params": int(n_encoder_params),
+        "global_dim": global_dim,
     }
-    attrs |= {name: _attr(value) for name, value in approx.settings.items()}
-    divergence = getattr(approx, "divergence", None)
+    attrs |= {name: _attr(value) for name, value in settings.items()}
     if divergence is not None:
-        attrs["divergence"] = divergence.message()
+        attrs["divergence"] = divergence
     return attrs
 
 
-def method_groups(approx: AmortizedApproximation) -> dict[str, xr.Dataset]:
-    """The ``amortized_fit``, ``variational_params`` and ``encoder_outputs`` groups.
+def method_groups(
+    model: pm.Model,
+    analysis: ModelAnalysis,
+    *,
+    loss: np.ndarray,
+    step_seconds: np.ndarray | None,
+    encoders: Mapping[str, object],
+    n_encoder_params: int,
+    global_factors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    settings: Mapping[str, object],
+    divergence: str | None = None,
+    encoded: Mapping[str, object] | None = None,
+) -> dict[str, xr.Dataset]:
+    """The ``amortized_fit``, ``variational_params`` and ``encoder_outputs`` groups of a fit.
+
+    Everything is passed as values (``approx.sample()`` gathers them from its approximation).
 
     Parameters
     ----------
-    approx : AmortizedApproximation
-        A fitted approximation.
+    model : pm.Model
+        The fitted model: its dims and coords label the groups.
+    analysis : ModelAnalysis
+        The fit's plates and local latents.
+    loss, step_seconds : ndarray
+        Loss (−ELBO) and wall-clock seconds of each step.
+    encoders : dict of str to callable
+        Each local latent's encoder, described in the attributes.
+    n_encoder_params : int
+        The number of encoder weights.
+    global_factors : dict of str to (ndarray, ndarray)
+        Mean and sd of q(θ) by value variable name.
+    settings : dict
+        The fit's options, written as attributes.
+    divergence : str, optional
+        Where the fit diverged (``DivergenceInfo.message()``).
+    encoded : dict of str to LocalPosterior, optional
+        q(z_n) of each local latent on the fitted units; without it (a fit on ``unit_data``,
+        whose units ``encode_dataset`` gives) there is no ``encoder_outputs`` group.
 
     Returns
     -------
@@ -234,14 +271,19 @@ def method_groups(approx: AmortizedApproximation) -> dict[str, xr.Dataset]:
     --------
     .. code-block:: python
 
-        approx = pm.fit(2_000, method="amortized", model=model)
-        groups = method_groups(approx)
-        groups["encoder_outputs"]["z"].sel(param="sd")
+        idata = approx.sample(100)   # carries these groups
+        idata["encoder_outputs"]["z"].sel(param="sd")
     """
-    fit = fit_trace(approx.hist, approx.step_seconds)
-    fit.attrs = fit_attributes(approx)
-    groups = {"amortized_fit": fit, "variational_params": variational_params(approx)}
-    # A fit on unit_data may have more units than memory holds: encode_dataset gives them.
-    if approx.unit_source is None:
-        groups["encoder_outputs"] = encoder_outputs(approx)
+    fit = fit_trace(loss, step_seconds)
+    fit.attrs = fit_attributes(
+        analysis,
+        encoders,
+        n_encoder_params=n_encoder_params,
+        global_dim=sum(int(np.size(mean)) for mean, _ in global_factors.values()),
+        settings=settings,
+        divergence=divergence,
+    )
+    groups = {"amortized_fit": fit, "variational_params": variational_params(model, global_factors)}
+    if encoded is not None:
+        groups["encoder_outputs"] = encoder_outputs(model, analysis, encoded)
     return groups

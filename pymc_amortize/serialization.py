@@ -101,7 +101,7 @@ def _latent_json(approx: AmortizedApproximation, plate: Plate, latent: LocalLate
         "event_shape": list(latent.event_shape),
         "unit_scaling": _scaling_json(data.unit_scaling),
         "row_scaling": _scaling_json(data.row_scaling),
-        "encoder": _encoder_json(approx._encoders[latent.name]),
+        "encoder": _encoder_json(approx.encoders[latent.name]),
         # Optional (added within format 2; files without it load with no envelope): the range
         # of the standardised encoder inputs in training, for the out-of-range warning.
         "envelope": (
@@ -232,7 +232,7 @@ def _check_structure(approx: AmortizedApproximation, latents: dict, params: list
             "row" if plate.index is None else "indexed",
             [d.key for d in lat.unit_inputs],
             [d.key for d in lat.row_inputs],
-            type(approx._encoders[lat.name]).__name__,
+            type(approx.encoders[lat.name]).__name__,
         )
         for plate in approx.analysis.plates
         for lat in plate.latents
@@ -367,11 +367,10 @@ def load_approximation(
                 approx.envelopes.pop(latent.name, None)
             else:
                 approx.envelopes[latent.name] = envelope
-            encoder = approx._encoders[latent.name]
+            encoder = approx.encoders[latent.name]
             if isinstance(encoder, PooledEncoder):
                 encoder.set_count_scaling(
                     saved["encoder"]["log_count_center"], saved["encoder"]["log_count_scale"]
                 )
-    approx._encode_fns.clear()
     approx.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx

@@ -160,6 +160,10 @@ def test_datatree_groups_have_model_dims_and_values(linear_fit):
     theta = idata["variational_params"]["theta"]
     assert theta.dims == ("param",)
     assert float(theta.sel(param="mean")) == approx.global_group.mean.get_value()[0]
+    # The public accessors the groups are built from.
+    mean, sd = approx.global_factors()["theta"]
+    assert (float(mean), float(sd)) == tuple(float(v) for v in theta.values)
+    assert list(approx.encoders) == ["z"] and approx.encoders is not approx.encoders
 
 
 @pytest.fixture(scope="module")

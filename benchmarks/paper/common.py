@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import numpy as np
 import pymc as pm
 from pytensor_ml.optim import adam, cosine_schedule
 
-import pymc_amortize
+from benchmarks.harness import Params, ScoredClock, fit_vi, steps_to_within, variational_params
 from pymc_amortize.errors import DivergenceWarning
 
 __all__ = [
@@ -55,8 +54,6 @@ __all__ = [
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "docs" / "paper"
 SMOOTHING_WINDOW = 50
-#: Variational parameters of one fit: ``{value variable name: (mean, sd)}``, value space.
-Params = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -118,37 +115,6 @@ class Run:
         return None if step is None else float(self.wall[min(step, self.wall.size) - 1])
 
 
-def steps_to_within(
-    hist: np.ndarray, target_loss: float, rel: float = 0.01, window: int = SMOOTHING_WINDOW
-) -> int | None:
-    """First step whose running-mean loss is within ``rel`` of ``target_loss`` (None if never)."""
-    hist = np.asarray(hist, float)
-    if hist.size < window or not np.isfinite(target_loss):
-        return None
-    smooth = np.convolve(hist, np.ones(window) / window, mode="valid")
-    hits = np.flatnonzero(smooth <= target_loss + rel * abs(target_loss))
-    return int(hits[0] + window) if hits.size else None
-
-
-def _group_params(group) -> Params:
-    mean = group.mean.eval() if hasattr(group.mean, "eval") else group.mean.get_value()
-    sd = group.std.eval()
-    out = {}
-    for name, slc, shape, _ in group.ordering.values():
-        out[name] = (np.asarray(mean[slc]).reshape(shape), np.asarray(sd[slc]).reshape(shape))
-    return out
-
-
-def variational_params(approx) -> Params:
-    """Means and sds of q on the value space, by value variable, for A-VI and F-VI alike."""
-    if isinstance(approx, pymc_amortize.AmortizedApproximation):
-        out = _group_params(approx.global_group) if approx.global_group is not None else {}
-        for latent, q in zip(approx.analysis.latents, approx.encode().values(), strict=True):
-            out[latent.value_name] = (q.mean, q.sd)
-        return out
-    return _group_params(approx.groups[0])
-
-
 def mc_negative_elbo(model: pm.Model, n_draws: int = 100, seed: int = 0) -> Callable:
     """−ELBO of mean-field Gaussian parameters by Monte Carlo on the model's own log density.
 
@@ -176,26 +142,6 @@ def mc_negative_elbo(model: pm.Model, n_draws: int = 100, seed: int = 0) -> Call
     return score
 
 
-class _Clock:
-    """PyMC callback: wall time at every step, and the score every ``every`` steps."""
-
-    def __init__(self, score: Callable[[Params], dict] | None, every: int | None):
-        self.times: list[float] = []
-        self.score, self.every = score, every
-        self.trace: list[dict[str, float]] = []
-
-    def __call__(self, approx, losses, i):
-        self.times.append(time.perf_counter())
-        if self.every and self.score is not None and (i + 1) % self.every == 0:
-            start = time.perf_counter()
-            self.trace.append(
-                {"step": i + 1, "wall": self.times[-1] - self.times[0]}
-                | self.score(variational_params(approx))
-            )
-            # Scoring time is not fitting time.
-            self.times = [t + (time.perf_counter() - start) for t in self.times]
-
-
 def optimizer(learning_rate: float, steps: int, schedule: str):
     """Adam with a constant rate or a half-cosine decay to 1/100 of it over ``steps``."""
     if schedule == "constant":
@@ -218,29 +164,28 @@ def fit_one(
     lr_schedule: str = "cosine",
 ) -> Run:
     """Fit one method with one seed through ``pm.fit`` and score its final parameters."""
-    clock = _Clock(score, trace_every)
+    clock = ScoredClock(lambda approx: score(variational_params(approx)), trace_every)
     lr = method.learning_rate or learning_rate
     steps = method.steps or steps
     diverged, approx = False, None
-    start = time.perf_counter()
-    with model, warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DivergenceWarning)
         try:
-            approx = pm.fit(
+            approx = fit_vi(
+                model,
+                method.kind,
                 steps,
-                method=method.kind,
+                seed=seed,
                 obj_optimizer=optimizer(lr, steps, lr_schedule),
                 obj_n_mc=obj_n_mc,
                 callbacks=[clock],
-                random_seed=seed,
-                progressbar=False,
                 **method.options,
             )
         except FloatingPointError:  # PyMC's ADVI raises on a NaN loss
             diverged = True
     diverged = diverged or any(issubclass(w.category, DivergenceWarning) for w in caught)
     times = np.asarray(clock.times)
-    compile_s = float(times[0] - start) if times.size else math.nan
+    compile_s = float(times[0]) if times.size else math.nan
     wall = times - times[0] if times.size else times
     params = variational_params(approx) if approx is not None else None
     metrics = {"loss": math.nan}
@@ -387,15 +332,16 @@ def summarize(
     return rows, summary, target
 
 
-def _clean(value):
+def clean_json(value):
+    """``value`` with NumPy scalars made Python numbers and NaN or infinite floats made None."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, np.generic):
-        return _clean(value.item())
+        return clean_json(value.item())
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
@@ -425,11 +371,11 @@ def write_results(
         "rows": rows,
     } | dict(extra or {})
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(_clean(payload), indent=1))
+    path.write_text(json.dumps(clean_json(payload), indent=1))
     with open(out_dir / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(_clean(rows))
+        writer.writerows(clean_json(rows))
     return path
 
 

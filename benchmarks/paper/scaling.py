@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(common._clean(payload), indent=1))
+    path.write_text(json.dumps(common.clean_json(payload), indent=1))
     print(scaling_table(payload))
     print(f"wrote {path} and {figure.name}")
     return json.loads(path.read_text())

@@ -25,6 +25,8 @@ import pytensor
 from pytensor.graph.basic import Constant
 
 import pymc_amortize  # noqa: F401  (registers method="amortized")
+from benchmarks.harness import n_params as n_params  # re-exported for the perf scripts
+from benchmarks.harness import reset_peak_rss, rss_mib
 from pymc_amortize.inference import AmortizedVI
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,10 +78,6 @@ def advi_step(bench, *, lr=1e-2, mode=None, random_seed=0) -> Callable:
     )
 
 
-def n_params(shared_vars) -> int:
-    return int(sum(np.asarray(v.get_value()).size for v in shared_vars))
-
-
 # -- memory -----------------------------------------------------------------------------------
 def held_mib(step: Callable) -> dict[str, float]:
     """MiB the compiled step holds between calls, split into what it updates (parameters, optimiser
@@ -97,23 +95,6 @@ def held_mib(step: Callable) -> dict[str, float]:
         return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray)) / 2**20
 
     return {"state_mib": mib(updated), "data_mib": mib(read)}
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    """The process's resident memory (``VmRSS``) or its peak since the last reset (``VmHWM``)."""
-    return _status_kib(field) / 1024
-
-
-def reset_peak_rss() -> None:
-    """Reset Linux's peak-RSS counter (``VmHWM``) to the current resident memory."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def trim_heap() -> None:
@@ -144,11 +125,11 @@ def step_peak_mib(step: Callable, *, calls: int = 20, warmup: int = 2) -> float:
         for _ in range(warmup):
             step()
         gc.collect()
-        resting = _status_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")
+        resting = rss_mib()
+        reset_peak_rss()
         for _ in range(calls):
             step()
-        return (_status_kib("VmHWM") - resting) / 1024
+        return rss_mib("VmHWM") - resting
     except OSError:
         return float("nan")
     finally:

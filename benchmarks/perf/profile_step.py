@@ -9,85 +9,22 @@ Timed in turn in one process, nonlinear model, NUMBA, float64:
   divergence guard that ``pm.fit`` calls (the guard's Python cost per step);
 * the B = 1,000 step, and the saw model's full step beside ADVI's, compiled with (default) and
   without PyTensor's numba cache (whose ``*args`` wrapper makes numba type each argument in Python);
-* the full-batch step built as before this branch: pytensor-ml layers left as opaque
-  ``OpFromGraph`` nodes (the old ``symbolic_encode``) and the data replaced after the draws (the old
-  ``per_draw``, which duplicated the log-sd network's backward pass).
 
-Graph sizes (apply nodes, matrix products) of the compiled full-batch steps are printed too.
+Graph sizes (apply nodes, matrix products, opaque layer ops) of the compiled full-batch step are
+printed too. (Until the redesign this script also rebuilt the step as it was before the perf
+branch, by monkeypatching three core internals; that comparison is retired and its last result is
+kept in README.md's findings.)
 (PyTensor's own profiler cannot split a NUMBA step, which compiles to one function, by node.)
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pymc as pm
 import pytensor
-from pytensor.graph.replace import clone_replace, vectorize_graph
-from pytensor.graph.traversal import ancestors
 from pytensor_ml.base import LayerOp
 
-import pymc_amortize.approximation as approximation_module
-import pymc_amortize.inference as inference_module
-import pymc_amortize.logjoint as logjoint_module
 from benchmarks.perf import common, models
-from pymc_amortize.plates import PlateLayout
-
-
-def _old_build_logjoint(model, analysis, *, batch_plate=None, batch_buffers=None):
-    """The old core built every step's log joint with batch placeholders, full batch included."""
-    return logjoint_module.build_logjoint(
-        model,
-        analysis,
-        batch_plate=inference_module.batch_plate_of(analysis),
-        batch_buffers=batch_buffers,
-    )
-
-
-def _old_per_draw(self, global_draws, local_draws, batch):
-    """The old ``per_draw``: the draws substituted first, then the batch's data (at full batch,
-    every unit), which copies the encoder graph and its backward pass."""
-    replace = {self.global_values[k]: v for k, v in global_draws.items()}
-    replace |= {self.local_values[k]: v for k, v in local_draws.items()}
-    terms = [t for _, t in self.batch_terms + self.other_terms]
-    drawn = [bool(set(replace) & set(ancestors([term]))) for term in terms]
-    terms = vectorize_graph(terms, replace)
-    if self.batch_plate is not None:
-        batch = batch if batch is not None else PlateLayout(self.batch_plate).full()
-        data = {p: batch.take_units(leaf) for p, leaf in self.unit_data.items()}
-        data |= {p: batch.take_rows(leaf) for p, leaf in self.row_data.items()}
-        if self.slot is not None:
-            data[self.slot] = batch.unit_of_row
-        terms = clone_replace(terms, data, rebuild_strict=False)
-    scale = batch.scale if batch is not None else 1.0
-    total = 0.0
-    for i, (term, has_draw_axis) in enumerate(zip(terms, drawn, strict=True)):
-        summed = term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()
-        total = total + (scale * summed if i < len(self.batch_terms) else summed)
-    return total
-
-
-@contextlib.contextmanager
-def before_this_branch():
-    """Build steps as the core did before: opaque layers, the log joint with batch placeholders
-    even at full batch, and the data replaced after the draws."""
-    saved = (
-        approximation_module.inline_layers,
-        logjoint_module.LogJoint.per_draw,
-        inference_module.build_logjoint,
-    )
-    approximation_module.inline_layers = list
-    logjoint_module.LogJoint.per_draw = _old_per_draw
-    inference_module.build_logjoint = _old_build_logjoint
-    try:
-        yield
-    finally:
-        (
-            approximation_module.inline_layers,
-            logjoint_module.LogJoint.per_draw,
-            inference_module.build_logjoint,
-        ) = saved
 
 
 def without_numba_cache():
@@ -130,8 +67,6 @@ def run(
     trivial = pytensor.function([], counter, updates={counter: counter + 1.0}, mode=mode)
     guard = _guarded(bench, min(1_000, n_units), mode)
     full = _guarded(bench, None, mode)
-    with before_this_branch():
-        old = _guarded(bench, None, mode)
     saw = models.build("saw")
     saw_step = _guarded(saw, None, mode)
     with without_numba_cache():
@@ -143,7 +78,6 @@ def run(
         "A-VI step B=1,000": guard.fn,
         "A-VI step B=1,000 through the guard": guard,
         "A-VI step full batch": full.fn,
-        "A-VI step full batch, before this branch": old.fn,
         "A-VI step B=1,000, numba cache off": uncached.fn,
         "saw A-VI step (N=1,000)": saw_step.fn,
         "saw A-VI step, numba cache off": saw_uncached.fn,
@@ -157,15 +91,12 @@ def run(
         s = common.summary(seconds)
         ratio = common.paired_ratio(seconds, ref)
         rows.append([name, s["median_ms"], s["min_ms"], ratio, faults[name]])
-    new_size, old_size = graph_size(full.fn), graph_size(old.fn)
+    new_size = graph_size(full.fn)
     overhead = {
         "fixed_call_ms": float(np.median(times["trivial compiled call"]) * 1e3),
         "guard_ms": float(
             np.median(times["A-VI step B=1,000 through the guard"] - times["A-VI step B=1,000"])
             * 1e3
-        ),
-        "old_over_new_full": common.paired_ratio(
-            times["A-VI step full batch, before this branch"], ref
         ),
         "cached_over_uncached_b1000": common.paired_ratio(
             times["A-VI step B=1,000"], times["A-VI step B=1,000, numba cache off"]
@@ -189,11 +120,9 @@ def run(
             ["call", "median ms", "min ms", "÷ full-batch step", "page faults/call"], rows
         )
         + f"\nCompiled full-batch step: {new_size[0]} apply nodes, {new_size[1]} matrix products "
-        f"and {new_size[2]} opaque layer ops (before this branch: {old_size[0]} nodes, "
-        f"{old_size[1]} products, {old_size[2]} opaque layer ops). "
+        f"and {new_size[2]} opaque layer ops. "
         f"Fixed cost per compiled call ≈ {overhead['fixed_call_ms'] * 1e3:.0f} µs; the guard adds "
-        f"≈ {overhead['guard_ms'] * 1e3:.0f} µs per step; the old full-batch step took "
-        f"{overhead['old_over_new_full']:.2f}× the current one. "
+        f"≈ {overhead['guard_ms'] * 1e3:.0f} µs per step. "
         f"Compiled with PyTensor's numba cache, whose `def f(*args)` wrapper has numba type the "
         f"step's {arguments['nonlinear B=1,000']} arguments (parameters, Adam "
         f"moments, RNGs) in Python on every call, the B = 1,000 step takes "
@@ -205,7 +134,7 @@ def run(
     )
     payload = {
         "times_ms": {k: common.summary(v) for k, v in times.items()},
-        "graph": {"now": new_size, "before": old_size},
+        "graph": {"now": new_size},
         "overhead": overhead,
         "step_arguments": arguments,
     }

@@ -31,7 +31,7 @@ def run(
     for n in sizes:
         bench = models.build("nonlinear", n)
         inference = common.avi_inference(bench, batch_size=min(batch, n))
-        n_params[("A-VI", n)] = common.n_params(inference.approx.params)
+        n_params[("A-VI", n)] = common.n_params(inference.approx)
         contenders[("A-VI", n)] = common.avi_step(bench, batch_size=min(batch, n), mode=mode)
         contenders[("ADVI", n)] = common.advi_step(bench, mode=mode)
         n_params[("ADVI", n)] = 2 * (n + 1)
