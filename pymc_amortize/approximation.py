@@ -37,6 +37,7 @@ from pymc_amortize.encoders import (
     encoder_params,
     inline_layers,
     resolve_user_encoders,
+    standardization_scale,
 )
 from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
 from pymc_amortize.new_units import (
@@ -152,8 +153,8 @@ class InputScaling(NamedTuple):
     def fit(cls, matrix: np.ndarray, standardize: bool) -> InputScaling:
         if not standardize:
             return cls(np.zeros(matrix.shape[1]), np.ones(matrix.shape[1]))
-        scale = matrix.std(axis=0)
-        return cls(matrix.mean(axis=0), np.where(scale > 0, scale, 1.0))
+        center = matrix.mean(axis=0)
+        return cls(center, standardization_scale(matrix.std(axis=0), center))
 
     def apply(self, matrix: np.ndarray) -> np.ndarray:
         return (matrix - self.center) / self.scale
@@ -486,8 +487,8 @@ def _fit_scaling(arrays: Sequence[np.ndarray], standardize: bool) -> InputScalin
         else:
             centers.append(np.zeros(a.shape[1]))
             scales.append(np.ones(a.shape[1]))
-    scale = np.concatenate(scales)
-    return InputScaling(np.concatenate(centers), np.where(scale > 0, scale, 1.0))
+    center = np.concatenate(centers)
+    return InputScaling(center, standardization_scale(np.concatenate(scales), center))
 
 
 def _streamed_envelope(
@@ -529,7 +530,7 @@ def _streamed_part(
     summary = summarize_columns(source, keys, rows=rows)
     sd = np.sqrt(np.diag(summary.cov))
     scaling = (
-        InputScaling(summary.mean, np.where(sd > 0, sd, 1.0))
+        InputScaling(summary.mean, standardization_scale(sd, summary.mean))
         if standardize
         else InputScaling(np.zeros_like(summary.mean), np.ones_like(summary.mean))
     )
@@ -602,7 +603,8 @@ def default_encoder(
         )
     if log_count_scaling is None:
         log_counts = np.log1p(plate.row_counts)
-        log_count_scaling = (float(log_counts.mean()), float(log_counts.std()) or 1.0)
+        center = float(log_counts.mean())
+        log_count_scaling = (center, float(standardization_scale(log_counts.std(), center)))
     if widths is None:
         widths = default_encoder_widths(plate.size)
     return PooledEncoder(

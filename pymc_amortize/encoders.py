@@ -30,7 +30,27 @@ __all__ = [
     "encoder_params",
     "inline_layers",
     "segment_mean",
+    "standardization_scale",
 ]
+
+#: A column whose sd is at most this fraction of its mean's magnitude is constant up to rounding:
+#: the sd of n equal float64 values comes out near 1e-16 of them, not 0, and a one-pass
+#: sqrt(E[x²] - mean²) (a fit on unit_data) near 1e-8 of them.
+CONSTANT_RELATIVE_SD = 1e-6
+
+
+def standardization_scale(sd, center) -> np.ndarray:
+    """The scale that standardises a column of sd ``sd`` and mean ``center``: its sd, or 1 for a
+    column constant over the fitted units (sd 0, within rounding of 0, or not finite).
+
+    Dividing by a constant column's rounding-level sd (4e-16 for the log row count of a balanced
+    design) turned a new unit's slightly different value into an input of 1e15 and the encoder's
+    output into -2e14; with scale 1 the column is only centred.
+    """
+    sd, center = np.asarray(sd, dtype=np.float64), np.asarray(center, dtype=np.float64)
+    ok = np.isfinite(sd) & (sd > 0) & (sd > CONSTANT_RELATIVE_SD * np.abs(center))
+    return np.where(ok, sd, 1.0)
+
 
 #: An encoder maps a symbolic (B, n_inputs) matrix to the (B, event_size) mean and log-sd of q(z_n).
 Encoder = Callable[[TensorVariable], tuple[TensorVariable, TensorVariable]]
@@ -387,6 +407,9 @@ class PooledEncoder:
             param.set_value(value)
         # Shared, not literals, so that the compiled step does not depend on the data's row
         # counts (NUMBA compiles literals into machine code; see plates.PlateLayout.size).
+        self.log_count_scale = float(
+            standardization_scale(self.log_count_scale, self.log_count_center)
+        )
         self._log_count_standardization = pytensor.shared(
             np.array([self.log_count_center, self.log_count_scale], dtype=pytensor.config.floatX),
             name=f"{self.name}_log_count_standardization",
@@ -410,7 +433,8 @@ class PooledEncoder:
     def set_count_scaling(self, center: float, scale: float) -> None:
         """Set the standardisation of log(1 + n_j), e.g. to a saved fit's (graphs built before
         read the new values: they are shared variables)."""
-        self.log_count_center, self.log_count_scale = float(center), float(scale)
+        scale = float(standardization_scale(scale, center))
+        self.log_count_center, self.log_count_scale = float(center), scale
         self._log_count_standardization.set_value(
             np.array([center, scale], dtype=self._log_count_standardization.dtype)
         )

@@ -48,6 +48,7 @@ import pytensor
 import xarray as xr
 
 from pymc_amortize.analysis import DataInput, ModelAnalysis, Plate
+from pymc_amortize.encoders import standardization_scale
 from pymc_amortize.errors import AmortizationError, ChunkOrderWarning
 
 __all__ = [
@@ -425,10 +426,8 @@ class UnitSource:
         self.n_rows, self.max_rows = int(row_bounds[-1]), int(high)
         self.row_count_range = (int(low), int(high))
         mean = total / n_units
-        self.log_count_scaling = (
-            mean,
-            float(np.sqrt(max(squares / n_units - mean**2, 0.0))) or 1.0,
-        )
+        sd = np.sqrt(max(squares / n_units - mean**2, 0.0))
+        self.log_count_scaling = (mean, float(standardization_scale(sd, mean)))
 
     def _read_index(self, start: int, stop: int) -> np.ndarray:
         var = self.dataset[self.index_key].isel({self.row_dim: slice(start, stop)})
