@@ -89,6 +89,9 @@ def _encoder_json(encoder: object) -> dict:
             # Fixed at the fit from its units' row counts: a new model's counts must not move them.
             "log_count_center": float(encoder.log_count_center),
             "log_count_scale": float(encoder.log_count_scale),
+            # Optional (added within format 2; absent: False): every fitted unit had the same
+            # number of rows (new units with another count get the rows' message scaled).
+            "constant_count": bool(encoder.constant_count),
         }
     if isinstance(encoder, MLPEncoder):
         return {"kind": "MLPEncoder", "n_inputs": int(encoder.n_inputs)}
@@ -386,6 +389,7 @@ def load_approximation(
                 encoder.set_count_scaling(
                     saved["encoder"]["log_count_center"], saved["encoder"]["log_count_scale"]
                 )
+                encoder.constant_count = bool(saved["encoder"].get("constant_count", False))
     approx._encode_fns.clear()
     approx.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx
