@@ -874,6 +874,9 @@ class AmortizedApproximation:
         self._transform_fns: dict[tuple[str, str], pytensor.compile.Function | None] = {}
         #: Each latent's training envelope: the range of its encoder inputs in training.
         self.envelopes: dict[str, TrainingEnvelope] = {}
+        #: The fitted units' range of encoder outputs, for the current weights (see
+        #: ``_fitted_output_range``).
+        self._output_ranges: dict[tuple, tuple[np.ndarray, ...]] = {}
         self._init_encoders(
             encoder, encoder_widths, activation, init_scale, standardize_inputs, random_seed
         )
@@ -1512,7 +1515,7 @@ class AmortizedApproximation:
         current encoder weights."""
         weights = None if self.encoder_weights is None else self.encoder_weights.get_value()
         key = (name, None if weights is None else hash(weights.tobytes()))
-        cache = self.__dict__.setdefault("_output_ranges", {})
+        cache = self._output_ranges
         if key not in cache:
             plate = self.analysis.plate_of(name)
             streamed = self.unit_source is not None and plate is self.unit_source.plate
