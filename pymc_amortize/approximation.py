@@ -8,9 +8,11 @@ own inputs (one row per unit) and, for an indexed plate, the set of its rows, po
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import arviz as az
@@ -37,6 +39,7 @@ from pymc_amortize.encoders import (
     encoder_params,
     inline_layers,
     resolve_user_encoders,
+    standardization_scale,
 )
 from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
 from pymc_amortize.new_units import (
@@ -62,6 +65,16 @@ __all__ = [
 
 #: Default levels of the constrained-scale quantiles of :class:`LocalPosterior`.
 QUANTILE_LEVELS = (0.05, 0.5, 0.95)
+#: Draws of p(z | θ) under q(θ) behind the prior's moments in :meth:`_temper_by_count`.
+COUNT_PRIOR_DRAWS = 4000
+#: A new unit's q(z) is absurd (an error, not a result) when its mean lies more than this many
+#: widths of the fitted units' means (or their largest sd, if wider) beyond their range ...
+ABSURD_MEAN_WIDTHS = 100.0
+#: ... or its sd is more than this factor outside the fitted units' range of sds.
+ABSURD_SD_RATIO = 1e4
+#: Fitted units behind that range (encoded once per fit's weights).
+OUTPUT_RANGE_UNITS = 100_000
+
 #: Monte Carlo draws behind the constrained summary of a latent whose transform is neither the
 #: identity nor log (e.g. a simplex), per unit.
 SUMMARY_DRAWS = 1000
@@ -134,29 +147,113 @@ def _data_under(model: pm.Model, dim: str | None, aligned: Sequence[DataInput]) 
     return out
 
 
+def _fmt(value) -> str:
+    value = np.asarray(value, dtype=float)
+    return (
+        f"{float(value.ravel()[0]):.4g}" if value.size == 1 else np.array2string(value, precision=4)
+    )
+
+
 def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x)
 
 
 class InputScaling(NamedTuple):
-    """Column centre and scale applied to an encoder's input.
+    """How an encoder reads its input columns: non-finite entries encoded, then centred and scaled.
 
-    With an affine first layer this is a reparameterisation of the same family of encoders; it keeps
-    the first steps well-scaled whatever units the data are in.
+    With an affine first layer the centre and scale are a reparameterisation of the same family of
+    encoders; they keep the first steps well-scaled whatever units the data are in.
+
+    Attributes
+    ----------
+    center, scale : ndarray
+        (k + f,) per encoded column: the k raw columns, then one indicator per flagged column.
+    flagged : tuple of int
+        Raw columns that held NaN or ±inf over the fitted units: bookkeeping rather than
+        measurements, such as a censoring bound of ``np.inf`` for the uncensored rows or a mask.
+        Each reads as its value where finite and its centre elsewhere (0 once standardised), and
+        gets an indicator column appended, 1 where the value is finite and 0 where not.
+    constant : tuple of int
+        Encoded columns with one value over the fitted units: centred on it exactly (so they read
+        0 there) with scale 1. The default encoders start with zero weights on them, which stay
+        zero (their gradient is 0), so a new unit's other value of such a column is ignored.
     """
 
     center: np.ndarray
     scale: np.ndarray
+    flagged: tuple[int, ...] = ()
+    constant: tuple[int, ...] = ()
 
     @classmethod
     def fit(cls, matrix: np.ndarray, standardize: bool) -> InputScaling:
-        if not standardize:
-            return cls(np.zeros(matrix.shape[1]), np.ones(matrix.shape[1]))
-        scale = matrix.std(axis=0)
-        return cls(matrix.mean(axis=0), np.where(scale > 0, scale, 1.0))
+        return _fit_scaling([np.asarray(matrix)], standardize)
+
+    @property
+    def raw_width(self) -> int:
+        """k, the raw columns of one row of the data."""
+        return len(self.center) - len(self.flagged)
+
+    def encoded(self, matrix: np.ndarray) -> np.ndarray:
+        """The (n, k + f) float64 columns the scaling applies to: flagged columns' non-finite
+        entries replaced by their centre, the indicators appended. Other non-finite entries are
+        left as they are (see :func:`_check_encodable`)."""
+        matrix = np.asarray(matrix, dtype=np.float64)
+        if not self.flagged:
+            return matrix
+        flagged = list(self.flagged)
+        part = matrix[:, flagged]
+        finite = np.isfinite(part)
+        matrix = matrix.copy()
+        matrix[:, flagged] = np.where(finite, part, np.asarray(self.center)[flagged])
+        return np.concatenate([matrix, finite.astype(np.float64)], axis=1)
 
     def apply(self, matrix: np.ndarray) -> np.ndarray:
-        return (matrix - self.center) / self.scale
+        return (self.encoded(matrix) - self.center) / self.scale
+
+    def labels(self, raw: Sequence[str]) -> tuple[str, ...]:
+        """One label per encoded column from the raw columns' labels."""
+        raw = tuple(raw)
+        return raw + tuple(f"{raw[j]} is finite" for j in self.flagged)
+
+
+#: ``{(latent, "units" or "rows"): raw columns}`` that get an indicator whatever the data hold,
+#: while set (:func:`fixed_input_flags`): a loaded fit's encoders have the saved widths.
+_FIXED_FLAGS: contextvars.ContextVar[Mapping[tuple[str, str], tuple[int, ...]] | None] = (
+    contextvars.ContextVar("fixed_input_flags", default=None)
+)
+
+
+@contextlib.contextmanager
+def fixed_input_flags(flags: Mapping[tuple[str, str], Sequence[int]]) -> Iterator[None]:
+    """Within the block, approximations built flag the given raw columns of each latent's unit
+    or row inputs (``InputScaling.flagged``) rather than those with a NaN or inf in the model's
+    data: :func:`~pymc_amortize.load_approximation` rebuilds a saved fit's encoders, whose width
+    depends on them, on a model whose data may differ."""
+    token = _FIXED_FLAGS.set({k: tuple(int(j) for j in v) for k, v in flags.items()})
+    try:
+        yield
+    finally:
+        _FIXED_FLAGS.reset(token)
+
+
+def _check_encodable(
+    name: str, matrix: np.ndarray, scaling: InputScaling, labels: Sequence[str], what: str
+) -> None:
+    """New units' raw (n, k) inputs: NaN or inf only in the columns that held them in training
+    (those have an encoding for them; a column finite in training has none)."""
+    if matrix.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(matrix)
+    if scaling.flagged:
+        bad[:, list(scaling.flagged)] = False
+    if bad.any():
+        row, column = (int(v[0]) for v in np.nonzero(bad))
+        label = labels[column] if column < len(labels) else f"column {column}"
+        raise AmortizationError(
+            f"The {what} of '{name}' for the new units have NaN or inf in {int(bad.any(axis=1).sum())} "
+            f"row(s) (first: row {row}, {label}); {label} was finite for every fitted unit, so "
+            "the encoder has no encoding of a missing or infinite value there."
+        )
 
 
 def _checked_matrix(name: str, matrix: np.ndarray, n_units: int | None) -> np.ndarray:
@@ -169,12 +266,7 @@ def _checked_matrix(name: str, matrix: np.ndarray, n_units: int | None) -> np.nd
             f"The encoder input of '{name}' has {matrix.shape[0]} rows, but '{name}' has "
             f"{n_units} units."
         )
-    if not np.isfinite(matrix).all():
-        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
-        raise AmortizationError(
-            f"The encoder input of '{name}' has NaN or inf in {bad.size} unit(s) (first: row "
-            f"{bad[0]}); the encoder needs finite inputs."
-        )
+    # NaN and inf are encoded (InputScaling.flagged), not refused.
     return matrix.astype(pytensor.config.floatX, copy=False)
 
 
@@ -330,25 +422,40 @@ class EncoderInput:
             for i, a in enumerate(arrays)
         ]
         self.widths = tuple(int(a.shape[1]) for a in arrays)
+        #: Indicator columns appended to the raw ones (InputScaling.flagged); fixed at
+        #: construction, since the encoder's width depends on it.
+        self.flagged = tuple(scaling.flagged)
         #: Reads units ``start:stop`` as (n, k_i) arrays when the columns hold one batch only
         #: (a fit on ``unit_data``); None when they hold every unit.
         self.reader = reader
         self.length = int(arrays[0].shape[0]) if length is None else int(length)
         self.standardization = pytensor.shared(
-            np.zeros((2, sum(self.widths)), dtype=pytensor.config.floatX),
+            np.zeros((2, self.width), dtype=pytensor.config.floatX),
             name=f"{name}_standardization",
-            shape=(2, sum(self.widths)),
+            shape=(2, self.width),
         )
         self.standardization.tag.trainable = False
         self.set_scaling(scaling)
 
     @property
-    def width(self) -> int:
-        """k, the columns of one row of the input."""
+    def raw_width(self) -> int:
+        """k, the columns of one row of the data."""
         return sum(self.widths)
 
+    @property
+    def width(self) -> int:
+        """The columns the encoder reads per row: the data's, then one indicator per flagged
+        column (see :class:`InputScaling`)."""
+        return self.raw_width + len(self.flagged)
+
     def set_scaling(self, scaling: InputScaling) -> None:
-        """Standardise with ``scaling`` from now on (e.g. a saved fit's)."""
+        """Standardise with ``scaling`` from now on (e.g. a saved fit's, which must flag the
+        same columns)."""
+        if tuple(scaling.flagged) != self.flagged:
+            raise AmortizationError(
+                f"An input scaling that flags columns {list(scaling.flagged)} cannot replace one "
+                f"that flags {list(self.flagged)}: the encoder's width depends on them."
+            )
         self.scaling = scaling
         value = np.stack([np.asarray(scaling.center), np.asarray(scaling.scale)])
         self.standardization.set_value(value.astype(pytensor.config.floatX))
@@ -358,6 +465,16 @@ class EncoderInput:
         floatx = pytensor.config.floatX
         parts = [take(column).astype(floatx) for column in self.columns]
         matrix = parts[0] if len(parts) == 1 else pt.concatenate(parts, axis=1)
+        if self.flagged:
+            # InputScaling.encoded, in the graph: the value where finite, else the centre, and
+            # an indicator per flagged column.
+            flagged = np.asarray(self.flagged, dtype=np.int64)
+            values = matrix[:, flagged]
+            finite = pt.isfinite(values)
+            filled = pt.switch(finite, values, self.standardization[0][flagged])
+            matrix = pt.concatenate(
+                [pt.set_subtensor(matrix[:, flagged], filled), finite.astype(floatx)], axis=1
+            )
         return (matrix - self.standardization[0]) / self.standardization[1]
 
     def raw(self, start: int | np.ndarray = 0, stop: int | None = None) -> np.ndarray:
@@ -427,13 +544,6 @@ def _columns(
                 f"'{item.key}' feeds the encoder of '{latent.name}' but has dtype {column.dtype}; "
                 "it must be numeric."
             )
-        if not np.isfinite(column).all():
-            bad = np.flatnonzero(~np.isfinite(column.reshape(column.shape[0], -1)).all(axis=1))
-            raise AmortizationError(
-                f"'{item.key}' feeds the encoder of '{latent.name}' but has NaN or inf in "
-                f"{bad.size} row(s) (first: row {bad[0] if bad.size else 0}); the encoder needs "
-                "finite inputs."
-            )
         columns.append(column.reshape(column.shape[0], -1) if column.ndim else column.reshape(1, 1))
     lengths = sorted({c.shape[0] for c in columns})
     if len(lengths) != 1:
@@ -445,13 +555,18 @@ def _columns(
 
 
 def _check_width(latent: LocalLatent, matrix: np.ndarray, fitted: EncoderInput, what: str):
-    width = fitted.width
+    """New units' raw inputs: the fitted width, and NaN or inf only where the fitted data had
+    them (:func:`_check_encodable`)."""
+    width = fitted.raw_width
     if matrix.shape[1] != width:
         raise AmortizationError(
             f"The {what} of '{latent.name}' for the new units have {matrix.shape[1]} column(s) "
             f"per row; the encoder was fitted on {width} ({', '.join(latent.input_names)}, each "
             "with the shape of one row of the fitted data)."
         )
+    inputs = latent.row_inputs if what == "row inputs" else latent.unit_inputs
+    labels = column_labels(inputs) if inputs else ()
+    _check_encodable(latent.name, matrix, fitted.scaling, labels, what)
 
 
 def _fitted_unit_arrays(latent: LocalLatent, size: int) -> list[np.ndarray] | None:
@@ -476,18 +591,54 @@ def _fitted_row_arrays(latent: LocalLatent) -> list[np.ndarray] | None:
     )
 
 
-def _fit_scaling(arrays: Sequence[np.ndarray], standardize: bool) -> InputScaling:
-    """Column centre and scale of the arrays side by side, without stacking them."""
-    centers, scales = [], []
-    for a in arrays:
-        if standardize:
-            centers.append(a.mean(axis=0, dtype=np.float64))
-            scales.append(a.std(axis=0, dtype=np.float64))
-        else:
-            centers.append(np.zeros(a.shape[1]))
-            scales.append(np.ones(a.shape[1]))
-    scale = np.concatenate(scales)
-    return InputScaling(np.concatenate(centers), np.where(scale > 0, scale, 1.0))
+def _column_moments(a: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per column of an (n, k) array, over its finite entries: mean, sd, min, max, and the
+    fraction of entries that are finite (columns without a finite entry: 0, 0, 0, 0, 0)."""
+    if a.dtype.kind != "f" or np.isfinite(a).all():
+        if a.shape[0] == 0:
+            zeros = np.zeros(a.shape[1])
+            return zeros, zeros, zeros, zeros, np.ones(a.shape[1])
+        return (
+            a.mean(axis=0, dtype=np.float64),
+            a.std(axis=0, dtype=np.float64),
+            a.min(axis=0).astype(np.float64),
+            a.max(axis=0).astype(np.float64),
+            np.ones(a.shape[1]),
+        )
+    out = [np.zeros(a.shape[1]) for _ in range(5)]
+    for j in range(a.shape[1]):
+        column = a[:, j]
+        finite = column[np.isfinite(column)].astype(np.float64)
+        if finite.size:
+            out[0][j], out[1][j] = finite.mean(), finite.std()
+            out[2][j], out[3][j] = finite.min(), finite.max()
+        out[4][j] = finite.size / max(column.size, 1)
+    return tuple(out)
+
+
+def _fit_scaling(
+    arrays: Sequence[np.ndarray], standardize: bool, flagged: Sequence[int] | None = None
+) -> InputScaling:
+    """How the encoder reads the arrays side by side (without stacking them): see
+    :class:`InputScaling`. ``flagged`` fixes the raw columns that get an indicator (a saved fit's);
+    by default those with a NaN or inf."""
+    moments = [_column_moments(np.asarray(a).reshape(np.shape(a)[0], -1)) for a in arrays]
+    mean, sd, low, high, finite = (np.concatenate([m[i] for m in moments]) for i in range(5))
+    if flagged is None:
+        flagged = np.flatnonzero(finite < 1)
+    flagged = tuple(int(j) for j in flagged)
+    p = finite[list(flagged)]
+    # Indicator columns: mean p, sd sqrt(p(1 - p)), one value when p is 0 or 1.
+    mean = np.concatenate([mean, p])
+    sd = np.concatenate([sd, np.sqrt(p * (1 - p))])
+    constant = np.concatenate([low == high, (p == 0) | (p == 1)])
+    if not standardize:
+        zeros = np.zeros(mean.size)
+        return InputScaling(zeros, np.ones(mean.size), flagged, ())
+    # A constant column is centred on its value exactly, so it reads exactly 0 in training.
+    center = np.where(constant, np.concatenate([low, p]), mean)
+    scale = np.where(constant, 1.0, standardization_scale(sd, center))
+    return InputScaling(center, scale, flagged, tuple(int(j) for j in np.flatnonzero(constant)))
 
 
 def _streamed_envelope(
@@ -495,7 +646,7 @@ def _streamed_envelope(
 ) -> InputEnvelope:
     """The training envelope of streamed inputs, from their summary (and for several columns
     one more pass for the largest Mahalanobis distance)."""
-    center, scale = scaling
+    center, scale = scaling.center, scaling.scale
     precision = max_distance = None
     if summary.mean.size >= 2:
         precision = np.linalg.pinv(summary.cov / np.outer(scale, scale))
@@ -528,8 +679,16 @@ def _streamed_part(
     keys = [d.key for d in inputs]
     summary = summarize_columns(source, keys, rows=rows)
     sd = np.sqrt(np.diag(summary.cov))
+    # As _fit_scaling: a constant column is centred on its value exactly, with scale 1.
+    constant = summary.low == summary.high
+    center = np.where(constant, summary.low, summary.mean)
     scaling = (
-        InputScaling(summary.mean, np.where(sd > 0, sd, 1.0))
+        InputScaling(
+            center,
+            np.where(constant, 1.0, standardization_scale(sd, center)),
+            (),
+            tuple(int(j) for j in np.flatnonzero(constant)),
+        )
         if standardize
         else InputScaling(np.zeros_like(summary.mean), np.ones_like(summary.mean))
     )
@@ -550,20 +709,33 @@ def _streamed_part(
 
 
 def training_envelope(
-    latent: LocalLatent, plate: Plate, units: np.ndarray | None, rows: np.ndarray | None
+    latent: LocalLatent,
+    plate: Plate,
+    units: np.ndarray | None,
+    rows: np.ndarray | None,
+    *,
+    unit_scaling: InputScaling | None = None,
+    row_scaling: InputScaling | None = None,
 ) -> TrainingEnvelope:
-    """The range of a latent's standardised encoder inputs on the fitted units."""
+    """The range of a latent's standardised encoder inputs on the fitted units (the columns the
+    encoder reads: with the scalings, the indicators of non-finite entries labelled too)."""
     if latent.input_matrix is not None and units is not None:
-        unit_labels = tuple(f"{latent.name} input[{i}]" for i in range(units.shape[1]))
+        width = units.shape[1] - (len(unit_scaling.flagged) if unit_scaling else 0)
+        unit_labels = tuple(f"{latent.name} input[{i}]" for i in range(width))
     else:
         unit_labels = column_labels(latent.unit_inputs)
+    row_labels = column_labels(latent.row_inputs)
+    if unit_scaling is not None:
+        unit_labels = unit_scaling.labels(unit_labels)
+    if row_scaling is not None:
+        row_labels = row_scaling.labels(row_labels)
     counts = None
     if plate.index is not None:
         with_rows = plate.row_counts[plate.row_counts > 0]
         counts = (int(with_rows.min()), int(with_rows.max())) if with_rows.size else None
     return TrainingEnvelope(
         InputEnvelope.fit(unit_labels, units) if units is not None else None,
-        InputEnvelope.fit(column_labels(latent.row_inputs), rows) if rows is not None else None,
+        InputEnvelope.fit(row_labels, rows) if rows is not None else None,
         counts,
     )
 
@@ -580,12 +752,17 @@ def default_encoder(
     init_mean: float,
     random_seed: np.random.Generator,
     log_count_scaling: tuple[float, float] | None = None,
+    constant_count: bool | None = None,
+    constant_unit_inputs: Sequence[int] = (),
+    constant_row_inputs: Sequence[int] = (),
 ) -> MLPEncoder | PooledEncoder:
     """An :class:`MLPEncoder` for a latent with unit inputs only, else a :class:`PooledEncoder`.
 
     ``widths=None`` picks :func:`~pymc_amortize.encoders.default_encoder_widths` from the plate's
-    number of units. ``log_count_scaling`` (centre, scale of log(1 + rows) over the units) is the
-    plate's own when omitted.
+    number of units. ``log_count_scaling`` (centre, scale of log(1 + rows) over the units) and
+    ``constant_count`` (every unit has the same number of rows) are the plate's own when omitted.
+    The encoder ignores the inputs constant over the fitted units (``constant_*``, and the count
+    when constant; see :class:`~pymc_amortize.MLPEncoder`).
     """
     if n_row_inputs == 0:
         if widths is None:
@@ -599,10 +776,15 @@ def default_encoder(
             init_mean=init_mean,
             name=f"{latent.name}_encoder",
             random_seed=random_seed,
+            constant_inputs=constant_unit_inputs,
         )
     if log_count_scaling is None:
-        log_counts = np.log1p(plate.row_counts)
-        log_count_scaling = (float(log_counts.mean()), float(log_counts.std()) or 1.0)
+        counts = np.asarray(plate.row_counts)
+        log_counts = np.log1p(counts)
+        constant_count = bool(counts.min() == counts.max())
+        # A constant count is centred on its value exactly, so it reads exactly 0 in training.
+        center = float(log_counts[0] if constant_count else log_counts.mean())
+        log_count_scaling = (center, float(standardization_scale(log_counts.std(), center)))
     if widths is None:
         widths = default_encoder_widths(plate.size)
     return PooledEncoder(
@@ -617,6 +799,9 @@ def default_encoder(
         log_count_scale=log_count_scaling[1],
         name=f"{latent.name}_encoder",
         random_seed=random_seed,
+        constant_row_inputs=constant_row_inputs,
+        constant_unit_covariates=constant_unit_inputs,
+        constant_count=bool(constant_count),
     )
 
 
@@ -689,6 +874,9 @@ class AmortizedApproximation:
         self._transform_fns: dict[tuple[str, str], pytensor.compile.Function | None] = {}
         #: Each latent's training envelope: the range of its encoder inputs in training.
         self.envelopes: dict[str, TrainingEnvelope] = {}
+        #: The fitted units' range of encoder outputs, for the current weights (see
+        #: ``_fitted_output_range``).
+        self._output_ranges: dict[tuple, tuple[np.ndarray, ...]] = {}
         self._init_encoders(
             encoder, encoder_widths, activation, init_scale, standardize_inputs, random_seed
         )
@@ -727,11 +915,14 @@ class AmortizedApproximation:
                     units, unit_envelope = _streamed_part(source, latent, standardize, False)
                     rows, row_envelope = _streamed_part(source, latent, standardize, True)
                     envelope = TrainingEnvelope(unit_envelope, row_envelope, source.row_count_range)
+                fixed = _FIXED_FLAGS.get() or {}
                 if unit_arrays is not None:
-                    scaling = _fit_scaling(unit_arrays, standardize)
+                    flagged = fixed.get((latent.name, "units"))
+                    scaling = _fit_scaling(unit_arrays, standardize, flagged)
                     units = EncoderInput(f"{latent.name}_unit_inputs", unit_arrays, scaling)
                 if row_arrays is not None:
-                    scaling = _fit_scaling(row_arrays, standardize)
+                    flagged = fixed.get((latent.name, "rows"))
+                    scaling = _fit_scaling(row_arrays, standardize, flagged)
                     rows = EncoderInput(f"{latent.name}_row_inputs", row_arrays, scaling)
                 self.inputs[latent.name] = EncoderData(
                     units,
@@ -747,6 +938,8 @@ class AmortizedApproximation:
                         plate,
                         None if units is None else units.chunk(),
                         None if rows is None else rows.chunk(),
+                        unit_scaling=None if units is None else units.scaling,
+                        row_scaling=None if rows is None else rows.scaling,
                     )
                 )
                 if latent.name in user:
@@ -763,6 +956,9 @@ class AmortizedApproximation:
                         init_mean=float(np.mean(initial_point[latent.value_name])),
                         random_seed=np.random.default_rng(seed),
                         log_count_scaling=self.unit_source.log_count_scaling if streamed else None,
+                        constant_count=(self.unit_source.constant_count if streamed else None),
+                        constant_unit_inputs=() if units is None else units.scaling.constant,
+                        constant_row_inputs=() if rows is None else rows.scaling.constant,
                     )
                 self._init_params(latent, plate)
 
@@ -1139,12 +1335,13 @@ class AmortizedApproximation:
                 )
             matrix = np.asarray(new_data, dtype=float)
             matrix = matrix.reshape(matrix.shape[0], -1)
-            width = data.units.width
+            width = data.units.raw_width
             if matrix.shape[1] != width:
                 raise AmortizationError(
                     f"The encoder of '{latent.name}' takes {width} input column(s); got "
                     f"{matrix.shape[1]}."
                 )
+            _check_width(latent, matrix, data.units, "unit inputs")
             units = data.unit_scaling.apply(_checked_matrix(latent.name, matrix, None))
             return [units.astype(floatx)], units, None
         new_data = new_data or {}
@@ -1188,17 +1385,17 @@ class AmortizedApproximation:
                 continue
             requests[plate.name] = request
             prior_only = request.prior_only
+            flat = {}
             for latent in plate.latents:
                 args, unit_matrix, row_matrix = self._new_inputs(latent, plate, new_data, request)
                 n = request.labels.size
-                shape = (n, *latent.event_shape)
                 if prior_only.all():
                     mean = sd = np.full((n, latent.event_size), np.nan)
                 else:
                     mean, sd = self._encode_fn(latent.name)(*args)
                     mean, sd = np.array(mean, dtype=float), np.array(sd, dtype=float)
                     mean[prior_only], sd[prior_only] = np.nan, np.nan
-                out[latent.name] = (mean.reshape(shape), sd.reshape(shape))
+                flat[latent.name] = (mean, sd)
                 envelope = self.envelopes.get(latent.name)
                 if check_range and envelope is not None:
                     data = self.inputs[latent.name]
@@ -1216,6 +1413,12 @@ class AmortizedApproximation:
                         f"'{latent.name}' unit {request.labels.tolist()[j]!r}: {text}"
                         for j, text in found.items()
                     ]
+            self._temper_by_count(plate, request, new_data, flat)
+            for latent in plate.latents:
+                mean, sd = flat[latent.name]
+                self._check_new_outputs(latent, request, mean, sd)
+                shape = (request.labels.size, *latent.event_shape)
+                out[latent.name] = (mean.reshape(shape), sd.reshape(shape))
         if warned:
             warnings.warn(
                 f"{len(warned)} new unit(s) have encoder inputs outside what the encoder saw in "
@@ -1226,6 +1429,128 @@ class AmortizedApproximation:
                 stacklevel=3,
             )
         return out, requests
+
+    def _temper_by_count(
+        self, plate: Plate, request: NewUnits, new_data, flat: dict[str, tuple]
+    ) -> None:
+        """New units of a plate whose fitted units all have k rows, given n != k rows: q(z) from
+        the encoder's output (which reads them as a unit of k rows, see
+        :class:`~pymc_amortize.PooledEncoder`'s ``constant_count``) with the rows' likelihood
+        message scaled by n / k, in place.
+
+        An encoder that saw one count cannot tell how the posterior depends on it. The rows of a
+        unit are exchangeable and each carries its share of the likelihood, so on the value space
+        the message of the rows is q's natural parameters less the prior's (p(z | θ) under q(θ),
+        Gaussian moments of its draws), and n rows carry n / k times the message of k rows with
+        the same pooled summary. Exact for a Gaussian likelihood with known noise (the pooled
+        mean is sufficient), a Laplace-style approximation otherwise.
+        """
+        if request.counts is None:
+            return
+        latents = [
+            lat
+            for lat in plate.latents
+            if isinstance(self._encoders[lat.name], PooledEncoder)
+            and self._encoders[lat.name].constant_count
+            and lat.name in flat
+        ]
+        if not latents:
+            return
+        k = round(float(np.expm1(self._encoders[latents[0].name].log_count_center)))
+        units = (request.counts > 0) & (request.counts != k)
+        if not units.any() or k < 1:
+            return
+        rng = np.random.default_rng(0)
+        prior = self._prior_draws(
+            plate,
+            self._resized_for(plate, request, new_data),
+            request.labels.size,
+            self._draw_globals(COUNT_PRIOR_DRAWS, rng),
+            rng,
+        )
+        ratio = (request.counts[units] / k)[:, None]
+        for latent in latents:
+            draws = self._to_value(latent, prior[latent.name])
+            draws = draws.reshape(draws.shape[0], request.labels.size, -1)[:, units]
+            prior_precision = 1.0 / np.maximum(draws.var(axis=0), 1e-300)
+            prior_mean = draws.mean(axis=0)
+            mean, sd = flat[latent.name]
+            precision = 1.0 / sd[units] ** 2
+            # The rows' message; none where the encoder is wider than the prior.
+            message = np.maximum(precision - prior_precision, 0.0)
+            shift = np.where(
+                message > 0, mean[units] * precision - prior_mean * prior_precision, 0.0
+            )
+            total = prior_precision + ratio * message
+            mean[units] = (prior_mean * prior_precision + ratio * shift) / total
+            sd[units] = 1.0 / np.sqrt(total)
+
+    def _check_new_outputs(
+        self, latent: LocalLatent, request: NewUnits, mean: np.ndarray, sd: np.ndarray
+    ) -> None:
+        """Raise when the encoder's q(z) of a new unit (with rows) is not finite, or lies absurdly
+        far outside what it gave the fitted units: a mean more than ``ABSURD_MEAN_WIDTHS`` times
+        the width of the fitted units' means (or their largest sd) beyond their range, or an sd
+        beyond ``ABSURD_SD_RATIO`` times their range of sds."""
+        rows = ~request.prior_only
+        bad = rows & ~(np.isfinite(mean).all(axis=1) & np.isfinite(sd).all(axis=1))
+        bad |= rows & (sd <= 0).any(axis=1)
+        what = "NaN or inf"
+        if not bad.any():
+            low, high, sd_low, sd_high = self._fitted_output_range(latent.name)
+            width = np.maximum(np.maximum(high - low, sd_high), 1e-12 * np.abs(high))
+            far = (mean < low - ABSURD_MEAN_WIDTHS * width) | (
+                mean > high + ABSURD_MEAN_WIDTHS * width
+            )
+            wild = (sd < sd_low / ABSURD_SD_RATIO) | (sd > sd_high * ABSURD_SD_RATIO)
+            bad = rows & (far | wild).any(axis=1)
+            what = (
+                f"a mean outside [{_fmt(low - ABSURD_MEAN_WIDTHS * width)}, "
+                f"{_fmt(high + ABSURD_MEAN_WIDTHS * width)}] or an sd outside "
+                f"[{_fmt(sd_low / ABSURD_SD_RATIO)}, {_fmt(sd_high * ABSURD_SD_RATIO)}] "
+                f"(fitted units: means in [{_fmt(low)}, {_fmt(high)}], sds in "
+                f"[{_fmt(sd_low)}, {_fmt(sd_high)}])"
+            )
+        if not bad.any():
+            return
+        positions = np.flatnonzero(bad)
+        labels = request.labels.tolist()
+        named = ", ".join(repr(labels[j]) for j in positions[:5])
+        more = f" and {positions.size - 5} more" if positions.size > 5 else ""
+        j = positions[0]
+        raise AmortizationError(
+            f"The encoder of '{latent.name}' gave {positions.size} new unit(s) ({named}{more}) "
+            f"{what}: unit {labels[j]!r} got mean {_fmt(mean[j])}, sd {_fmt(sd[j])} on the "
+            "latent's unconstrained space. Its inputs lie far outside what the encoder was "
+            "trained on (see the OutOfTrainingRangeWarning, if not silenced); its q(z) would be "
+            "an extrapolation without meaning. Fit with units like these, or check the data."
+        )
+
+    def _fitted_output_range(self, name: str) -> tuple[np.ndarray, ...]:
+        """Per event entry: the range of the encoder's means and sds over the fitted units with
+        rows (for a fit on unit_data, its first ``OUTPUT_RANGE_UNITS`` units), cached for the
+        current encoder weights."""
+        weights = None if self.encoder_weights is None else self.encoder_weights.get_value()
+        key = (name, None if weights is None else hash(weights.tobytes()))
+        cache = self._output_ranges
+        if key not in cache:
+            plate = self.analysis.plate_of(name)
+            streamed = self.unit_source is not None and plate is self.unit_source.plate
+            stop = min(plate.size, OUTPUT_RANGE_UNITS) if streamed else plate.size
+            pieces = [
+                self.encode_units(name, start, min(start + OUTPUT_RANGE_UNITS, stop))
+                for start in range(0, stop, OUTPUT_RANGE_UNITS)
+            ]
+            mean = np.concatenate([m for m, _ in pieces])
+            sd = np.concatenate([v for _, v in pieces])
+            with_rows = ~_units_without_rows(plate)[: mean.shape[0]]
+            mean = mean.reshape(mean.shape[0], -1)[with_rows]
+            sd = sd.reshape(sd.shape[0], -1)[with_rows]
+            if mean.shape[0] == 0:
+                mean, sd = np.zeros((1, mean.shape[1])), np.ones((1, sd.shape[1]))
+            cache.clear()
+            cache[key] = (mean.min(0), mean.max(0), sd.min(0), sd.max(0))
+        return cache[key]
 
     def _unit_data(self, plate: Plate, new_data, request: NewUnits) -> dict[str, np.ndarray]:
         """The model's data under the plate's unit dim, for the new units (from ``new_data``)."""

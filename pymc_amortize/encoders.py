@@ -30,7 +30,27 @@ __all__ = [
     "encoder_params",
     "inline_layers",
     "segment_mean",
+    "standardization_scale",
 ]
+
+#: A column whose sd is at most this fraction of its mean's magnitude is constant up to rounding:
+#: the sd of n equal float64 values comes out near 1e-16 of them, not 0, and a one-pass
+#: sqrt(E[x²] - mean²) (a fit on unit_data) near 1e-8 of them.
+CONSTANT_RELATIVE_SD = 1e-6
+
+
+def standardization_scale(sd, center) -> np.ndarray:
+    """The scale that standardises a column of sd ``sd`` and mean ``center``: its sd, or 1 for a
+    column constant over the fitted units (sd 0, within rounding of 0, or not finite).
+
+    Dividing by a constant column's rounding-level sd (4e-16 for the log row count of a balanced
+    design) turned a new unit's slightly different value into an input of 1e15 and the encoder's
+    output into -2e14; with scale 1 the column is only centred.
+    """
+    sd, center = np.asarray(sd, dtype=np.float64), np.asarray(center, dtype=np.float64)
+    ok = np.isfinite(sd) & (sd > 0) & (sd > CONSTANT_RELATIVE_SD * np.abs(center))
+    return np.where(ok, sd, 1.0)
+
 
 #: An encoder maps a symbolic (B, n_inputs) matrix to the (B, event_size) mean and log-sd of q(z_n).
 Encoder = Callable[[TensorVariable], tuple[TensorVariable, TensorVariable]]
@@ -136,6 +156,12 @@ class MLPEncoder:
         Prefix of the parameter names (kept unique per latent, for checkpoints).
     random_seed : int or Generator, optional
         Seed of the initial weights.
+    constant_inputs : sequence of int
+        Inputs with one value over the fitted units (standardised to 0 there): their weights in
+        the first layer start at 0 and, with a gradient of 0, stay there, so the encoder ignores
+        them. Otherwise their random initial weights, never trained, would shift a new unit's
+        output arbitrarily when its value differs (all units of a balanced design have the same
+        number of rows; a new unit with fewer is then read as one with that number).
 
     Examples
     --------
@@ -156,6 +182,7 @@ class MLPEncoder:
     init_mean: float = 0.0
     name: str = "encoder"
     random_seed: int | np.random.Generator | None = None
+    constant_inputs: Sequence[int] = ()
 
     def __post_init__(self):
         if self.widths is None:
@@ -189,6 +216,14 @@ class MLPEncoder:
             (self._log_sd_head, np.log(self.init_scale)),
         ):
             head.b.set_value(np.full(self.event_size, bias, dtype=head.b.dtype))
+        self.constant_inputs = tuple(int(j) for j in self.constant_inputs)
+        if self.constant_inputs:
+            first = "_hidden0_W" if self.widths else "_out_W"
+            for param in params:
+                if param.name.endswith(first):  # (n_inputs, width): one row per input
+                    value = param.get_value()
+                    value[list(self.constant_inputs)] = 0.0
+                    param.set_value(value)
 
     def __call__(self, X: TensorVariable) -> tuple[TensorVariable, TensorVariable]:
         mean = self._mean_head(self._mean_trunk(X))
@@ -337,6 +372,14 @@ class PooledEncoder:
         sd and mean of every q(z_j) at the start (see :class:`~pymc_amortize.MLPEncoder`).
     log_count_center, log_count_scale : float
         Standardisation of log(1 + n_j) (the fitted units' mean and sd).
+    constant_row_inputs, constant_unit_covariates : sequence of int
+        Row inputs and unit covariates with one value over the fitted data; with
+        ``constant_count`` (every fitted unit has the same number of rows), the encoder starts
+        with zero weights on them and ignores them (see :class:`MLPEncoder`).
+    constant_count : bool
+        Every fitted unit has the same number of rows: ``log_count_center`` is its log(1 + n)
+        exactly, the count reads 0 in training, and a new unit's other count is ignored (an
+        encoder that saw one count cannot tell how the posterior depends on it).
     name : str
         Prefix of the parameter names.
     random_seed : int or Generator, optional
@@ -366,6 +409,9 @@ class PooledEncoder:
     log_count_scale: float = 1.0
     name: str = "encoder"
     random_seed: int | np.random.Generator | None = None
+    constant_row_inputs: Sequence[int] = ()
+    constant_unit_covariates: Sequence[int] = ()
+    constant_count: bool = False
 
     def __post_init__(self):
         if self.n_features <= 0 or any(int(w) <= 0 for w in self.row_widths):
@@ -384,9 +430,17 @@ class PooledEncoder:
         xavier = XavierNormalInitializer()
         initializers = {p: xavier for p in params if p.name.endswith("_W")}
         for param, value in zip(params, initialize_params(params, rng, initializers), strict=True):
+            if param.name.endswith(("_row_hidden0_W", "_row_out_W")) and self.constant_row_inputs:
+                first = "_row_hidden0_W" if self.row_widths else "_row_out_W"
+                if param.name.endswith(first):
+                    value = np.array(value)
+                    value[[int(j) for j in self.constant_row_inputs]] = 0.0
             param.set_value(value)
         # Shared, not literals, so that the compiled step does not depend on the data's row
         # counts (NUMBA compiles literals into machine code; see plates.PlateLayout.size).
+        self.log_count_scale = float(
+            standardization_scale(self.log_count_scale, self.log_count_center)
+        )
         self._log_count_standardization = pytensor.shared(
             np.array([self.log_count_center, self.log_count_scale], dtype=pytensor.config.floatX),
             name=f"{self.name}_log_count_standardization",
@@ -405,12 +459,15 @@ class PooledEncoder:
             init_mean=self.init_mean,
             name=f"{self.name}_unit",
             random_seed=rng,
+            constant_inputs=[self.n_features] * bool(self.constant_count)
+            + [self.n_features + 1 + int(j) for j in self.constant_unit_covariates],
         )
 
     def set_count_scaling(self, center: float, scale: float) -> None:
         """Set the standardisation of log(1 + n_j), e.g. to a saved fit's (graphs built before
         read the new values: they are shared variables)."""
-        self.log_count_center, self.log_count_scale = float(center), float(scale)
+        scale = float(standardization_scale(scale, center))
+        self.log_count_center, self.log_count_scale = float(center), scale
         self._log_count_standardization.set_value(
             np.array([center, scale], dtype=self._log_count_standardization.dtype)
         )

@@ -25,6 +25,7 @@ from pymc_amortize.analysis import IndexedLocal, LocalLatent, Plate
 from pymc_amortize.approximation import (
     AmortizedApproximation,
     InputScaling,
+    fixed_input_flags,
 )
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
@@ -63,6 +64,9 @@ def _scaling_json(scaling: InputScaling | None) -> dict | None:
     return {
         "center": np.asarray(scaling.center).tolist(),
         "scale": np.asarray(scaling.scale).tolist(),
+        # Optional (added within format 2; absent: none): the raw columns that held NaN or inf
+        # in training and get an indicator column.
+        "flagged": list(scaling.flagged),
     }
 
 
@@ -70,7 +74,9 @@ def _scaling_from_json(saved: dict | None) -> InputScaling | None:
     if saved is None:
         return None
     return InputScaling(
-        np.asarray(saved["center"], dtype=float), np.asarray(saved["scale"], dtype=float)
+        np.asarray(saved["center"], dtype=float),
+        np.asarray(saved["scale"], dtype=float),
+        tuple(int(j) for j in saved.get("flagged", ())),
     )
 
 
@@ -83,6 +89,9 @@ def _encoder_json(encoder: object) -> dict:
             # Fixed at the fit from its units' row counts: a new model's counts must not move them.
             "log_count_center": float(encoder.log_count_center),
             "log_count_scale": float(encoder.log_count_scale),
+            # Optional (added within format 2; absent: False): every fitted unit had the same
+            # number of rows (new units with another count get the rows' message scaled).
+            "constant_count": bool(encoder.constant_count),
         }
     if isinstance(encoder, MLPEncoder):
         return {"kind": "MLPEncoder", "n_inputs": int(encoder.n_inputs)}
@@ -317,16 +326,24 @@ def load_approximation(
         for name, saved in latents.items()
     }
     options = structure["options"]
-    approx = AmortizedVI(
-        spec or None,
-        model=model,
-        encoder_widths=_saved_widths(options["encoder_widths"]),
-        activation=options["activation"],
-        standardize_inputs=options["standardize_inputs"],
-        # Batches are never drawn from a loaded approximation: the smallest buffers do.
-        unit_data=unit_data,
-        batch_size=1 if unit_data is not None else None,
-    ).approx
+    # The saved encoders' widths count an indicator per flagged column, whatever this model's
+    # data hold.
+    flags = {
+        (name, part): (saved.get(f"{key}_scaling") or {}).get("flagged", ())
+        for name, saved in latents.items()
+        for part, key in (("units", "unit"), ("rows", "row"))
+    }
+    with fixed_input_flags(flags):
+        approx = AmortizedVI(
+            spec or None,
+            model=model,
+            encoder_widths=_saved_widths(options["encoder_widths"]),
+            activation=options["activation"],
+            standardize_inputs=options["standardize_inputs"],
+            # Batches are never drawn from a loaded approximation: the smallest buffers do.
+            unit_data=unit_data,
+            batch_size=1 if unit_data is not None else None,
+        ).approx
     saved_globals = structure["globals"]
     have_globals = (
         {name: list(shape) for name, _, shape, _ in approx.global_group.ordering.values()}
@@ -372,5 +389,6 @@ def load_approximation(
                 encoder.set_count_scaling(
                     saved["encoder"]["log_count_center"], saved["encoder"]["log_count_scale"]
                 )
+                encoder.constant_count = bool(saved["encoder"].get("constant_count", False))
     approx.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx

@@ -48,6 +48,7 @@ import pytensor
 import xarray as xr
 
 from pymc_amortize.analysis import DataInput, ModelAnalysis, Plate
+from pymc_amortize.encoders import standardization_scale
 from pymc_amortize.errors import AmortizationError, ChunkOrderWarning
 
 __all__ = [
@@ -257,6 +258,7 @@ class UnitSource:
         #: Fewest and most rows of a unit; centre and scale of log(1 + rows) over the units.
         self.row_count_range: tuple[int, int] | None = None
         self.log_count_scaling = (0.0, 1.0)
+        self.constant_count = False
         if self.index_key is not None:
             self._index_pass()
         #: Variables whose chunks differ more than units stored in random order would (see scan).
@@ -425,10 +427,12 @@ class UnitSource:
         self.n_rows, self.max_rows = int(row_bounds[-1]), int(high)
         self.row_count_range = (int(low), int(high))
         mean = total / n_units
-        self.log_count_scaling = (
-            mean,
-            float(np.sqrt(max(squares / n_units - mean**2, 0.0))) or 1.0,
-        )
+        sd = np.sqrt(max(squares / n_units - mean**2, 0.0))
+        #: Every unit has the same number of rows: its log(1 + n) is the centre, exactly.
+        self.constant_count = low == high
+        if self.constant_count:
+            mean = float(np.log1p(low))
+        self.log_count_scaling = (mean, float(standardization_scale(sd, mean)))
 
     def _read_index(self, start: int, stop: int) -> np.ndarray:
         var = self.dataset[self.index_key].isel({self.row_dim: slice(start, stop)})
