@@ -18,14 +18,17 @@ from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.compare import Comparison, compare
 from pymc_amortize.diagnostics import (
     AmortizationGap,
+    GapCheck,
     MeanFieldELBO,
     SemiAmortizedApproximation,
     amortization_gap,
+    gap_check,
     semi_amortize,
 )
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import (
     AmortizationError,
+    AmortizationGapWarning,
     ChunkOrderWarning,
     DivergenceWarning,
     OutOfTrainingRangeWarning,
@@ -45,6 +48,7 @@ __all__ = [
     "IWAE",
     "AmortizationError",
     "AmortizationGap",
+    "AmortizationGapWarning",
     "AmortizedApproximation",
     "AmortizedVI",
     "ChunkOrderWarning",
@@ -52,6 +56,7 @@ __all__ = [
     "DivergenceInfo",
     "DivergenceWarning",
     "ELBOConvergence",
+    "GapCheck",
     "IndexedLocal",
     "LocalLatent",
     "LocalPosterior",
@@ -68,6 +73,7 @@ __all__ = [
     "analyze_model",
     "compare",
     "fit_amortized",
+    "gap_check",
     "load_approximation",
     "psis_diagnostic",
     "save_approximation",
