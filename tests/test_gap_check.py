@@ -199,3 +199,37 @@ def test_reason_for_vectors_of_different_lengths_calls_them_no_plate():
     reasons = {mf.name: mf.reason for mf in pymc_amortize.analyze_model(model).mean_field}
     assert "plate" not in reasons["b"] and "latents" not in reasons["b"]
     assert "b: 3, c: 2" in reasons["b"] and "'c'" in reasons["b"]
+
+
+@pytest.mark.slow
+def test_check_after_a_minibatched_fit_samples_units_and_a_streamed_fit_is_skipped():
+    import xarray as xr
+
+    from pymc_amortize.examples.paper import nonlinear_model
+
+    x = linear_data(400, random_seed=4)
+    model = linear_model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmortizationGapWarning)
+        approx = fit(model, 1500, widths=(), batch_size=50)
+    unit = approx.gap_check.plates["unit"]
+    assert (unit.n_checked, unit.evaluation) == (100, "per-unit terms")
+    assert abs(unit.gain_per_unit) < 0.005
+    ds = xr.Dataset({"x": ("unit", x)}).chunk({"unit": 100})
+    streamed = fit(nonlinear_model(x[:30]), 50, unit_data=ds, batch_size=20)
+    assert not streamed.gap_check.flagged and not streamed.gap_check.plates
+    assert "unit_data" in streamed.gap_check.skipped
+    assert "skipped" in streamed.settings["gap_check"]
+
+
+def test_a_failing_check_warns_and_keeps_the_fit(monkeypatch):
+    import pymc_amortize.diagnostics as diagnostics
+
+    def broken(approx, **options):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(diagnostics, "gap_check", broken)
+    model = linear_model(linear_data(50, random_seed=2))
+    with pytest.warns(UserWarning, match="check after the fit failed.*boom"):
+        approx = fit(model, 20, widths=())
+    assert approx.hist.size == 20 and "failed" in approx.gap_check.skipped
