@@ -114,7 +114,9 @@ def fit_amortized(
     progressbar : bool
         Show PyMC's progress bar.
     **options
-        Further options of :class:`~pymc_amortize.AmortizedVI` and its ``fit``.
+        Further options of :class:`~pymc_amortize.AmortizedVI` and its ``fit``, e.g.
+        ``gap_check=False`` to skip the check after the fit (:func:`~pymc_amortize.gap_check`;
+        its result is in ``idata.amortized_fit.attrs["gap_check"]``).
 
     Returns
     -------
