@@ -19,14 +19,17 @@ from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.compare import Comparison, compare
 from pymc_amortize.diagnostics import (
     AmortizationGap,
+    GapCheck,
     MeanFieldELBO,
     SemiAmortizedApproximation,
     amortization_gap,
+    gap_check,
     semi_amortize,
 )
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import (
     AmortizationError,
+    AmortizationGapWarning,
     ChunkOrderWarning,
     DivergenceWarning,
     OutOfTrainingRangeWarning,
@@ -44,6 +47,7 @@ __all__ = [
     "IWAE",
     "AmortizationError",
     "AmortizationGap",
+    "AmortizationGapWarning",
     "AmortizedApproximation",
     "AmortizedVI",
     "ChunkOrderWarning",
@@ -51,6 +55,7 @@ __all__ = [
     "DivergenceInfo",
     "DivergenceWarning",
     "ELBOConvergence",
+    "GapCheck",
     "IndexedLocal",
     "LocalLatent",
     "LocalPosterior",
@@ -67,6 +72,7 @@ __all__ = [
     "analyze_model",
     "compare",
     "fit_amortized",
+    "gap_check",
     "load_approximation",
     "psis_diagnostic",
     "save_approximation",

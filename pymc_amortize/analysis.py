@@ -778,8 +778,16 @@ def _build_plate(
     dropped = {}
     sizes = {lengths[n] for n in names}
     if len(sizes) > 1:
+        # Vectors of different lengths read through one index or unit axis (e.g. two coefficient
+        # vectors over a factor's levels) are not one set of units: no plate, whatever they are.
         return None, {
-            n: f"its plate's latents have different lengths {sorted(sizes)}" for n in names
+            n: (
+                "read through the same index or unit axis as "
+                f"{', '.join(repr(m) for m in names if m != n)}, but the lengths differ "
+                f"({', '.join(f'{m}: {lengths[m]}' for m in names)}): these vectors share no set "
+                "of units to amortize over"
+            )
+            for n in names
         }
     size = sizes.pop()
     dims = {(_dims(model, n) or (None,))[0] for n in names}

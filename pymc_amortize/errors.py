@@ -2,6 +2,7 @@
 
 __all__ = [
     "AmortizationError",
+    "AmortizationGapWarning",
     "ChunkOrderWarning",
     "DivergenceWarning",
     "OutOfTrainingRangeWarning",
@@ -10,6 +11,14 @@ __all__ = [
 
 class AmortizationError(ValueError):
     """A model, its data or an option cannot be used for amortized VI; the message says why."""
+
+
+class AmortizationGapWarning(UserWarning):
+    """The check after ``pm.fit(method="amortized")`` found that per-unit parameters, started at
+    the encoder's q(z_n) with q(θ) held, raise the ELBO clearly: the encoder cannot represent these
+    units' posteriors (e.g. a prior that couples the units, a term it does not read) or the fit
+    has not converged. The message gives the gain in nats and what to run; the check's result is
+    ``approx.gap_check``; turn it off with ``gap_check=False``."""
 
 
 class DivergenceWarning(RuntimeWarning):

@@ -53,6 +53,9 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
     unknown_inf = set(constructor) - _CONSTRUCTOR_OPTIONS
     if unknown_inf:
         raise TypeError(f"inf_kwargs has unknown option(s) {sorted(unknown_inf)} for AmortizedVI.")
+    if semi_amortize_steps is not None:
+        # Every unit gets its own parameters next: the check for a gap they would close is moot.
+        fit_options.setdefault("gap_check", False)
     approx = AmortizedVI(**constructor).fit(n, **fit_options)
     if semi_amortize_steps is None:
         return approx
@@ -111,7 +114,9 @@ def fit_amortized(
     progressbar : bool
         Show PyMC's progress bar.
     **options
-        Further options of :class:`~pymc_amortize.AmortizedVI` and its ``fit``.
+        Further options of :class:`~pymc_amortize.AmortizedVI` and its ``fit``, e.g.
+        ``gap_check=False`` to skip the check after the fit (:func:`~pymc_amortize.gap_check`;
+        its result is in ``idata.amortized_fit.attrs["gap_check"]``).
 
     Returns
     -------

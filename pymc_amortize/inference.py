@@ -36,7 +36,7 @@ from pymc_amortize.analysis import (
 )
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.encoders import Encoder
-from pymc_amortize.errors import AmortizationError, DivergenceWarning
+from pymc_amortize.errors import AmortizationError, AmortizationGapWarning, DivergenceWarning
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
@@ -456,6 +456,27 @@ class AmortizedObjective:
         return self.sampler.fill
 
 
+def _gap_check_options(option: bool | Mapping[str, object]) -> dict | None:
+    """``fit``'s ``gap_check=`` as options of :func:`~pymc_amortize.gap_check`, or None (off)."""
+    from pymc_amortize.diagnostics import GAP_CHECK_DEFAULTS
+
+    if option is True:
+        return {}
+    if option is False or option is None:
+        return None
+    if isinstance(option, Mapping):
+        allowed = {*GAP_CHECK_DEFAULTS, "random_seed"}
+        unknown = sorted(set(option) - allowed)
+        if unknown:
+            raise AmortizationError(
+                f"gap_check= has unknown option(s) {unknown}; options: {', '.join(sorted(allowed))}."
+            )
+        return dict(option)
+    raise AmortizationError(
+        f"gap_check must be True, False or a mapping of gap_check() options; got {option!r}."
+    )
+
+
 def _describe_optimizer(optimizer: Callable | None) -> str:
     """A short text naming an optimizer and its settings, e.g. ``adam(learning_rate=0.01)``."""
     if optimizer is None:
@@ -651,17 +672,27 @@ class AmortizedVI(Inference):
         obj_optimizer: Callable | None = None,
         total_grad_norm_constraint: float | None = None,
         compile_kwargs: dict | None = None,
+        gap_check: bool | Mapping[str, object] = True,
     ) -> AmortizedApproximation:
         """Run ``n`` optimisation steps and return the approximation.
 
         A step that makes the loss NaN or infinite stops the fit with a
         :class:`~pymc_amortize.DivergenceWarning`; the best parameters seen are restored, so the
         returned approximation is usable and ``refine`` resumes from it.
+
+        ``gap_check`` (default True): after the steps, :func:`~pymc_amortize.gap_check` refines
+        the q(z_n) of a sample of units per unit, q(θ) held, and warns
+        :class:`~pymc_amortize.AmortizationGapWarning` when that clearly raises the ELBO (the
+        encoder falls short of per-unit parameters). Its result is ``approx.gap_check`` and the
+        ``gap_check*`` attributes of ``idata.amortized_fit``. A mapping passes options to
+        :func:`~pymc_amortize.gap_check` (e.g. ``{"units": 200}``); False skips it. ``refine``
+        repeats it with the same options.
         """
         if not isinstance(n, int | np.integer) or n <= 0:
             raise AmortizationError(
                 f"n (the number of steps) must be a positive integer; got {n!r}."
             )
+        self._gap_check_options = _gap_check_options(gap_check)
         self.approx.settings |= {
             "obj_n_mc": obj_n_mc,
             "obj_optimizer": _describe_optimizer(obj_optimizer),
@@ -682,6 +713,7 @@ class AmortizedVI(Inference):
         )
         self._record_step_seconds(timed_before, hist_before, first=0)
         self._warn_if_diverged()
+        self._check_gap()
         return approx
 
     def refine(self, n, progressbar=True, progressbar_theme=default_progress_theme):
@@ -695,6 +727,37 @@ class AmortizedVI(Inference):
         self.approx.hist = self.hist
         self._record_step_seconds(timed_before, hist_before, first=first)
         self._warn_if_diverged()
+        self._check_gap()
+
+    def _check_gap(self) -> None:
+        """The check after the steps (see ``fit``'s ``gap_check``): never fails the fit."""
+        from pymc_amortize.diagnostics import GapCheck
+        from pymc_amortize.diagnostics import gap_check as run_check
+
+        options = getattr(self, "_gap_check_options", None)
+        if options is None:
+            return
+        if self.approx.divergence is not None:  # the DivergenceWarning said it all
+            check = GapCheck({}, False, 0.0, "the fit diverged (see approx.divergence)")
+            self.approx.gap_check = check
+            self.approx.settings |= check.attributes()
+            return
+        options = {"random_seed": self.objective.random_seed, **options}
+        try:
+            check = run_check(self.approx, **options)
+        except Exception as error:  # a diagnostic must not lose the user a finished fit
+            check = GapCheck({}, False, 0.0, f"the check failed: {type(error).__name__}: {error}")
+            warnings.warn(
+                f"The amortization-gap check after the fit failed ({type(error).__name__}: "
+                f"{error}); the fit itself is fine. Run pymc_amortize.amortization_gap(approx) "
+                "to check the gap, or pass gap_check=False.",
+                UserWarning,
+                stacklevel=4,
+            )
+        self.approx.gap_check = check
+        self.approx.settings |= check.attributes()
+        if check.flagged:
+            warnings.warn(check.warning_message(), AmortizationGapWarning, stacklevel=4)
 
     def _record_step_seconds(self, timed_before: np.ndarray, hist_before: int, *, first: int):
         """Append this run's step times to ``approx.step_seconds``, aligned with ``hist``."""

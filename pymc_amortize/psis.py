@@ -115,7 +115,8 @@ class PSISDiagnostic:
     khat : float
         k̂ of the whole approximation q(θ) ∏ q(z_n).
     khat_per_plate : dict of str to xarray.DataArray
-        Per plate, k̂ of each unit's factor p(x_n, z_n | rest) / q(z_n), under the plate's dim.
+        Per plate, k̂ of each unit's factor p(x_n, z_n | rest) / q(z_n), under the plate's dim;
+        NaN where the plate's factors couple its units (see ``notes``).
     log_weights : xarray.DataArray
         Unnormalised importance log weights along ``draw``.
     smoothed_log_weights : xarray.DataArray
@@ -128,6 +129,9 @@ class PSISDiagnostic:
     smoothed_log_weights: xr.DataArray
     approximation: AmortizedApproximation = field(repr=False)
     values: dict[str, np.ndarray] = field(repr=False)
+    #: Per plate whose units have no k̂ of their own (a prior or a ``pm.Potential`` couples them,
+    #: e.g. a random walk over the units), why; their ``khat_per_plate`` entries are NaN.
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def khat_per_unit(self) -> xr.DataArray:
@@ -159,8 +163,11 @@ class PSISDiagnostic:
             f"k̂ = {self.khat:.2f}, {self.verdict} (k̂ < 0.5 good, 0.5–0.7 usable, > 0.7 "
             f"unreliable); importance-sampling ESS {self.ess:.0f} of {n_draws}."
         ]
-        for per_unit in self.khat_per_plate.values():
+        for plate, per_unit in self.khat_per_plate.items():
             unit_dim = per_unit.dims[0]
+            if plate in self.notes:
+                lines.append(f"Per unit ({unit_dim}): {self.notes[plate]}")
+                continue
             counts = {v: 0 for v in ("good", "usable", "unreliable")}
             for k in per_unit.values:
                 counts[khat_verdict(k)] += 1
@@ -242,7 +249,11 @@ def psis_diagnostic(
     Draws θ_s ~ q(θ) and z_n,s ~ q(z_n) and computes, on the unconstrained space where q lives,
     log p(x_n, z_n,s | θ_s) − log q(z_n,s) per unit and their sum plus
     log p(θ_s) − log q(θ_s) overall; arviz-stats fits the Pareto tail of each. A unit's k̂ is
-    conditional on the global draws, so it judges the encoder's q(z_n) for that unit.
+    conditional on the global draws, so it judges the encoder's q(z_n) for that unit. Where a
+    plate's factors couple its units (a random-walk or AR prior over them, a ``pm.Potential``
+    summed over them), a unit has no factor of its own: the overall k̂ is computed from the
+    whole log joint and the plate's k̂ per unit is NaN, with the reason in ``notes`` and the
+    summary.
 
     Parameters
     ----------
@@ -329,9 +340,20 @@ def psis_diagnostic(
     for plate_values, _ in whole.values():
         values |= plate_values
 
-    terms, totals, parts = {}, {}, []
+    terms, totals, parts, notes = {}, {}, [], {}
     for plate in plates:
-        terms[plate.name] = _UnitTerms(approx, plate, whole=chunk_size is None)
+        try:
+            terms[plate.name] = _UnitTerms(approx, plate, whole=chunk_size is None)
+        except AmortizationError as error:
+            if chunk_size is not None:
+                raise
+            # A prior or a Potential couples the plate's units: the overall k̂ is still defined
+            # (from the whole log joint below), a unit's is not.
+            reason = str(error).rstrip(".")
+            notes[plate.name] = f"no k̂ per unit: {reason[:1].lower()}{reason[1:]}"
+            build = functools.partial(_undefined_khat, approx=approx, plate=plate)
+            parts.append(ChunkedPart(approx._unit_dim(plate), plate.size, build))
+            continue
         totals[plate.name] = np.zeros(draws)  # Σ over the plate's units of log p − log q
         build = functools.partial(
             _khat_chunk,
@@ -351,6 +373,13 @@ def psis_diagnostic(
         progressbar=progressbar,
         store=store,
     )
+    khat_per_plate = {p.name: khats[f"pareto_k_{p.name}"].rename("pareto_k") for p in plates}
+    if notes:  # whole (chunk_size=None): every plate's draws are in `values` and `whole`
+        fn, order = compile_log_terms(approx.model, approx.analysis, None)
+        log_p = fn(*(values[name] for name in order))[0]
+        log_q = sum((q.sum(axis=1) for _, q in whole.values()), np.zeros(draws))
+        log_weights = log_p - log_q - log_q_globals
+        return _diagnostic(approx, log_weights, khat_per_plate, values, notes)
     # log p(x, θ, z) − log q(θ, z) from the first plate: its units' factors (summed over the
     # chunks) and the rest of the model, in which every other plate's draws enter whole.
     first = plates[0]
@@ -361,8 +390,17 @@ def psis_diagnostic(
     log_weights = (
         terms[first.name].rest(values, draws) + totals[first.name] - other_q - log_q_globals
     )
-    khat_per_plate = {p.name: khats[f"pareto_k_{p.name}"].rename("pareto_k") for p in plates}
     return _diagnostic(approx, log_weights, khat_per_plate, values)
+
+
+def _undefined_khat(
+    start: int, stop: int, *, approx: AmortizedApproximation, plate: Plate
+) -> xr.Dataset:
+    """NaN k̂ for the units ``start:stop`` of a plate whose factors couple its units."""
+    dim, labels = approx._unit_dim(plate), approx._unit_labels(plate)
+    coords = {dim: labels[start:stop] if labels is not None else np.arange(start, stop)}
+    khat = np.full(stop - start, np.nan)
+    return xr.Dataset({f"pareto_k_{plate.name}": ((dim,), khat)}, coords=coords)
 
 
 def _khat_chunk(
@@ -388,7 +426,7 @@ def _khat_chunk(
     return xr.Dataset({f"pareto_k_{plate.name}": ((dim,), khat)}, coords=coords)
 
 
-def _diagnostic(approx, log_weights, khat_per_plate, values) -> PSISDiagnostic:
+def _diagnostic(approx, log_weights, khat_per_plate, values, notes=None) -> PSISDiagnostic:
     overall = xr.DataArray(log_weights, dims="draw")
     smoothed, khat = pareto_khat(overall)
     return PSISDiagnostic(
@@ -398,6 +436,7 @@ def _diagnostic(approx, log_weights, khat_per_plate, values) -> PSISDiagnostic:
         smoothed_log_weights=smoothed,
         approximation=approx,
         values=values,
+        notes=dict(notes or {}),
     )
 
 
@@ -432,6 +471,91 @@ class _PlateUnits:
         return values, log_q
 
 
+@dataclass(frozen=True)
+class BatchUnitGraph:
+    """log p of one plate's factors per unit, for draws of a batch of its units (any units, in
+    any order, with their rows), and the rest of the model's factors.
+
+    Attributes
+    ----------
+    draws : dict of str to TensorVariable
+        Placeholders of the draws, by value name: (S, *shape) of every free variable but the
+        plate's local latents, (S, B, *event_shape) of those.
+    units, rows, slot : TensorVariable
+        int64 placeholders: the batch's units (B,), their rows (R,) and each row's batch slot.
+    per_unit : TensorVariable
+        (S, B): the plate's factors (its latents' priors, its rows' likelihood) of each unit.
+    other_terms, other_drawn : list
+        The other factors and whether each has a leading draw axis.
+    """
+
+    draws: dict[str, pt.TensorVariable]
+    units: pt.TensorVariable
+    rows: pt.TensorVariable
+    slot: pt.TensorVariable
+    per_unit: pt.TensorVariable
+    other_terms: list
+    other_drawn: list
+
+
+def batch_unit_graph(
+    approx: AmortizedApproximation, plate: Plate, *, skip_undrawn: bool = False
+) -> BatchUnitGraph:
+    """Build :class:`BatchUnitGraph` from ``build_logjoint(batch_plate=plate)``.
+
+    Raises :class:`AmortizationError` when a factor of the plate has no per-unit terms (a prior or
+    a ``pm.Potential`` that couples its units), naming it. ``skip_undrawn``: leave out a factor of
+    the plate that no draw enters (a constant) rather than refuse it.
+    """
+    model, analysis = approx.model, approx.analysis
+    logjoint = build_logjoint(model, analysis, batch_plate=plate)
+    draws = {
+        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
+        for name, var in (logjoint.global_values | logjoint.local_values).items()
+    }
+    units, rows, slot = pt.lvector("units"), pt.lvector("rows"), pt.lvector("slot")
+    batch = UnitBatch(units=units, rows=rows, unit_of_row=slot, n_units=units.shape[0], scale=1.0)
+    global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
+    local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
+    batch_terms, other_terms, batch_drawn, other_drawn = logjoint.terms_per_draw(
+        global_draws, local_draws, batch
+    )
+    n_draws = draws[plate.latents[0].value_name].shape[0]
+    per_unit = pt.zeros((n_draws, units.shape[0]))
+    for (name, _), term, drawn in zip(logjoint.batch_terms, batch_terms, batch_drawn, strict=True):
+        if not drawn and skip_undrawn:
+            continue
+        if not drawn or term.ndim < 2:
+            raise AmortizationError(
+                f"The log density of '{name}' couples the units of plate '{plate.name}', so "
+                "it has no per-unit terms."
+            )
+        per_row = term.sum(axis=tuple(range(2, term.ndim)))
+        if _is_row_term(model, plate, name):
+            per_unit = pt.inc_subtensor(per_unit[:, slot], per_row)
+        else:
+            per_unit = per_unit + per_row
+    return BatchUnitGraph(draws, units, rows, slot, per_unit, other_terms, other_drawn)
+
+
+def rows_of_units(approx: AmortizedApproximation, plate: Plate, units: np.ndarray):
+    """The rows (R,) of ``units`` of ``plate``, unit by unit, and each row's position in ``units``
+    (the ``rows`` and ``slot`` inputs of :class:`BatchUnitGraph`); for a plate without an index,
+    each unit is its own row."""
+    units = np.asarray(units, dtype=np.int64)
+    if plate.index is None:
+        return units, np.arange(units.size, dtype=np.int64)
+    layout = approx.layouts[plate.name]
+    offsets = layout.offsets.get_value(borrow=True)
+    order = None if layout.row_order is None else layout.row_order.get_value(borrow=True)
+    counts = offsets[units + 1] - offsets[units]
+    slot = np.repeat(np.arange(units.size, dtype=np.int64), counts)
+    starts = np.repeat(offsets[units] - np.cumsum(counts) + counts, counts)
+    position = starts + np.arange(slot.size, dtype=np.int64)
+    rows = position if order is None else order[position]
+    return rows.astype(np.int64, copy=False), slot
+
+
 class _UnitTerms:
     """log p of a plate's factors per unit (S, B) for units ``start:stop``, and of the rest of
     the model (S,).
@@ -449,40 +573,14 @@ class _UnitTerms:
             self._rest_fn = None
             return
         try:
-            logjoint = build_logjoint(model, analysis, batch_plate=plate)
+            graph = batch_unit_graph(approx, plate)
         except AmortizationError as error:
             raise AmortizationError(
                 f"psis_diagnostic(chunk_size=...) evaluates plate '{plate.name}' chunk by chunk, "
                 f"which this model does not allow: {error} Pass chunk_size=None."
             ) from error
-        draws = {
-            name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
-            for name, var in (logjoint.global_values | logjoint.local_values).items()
-        }
-        units, rows, slot = pt.lvector("units"), pt.lvector("rows"), pt.lvector("slot")
-        batch = UnitBatch(
-            units=units, rows=rows, unit_of_row=slot, n_units=units.shape[0], scale=1.0
-        )
-        global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
-        local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
-        batch_terms, other_terms, batch_drawn, other_drawn = logjoint.terms_per_draw(
-            global_draws, local_draws, batch
-        )
-        n_draws = draws[plate.latents[0].value_name].shape[0]
-        per_unit = pt.zeros((n_draws, units.shape[0]))
-        for (name, _), term, drawn in zip(
-            logjoint.batch_terms, batch_terms, batch_drawn, strict=True
-        ):
-            if not drawn or term.ndim < 2:
-                raise AmortizationError(
-                    f"The log density of '{name}' couples the units of plate '{plate.name}', so "
-                    "it has no per-unit terms."
-                )
-            per_row = term.sum(axis=tuple(range(2, term.ndim)))
-            if _is_row_term(model, plate, name):
-                per_unit = pt.inc_subtensor(per_unit[:, slot], per_row)
-            else:
-                per_unit = per_unit + per_row
+        draws, units, rows, slot = graph.draws, graph.units, graph.rows, graph.slot
+        per_unit, other_terms, other_drawn = graph.per_unit, graph.other_terms, graph.other_drawn
         n_rest = pt.lscalar("n_draws")  # the rest may have no drawn input
         rest = pt.zeros((n_rest,))
         for term, drawn in zip(other_terms, other_drawn, strict=True):
