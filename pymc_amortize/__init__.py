@@ -27,6 +27,7 @@ from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import (
     AmortizationError,
     ChunkOrderWarning,
+    CouplingWarning,
     DivergenceWarning,
     OutOfTrainingRangeWarning,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "AmortizedVI",
     "ChunkOrderWarning",
     "Comparison",
+    "CouplingWarning",
     "DivergenceInfo",
     "DivergenceWarning",
     "ELBOConvergence",
