@@ -257,13 +257,17 @@ def fit(model, method, steps=(4000, 2000)):
     return approx
 
 
+def _unpack(approx, flat: np.ndarray) -> dict[str, np.ndarray]:
+    (group,) = approx.groups
+    return {name: flat[slc].reshape(shape) for name, slc, shape, _ in group.ordering.values()}
+
+
 def _means(approx):
-    return approx.groups[0].bij.rmap(approx.groups[0].mean.get_value())
+    return _unpack(approx, approx.groups[0].mean.get_value())
 
 
 def _sds(approx):
-    group = approx.groups[0]
-    return group.bij.rmap(np.logaddexp(0.0, group.rho.get_value()))
+    return _unpack(approx, np.logaddexp(0.0, approx.groups[0].rho.get_value()))
 
 
 @pytest.mark.slow
@@ -276,10 +280,11 @@ def test_an_all_mean_field_model_fits_as_advi():
     avi, advi = fit(model, "amortized"), fit(model, "advi")
     assert [type(g).__name__ for g in avi.groups] == ["MeanFieldGroup"]
     assert avi.groups[0].ddim == advi.groups[0].ddim == 60
+    # In the optimum's sds (the old amortized fit was 1.7 to 2.1 sds off on such walks).
     for approx in (avi, advi):
-        np.testing.assert_allclose(_means(approx)["z"], mean, atol=0.08)
+        error = (_means(approx)["z"] - mean) / sd
+        assert np.sqrt(np.mean(error**2)) < 0.1 and np.abs(error).max() < 0.3
         np.testing.assert_allclose(_sds(approx)["z"], sd, rtol=0.15)
-    np.testing.assert_allclose(_means(avi)["z"], _means(advi)["z"], atol=0.08)
     # One loss: at ADVI's solution the amortized objective equals ADVI's (same draws' average).
     assert abs(np.mean(avi.hist[-500:]) - np.mean(advi.hist[-500:])) < 1.0
 
@@ -289,14 +294,16 @@ def test_hand_written_cumsum_walk_matches_the_closed_form():
     # z = cumsum(z_raw), y ~ N(z, 1): Gaussian, so the mean-field optimum's means are the exact
     # posterior means, (I + LᵀL)⁻¹ Lᵀ y with L lower-triangular ones. An encoder of y_t alone
     # (the old verdict) cannot give them.
-    T = 40
+    T = 15
     walk = np.cumsum(rng.normal(0, 0.5, T))
     y = walk + rng.normal(size=T)
     model = walk_model("cumsum", T, y)
     lower = np.tril(np.ones((T, T)))
-    exact = np.linalg.solve(np.eye(T) + lower.T @ lower, lower.T @ y)
-    approx = fit(model, "amortized")
-    np.testing.assert_allclose(_means(approx)["z_raw"], exact, atol=0.08)
+    precision = np.eye(T) + lower.T @ lower
+    exact, sd = np.linalg.solve(precision, lower.T @ y), 1 / np.sqrt(np.diag(precision))
+    assert analyze_model(model).plates == ()
+    error = (_means(fit(model, "amortized", steps=(6000, 3000)))["z_raw"] - exact) / sd
+    assert np.sqrt(np.mean(error**2)) < 0.1 and np.abs(error).max() < 0.3
 
 
 def c11_model(seed: int = 11):
