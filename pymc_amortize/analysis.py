@@ -17,6 +17,18 @@ and data. A free variable z with a leading axis is *local to a plate* when
 Several plates may coexist (crossed and nested groupings). Every other free variable, and every
 latent that cannot be amortized (the reason is recorded), is fitted mean-field like ADVI's.
 
+The verdict
+-----------
+A latent found local is amortized only if what the graph computes allows it (Margossian & Blei,
+UAI 2024): :func:`unit_flow` follows its units through every factor that reads it (its prior,
+observed variables, potentials, other latents' priors). *amortize*: its prior is one term per unit
+and each reading term reads it unit by unit or through one index array; *expand*: a unit's terms
+read a neighbour's latent or data; *cannot close*: the prior couples the units (random walk, AR,
+MvNormal, ZeroSum) or a term reads them all together (cumsum, a product over the units);
+*undecided*: an operation the dataflow does not follow. All but *amortize* (and *expand* whose
+neighbours' data the encoder already reads) are fitted mean-field with the reason, unless
+``local=`` names the latent (then a :class:`~pymc_amortize.CouplingWarning`).
+
 Encoder inputs come from the latent's Markov blanket: every data array (observed values,
 ``pm.Data``, constant arrays) in a log-density factor that contains the latent and is aligned with
 the plate's units, or with its rows (then pooled per unit by the encoder).
@@ -669,19 +681,45 @@ def _transfer(node, states: list) -> tuple | None:
     return _coupled("unknown", f"an operation the analysis does not follow ({label})")
 
 
-def unit_flow(term: Variable, source: Variable) -> tuple | None:
-    """The state of ``term`` with ``source``'s leading axis as the units (see above)."""
+def _used_inputs(node) -> range | tuple[int, ...]:
+    """The inputs whose values reach ``node``'s outputs (not those that set shapes or checks)."""
+    op = node.op
+    if isinstance(op, Shape | Shape_i):
+        return ()
+    if isinstance(op, SpecifyShape | CheckAndRaise | ScalarFromTensor | TensorFromScalar | Alloc):
+        return (0,)
+    if isinstance(op, Elemwise) and isinstance(op.scalar_op, Second):
+        return (1,)
+    return range(len(node.inputs))
+
+
+def unit_flow(
+    term: Variable, source: Variable, prefer: Sequence[str] = ("mix", "neighbour", "unknown")
+) -> tuple | None:
+    """The state of ``term`` with ``source``'s leading axis as the units (see above).
+
+    A coupled term names, of the couplings on its way, the first of the kind first in ``prefer``
+    (by default the most severe: a unit reading all units before one reading a few).
+    """
     if source not in graph_inputs([term]):
         return None
     states: dict[Variable, tuple] = {source: ("unit", 0)}
+    met: dict[Variable, tuple] = {}  # the couplings on the way to each variable, in order
     for node in io_toposort(graph_inputs([term]), [term]):
         ins = [states.get(var) for var in node.inputs]
         if not any(s is not None for s in ins):
             continue
         out = _transfer(node, ins)
+        way = tuple(c for i in _used_inputs(node) for c in met.get(node.inputs[i], ()))
+        if out is not None and out[0] == "coupled" and out not in way:
+            way += (out,)
         for var in node.outputs:
             states[var] = out
-    return states.get(term)
+            met[var] = tuple(dict.fromkeys(way))
+    state = states.get(term)
+    if state is not None and state[0] == "coupled" and met.get(term):
+        return min(met[term], key=lambda c: prefer.index(c[1]))
+    return state
 
 
 @dataclass(frozen=True)
@@ -755,7 +793,7 @@ def _latent_verdict(
     value = model.rvs_to_values[rv]
     potentials = {pot.name for pot in model.potentials}
     found: dict[str, list[str]] = {}
-    own = unit_flow(terms[name], value)
+    own = unit_flow(terms[name], value, prefer=("neighbour", "mix", "unknown"))
     if own is not None and own != ("unit", 0):
         term = terms[name]
         per_unit = term.type.ndim >= 1 and term.type.shape[0] in (None, size)
