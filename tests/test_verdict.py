@@ -21,6 +21,7 @@ import pymc_amortize as pa
 from pymc_amortize import CouplingWarning, analyze_model
 from pymc_amortize.analysis import VERDICTS, unit_flow
 from pymc_amortize.examples import paper
+from pymc_amortize.logjoint import build_logjoint
 
 rng = np.random.default_rng(21)
 J, R = 8, 60
@@ -213,6 +214,24 @@ def test_a_potential_through_a_second_index_counts_and_the_latent_stays_mean_fie
     assert verdicts(analysis)["a"] == "amortize"  # the paper's class; one plate cannot hold it
     assert "'second' through" in reasons(analysis)["a"]
     assert "different index arrays" in reasons(analysis)["a"]
+
+
+def test_a_potential_through_the_plate_index_joins_the_plate_and_its_minibatch():
+    # Censored rows written as a Potential on the observed term's own index: one plate, and the
+    # Potential's per-row terms are sliced and scaled with a minibatch of units like y's.
+    idx = np.repeat(np.arange(J), 5)
+    with pm.Model(coords={"unit": np.arange(J)}) as model:
+        a = pm.Normal("a", 0, 1, dims="unit")
+        i_obs = pm.Data("i_obs", idx)
+        pm.Normal("y", a[i_obs], 1, observed=rng.normal(size=idx.size))
+        pm.Potential("pot", pm.logcdf(pm.Normal.dist(a[i_obs], 1), rng.normal(size=idx.size)).sum())
+    analysis = analyze_model(model)
+    (plate,) = analysis.plates
+    assert plate.index.key == "i_obs" and verdicts(analysis)["a"] == "amortize"
+    assert "'pot' through 'i_obs'" in reasons(analysis)["a"]
+    logjoint = build_logjoint(model, analysis, batch_plate=plate)
+    per_row = dict(zip([n for n, _ in logjoint.batch_terms], logjoint.row_terms, strict=True))
+    assert per_row == {"a": False, "y": True, "pot": True}
 
 
 def test_zerosum_and_treatment_coding_analyse_with_reasons_not_errors():
