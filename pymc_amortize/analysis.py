@@ -1278,7 +1278,13 @@ def _apply_verdicts(
     for name, size in lengths.items():
         found = _latent_verdict(model, name, terms, size)
         if name not in candidates and not found.indexes:
-            continue  # no term reads it unit by unit: a global, whatever its length
+            # No term reads it unit by unit: a global, whatever its length.
+            if local is not None and name in local:
+                verdicts[name] = (
+                    "global",
+                    "no term reads it unit by unit; amortized as local= asks",
+                )
+            continue
         reason = None
         if found.expanded:
             pass  # "expand", and the encoder's inputs already hold the neighbours' data

@@ -405,3 +405,13 @@ def test_ar_path_case_is_as_close_to_the_truth_as_advi():
         post = fit(model, method, steps=(6000, 0)).sample(500, random_seed=1).posterior
         errors[method] = np.sqrt(np.mean((post["path"].mean(("chain", "draw")).values - x) ** 2))
     assert errors["amortized"] < errors["advi"] + 0.03, errors
+
+
+def test_local_on_a_global_vector_keeps_working_and_says_so():
+    X = rng.normal(size=(30, 3))
+    with pm.Model() as model:
+        beta = pm.Normal("beta", 0, 1, shape=3)
+        pm.Normal("y", X @ beta, 1, observed=rng.normal(size=30))
+    assert verdicts(analyze_model(model)) == {"beta": "global"}
+    (lat,) = analyze_model(model, local={"beta": np.eye(3)}).latents
+    assert lat.verdict == "global" and "amortized as local= asks" in lat.verdict_reason
