@@ -31,6 +31,7 @@ from pymc_amortize.errors import (
     AmortizationError,
     AmortizationGapWarning,
     ChunkOrderWarning,
+    CouplingWarning,
     DivergenceWarning,
     OutOfTrainingRangeWarning,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "AmortizedVI",
     "ChunkOrderWarning",
     "Comparison",
+    "CouplingWarning",
     "DivergenceInfo",
     "DivergenceWarning",
     "ELBOConvergence",

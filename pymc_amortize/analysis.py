@@ -17,6 +17,18 @@ and data. A free variable z with a leading axis is *local to a plate* when
 Several plates may coexist (crossed and nested groupings). Every other free variable, and every
 latent that cannot be amortized (the reason is recorded), is fitted mean-field like ADVI's.
 
+The verdict
+-----------
+A latent found local is amortized only if what the graph computes allows it (Margossian & Blei,
+UAI 2024): :func:`unit_flow` follows its units through every factor that reads it (its prior,
+observed variables, potentials, other latents' priors). *amortize*: its prior is one term per unit
+and each reading term reads it unit by unit or through one index array; *expand*: a unit's terms
+read a neighbour's latent or data; *cannot close*: the prior couples the units (random walk, AR,
+MvNormal, ZeroSum) or a term reads them all together (cumsum, a product over the units);
+*undecided*: an operation the dataflow does not follow. All but *amortize* (and *expand* whose
+neighbours' data the encoder already reads) are fitted mean-field with the reason, unless
+``local=`` names the latent (then a :class:`~pymc_amortize.CouplingWarning`).
+
 Encoder inputs come from the latent's Markov blanket: every data array (observed values,
 ``pm.Data``, constant arrays) in a log-density factor that contains the latent and is aligned with
 the plate's units, or with its rows (then pooled per unit by the encoder).
@@ -24,21 +36,42 @@ the plate's units, or with its rows (then pooled per unit by the encoder).
 
 from __future__ import annotations
 
+import inspect
 import reprlib
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pymc as pm
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
-from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
-from pytensor.tensor.basic import Alloc
+from pytensor.graph.traversal import ancestors, applys_between, graph_inputs, io_toposort
+from pytensor.raise_op import CheckAndRaise
+from pytensor.scalar.basic import Second
+from pytensor.scan.op import Scan
+from pytensor.tensor.basic import (
+    Alloc,
+    Join,
+    ScalarFromTensor,
+    Split,
+    TensorFromScalar,
+)
+from pytensor.tensor.blockwise import Blockwise
+from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
+from pytensor.tensor.extra_ops import CumOp
+from pytensor.tensor.math import Dot
 from pytensor.tensor.random.type import RandomType
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
-from pytensor.tensor.subtensor import AdvancedSubtensor
+from pytensor.tensor.subtensor import (
+    AdvancedIncSubtensor,
+    AdvancedSubtensor,
+    IncSubtensor,
+    Subtensor,
+    indices_from_subtensor,
+)
 
-from pymc_amortize.errors import AmortizationError
+from pymc_amortize.errors import AmortizationError, CouplingWarning
 
 __all__ = [
     "DataInput",
@@ -108,6 +141,8 @@ class DataInput:
     node: Variable = field(repr=False, compare=False)
     #: False for an unnamed constant array, whose key is positional.
     named: bool = True
+    #: Where an unnamed array comes from, e.g. "the 'upper' array of pm.Censored 'time'".
+    source: str = field(default="", compare=False)
 
     @property
     def value(self) -> np.ndarray:
@@ -130,6 +165,9 @@ class LocalLatent:
         Encoder inputs with one row per row of the plate, pooled per unit (indexed plates only).
     input_matrix : ndarray or None
         An explicit (n_units, k) encoder input given by the user (replaces ``unit_inputs``).
+    verdict, verdict_reason : str
+        The analysis's class of the latent (see :data:`VERDICTS`; ``"amortize"`` unless
+        ``local=`` amortizes a latent the analysis would not) and why.
     """
 
     name: str
@@ -138,6 +176,8 @@ class LocalLatent:
     unit_inputs: tuple[DataInput, ...] = ()
     row_inputs: tuple[DataInput, ...] = ()
     input_matrix: np.ndarray | None = field(default=None, repr=False, compare=False)
+    verdict: str = "amortize"
+    verdict_reason: str = ""
 
     @property
     def event_size(self) -> int:
@@ -213,10 +253,12 @@ SCALAR_REASON = "a scalar (no unit axis)"
 
 @dataclass(frozen=True)
 class MeanFieldLatent:
-    """A free variable fitted with the global mean-field Gaussian, and why."""
+    """A free variable fitted with the global mean-field Gaussian, why, and the analysis's
+    verdict on it (see :data:`VERDICTS`: ``"global"`` for a latent with no unit axis)."""
 
     name: str
     reason: str
+    verdict: str = "global"
 
 
 @dataclass(frozen=True)
@@ -269,6 +311,8 @@ class ModelAnalysis:
                     parts += [f"{d.key}{_unnamed(d)} (rows, pooled)" for d in lat.row_inputs]
                     inputs = ", ".join(parts) or "none"
                 lines.append(f"  local {lat.name}{shape} <- encoder inputs: {inputs}")
+                if lat.verdict_reason:
+                    lines.append(f"    verdict {lat.verdict}: {lat.verdict_reason}")
         if not self.plates:
             lines.append("no plate: every latent is fitted mean-field (as ADVI)")
         scalars = [mf.name for mf in self.mean_field if mf.reason == SCALAR_REASON]
@@ -276,7 +320,7 @@ class ModelAnalysis:
             lines.append(f"globals, mean-field (as ADVI): {', '.join(scalars)}")
         for mf in self.mean_field:
             if mf.reason != SCALAR_REASON:
-                lines.append(f"kept mean-field {mf.name}: {mf.reason}")
+                lines.append(f"kept mean-field {mf.name} [{mf.verdict}]: {mf.reason}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -284,7 +328,10 @@ class ModelAnalysis:
 
 
 def _unnamed(data: DataInput) -> str:
-    return "" if data.named else " [an unnamed array; pm.Data would name it]"
+    if data.named:
+        return ""
+    source = f": {data.source}" if data.source else ""
+    return f" [an unnamed array{source}; pm.Data would name it]"
 
 
 # -- reading values and shapes -------------------------------------------------------------------
@@ -440,6 +487,408 @@ def _plate_key(use: _Use, model: pm.Model, lengths: Mapping[str, int]) -> tuple:
     return ("row", dim[0] if dim else lengths[use.latent])
 
 
+# -- the verdict: what the graph computes along a latent's unit axis -----------------------------
+#
+# A small dataflow runs from one source (a latent's value variable, or a data array aligned with
+# its units) through a log-density factor. Every variable gets one state:
+#   None                       independent of the source;
+#   ("unit", axis)             element i along ``axis`` depends on unit i only;
+#   ("row", axis, index)       element i along ``axis`` depends on unit ``index[i]`` only;
+#   ("coupled", kind, reason)  elements mix units: ``kind`` is "mix" (every unit reads all of
+#                              them: a sum, cumsum, matrix product, solve over the unit axis),
+#                              "neighbour" (an element reads a few other units: a shift, two
+#                              indexes meeting) or "unknown" (an operation the analysis does not
+#                              follow); ``reason`` names the operation.
+
+#: The paper's classes (Margossian & Blei, UAI 2024) and "undecided" (the graph cannot say).
+VERDICTS = ("amortize", "expand", "cannot close", "undecided", "global")
+
+
+def _coupled(kind: str, reason: str) -> tuple:
+    return ("coupled", kind, reason)
+
+
+def _const(var) -> object:
+    return getattr(var, "data", var)
+
+
+def _full_slice(entry: slice) -> bool:
+    start, stop, step = (_const(v) for v in (entry.start, entry.stop, entry.step))
+    return start in (None, 0) and stop is None and step in (None, 1)
+
+
+def _with_axis(state: tuple, axis: int) -> tuple:
+    return (state[0], axis, *state[2:])
+
+
+def _describe(state: tuple) -> str:
+    if state[0] == "unit":
+        return "its units"
+    return f"rows through {_leaf_label(state[2])}"
+
+
+def _leaf_label(leaf: Variable) -> str:
+    if leaf.name:
+        return f"'{leaf.name}'"
+    value = leaf_value(leaf) if isinstance(leaf, Constant | SharedVariable) else None
+    return "an unnamed array" + (f" of length {value.shape[0]}" if value is not None else "")
+
+
+def _op_label(op) -> str:
+    if isinstance(op, Blockwise):
+        return type(op.core_op).__name__
+    text = str(op)
+    return text if len(text) <= 40 else type(op).__name__
+
+
+def _merge(states: list[tuple], op) -> tuple | None:
+    """The state of an element computed from elements in ``states`` (same positions)."""
+    states = [s for s in states if s is not None]
+    if not states:
+        return None
+    for state in states:
+        if state[0] == "coupled":
+            return state
+    first = states[0]
+    for state in states[1:]:
+        if state != first:
+            return _coupled(
+                "neighbour",
+                f"{_describe(first)} and {_describe(state)} meet in one element ({_op_label(op)})"
+                if first[1] == state[1]
+                else f"two different axes of the latent meet in one element ({_op_label(op)})",
+            )
+    return first
+
+
+def _subtensor_state(node, state: tuple, entries: Sequence) -> tuple:
+    """The state after basic or advanced indexing ``x[entries]`` of an x in ``state``."""
+    op, x = node.op, node.inputs[0]
+    axis = state[1]
+    entries = list(entries) + [slice(None)] * (x.type.ndim - len(entries))
+    advanced = [p for p, e in enumerate(entries) if not isinstance(e, slice)]
+    basic = isinstance(op, Subtensor)
+    entry = entries[axis]
+    if isinstance(entry, slice):
+        if not _full_slice(entry):
+            return _coupled("neighbour", f"a slice or shift along the unit axis ({_op_label(op)})")
+        before = sum(1 for p in advanced if p < axis)
+        if basic:  # scalar entries drop their axes
+            return _with_axis(state, axis - before)
+        width = max((getattr(entries[p], "ndim", 0) for p in advanced), default=0)
+        contiguous = advanced == list(range(advanced[0], advanced[-1] + 1)) if advanced else True
+        if not advanced:
+            return state
+        slices_before = sum(1 for p in range(axis) if isinstance(entries[p], slice))
+        if contiguous and axis < advanced[0]:
+            return _with_axis(state, axis)
+        if contiguous:
+            return _with_axis(state, slices_before + width)
+        return _with_axis(state, width + slices_before)
+    if state[0] == "row":
+        return _coupled("unknown", f"an index applied to already indexed rows ({_op_label(op)})")
+    if basic or getattr(entry, "ndim", 0) == 0:
+        return _coupled("unknown", f"single units picked by a constant index ({_op_label(op)})")
+    width = max(getattr(entries[p], "ndim", 0) for p in advanced)
+    if not _is_index(entry) or width != 1:
+        return _coupled(
+            "unknown",
+            f"an index that is not an integer data vector ({_op_label(op)} with {entry})",
+        )
+    contiguous = advanced == list(range(advanced[0], advanced[-1] + 1))
+    out_axis = sum(1 for p in range(advanced[0]) if isinstance(entries[p], slice))
+    return ("row", out_axis if contiguous else 0, entry)
+
+
+def _transfer(node, states: list) -> tuple | None:
+    """The state of ``node``'s outputs from those of its inputs (see the section's comment)."""
+    op = node.op
+    if isinstance(op, Shape | Shape_i):
+        return None
+    if isinstance(op, SpecifyShape | CheckAndRaise | ScalarFromTensor | TensorFromScalar):
+        return states[0]
+    if isinstance(op, Alloc):
+        if states[0] is None or states[0][0] == "coupled":
+            return states[0]
+        return _with_axis(states[0], states[0][1] + node.outputs[0].ndim - node.inputs[0].ndim)
+    if isinstance(op, Elemwise) and isinstance(op.scalar_op, Second):
+        return states[1]
+    for state in states:
+        if state is not None and state[0] == "coupled":
+            return state
+    label = _op_label(op)
+    if isinstance(op, Elemwise):
+        out = node.outputs[0]
+        for var, state in zip(node.inputs, states, strict=True):
+            if (
+                state is not None
+                and var.type.broadcastable[state[1]]
+                and not (out.type.broadcastable[state[1]])
+            ):
+                return _coupled("mix", f"one unit broadcast over many ({label})")
+        return _merge(states, op)
+    if isinstance(op, DimShuffle):
+        state = states[0]
+        if state[1] not in op.new_order:
+            return _coupled("unknown", f"the unit axis dropped ({label})")
+        return _with_axis(state, op.new_order.index(state[1]))
+    if isinstance(op, CAReduce) or type(op).__name__ == "LogSumExp":
+        state, ndim = states[0], node.inputs[0].ndim
+        axes = op.axis if op.axis is not None else tuple(range(ndim))
+        axes = {a % ndim for a in np.atleast_1d(axes)}
+        if state[1] in axes:
+            return _coupled("mix", f"a reduction over the unit axis ({label})")
+        return _with_axis(state, state[1] - sum(1 for a in axes if a < state[1]))
+    if isinstance(op, Subtensor | AdvancedSubtensor):
+        if any(s is not None for s in states[1:]):
+            return _coupled("unknown", f"an index computed from the latent ({label})")
+        entries = indices_from_subtensor(node.inputs[1:], op.idx_list)
+        return _subtensor_state(node, states[0], entries)
+    if isinstance(op, Join | Split):
+        # The axis is an attribute; Split's other inputs are the lengths of its pieces.
+        data = states if isinstance(op, Join) else states[:1]
+        if any(s is not None for s in states[len(data) :]):
+            return _coupled("unknown", f"pieces' lengths computed from the latent ({label})")
+        ndim = node.outputs[0].ndim
+        if any(s is not None and s[1] == op.axis % ndim for s in data):
+            return _coupled("unknown", f"a concatenation or split along the unit axis ({label})")
+        return _merge(data, op)
+    if isinstance(op, CumOp):
+        state = states[0]
+        if op.axis is None or op.axis % node.inputs[0].ndim == state[1]:
+            return _coupled("mix", f"a cumulative sum or product along the unit axis ({label})")
+        return state
+    if isinstance(op, Dot | Blockwise):
+        core, batch = (op.core_op if isinstance(op, Blockwise) else op), 0
+        if isinstance(op, Blockwise):
+            batch = node.outputs[0].ndim - len(op.outputs_sig[0])
+            if all(s[1] < batch for s in states if s is not None):
+                return _merge(states, op)
+        if isinstance(core, Dot) and len(node.inputs) == 2:
+            (a, b), (sa, sb) = node.inputs, states
+            lead = batch if isinstance(op, Blockwise) else 0
+            if sb is None and a.ndim - lead == 2 and sa[1] == lead:
+                return sa
+            if sa is None and b.ndim - lead == 2 and sb[1] == lead + 1:
+                return _with_axis(sb, node.outputs[0].ndim - 1)
+        return _coupled("mix", f"a matrix operation over the unit axis ({label})")
+    if isinstance(op, Scan):
+        return _coupled("mix", f"a scan over the latent ({label})")
+    if isinstance(op, IncSubtensor | AdvancedIncSubtensor):
+        return _coupled("unknown", f"set_subtensor / inc_subtensor ({label})")
+    if isinstance(op, Reshape):
+        return _coupled("unknown", f"a reshape ({label})")
+    return _coupled("unknown", f"an operation the analysis does not follow ({label})")
+
+
+def _used_inputs(node) -> range | tuple[int, ...]:
+    """The inputs whose values reach ``node``'s outputs (not those that set shapes or checks)."""
+    op = node.op
+    if isinstance(op, Shape | Shape_i):
+        return ()
+    if isinstance(op, SpecifyShape | CheckAndRaise | ScalarFromTensor | TensorFromScalar | Alloc):
+        return (0,)
+    if isinstance(op, Elemwise) and isinstance(op.scalar_op, Second):
+        return (1,)
+    return range(len(node.inputs))
+
+
+def unit_flow(
+    term: Variable, source: Variable, prefer: Sequence[str] = ("mix", "neighbour", "unknown")
+) -> tuple | None:
+    """The state of ``term`` with ``source``'s leading axis as the units (see above).
+
+    A coupled term names, of the couplings on its way, the first of the kind first in ``prefer``
+    (by default the most severe: a unit reading all units before one reading a few).
+    """
+    if source not in graph_inputs([term]):
+        return None
+    states: dict[Variable, tuple] = {source: ("unit", 0)}
+    met: dict[Variable, tuple] = {}  # the couplings on the way to each variable, in order
+    for node in io_toposort(graph_inputs([term]), [term]):
+        ins = [states.get(var) for var in node.inputs]
+        if not any(s is not None for s in ins):
+            continue
+        out = _transfer(node, ins)
+        way = tuple(c for i in _used_inputs(node) for c in met.get(node.inputs[i], ()))
+        if out is not None and out[0] == "coupled" and out not in way:
+            way += (out,)
+        for var in node.outputs:
+            states[var] = out
+            met[var] = tuple(dict.fromkeys(way))
+    state = states.get(term)
+    if state is not None and state[0] == "coupled" and met.get(term):
+        return min(met[term], key=lambda c: prefer.index(c[1]))
+    return state
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """A latent's verdict, why, and how its reading terms reach its units."""
+
+    verdict: str
+    reason: str
+    #: Index leaf -> names of the terms that read the latent through it (row by row).
+    indexes: Mapping[Variable, tuple[str, ...]] = field(default_factory=dict)
+    #: Terms that read the latent unit by unit along their leading axis.
+    unit_terms: tuple[str, ...] = ()
+    #: For "expand": the neighbours' data are already arrays of the latent's Markov blanket
+    #: (the saw series' ``x_prev``), so the encoder found from it reads the expanded domain.
+    expanded: bool = False
+
+
+def _shifted_copy(model: pm.Model, terms: Sequence[Variable], size: int) -> tuple[str, str] | None:
+    """Two data arrays along the units, one the other shifted by one unit (``x_prev[n] =
+    x[n - 1]``), in these factors: (the shifted one's label, the other's), or None. The graph
+    cannot tell that a ``pm.Data`` array holds a neighbour's data; their values can."""
+    arrays = {}
+    for term in terms:
+        for leaf in _value_leaves(term):
+            if _is_data_leaf(leaf) and not _is_index(leaf) and leaf not in arrays:
+                value = leaf_value(leaf)
+                if value.dtype.kind == "f" and value.shape[:1] == (size,) and size > 2:
+                    arrays[leaf] = value
+    for prev, prev_value in arrays.items():
+        for leaf, value in arrays.items():
+            if (
+                leaf is not prev
+                and prev_value.shape == value.shape
+                and np.array_equal(prev_value[1:], value[:-1])
+                and np.ptp(value) > 0
+            ):
+                labels = [
+                    next(
+                        (f"'{o.name}'" for o in model.observed_RVs if model.rvs_to_values[o] is v),
+                        _leaf_label(v),
+                    )
+                    for v in (prev, leaf)
+                ]
+                return labels[0], labels[1]
+    return None
+
+
+def _strip_sums(term: Variable) -> Variable:
+    """A potential's per-row term: its trailing full sums removed (``pm.Potential(logp.sum())``)."""
+    while (
+        term.owner is not None
+        and isinstance(term.owner.op, CAReduce)
+        and type(term.owner.op).__name__ == "Sum"
+        and (term.owner.op.axis is None or len(term.owner.op.axis) == term.owner.inputs[0].ndim)
+    ):
+        term = term.owner.inputs[0]
+    return term
+
+
+def _dist_label(rv: Variable) -> str:
+    op = rv.owner.op
+    name = getattr(op, "_print_name", None)
+    return name[0] if name else type(op).__name__
+
+
+def _latent_verdict(
+    model: pm.Model, name: str, terms: Mapping[str, Variable], size: int
+) -> _Verdict:
+    """The paper's class of latent ``name`` from what its factors compute along its units."""
+    rv = model[name]
+    value = model.rvs_to_values[rv]
+    potentials = {pot.name for pot in model.potentials}
+    found: dict[str, list[str]] = {}
+    own = unit_flow(terms[name], value, prefer=("neighbour", "mix", "unknown"))
+    if own is not None and own != ("unit", 0):
+        term = terms[name]
+        per_unit = term.type.ndim >= 1 and term.type.shape[0] in (None, size)
+        if own[0] == "coupled" and (not per_unit or own[1] != "unknown"):
+            found.setdefault("cannot close", []).append(
+                f"its prior ({_dist_label(rv)}) couples its units: its log density is not one "
+                f"term per unit ({own[2]})"
+            )
+        else:
+            detail = own[2] if own[0] == "coupled" else f"its units along axis {own[1]}"
+            found.setdefault("undecided", []).append(
+                f"the analysis cannot tell whether its prior ({_dist_label(rv)}) is one term per "
+                f"unit: {detail}"
+            )
+    indexes: dict[Variable, list[str]] = {}
+    unit_terms: list[str] = []
+    reading = [name]
+    for other, term in terms.items():
+        if other == name:
+            continue
+        if other in potentials:
+            term = _strip_sums(term)
+        state = unit_flow(term, value)
+        if state is None:
+            continue
+        reading.append(other)
+        if state == ("unit", 0):
+            unit_terms.append(other)
+        elif state[0] == "row" and state[1] == 0:
+            indexes.setdefault(state[2], []).append(other)
+        elif state[0] == "coupled" and state[1] == "mix":
+            found.setdefault("cannot close", []).append(
+                f"'{other}' reads it through {state[2]}, so each of its terms reads many units"
+            )
+        elif state[0] == "coupled" and state[1] == "neighbour":
+            found.setdefault("expand", []).append(
+                f"'{other}' reads other units' values: {state[2]}"
+            )
+        else:
+            detail = state[2] if state[0] == "coupled" else f"its units along axis {state[1]}"
+            found.setdefault("undecided", []).append(
+                f"the analysis cannot follow how '{other}' reads it: {detail}"
+            )
+    if not found:
+        # The saw series written with its shift in the graph: a unit's factors read a data array
+        # at neighbouring units, so the encoder needs the neighbours' data.
+        for other in reading:
+            term = terms[other]
+            for leaf in _value_leaves(term):
+                if (
+                    not _is_data_leaf(leaf)
+                    or _is_index(leaf)
+                    or _leading(leaf) != size
+                    or leaf in indexes
+                ):
+                    continue
+                state = unit_flow(term, leaf)
+                if state is not None and state[0] == "coupled" and state[1] == "neighbour":
+                    label = next(
+                        (
+                            f"'{o.name}'"
+                            for o in model.observed_RVs
+                            if model.rvs_to_values[o] is leaf
+                        ),
+                        _leaf_label(leaf),
+                    )
+                    found.setdefault("expand", []).append(
+                        f"'{other}' reads the data {label} of neighbouring units: {state[2]}"
+                    )
+    for verdict in ("cannot close", "expand", "undecided"):
+        if verdict in found:
+            reasons = list(dict.fromkeys(found[verdict]))
+            return _Verdict(verdict, "; ".join(reasons))
+    shifted = _shifted_copy(model, [terms[t] for t in reading], size)
+    if shifted is not None:
+        return _Verdict(
+            "expand",
+            f"{shifted[0]} holds {shifted[1]} of the previous unit, so a unit's factors read its "
+            "neighbour's data; both are in its Markov blanket, so its encoder reads both (the "
+            "expanded domain)",
+            expanded=True,
+        )
+    reads = [f"'{t}' unit by unit" for t in unit_terms]
+    reads += [
+        f"'{t}' through {_leaf_label(leaf)}" for leaf, names in indexes.items() for t in names
+    ]
+    reason = "its prior is one term per unit" + ("; read by " + ", ".join(reads) if reads else "")
+    return _Verdict(
+        "amortize",
+        reason,
+        {leaf: tuple(names) for leaf, names in indexes.items()},
+        tuple(unit_terms),
+    )
+
+
 def factorized_terms(model: pm.Model) -> dict[str, Variable]:
     """The log-density factor of every free and observed variable and potential, by name."""
     varlist = model.free_RVs + model.observed_RVs + model.potentials
@@ -456,7 +905,41 @@ def _data_input(model: pm.Model, leaf: Variable, owner: str, counter: dict) -> D
     if leaf.name and leaf.name in model.named_vars:
         return DataInput(leaf.name, leaf)
     counter[owner] = counter.get(owner, -1) + 1
-    return DataInput(f"{owner}_input{counter[owner]}", leaf, named=False)
+    return DataInput(
+        f"{owner}_input{counter[owner]}",
+        leaf,
+        named=False,
+        source=_unnamed_source(model, leaf, owner),
+    )
+
+
+def _unnamed_source(model: pm.Model, leaf: Variable, owner: str) -> str:
+    """Which argument of which distribution an unnamed constant array is, e.g. "the 'upper'
+    array of pm.Censored 'time'"; else the factor it is found in."""
+    fallback = f"an array in the log density of '{owner}'"
+    rv = model.named_vars.get(owner)
+    if rv is None or rv.owner is None or rv in model.potentials:
+        return fallback
+    dist = _dist_label(rv)
+    cls = getattr(pm, dist, None)
+    try:
+        names = [
+            p.name
+            for p in inspect.signature(cls.dist).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        params = list(rv.owner.op.dist_params(rv.owner))
+    except Exception:
+        return fallback
+    value = leaf_value(leaf)
+    for name, param in zip(names, params, strict=False):
+        while param.owner is not None and isinstance(param.owner.op, DimShuffle | SpecifyShape):
+            param = param.owner.inputs[0]
+        if isinstance(param, Constant | SharedVariable):
+            candidate = leaf_value(param)
+            if candidate.shape == value.shape and np.array_equal(candidate, value, equal_nan=True):
+                return f"the '{name}' array of pm.{dist} '{owner}'"
+    return f"{fallback} (pm.{dist})"
 
 
 def _aligned_leaves(
@@ -699,6 +1182,7 @@ def analyze_model(
             mean_field[name] = "it meets the data through several unit axes or index arrays"
             del keys[name]
 
+    verdicts = _apply_verdicts(model, terms, lengths, uses, keys, mean_field, local)
     if local is not None:
         for name in lengths:
             if name not in local:
@@ -731,7 +1215,7 @@ def analyze_model(
         if name not in keys:
             mean_field.setdefault(
                 name,
-                "global: no observed variable has its leading axis as a unit axis, directly or "
+                "no observed variable has its leading axis as a unit axis, directly or "
                 "through an index array",
             )
 
@@ -755,13 +1239,102 @@ def analyze_model(
         )
         mean_field.update(dropped)
         if plate is not None:
-            plates.append(plate)
+            latents = tuple(
+                replace(lat, verdict=verdicts[lat.name][0], verdict_reason=verdicts[lat.name][1])
+                for lat in plate.latents
+            )
+            plates.append(replace(plate, latents=latents))
     ordered = [
-        MeanFieldLatent(rv.name, mean_field[rv.name])
+        MeanFieldLatent(rv.name, mean_field[rv.name], verdicts.get(rv.name, ("global",))[0])
         for rv in model.free_RVs
         if rv.name in mean_field
     ]
     return ModelAnalysis(plates=tuple(plates), mean_field=tuple(ordered), factors=terms)
+
+
+def _expanded(spec: object) -> bool:
+    """Whether a ``local=`` spec gives the encoder more than one named input (an expanded
+    domain) or an explicit matrix."""
+    if isinstance(spec, np.ndarray):
+        return True
+    if isinstance(spec, IndexedLocal):
+        return spec.unit_covariates is not None
+    return not isinstance(spec, str) and len(spec) > 1
+
+
+def _apply_verdicts(
+    model: pm.Model,
+    terms: Mapping[str, Variable],
+    lengths: Mapping[str, int],
+    uses: Sequence[_Use],
+    keys: dict[str, set],
+    mean_field: dict[str, str],
+    local: Mapping[str, object] | None,
+) -> dict[str, tuple[str, str]]:
+    """Each latent's verdict and reason; latents that cannot be amortized leave ``keys`` for
+    ``mean_field`` (with the reason), unless ``local=`` names them (then a CouplingWarning)."""
+    verdicts: dict[str, tuple[str, str]] = {}
+    candidates = {use.latent for use in uses}
+    for name, size in lengths.items():
+        found = _latent_verdict(model, name, terms, size)
+        if name not in candidates and not found.indexes:
+            # No term reads it unit by unit: a global, whatever its length.
+            if local is not None and name in local:
+                verdicts[name] = (
+                    "global",
+                    "no term reads it unit by unit; amortized as local= asks",
+                )
+            continue
+        reason = None
+        if found.expanded:
+            pass  # "expand", and the encoder's inputs already hold the neighbours' data
+        elif found.verdict != "amortize":
+            reason = (
+                found.reason
+                + {
+                    "cannot close": "; fitted mean-field, as ADVI does",
+                    "expand": (
+                        "; fitted mean-field, unless local= gives the encoder the neighbours' data "
+                        f"(local={{'{name}': [...inputs]}})"
+                    ),
+                    "undecided": "; fitted mean-field",
+                }[found.verdict]
+            )
+        else:
+            plate_indexes = {k[1] for k in keys.get(name, ()) if k[0] == "indexed"}
+            reads = ", ".join(
+                f"'{t}' through {_leaf_label(leaf)}"
+                for leaf, names in found.indexes.items()
+                for t in names
+            )
+            if len(found.indexes) > 1:
+                reason = (
+                    f"its terms read it through different index arrays ({reads}); a plate ties "
+                    "its rows to units through one index array, so it is fitted mean-field"
+                )
+            elif found.indexes and not set(found.indexes) <= plate_indexes:
+                reason = (
+                    f"{reads}, but no observed variable reads it through that index alone, which "
+                    "a plate needs; fitted mean-field"
+                )
+        verdicts[name] = (found.verdict, reason or found.reason)
+        if reason is None:
+            continue
+        if local is not None and name in local:
+            verdicts[name] = (found.verdict, f"{found.reason}; amortized as local= asks")
+            if not (found.verdict == "expand" and _expanded(local[name])):
+                warnings.warn(
+                    f"local= amortizes '{name}', but the analysis finds '{found.verdict}': "
+                    f"{found.reason if found.verdict != 'amortize' else reason}. An encoder "
+                    "cannot reach what per-unit parameters reach here; compare with "
+                    "pm.fit(method='advi') or run pymc_amortize.amortization_gap on the fit.",
+                    CouplingWarning,
+                    stacklevel=4,
+                )
+            continue
+        mean_field[name] = reason
+        keys.pop(name, None)
+    return verdicts
 
 
 def _build_plate(

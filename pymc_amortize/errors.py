@@ -4,6 +4,7 @@ __all__ = [
     "AmortizationError",
     "AmortizationGapWarning",
     "ChunkOrderWarning",
+    "CouplingWarning",
     "DivergenceWarning",
     "OutOfTrainingRangeWarning",
 ]
@@ -36,3 +37,9 @@ class ChunkOrderWarning(UserWarning):
     fit holds only some of them at a time: neighbouring batches then come from a few alike chunks,
     which slows the fit and can leave its globals off. Store the units shuffled, or give the pool
     the memory to hold the whole dataset (``unit_data_pool_mib``)."""
+
+
+class CouplingWarning(UserWarning):
+    """``local=`` amortizes a latent whose units the model couples (a random walk, an AR or
+    MvNormal prior over the units, a likelihood reading neighbours' latents): the encoder's
+    q(z_n) cannot reach what per-unit parameters reach. The message names the coupling."""

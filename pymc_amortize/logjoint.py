@@ -27,7 +27,13 @@ from pytensor.tensor.basic import Alloc
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import DataInput, ModelAnalysis, Plate, factorized_terms
+from pymc_amortize.analysis import (
+    DataInput,
+    ModelAnalysis,
+    Plate,
+    _strip_sums,
+    factorized_terms,
+)
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.plates import UnitBatch
 
@@ -294,7 +300,12 @@ def build_logjoint(
 
     names = _plate_factors(terms, model, batch_plate)
     batch_names = [n for n in terms if n in names]
-    relaxed = _free_leading_lengths([terms[n] for n in batch_names])
+    # A potential written as a sum over rows (pm.Potential(logp(...).sum())) is its per-row
+    # terms summed: sliced with the batch's rows like an observed variable's factor.
+    potentials = {pot.name for pot in model.potentials}
+    relaxed = _free_leading_lengths(
+        [_strip_sums(terms[n]) if n in potentials else terms[n] for n in batch_names]
+    )
     cloned = clone_replace(relaxed, replace, rebuild_strict=False)
     for name, term in zip(batch_names, cloned, strict=True):
         if term.ndim == 0:

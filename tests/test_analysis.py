@@ -120,7 +120,10 @@ def test_unit_covariate_and_known_sd_feed_the_encoder():
     assert plate.index is None and plate.size == 8
     unit_inputs, row_inputs = inputs(analysis, "z")
     assert unit_inputs == {"c", "y", "y_input0"} and row_inputs == set()
-    assert "y_input0 [an unnamed array; pm.Data would name it]" in analysis.summary()
+    assert (
+        "y_input0 [an unnamed array: the 'sigma' array of pm.Normal 'y'; pm.Data would name it]"
+        in analysis.summary()
+    )
     known_sd = next(d for d in plate.latents[0].unit_inputs if d.key == "y_input0")
     np.testing.assert_array_equal(known_sd.value, sd)
 
@@ -177,15 +180,18 @@ def test_array_prior_parameter_is_sliced_with_the_units():
 
 
 def test_latent_without_unit_data_stays_mean_field_with_a_reason():
-    """A random walk prior couples the states; a latent no likelihood meets stays mean-field."""
+    """A random walk prior couples the states (cannot close); a latent no likelihood meets is a
+    global. Both stay mean-field, with the reason."""
     with pm.Model(coords={"t": range(20)}) as model:
         z = pm.GaussianRandomWalk("z", sigma=1, init_dist=pm.Normal.dist(), dims="t")
         pm.Normal("w", 0, 1, shape=3)
         pm.Normal("x", z, 1, observed=rng.normal(size=20), dims="t")
     analysis = analyze_model(model)
-    assert analysis.latent_names == ("z",)
-    reasons = {mf.name: mf.reason for mf in analysis.mean_field}
-    assert "no observed variable has its leading axis" in reasons["w"]
+    assert analysis.latent_names == ()
+    found = {mf.name: (mf.verdict, mf.reason) for mf in analysis.mean_field}
+    assert found["z"][0] == "cannot close" and "RandomWalk" in found["z"][1]
+    assert found["w"][0] == "global"
+    assert "no observed variable has its leading axis" in found["w"][1]
 
 
 def test_no_local_latent_is_all_mean_field_not_an_error():
