@@ -31,6 +31,7 @@ from pymc_amortize.errors import (
     AmortizationError,
     AmortizationGapWarning,
     ChunkOrderWarning,
+    ConvergenceWarning,
     DivergenceWarning,
     OutOfTrainingRangeWarning,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "AmortizedVI",
     "ChunkOrderWarning",
     "Comparison",
+    "ConvergenceWarning",
     "DivergenceInfo",
     "DivergenceWarning",
     "ELBOConvergence",
