@@ -4,6 +4,7 @@ __all__ = [
     "AmortizationError",
     "AmortizationGapWarning",
     "ChunkOrderWarning",
+    "ConvergenceWarning",
     "CouplingWarning",
     "DivergenceWarning",
     "OutOfTrainingRangeWarning",
@@ -20,6 +21,14 @@ class AmortizationGapWarning(UserWarning):
     units' posteriors (e.g. a prior that couples the units, a term it does not read) or the fit
     has not converged. The message gives the gain in nats and what to run; the check's result is
     ``approx.gap_check``; turn it off with ``gap_check=False``."""
+
+
+class ConvergenceWarning(UserWarning):
+    """``pm.fit(method="amortized")`` ran all its ``n`` steps (the cap) before its loss flattened
+    (see :class:`~pymc_amortize.ELBOConvergence`): the fit may be far from its optimum. The message
+    gives the windowed loss's last relative changes, the steps run and the call that continues
+    (``inference.refine(...)``) or refits with a larger ``n``; ``approx.settings["converged"]`` is
+    False. A fit run with ``convergence=False`` never warns."""
 
 
 class DivergenceWarning(RuntimeWarning):

@@ -15,7 +15,7 @@ from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.diagnostics import semi_amortize
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.inference import DEFAULT_MAX_STEPS, AmortizedVI
 
 __all__ = ["fit_amortized"]
 
@@ -33,7 +33,7 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
     semi_amortize_steps = options.pop("semi_amortize", None)
     inf_kwargs = dict(arguments.pop("inf_kwargs", None) or {})
     arguments.pop("method")
-    n = arguments.pop("n", 10_000)
+    n = arguments.pop("n", DEFAULT_MAX_STEPS)
     constructor = {
         k: v for k, v in arguments.items() if k in _CONSTRUCTOR_OPTIONS and v is not None
     }
@@ -71,7 +71,7 @@ def fit_amortized(
     model: pm.Model | None = None,
     *,
     local: Mapping[str, EncoderInputSpec] | None = None,
-    n: int = 10_000,
+    n: int = DEFAULT_MAX_STEPS,
     draws: int = 1000,
     encoder: Encoder | Mapping[str, Encoder] | None = None,
     encoder_widths: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
@@ -95,7 +95,8 @@ def fit_amortized(
     local : mapping, optional
         ``{latent: encoder inputs}``; detected from the model's dims when omitted.
     n : int
-        Optimisation steps.
+        The cap on the optimisation steps (50,000); the fit stops earlier when its loss has
+        converged (``convergence=False`` runs all ``n``; see :meth:`AmortizedVI.fit`).
     draws : int
         Posterior draws in the result.
     encoder, encoder_widths, activation
@@ -107,8 +108,9 @@ def fit_amortized(
     obj_n_mc : int
         Monte Carlo draws per step.
     obj_optimizer : callable, optional
-        A PyMC optimizer, e.g. ``pm.adam(learning_rate=1e-2)``; Adam with learning rate 1e-3 when
-        omitted.
+        A PyMC optimizer, e.g. ``pm.adam(learning_rate=1e-2)``, used as given; when omitted, Adam at
+        1e-2 decayed ×0.1 on each plateau of the loss, twice, then stopped (see
+        :meth:`AmortizedVI.fit`).
     random_seed : int, optional
         Seeds initial weights, draws and minibatches.
     progressbar : bool

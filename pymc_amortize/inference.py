@@ -35,8 +35,14 @@ from pymc_amortize.analysis import (
     analyze_model,
 )
 from pymc_amortize.approximation import AmortizedApproximation
+from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.encoders import Encoder
-from pymc_amortize.errors import AmortizationError, AmortizationGapWarning, DivergenceWarning
+from pymc_amortize.errors import (
+    AmortizationError,
+    AmortizationGapWarning,
+    ConvergenceWarning,
+    DivergenceWarning,
+)
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
@@ -45,6 +51,11 @@ from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource
 __all__ = ["AmortizedVI", "DivergenceInfo"]
 
 _HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
+
+#: ``fit``'s cap on the steps (it stops earlier on convergence).
+DEFAULT_MAX_STEPS = 50_000
+#: Adam's first learning rate when no ``obj_optimizer`` is given (decayed on plateaus).
+DEFAULT_LEARNING_RATE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -477,6 +488,62 @@ def _gap_check_options(option: bool | Mapping[str, object]) -> dict | None:
     )
 
 
+def _convergence_callback(
+    convergence: ELBOConvergence | bool | None, callbacks: list[Callable]
+) -> ELBOConvergence | None:
+    """``fit``'s stop: the one given, one found in ``callbacks``, the default, or None (off).
+
+    A stop it makes or is given is appended to ``callbacks`` (once)."""
+    given = [c for c in callbacks if isinstance(c, ELBOConvergence)]
+    if isinstance(convergence, ELBOConvergence):
+        if given and given[0] is not convergence:
+            raise AmortizationError(
+                "convergence= and callbacks= both hold an ELBOConvergence; pass one of them."
+            )
+        if not given:
+            callbacks.append(convergence)
+        return convergence
+    if convergence is True:
+        if given:
+            return given[0]
+        stop = ELBOConvergence()
+        callbacks.append(stop)
+        return stop
+    if convergence is False or convergence is None:
+        return given[0] if given else None
+    raise AmortizationError(
+        f"convergence must be True, False or an ELBOConvergence; got {convergence!r}."
+    )
+
+
+def _cap_message(stop: ELBOConvergence, n: int, run: int, *, total: int, refine: bool) -> str:
+    """The ConvergenceWarning's text: where the loss stood when the cap cut the fit, what to run."""
+    changes = ", ".join(f"{c:+.1e}" for c in stop.changes[-4:])
+    if stop.changes:
+        where = (
+            f"the relative change of the mean loss over its last windows of {stop.window} steps "
+            f"was {changes} (a window is flat under {stop.tolerance:g} or its noise; "
+            f"{stop.patience} flat windows in a row make a plateau)"
+        )
+    else:
+        where = f"fewer than two windows of {stop.window} steps were run, too few to judge"
+    rate = stop.current_learning_rate()
+    if rate is not None:
+        where += (
+            f"; the learning rate is {rate:.1e}, decayed {len(stop.decayed_at)} of "
+            f"{stop.decays} times"
+        )
+    call = "inference.refine" if refine else "pm.fit"
+    return (
+        f"Amortized VI stopped at its cap of {n:,} steps ({call}; {total:,} steps in all) before "
+        f"the loss converged: {where}. The fit may be far from its optimum. Continue it with "
+        f"AmortizedVI's inference.refine({max(n, 10_000):,}) (same parameters, learning rate and "
+        f"stop), or refit with a larger cap, e.g. pm.fit(n={max(2 * total, 20_000):,}, "
+        "method='amortized', ...). Pass convergence=False to run exactly n steps without this "
+        "warning."
+    )
+
+
 def _describe_optimizer(optimizer: Callable | None) -> str:
     """A short text naming an optimizer and its settings, e.g. ``adam(learning_rate=0.01)``."""
     if optimizer is None:
@@ -660,7 +727,7 @@ class AmortizedVI(Inference):
 
     def fit(
         self,
-        n: int = 10_000,
+        n: int = DEFAULT_MAX_STEPS,
         score: bool | None = None,
         callbacks: Sequence[Callable] | None = None,
         progressbar: bool = True,
@@ -673,8 +740,25 @@ class AmortizedVI(Inference):
         total_grad_norm_constraint: float | None = None,
         compile_kwargs: dict | None = None,
         gap_check: bool | Mapping[str, object] = True,
+        convergence: ELBOConvergence | bool | None = True,
     ) -> AmortizedApproximation:
-        """Run ``n`` optimisation steps and return the approximation.
+        """Optimise until the loss has converged, at most ``n`` steps, and return the approximation.
+
+        **Defaults that converge.** Without ``obj_optimizer``, the optimizer is Adam at learning
+        rate 1e-2, multiplied by 0.1 on each plateau of the loss (twice: 1e-2 → 1e-3 → 1e-4), and
+        the fit stops on the plateau at the last rate (:class:`~pymc_amortize.ELBOConvergence`:
+        windows of 500 steps, a window is flat when the mean loss improved by less than 1e-4 of
+        its magnitude or less than one standard error of the windows' noise, a plateau is two flat
+        windows in a row). ``n`` is a cap (50,000 by default): a fit that reaches it before the
+        last plateau warns :class:`~pymc_amortize.ConvergenceWarning` with the numbers and the
+        call that continues it. ``approx.settings`` (and ``idata.amortized_fit.attrs``) record
+        ``converged``, ``steps`` and ``final_learning_rate``.
+
+        ``convergence``: True (default) stops as above; an :class:`~pymc_amortize.ELBOConvergence`
+        sets its window, tolerance, patience and decays (one passed in ``callbacks`` is used the
+        same way); False (or None) runs all ``n`` steps and never warns (the default learning
+        rate still decays on plateaus). A user's ``obj_optimizer`` is used as given: nothing
+        decays it, and the stop (when on) ends the fit on the first plateau.
 
         A step that makes the loss NaN or infinite stops the fit with a
         :class:`~pymc_amortize.DivergenceWarning`; the best parameters seen are restored, so the
@@ -693,9 +777,29 @@ class AmortizedVI(Inference):
                 f"n (the number of steps) must be a positive integer; got {n!r}."
             )
         self._gap_check_options = _gap_check_options(gap_check)
+        callbacks = list(callbacks or ())
+        described = _describe_optimizer(obj_optimizer)
+        self._convergence = stop = _convergence_callback(convergence, callbacks)
+        if obj_optimizer is None:
+            if stop is None:  # no stop, but the default rate still decays on plateaus
+                stop = self._convergence = ELBOConvergence(stop=False)
+                callbacks.append(stop)
+            if stop.learning_rate is None:
+                stop.learning_rate = pytensor.shared(
+                    np.asarray(DEFAULT_LEARNING_RATE, dtype=pytensor.config.floatX),
+                    name="learning_rate",
+                )
+            obj_optimizer = pm.adam(learning_rate=stop.learning_rate)
+            described = (
+                f"adam(learning_rate={stop.current_learning_rate():g}), ×{stop.decay:g} on each "
+                f"plateau of the loss, {stop.decays} times"
+            )
         self.approx.settings |= {
             "obj_n_mc": obj_n_mc,
-            "obj_optimizer": _describe_optimizer(obj_optimizer),
+            "obj_optimizer": described,
+            "convergence": (
+                stop.describe() if stop is not None and stop.stop else "off (all n steps)"
+            ),
         }
         timed_before, hist_before = self.approx.step_seconds, self.hist.size
         approx = super().fit(
@@ -713,21 +817,51 @@ class AmortizedVI(Inference):
         )
         self._record_step_seconds(timed_before, hist_before, first=0)
         self._warn_if_diverged()
+        self._record_convergence(n, hist_before, refine=False)
         self._check_gap()
         return approx
 
     def refine(self, n, progressbar=True, progressbar_theme=default_progress_theme):
+        """Run up to ``n`` more steps from where the last run stopped, with its optimizer state,
+        learning rate and convergence stop (whose windows start afresh)."""
         if not isinstance(n, int | np.integer) or n <= 0:
             raise AmortizationError(
                 f"n (the number of steps) must be a positive integer; got {n!r}."
             )
+        stop = getattr(self, "_convergence", None)
+        if stop is not None:
+            stop.reset()
         timed_before, hist_before = self.approx.step_seconds, self.hist.size
         first = len(self.objective.guard.seconds) if self.objective.guard is not None else 0
         super().refine(n, progressbar, progressbar_theme)
         self.approx.hist = self.hist
         self._record_step_seconds(timed_before, hist_before, first=first)
         self._warn_if_diverged()
+        self._record_convergence(n, hist_before, refine=True)
         self._check_gap()
+
+    def _record_convergence(self, n: int, hist_before: int, *, refine: bool) -> None:
+        """Record in ``approx.settings`` whether the run converged; warn when the cap cut it."""
+        stop = getattr(self, "_convergence", None)
+        run = int(self.hist.size - hist_before)
+        record = {"steps": int(self.hist.size), "max_steps": int(n)}
+        if stop is None:
+            self.approx.settings |= record | {"converged": None}
+            return
+        record |= {
+            "converged": bool(stop.converged),
+            "final_learning_rate": stop.current_learning_rate(),
+            "learning_rate_decayed_at": ", ".join(f"{i:,}" for i in stop.decayed_at) or "never",
+            "last_relative_change": stop.last_change,
+        }
+        self.approx.settings |= record
+        if stop.converged or not stop.stop or self.approx.divergence is not None or run < n:
+            return
+        warnings.warn(
+            _cap_message(stop, n, run, total=int(self.hist.size), refine=refine),
+            ConvergenceWarning,
+            stacklevel=4,
+        )
 
     def _check_gap(self) -> None:
         """The check after the steps (see ``fit``'s ``gap_check``): never fails the fit."""
