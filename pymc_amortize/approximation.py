@@ -31,6 +31,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence, unit_noise
+from pymc_amortize.conditional import ConditionalGaussian, ConditionalSampler
 from pymc_amortize.encoders import (
     MLPEncoder,
     PooledEncoder,
@@ -826,8 +827,15 @@ class AmortizedApproximation:
         start_sigma: Mapping[str, np.ndarray] | None = None,
         random_seed: int | None = None,
         unit_source: UnitSource | None = None,
+        local_family: ConditionalGaussian | None = None,
+        conditional_plates: Sequence[str] = (),
     ):
         self.model = model
+        #: The conditional local family (None: the encoder family q(z_n; f(x_n)) everywhere) and
+        #: the plates that use it, q(z_n | θ, x_n); see :mod:`pymc_amortize.conditional`.
+        self.local_family = local_family
+        self.conditional_plates = frozenset(conditional_plates) if local_family else frozenset()
+        self._conditional_sampler: ConditionalSampler | None = None
         self.analysis = analysis
         #: Where the batch plate's units are read from when they are not in the model (a fit on
         #: ``unit_data``); the model is then a template of a few of them.
@@ -1587,6 +1595,24 @@ class AmortizedApproximation:
                 out[latent.name] = (mean, sd)
         return out
 
+    def conditional_sampler(
+        self, values: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """Draws of the conditional plates' locals given (S, ...) draws ``values`` of every other
+        free variable (by value name), through a :class:`~pymc_amortize.conditional.
+        ConditionalSampler` compiled on first use."""
+        if self._conditional_sampler is None:
+            plates = [p for p in self.analysis.plates if p.name in self.conditional_plates]
+            self._conditional_sampler = ConditionalSampler(
+                self.model,
+                self.analysis,
+                self.local_family,
+                plates,
+                self.symbolic_encode,
+                {p.name: self.layouts[p.name].full() for p in plates},
+            )
+        return self._conditional_sampler(values, rng)
+
     def _fitted_other_locals(
         self, plate: Plate, draws: int, rng, outputs: Mapping | None = None
     ) -> dict[str, np.ndarray]:
@@ -2076,6 +2102,9 @@ class AmortizedApproximation:
         values = global_values | self._draw_locals(
             draws, rng, {name: LocalPosterior(mean, sd) for name, (mean, sd) in outputs.items()}
         )
+        if self.conditional_plates:
+            # q(z | θ): the conditional plates' draws follow the globals' draws.
+            values |= self.conditional_sampler(values, rng)
         for plate in self.analysis.plates:
             empty = _units_without_rows(plate)
             if not empty.any():

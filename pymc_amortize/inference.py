@@ -26,6 +26,7 @@ from pymc.variational.inference import Inference, State
 from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
+from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import (
     EncoderInputSpec,
@@ -36,6 +37,7 @@ from pymc_amortize.analysis import (
 )
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.callbacks import ELBOConvergence
+from pymc_amortize.conditional import ConditionalGaussian, conditional_draws, resolve_family
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import (
     AmortizationError,
@@ -46,6 +48,7 @@ from pymc_amortize.errors import (
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
+from pymc_amortize.plates import UnitBatch
 from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
@@ -287,6 +290,7 @@ class AmortizedObjective:
             )
         global_draws, entropy, log_q = self.draw_globals(n_draws, random)
         local_draws, batch = {}, None
+        conditional: list[tuple[Plate, UnitBatch, list[TensorVariable]]] = []
         for plate in approx.analysis.plates:
             layout = approx.layouts[plate.name]
             if minibatch and plate is self.batch_plate and approx.unit_source is not None:
@@ -311,6 +315,16 @@ class AmortizedObjective:
                 plate_batch = batch = layout.draw(units, self.batch_size, padded=static_shapes)
             else:
                 plate_batch = layout.full()
+            if plate.name in approx.conditional_plates:
+                means = [approx.symbolic_encode(lat.name, plate_batch)[0] for lat in plate.latents]
+                conditional.append((plate, plate_batch, means))
+                for latent, mean in zip(plate.latents, means, strict=True):
+                    # Until the plate is drawn, the other plates condition on its encoder mean.
+                    local_draws[latent.value_name] = pt.broadcast_to(
+                        mean.reshape((1, mean.shape[0], *latent.event_shape)),
+                        (n_draws, mean.shape[0], *latent.event_shape),
+                    )
+                continue
             for latent in plate.latents:
                 mean, log_sd = approx.symbolic_encode(latent.name, plate_batch)
                 draws, local_entropy, local_log_q = self.draw_local(
@@ -325,7 +339,31 @@ class AmortizedObjective:
                 )
                 local_draws[latent.value_name] = draws
                 entropy, log_q = entropy + local_entropy, log_q + local_log_q
-        log_joint = self.logjoint(minibatch=minibatch).per_draw(global_draws, local_draws, batch)
+        logjoint = self.logjoint(minibatch=minibatch)
+        for plate, plate_batch, means in conditional:
+            # q(z | θ, other plates' draws): one Newton step on the log joint per draw and unit.
+            drawn = conditional_draws(
+                approx.local_family,
+                plate,
+                logjoint,
+                global_draws,
+                local_draws,
+                means,
+                random(
+                    pt.random.normal,
+                    0.0,
+                    1.0,
+                    size=(n_draws, means[0].shape[0], sum(lat.event_size for lat in plate.latents)),
+                    unit_axis=1 if plate_batch is batch else None,
+                ),
+                batch=batch,
+                scale=plate_batch.scale,
+            )
+            for latent, draws in zip(plate.latents, drawn.draws, strict=True):
+                local_draws[latent.value_name] = draws
+            entropy = entropy + plate_batch.scale * drawn.entropy.sum(axis=1).mean()
+            log_q = log_q + plate_batch.scale * drawn.log_q.sum(axis=1)
+        log_joint = logjoint.per_draw(global_draws, local_draws, batch)
         return log_joint, entropy, log_q
 
     def estimate_elbo(
@@ -634,8 +672,10 @@ class AmortizedVI(Inference):
         start_sigma: Mapping[str, np.ndarray] | None = None,
         unit_data: xr.Dataset | None = None,
         unit_data_pool_mib: float = POOL_MIB,
+        family: str | ConditionalGaussian = "encoder",
     ):
         model = pm.modelcontext(model)
+        local_family = resolve_family(family)
         analysis = analyze_model(model, local)
         source = None
         if not isinstance(unit_data_pool_mib, int | float) or not unit_data_pool_mib >= 0:
@@ -690,6 +730,12 @@ class AmortizedVI(Inference):
             start_sigma=start_sigma,
             random_seed=random_seed,
             unit_source=source,
+            local_family=local_family,
+            conditional_plates=(
+                ()
+                if local_family is None
+                else [p.name for p in analysis.plates if batch_size is None or p is batch_plate]
+            ),
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
         approx.settings = {
@@ -704,6 +750,8 @@ class AmortizedVI(Inference):
             "encoder_widths": {name: list(w) for name, w in approx.encoder_widths.items()},
             "activation": activation if isinstance(activation, str) else repr(activation),
             "user_encoders": bool(encoder) or not isinstance(activation, str),
+            "family": "encoder" if local_family is None else repr(local_family),
+            "conditional_plates": sorted(approx.conditional_plates),
         }
         if source is not None:
             approx.settings["unit_data"] = (
