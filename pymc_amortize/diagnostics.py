@@ -364,6 +364,7 @@ def semi_amortize(
         raise AmortizationError(
             f"semi_amortize() takes a fitted AmortizedApproximation; got {type(approx).__name__}."
         )
+    approx.require_encoder_family("semi_amortize()")
     approx.require_units_in_memory("semi_amortize")
     if not isinstance(n, int | np.integer) or n <= 0:
         raise AmortizationError(f"n (the refinement steps) must be a positive integer; got {n!r}.")
@@ -683,6 +684,7 @@ def amortization_gap(
             "amortization_gap() takes a fitted AmortizedApproximation; got "
             f"{type(approx).__name__}."
         )
+    approx.require_encoder_family("amortization_gap()")
     approx.require_units_in_memory("amortization_gap")
     if not approx.analysis.plates:
         raise AmortizationError(

@@ -647,6 +647,12 @@ class AmortizedVI(Inference):
         Memory (MiB) for the chunks of ``unit_data`` held at once: all of it when it fits (then
         batches are uniform draws, as from memory), else as many chunks as fit, refreshed as the
         fit goes (see :class:`~pymc_amortize.streaming.ChunkedUnitSampler`).
+    family : {"encoder", "conditional"} or ConditionalGaussian, default "encoder"
+        The local family. ``"encoder"``: q(z_n; f_φ(x_n)), a Gaussian from the encoder alone,
+        mean-field between the globals and the locals. ``"conditional"``: q(z_n | θ, x_n), the
+        encoder's output corrected by a Newton step on the model's own log density given the draw
+        of the globals (see :mod:`pymc_amortize.conditional`; exact for Gaussian-linear units,
+        whatever their number of rows). Under ``batch_size`` only the batch plate is conditional.
 
     Raises
     ------
@@ -676,6 +682,10 @@ class AmortizedVI(Inference):
     ):
         model = pm.modelcontext(model)
         local_family = resolve_family(family)
+        if local_family is not None and unit_data is not None:
+            raise AmortizationError(
+                "family='conditional' does not read unit_data yet; fit it with family='encoder'."
+            )
         analysis = analyze_model(model, local)
         source = None
         if not isinstance(unit_data_pool_mib, int | float) or not unit_data_pool_mib >= 0:

@@ -13,7 +13,7 @@ import numpy as np
 import pymc as pm
 import pytest
 
-import pymc_amortize  # noqa: F401  (registers method="amortized")
+import pymc_amortize
 from pymc_amortize import AmortizationError
 from pymc_amortize.conditional import ConditionalGaussian
 
@@ -145,3 +145,26 @@ def test_bad_family_is_named():
         pm.fit(10, method="amortized", family="laplace", progressbar=False)
     with pytest.raises(AmortizationError, match="newton_steps"):
         ConditionalGaussian(newton_steps=0)
+
+
+def test_encode_save_load_and_what_is_not_yet_available(tmp_path):
+    rows = np.array([30, 1, 2, 5, 1, 8])
+    unit, x, y = _design(rows, seed=5)
+    mean, cov = _exact(unit, x, y, rows.size, 1)
+    model = _model(unit, x, y, rows.size, 1)
+    approx = _fit(model, 1500)
+    q = approx.encode(prior_draws=4000)["z"]
+    sd = np.sqrt(np.diag(cov))[1:]
+    # The marginal q(z_n), not the encoder's linearisation point.
+    assert np.abs((q.mean - mean[1:]) / sd).max() < 0.15
+    assert np.all(np.abs(q.sd / sd - 1) < 0.1)
+    path = tmp_path / "fit"
+    pymc_amortize.save_approximation(approx, path)
+    loaded = pymc_amortize.load_approximation(path, model=model)
+    assert loaded.conditional_plates == approx.conditional_plates
+    np.testing.assert_allclose(loaded.encode(prior_draws=500)["z"].mean, approx.encode(
+        prior_draws=500)["z"].mean)
+    with pytest.raises(AmortizationError, match="conditional family"):
+        approx.encode({"y": np.ones(3), "unit_idx": np.zeros(3, int)})
+    with pytest.raises(AmortizationError, match="conditional family"):
+        pymc_amortize.psis_diagnostic(approx)
