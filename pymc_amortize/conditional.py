@@ -167,9 +167,12 @@ class ConditionalGaussian:
             else:
                 chol = pt.linalg.cholesky(precision)
                 half = pt.linalg.solve_triangular(chol, grad[..., None], lower=True)
-                z = z + pt.linalg.solve_triangular(
-                    pt.swapaxes(chol, -1, -2), half, lower=False
-                )[..., 0]
+                z = (
+                    z
+                    + pt.linalg.solve_triangular(pt.swapaxes(chol, -1, -2), half, lower=False)[
+                        ..., 0
+                    ]
+                )
         mean = z
         if d == 1:
             sd = 1.0 / pt.sqrt(precision[..., 0])
@@ -177,9 +180,12 @@ class ConditionalGaussian:
             log_det_chol = -pt.log(sd[..., 0])
         else:
             # z = m + L⁻ᵀ ε with Λ = L Lᵀ.
-            sample = mean + pt.linalg.solve_triangular(
-                pt.swapaxes(chol, -1, -2), eps[..., None], lower=False
-            )[..., 0]
+            sample = (
+                mean
+                + pt.linalg.solve_triangular(
+                    pt.swapaxes(chol, -1, -2), eps[..., None], lower=False
+                )[..., 0]
+            )
             log_det_chol = pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
         log_q = -0.5 * (eps**2).sum(axis=-1) + log_det_chol - d * _HALF_LOG_2PI
         entropy = d * (0.5 + _HALF_LOG_2PI) - log_det_chol
@@ -340,9 +346,7 @@ class ConditionalSampler:
         """
         n_draws = len(next(iter(values.values()))) if values else 1
         noise = [
-            rng.standard_normal(
-                (n_draws, plate.size, sum(lat.event_size for lat in plate.latents))
-            )
+            rng.standard_normal((n_draws, plate.size, sum(lat.event_size for lat in plate.latents)))
             for plate in self.plates
         ]
         args = [values[name] for name in self.inputs]

@@ -162,8 +162,9 @@ def test_encode_save_load_and_what_is_not_yet_available(tmp_path):
     pymc_amortize.save_approximation(approx, path)
     loaded = pymc_amortize.load_approximation(path, model=model)
     assert loaded.conditional_plates == approx.conditional_plates
-    np.testing.assert_allclose(loaded.encode(prior_draws=500)["z"].mean, approx.encode(
-        prior_draws=500)["z"].mean)
+    np.testing.assert_allclose(
+        loaded.encode(prior_draws=500)["z"].mean, approx.encode(prior_draws=500)["z"].mean
+    )
     with pytest.raises(AmortizationError, match="conditional family"):
         approx.encode({"y": np.ones(3), "unit_idx": np.zeros(3, int)})
     with pytest.raises(AmortizationError, match="conditional family"):
