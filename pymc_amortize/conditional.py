@@ -36,6 +36,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pymc.pytensorf import compile as compile_pymc
+from pytensor.gradient import zero_grad
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import Plate
@@ -72,12 +73,16 @@ class ConditionalDraws:
         (S, B) entropy of each unit's q(z_n | θ) (exact given θ).
     mean : TensorVariable
         (S, B, d) the conditional means m_n(θ), the plate's latents stacked.
+    encoder_loss : TensorVariable
+        (S, B) zero in value; its gradient trains the encoder's linearisation point toward the
+        conditional mean (see :meth:`ConditionalGaussian.draw`).
     """
 
     draws: list[TensorVariable]
     log_q: TensorVariable
     entropy: TensorVariable
     mean: TensorVariable
+    encoder_loss: TensorVariable
 
 
 @dataclass(frozen=True)
@@ -86,17 +91,26 @@ class ConditionalGaussian:
 
     Parameters
     ----------
-    newton_steps : int, default 1
-        Newton steps from the encoder's output; one is exact for Gaussian-linear units.
+    newton_steps : int, default 3
+        Newton steps from the encoder's output to the conditional mode; one is exact for
+        Gaussian-linear units, GLMs (Poisson, Bernoulli) need two or three from a rough start.
     jitter : float, default 1e-6
         Added to the precision's diagonal; a curvature that is not positive (a non-log-concave
         likelihood far from the mode) is floored smoothly at about this value.
+    max_step : float, default 2.0
+        The longest Newton step on the unconstrained scale (Levenberg damping, see
+        :meth:`draw`); it only binds far from the mode.
     """
 
-    newton_steps: int = 1
+    newton_steps: int = 3
     jitter: float = 1e-6
+    max_step: float = 2.0
 
     def __post_init__(self):
+        if not self.max_step > 0:
+            raise AmortizationError(
+                f"ConditionalGaussian(max_step=...) must be positive; got {self.max_step!r}."
+            )
         if not isinstance(self.newton_steps, int) or self.newton_steps < 1:
             raise AmortizationError(
                 f"ConditionalGaussian(newton_steps=...) must be a positive integer; got "
@@ -132,6 +146,23 @@ class ConditionalGaussian:
             return p[..., None, None]
         return precision + self.jitter * pt.eye(d)
 
+    def _damped(self, precision: TensorVariable, grad: TensorVariable) -> TensorVariable:
+        """Λ + λI with λ = ‖g‖ / max_step (Levenberg): a step never longer than ``max_step``,
+        so that a linearisation point far from the mode (early in a fit, a wide draw of θ) cannot
+        overshoot into overflow; at the mode g = 0 and the step is Newton's."""
+        precision = self._safe(precision)
+        damping = pt.sqrt((grad**2).sum(axis=-1)) / self.max_step
+        return precision + damping[..., None, None] * pt.eye(precision.type.shape[-1])
+
+    @staticmethod
+    def _solve(precision: TensorVariable, grad: TensorVariable) -> TensorVariable:
+        """Λ⁻¹ g per draw and unit: (S, B, d, d), (S, B, d) -> (S, B, d)."""
+        if precision.type.shape[-1] == 1:
+            return grad / precision[..., 0]
+        chol = pt.linalg.cholesky(precision)
+        half = pt.linalg.solve_triangular(chol, grad[..., None], lower=True)
+        return pt.linalg.solve_triangular(pt.swapaxes(chol, -1, -2), half, lower=False)[..., 0]
+
     def draw(
         self,
         log_joint: Callable[[TensorVariable], TensorVariable],
@@ -158,24 +189,35 @@ class ConditionalGaussian:
             N / B of the batch (1 at full batch).
         """
         d = sum(math.prod(shape) for shape in event_shapes)
-        z = pt.specify_shape(start, (None, None, d))
-        for _ in range(self.newton_steps):
+        start = pt.specify_shape(start, (None, None, d))
+        # The first newton_steps − 1 iterates carry no gradient; the last one is then the mode
+        # m(θ), and the last step from it, m + Λ⁻¹ g with g = 0 at the mode, carries the implicit-function
+        # derivative dm/dθ = Λ⁻¹ ∂g/∂θ. Λ is taken at that m, so that its derivative holds
+        # ∂Λ/∂z · dm/dθ too: with both exact, the reparameterised gradient of a unit's terms is
+        # the collapsed one, ∂/∂θ log p(x_n, θ), free of the noise of z_n's draw (exactly so for
+        # Gaussian-linear units).
+        z = zero_grad(start)
+        for _ in range(self.newton_steps - 1):
             grad, precision = self._gradient_and_precision(log_joint, z, scale)
-            precision = self._safe(precision)
-            if d == 1:
-                z = z + grad / precision[..., 0]
-            else:
-                chol = pt.linalg.cholesky(precision)
-                half = pt.linalg.solve_triangular(chol, grad[..., None], lower=True)
-                z = (
-                    z
-                    + pt.linalg.solve_triangular(pt.swapaxes(chol, -1, -2), half, lower=False)[
-                        ..., 0
-                    ]
-                )
+            z = zero_grad(z + self._solve(self._damped(precision, grad), grad))
+        grad, precision = self._gradient_and_precision(log_joint, z, scale)
+        z = z + self._solve(self._damped(precision, grad), grad)
+        grad, precision = self._gradient_and_precision(log_joint, z, scale)
+        precision = self._safe(precision)
+        chol = pt.sqrt(precision[..., 0]) if d == 1 else pt.linalg.cholesky(precision)
         mean = z
+        # The encoder learns where to linearise: its loss is the Newton decrement at its output,
+        # ½ (z0 − m)ᵀ Λ (z0 − m) (the nats a quadratic model loses there), given to the step as a
+        # term of value 0 whose gradient reaches the encoder alone.
+        gap = start - zero_grad(mean)
         if d == 1:
-            sd = 1.0 / pt.sqrt(precision[..., 0])
+            decrement = 0.5 * (gap[..., 0] ** 2) * zero_grad(precision[..., 0, 0])
+        else:
+            decrement = (
+                0.5 * ((gap[..., None, :] @ zero_grad(precision) @ gap[..., :, None])[..., 0, 0])
+            )
+        if d == 1:
+            sd = 1.0 / chol  # (S, B, 1)
             sample = mean + sd * eps
             log_det_chol = -pt.log(sd[..., 0])
         else:
@@ -190,7 +232,11 @@ class ConditionalGaussian:
         log_q = -0.5 * (eps**2).sum(axis=-1) + log_det_chol - d * _HALF_LOG_2PI
         entropy = d * (0.5 + _HALF_LOG_2PI) - log_det_chol
         return ConditionalDraws(
-            draws=split_stacked(sample, event_shapes), log_q=log_q, entropy=entropy, mean=mean
+            draws=split_stacked(sample, event_shapes),
+            log_q=log_q,
+            entropy=entropy,
+            mean=mean,
+            encoder_loss=decrement - zero_grad(decrement),
         )
 
 

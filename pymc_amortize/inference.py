@@ -340,6 +340,8 @@ class AmortizedObjective:
                 local_draws[latent.value_name] = draws
                 entropy, log_q = entropy + local_entropy, log_q + local_log_q
         logjoint = self.logjoint(minibatch=minibatch)
+        # Terms of value 0 whose gradient trains the conditional plates' encoders.
+        encoder_terms = pt.zeros(())
         for plate, plate_batch, means in conditional:
             # q(z | θ, other plates' draws): one Newton step on the log joint per draw and unit.
             drawn = conditional_draws(
@@ -363,8 +365,9 @@ class AmortizedObjective:
                 local_draws[latent.value_name] = draws
             entropy = entropy + plate_batch.scale * drawn.entropy.sum(axis=1).mean()
             log_q = log_q + plate_batch.scale * drawn.log_q.sum(axis=1)
+            encoder_terms = encoder_terms - plate_batch.scale * drawn.encoder_loss.sum(axis=1)
         log_joint = logjoint.per_draw(global_draws, local_draws, batch)
-        return log_joint, entropy, log_q
+        return log_joint + encoder_terms, entropy, log_q
 
     def estimate_elbo(
         self,
@@ -728,6 +731,15 @@ class AmortizedVI(Inference):
                 "a log-mean-exp over the whole data set's weights, and a minibatch's scaled weight "
                 "gives a biased estimate of it. Use the ELBO with batch_size, or the full batch."
             )
+        if local_family is not None and start_sigma is None:
+            # The conditional family's Newton steps are taken at draws of θ: PyMC's initial sd of
+            # 0.69 on every global makes them wild (a Poisson GLMM's fit never recovered from it);
+            # start q(θ) as narrow as the encoder family starts its q(z_n).
+            start_sigma = {
+                model.rvs_to_values[rv].name: init_scale
+                for rv in model.free_RVs
+                if rv.name not in set(analysis.latent_names)
+            }
         approx = AmortizedApproximation(
             model,
             analysis,
