@@ -408,13 +408,9 @@ def load_approximation(
                 encoder.set_count_scaling(
                     saved["encoder"]["log_count_center"], saved["encoder"]["log_count_scale"]
                 )
-<<<<<<< HEAD
                 encoder.constant_count = bool(saved["encoder"].get("constant_count", False))
-=======
-    approx._encode_fns.clear()
     if family is not None:
         # A minibatched fit of crossed plates conditions only its batch plate.
         approx.conditional_plates = frozenset(family["plates"])
->>>>>>> 62ac0f8 (Conditional family: encode() gives the marginal q(z_n) moments from joint draws; save/load keep the family and its plates; new units, datasets, PSIS and the gap diagnostics refuse it clearly for now; family= documented, ConditionalGaussian exported)
     approx.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx
