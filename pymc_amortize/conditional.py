@@ -98,8 +98,9 @@ class ConditionalGaussian:
         Added to the precision's diagonal; a curvature that is not positive (a non-log-concave
         likelihood far from the mode) is floored smoothly at about this value.
     max_step : float, default 2.0
-        The longest Newton step on the unconstrained scale (Levenberg damping, see
-        :meth:`draw`); it only binds far from the mode.
+        The longest of the first ``newton_steps − 1`` steps on the unconstrained scale
+        (Levenberg damping, see :meth:`draw`): far from the mode (early in a fit, a wide draw of
+        θ) a step cannot overshoot into overflow. The last step is Newton's own.
     """
 
     newton_steps: int = 3
@@ -200,22 +201,24 @@ class ConditionalGaussian:
         for _ in range(self.newton_steps - 1):
             grad, precision = self._gradient_and_precision(log_joint, z, scale)
             z = zero_grad(z + self._solve(self._damped(precision, grad), grad))
+        # The last step is Newton's own (undamped): exact from any point for Gaussian-linear units.
         grad, precision = self._gradient_and_precision(log_joint, z, scale)
-        z = z + self._solve(self._damped(precision, grad), grad)
+        z = z + self._solve(self._safe(precision), grad)
         grad, precision = self._gradient_and_precision(log_joint, z, scale)
         precision = self._safe(precision)
         chol = pt.sqrt(precision[..., 0]) if d == 1 else pt.linalg.cholesky(precision)
         mean = z
-        # The encoder learns where to linearise: its loss is the Newton decrement at its output,
-        # ½ (z0 − m)ᵀ Λ (z0 − m) (the nats a quadratic model loses there), given to the step as a
-        # term of value 0 whose gradient reaches the encoder alone.
+        # The encoder learns where to linearise: its loss is the distance of its output z0 from
+        # the conditional mean in the conditional's sds, r² = (z0 − m)ᵀ Λ (z0 − m) (twice the
+        # Newton decrement), through a pseudo-Huber √(1 + r²) − 1 so that a unit of thousands
+        # of rows, whose sd is tiny, cannot blow its gradient up. It enters the step as a term of
+        # value 0 whose gradient reaches the encoder alone.
         gap = start - zero_grad(mean)
         if d == 1:
-            decrement = 0.5 * (gap[..., 0] ** 2) * zero_grad(precision[..., 0, 0])
+            distance = (gap[..., 0] ** 2) * zero_grad(precision[..., 0, 0])
         else:
-            decrement = (
-                0.5 * ((gap[..., None, :] @ zero_grad(precision) @ gap[..., :, None])[..., 0, 0])
-            )
+            distance = (gap[..., None, :] @ zero_grad(precision) @ gap[..., :, None])[..., 0, 0]
+        decrement = pt.sqrt(1.0 + distance) - 1.0
         if d == 1:
             sd = 1.0 / chol  # (S, B, 1)
             sample = mean + sd * eps

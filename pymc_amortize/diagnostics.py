@@ -1153,6 +1153,11 @@ def gap_check(
         )
     elif not approx.analysis.plates:
         skipped = "no plate of units: every latent is fitted mean-field, nothing is amortized"
+    elif approx.conditional_plates:
+        skipped = (
+            "the conditional family q(z_n | θ, x_n) is not a subset of per-unit mean-field "
+            "parameters (its locals depend on θ), so their refinement bounds nothing for it"
+        )
     if skipped:
         return GapCheck({}, False, time.perf_counter() - started, skipped, **thresholds)
     rng = np.random.default_rng(random_seed)
