@@ -583,6 +583,34 @@ def _cap_message(stop: ELBOConvergence, n: int, run: int, *, total: int, refine:
         "method='amortized', ...). Pass convergence=False to run exactly n steps without this "
         "warning."
     )
+def _conditional_plates(
+    analysis: ModelAnalysis, family: ConditionalGaussian | None, batch_plate: Plate | None
+) -> tuple[list[str], list[str]]:
+    """The plates that get the conditional family, and a summary line per plate.
+
+    The family's Newton step needs a unit's terms to read no other unit's latents (a
+    block-diagonal Hessian): every latent of the plate must have the verdict *amortize*. Under a
+    minibatch only the batch plate is conditional: the other plates' rows would enter a unit's
+    Newton step only through the batch's rows.
+    """
+    if family is None:
+        return [], []
+    names, lines = [], []
+    for plate in analysis.plates:
+        coupled = [lat.name for lat in plate.latents if lat.verdict != "amortize"]
+        if coupled:
+            why = f"the verdict on {', '.join(coupled)} is not amortize"
+        elif batch_plate is not None and plate is not batch_plate:
+            why = f"batch_size minibatches plate '{batch_plate.name}' only"
+        else:
+            names.append(plate.name)
+            lines.append(
+                f"local family, plate '{plate.name}': conditional q(z_n | θ, x_n), "
+                f"{family.newton_steps} Newton step(s) on the model's log density"
+            )
+            continue
+        lines.append(f"local family, plate '{plate.name}': encoder q(z_n; f(x_n)) ({why})")
+    return names, lines
 
 
 def _describe_optimizer(optimizer: Callable | None) -> str:
@@ -731,6 +759,9 @@ class AmortizedVI(Inference):
                 "a log-mean-exp over the whole data set's weights, and a minibatch's scaled weight "
                 "gives a biased estimate of it. Use the ELBO with batch_size, or the full batch."
             )
+        conditional_plates, family_lines = _conditional_plates(
+            analysis, local_family, batch_plate if batch_size is not None else None
+        )
         if local_family is not None and start_sigma is None:
             # The conditional family's Newton steps are taken at draws of θ: PyMC's initial sd of
             # 0.69 on every global makes them wild (a Poisson GLMM's fit never recovered from it);
@@ -753,18 +784,14 @@ class AmortizedVI(Inference):
             random_seed=random_seed,
             unit_source=source,
             local_family=local_family,
-            conditional_plates=(
-                ()
-                if local_family is None
-                else [p.name for p in analysis.plates if batch_size is None or p is batch_plate]
-            ),
+            conditional_plates=conditional_plates,
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
         approx.settings = {
             "batch_size": (
                 batch_size if batch_size is not None else (batch_plate.size if batch_plate else 0)
             ),
-            "analysis": analysis.summary(),
+            "analysis": "\n".join([analysis.summary(), *family_lines]),
             "init_scale": init_scale,
             "standardize_inputs": bool(standardize_inputs),
             "objective": type(objective).__name__ if objective is not None else "ELBO",
