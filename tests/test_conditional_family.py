@@ -71,6 +71,7 @@ def _fit(model, n, **options):
             family="conditional",
             # Decayed to zero, so that the last iterate sits at the optimum (Adam's jitters).
             obj_optimizer=adam(learning_rate=cosine_schedule(2e-2, total_steps=n)),
+            convergence=False,  # the schedule runs its n steps down to 0
             random_seed=1,
             progressbar=False,
             **options,
