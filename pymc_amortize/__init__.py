@@ -17,6 +17,7 @@ from pymc_amortize.analysis import (
 from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
 from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.compare import Comparison, compare
+from pymc_amortize.conditional import ConditionalGaussian
 from pymc_amortize.diagnostics import (
     AmortizationGap,
     GapCheck,
@@ -54,6 +55,7 @@ __all__ = [
     "AmortizedVI",
     "ChunkOrderWarning",
     "Comparison",
+    "ConditionalGaussian",
     "ConvergenceWarning",
     "CouplingWarning",
     "DivergenceInfo",

@@ -31,6 +31,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence, unit_noise
+from pymc_amortize.conditional import ConditionalGaussian, ConditionalSampler
 from pymc_amortize.encoders import (
     MLPEncoder,
     PooledEncoder,
@@ -826,8 +827,15 @@ class AmortizedApproximation:
         start_sigma: Mapping[str, np.ndarray] | None = None,
         random_seed: int | None = None,
         unit_source: UnitSource | None = None,
+        local_family: ConditionalGaussian | None = None,
+        conditional_plates: Sequence[str] = (),
     ):
         self.model = model
+        #: The conditional local family (None: the encoder family q(z_n; f(x_n)) everywhere) and
+        #: the plates that use it, q(z_n | θ, x_n); see :mod:`pymc_amortize.conditional`.
+        self.local_family = local_family
+        self.conditional_plates = frozenset(conditional_plates) if local_family else frozenset()
+        self._conditional_sampler: ConditionalSampler | None = None
         self.analysis = analysis
         #: Where the batch plate's units are read from when they are not in the model (a fit on
         #: ``unit_data``); the model is then a template of a few of them.
@@ -1068,6 +1076,16 @@ class AmortizedApproximation:
                 f"{what} needs every unit in the model, and this fit read its "
                 f"{self.unit_source.size} units from unit_data (the model is a template of a "
                 "few). Per-unit posteriors: approx.encode_dataset(); globals: approx.sample()."
+            )
+
+    def require_encoder_family(self, what: str) -> None:
+        """Raise :class:`AmortizationError` for ``what`` on a fit whose plates use the conditional
+        family, where it is not available yet."""
+        if self.conditional_plates:
+            raise AmortizationError(
+                f"{what} is not available yet for the conditional family q(z_n | θ, x_n) of "
+                f"plate(s) {', '.join(sorted(self.conditional_plates))}. Fit with "
+                "family='encoder' for it; sample() and encode() of the fitted units work."
             )
 
     def nonfinite_params(self) -> tuple[str, ...]:
@@ -1587,6 +1605,51 @@ class AmortizedApproximation:
                 out[latent.name] = (mean, sd)
         return out
 
+    def _conditional_moments(
+        self,
+        draws: int,
+        rng: np.random.Generator,
+        encoded: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        block: int = 250,
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Value-space mean and sd of the conditional plates' marginal q(z_n), from ``draws``
+        joint draws taken ``block`` at a time (memory ``block`` x N)."""
+        moments: dict[str, list[np.ndarray]] = {}
+        q = {name: LocalPosterior(mean, sd) for name, (mean, sd) in encoded.items()}
+        done = 0
+        while done < draws:
+            size = min(block, draws - done)
+            values = self._draw_globals(size, rng) | self._draw_locals(size, rng, q)
+            for name, value in self.conditional_sampler(values, rng).items():
+                total = moments.setdefault(name, [0.0, 0.0])
+                total[0] = total[0] + value.sum(axis=0)
+                total[1] = total[1] + (value**2).sum(axis=0)
+            done += size
+        out = {}
+        for latent in self.analysis.latents:
+            if latent.value_name in moments:
+                first, second = (m / draws for m in moments[latent.value_name])
+                out[latent.name] = (first, np.sqrt(np.maximum(second - first**2, 0.0)))
+        return out
+
+    def conditional_sampler(
+        self, values: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """Draws of the conditional plates' locals given (S, ...) draws ``values`` of every other
+        free variable (by value name), through a :class:`~pymc_amortize.conditional.
+        ConditionalSampler` compiled on first use."""
+        if self._conditional_sampler is None:
+            plates = [p for p in self.analysis.plates if p.name in self.conditional_plates]
+            self._conditional_sampler = ConditionalSampler(
+                self.model,
+                self.analysis,
+                self.local_family,
+                plates,
+                self.symbolic_encode,
+                {p.name: self.layouts[p.name].full() for p in plates},
+            )
+        return self._conditional_sampler(values, rng)
+
     def _fitted_other_locals(
         self, plate: Plate, draws: int, rng, outputs: Mapping | None = None
     ) -> dict[str, np.ndarray]:
@@ -1777,6 +1840,7 @@ class AmortizedApproximation:
             posterior = approx.encode_dataset(chunk_size=500_000, store="units.zarr")
             posterior["z_mean"].sel(unit=slice(0, 10)).values
         """
+        self.require_encoder_family("encode_dataset()")
         if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
             raise AmortizationError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
         chunk_size = int(chunk_size)
@@ -1952,6 +2016,9 @@ class AmortizedApproximation:
         if new_data is None and units is None:
             encoded = self._fitted_encoder_outputs(chunk_size)
             rng = np.random.default_rng(random_seed)
+            if self.conditional_plates:
+                # q(z_n) = ∫ q(z_n | θ) q(θ) dθ: its moments from draws, not the encoder's output.
+                encoded |= self._conditional_moments(prior_draws, rng, encoded)
             for plate in self.analysis.plates:
                 empty = _units_without_rows(plate)
                 prior = {}
@@ -1970,6 +2037,7 @@ class AmortizedApproximation:
                         latent, mean, sd, empty, quantiles, summary, prior.get(latent.name)
                     )
             return out
+        self.require_encoder_family("encode() of new units")
         encoded, requests = self._encode_new(new_data, units, check_range)
         if not encoded:
             keys = sorted({k for lat in self.analysis.latents for k in lat.input_names})
@@ -2076,6 +2144,9 @@ class AmortizedApproximation:
         values = global_values | self._draw_locals(
             draws, rng, {name: LocalPosterior(mean, sd) for name, (mean, sd) in outputs.items()}
         )
+        if self.conditional_plates:
+            # q(z | θ): the conditional plates' draws follow the globals' draws.
+            values |= self.conditional_sampler(values, rng)
         for plate in self.analysis.plates:
             empty = _units_without_rows(plate)
             if not empty.any():
@@ -2199,6 +2270,7 @@ class AmortizedApproximation:
             posterior = approx.sample_dataset(1000, chunk_size=10_000, store="draws.zarr")
             posterior["z"].isel(unit=slice(0, 10)).mean("draw").compute()
         """
+        self.require_encoder_family("sample_dataset()")
         if not isinstance(draws, int | np.integer) or draws <= 0:
             raise AmortizationError(f"draws must be a positive integer; got {draws!r}.")
         if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
@@ -2389,6 +2461,7 @@ class AmortizedApproximation:
             )
             idata.predictions["log_radon"]          # (chain, draw, obs_id)
         """
+        self.require_encoder_family("sample_new_units()")
         rng = np.random.default_rng(random_seed)
         encoded, requests = self._encode_new(new_data, units, check_range)
         if not encoded:

@@ -364,6 +364,7 @@ def semi_amortize(
         raise AmortizationError(
             f"semi_amortize() takes a fitted AmortizedApproximation; got {type(approx).__name__}."
         )
+    approx.require_encoder_family("semi_amortize()")
     approx.require_units_in_memory("semi_amortize")
     if not isinstance(n, int | np.integer) or n <= 0:
         raise AmortizationError(f"n (the refinement steps) must be a positive integer; got {n!r}.")
@@ -683,6 +684,7 @@ def amortization_gap(
             "amortization_gap() takes a fitted AmortizedApproximation; got "
             f"{type(approx).__name__}."
         )
+    approx.require_encoder_family("amortization_gap()")
     approx.require_units_in_memory("amortization_gap")
     if not approx.analysis.plates:
         raise AmortizationError(
@@ -1151,6 +1153,11 @@ def gap_check(
         )
     elif not approx.analysis.plates:
         skipped = "no plate of units: every latent is fitted mean-field, nothing is amortized"
+    elif approx.conditional_plates:
+        skipped = (
+            "the conditional family q(z_n | θ, x_n) is not a subset of per-unit mean-field "
+            "parameters (its locals depend on θ), so their refinement bounds nothing for it"
+        )
     if skipped:
         return GapCheck({}, False, time.perf_counter() - started, skipped, **thresholds)
     rng = np.random.default_rng(random_seed)

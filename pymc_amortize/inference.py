@@ -26,6 +26,7 @@ from pymc.variational.inference import Inference, State
 from pymc.variational.updates import total_norm_constraint
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
+from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import (
     EncoderInputSpec,
@@ -36,6 +37,7 @@ from pymc_amortize.analysis import (
 )
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.callbacks import ELBOConvergence
+from pymc_amortize.conditional import ConditionalGaussian, conditional_draws, resolve_family
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import (
     AmortizationError,
@@ -46,6 +48,7 @@ from pymc_amortize.errors import (
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
+from pymc_amortize.plates import UnitBatch
 from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
@@ -287,6 +290,7 @@ class AmortizedObjective:
             )
         global_draws, entropy, log_q = self.draw_globals(n_draws, random)
         local_draws, batch = {}, None
+        conditional: list[tuple[Plate, UnitBatch, list[TensorVariable]]] = []
         for plate in approx.analysis.plates:
             layout = approx.layouts[plate.name]
             if minibatch and plate is self.batch_plate and approx.unit_source is not None:
@@ -311,6 +315,16 @@ class AmortizedObjective:
                 plate_batch = batch = layout.draw(units, self.batch_size, padded=static_shapes)
             else:
                 plate_batch = layout.full()
+            if plate.name in approx.conditional_plates:
+                means = [approx.symbolic_encode(lat.name, plate_batch)[0] for lat in plate.latents]
+                conditional.append((plate, plate_batch, means))
+                for latent, mean in zip(plate.latents, means, strict=True):
+                    # Until the plate is drawn, the other plates condition on its encoder mean.
+                    local_draws[latent.value_name] = pt.broadcast_to(
+                        mean.reshape((1, mean.shape[0], *latent.event_shape)),
+                        (n_draws, mean.shape[0], *latent.event_shape),
+                    )
+                continue
             for latent in plate.latents:
                 mean, log_sd = approx.symbolic_encode(latent.name, plate_batch)
                 draws, local_entropy, local_log_q = self.draw_local(
@@ -325,8 +339,35 @@ class AmortizedObjective:
                 )
                 local_draws[latent.value_name] = draws
                 entropy, log_q = entropy + local_entropy, log_q + local_log_q
-        log_joint = self.logjoint(minibatch=minibatch).per_draw(global_draws, local_draws, batch)
-        return log_joint, entropy, log_q
+        logjoint = self.logjoint(minibatch=minibatch)
+        # Terms of value 0 whose gradient trains the conditional plates' encoders.
+        encoder_terms = pt.zeros(())
+        for plate, plate_batch, means in conditional:
+            # q(z | θ, other plates' draws): one Newton step on the log joint per draw and unit.
+            drawn = conditional_draws(
+                approx.local_family,
+                plate,
+                logjoint,
+                global_draws,
+                local_draws,
+                means,
+                random(
+                    pt.random.normal,
+                    0.0,
+                    1.0,
+                    size=(n_draws, means[0].shape[0], sum(lat.event_size for lat in plate.latents)),
+                    unit_axis=1 if plate_batch is batch else None,
+                ),
+                batch=batch,
+                scale=plate_batch.scale,
+            )
+            for latent, draws in zip(plate.latents, drawn.draws, strict=True):
+                local_draws[latent.value_name] = draws
+            entropy = entropy + plate_batch.scale * drawn.entropy.sum(axis=1).mean()
+            log_q = log_q + plate_batch.scale * drawn.log_q.sum(axis=1)
+            encoder_terms = encoder_terms - plate_batch.scale * drawn.encoder_loss.sum(axis=1)
+        log_joint = logjoint.per_draw(global_draws, local_draws, batch)
+        return log_joint + encoder_terms, entropy, log_q
 
     def estimate_elbo(
         self,
@@ -542,6 +583,34 @@ def _cap_message(stop: ELBOConvergence, n: int, run: int, *, total: int, refine:
         "method='amortized', ...). Pass convergence=False to run exactly n steps without this "
         "warning."
     )
+def _conditional_plates(
+    analysis: ModelAnalysis, family: ConditionalGaussian | None, batch_plate: Plate | None
+) -> tuple[list[str], list[str]]:
+    """The plates that get the conditional family, and a summary line per plate.
+
+    The family's Newton step needs a unit's terms to read no other unit's latents (a
+    block-diagonal Hessian): every latent of the plate must have the verdict *amortize*. Under a
+    minibatch only the batch plate is conditional: the other plates' rows would enter a unit's
+    Newton step only through the batch's rows.
+    """
+    if family is None:
+        return [], []
+    names, lines = [], []
+    for plate in analysis.plates:
+        coupled = [lat.name for lat in plate.latents if lat.verdict != "amortize"]
+        if coupled:
+            why = f"the verdict on {', '.join(coupled)} is not amortize"
+        elif batch_plate is not None and plate is not batch_plate:
+            why = f"batch_size minibatches plate '{batch_plate.name}' only"
+        else:
+            names.append(plate.name)
+            lines.append(
+                f"local family, plate '{plate.name}': conditional q(z_n | θ, x_n), "
+                f"{family.newton_steps} Newton step(s) on the model's log density"
+            )
+            continue
+        lines.append(f"local family, plate '{plate.name}': encoder q(z_n; f(x_n)) ({why})")
+    return names, lines
 
 
 def _describe_optimizer(optimizer: Callable | None) -> str:
@@ -609,6 +678,12 @@ class AmortizedVI(Inference):
         Memory (MiB) for the chunks of ``unit_data`` held at once: all of it when it fits (then
         batches are uniform draws, as from memory), else as many chunks as fit, refreshed as the
         fit goes (see :class:`~pymc_amortize.streaming.ChunkedUnitSampler`).
+    family : {"encoder", "conditional"} or ConditionalGaussian, default "encoder"
+        The local family. ``"encoder"``: q(z_n; f_φ(x_n)), a Gaussian from the encoder alone,
+        mean-field between the globals and the locals. ``"conditional"``: q(z_n | θ, x_n), the
+        encoder's output corrected by a Newton step on the model's own log density given the draw
+        of the globals (see :mod:`pymc_amortize.conditional`; exact for Gaussian-linear units,
+        whatever their number of rows). Under ``batch_size`` only the batch plate is conditional.
 
     Raises
     ------
@@ -634,8 +709,14 @@ class AmortizedVI(Inference):
         start_sigma: Mapping[str, np.ndarray] | None = None,
         unit_data: xr.Dataset | None = None,
         unit_data_pool_mib: float = POOL_MIB,
+        family: str | ConditionalGaussian = "encoder",
     ):
         model = pm.modelcontext(model)
+        local_family = resolve_family(family)
+        if local_family is not None and unit_data is not None:
+            raise AmortizationError(
+                "family='conditional' does not read unit_data yet; fit it with family='encoder'."
+            )
         analysis = analyze_model(model, local)
         source = None
         if not isinstance(unit_data_pool_mib, int | float) or not unit_data_pool_mib >= 0:
@@ -678,6 +759,18 @@ class AmortizedVI(Inference):
                 "a log-mean-exp over the whole data set's weights, and a minibatch's scaled weight "
                 "gives a biased estimate of it. Use the ELBO with batch_size, or the full batch."
             )
+        conditional_plates, family_lines = _conditional_plates(
+            analysis, local_family, batch_plate if batch_size is not None else None
+        )
+        if local_family is not None and start_sigma is None:
+            # The conditional family's Newton steps are taken at draws of θ: PyMC's initial sd of
+            # 0.69 on every global makes them wild (a Poisson GLMM's fit never recovered from it);
+            # start q(θ) as narrow as the encoder family starts its q(z_n).
+            start_sigma = {
+                model.rvs_to_values[rv].name: init_scale
+                for rv in model.free_RVs
+                if rv.name not in set(analysis.latent_names)
+            }
         approx = AmortizedApproximation(
             model,
             analysis,
@@ -690,13 +783,15 @@ class AmortizedVI(Inference):
             start_sigma=start_sigma,
             random_seed=random_seed,
             unit_source=source,
+            local_family=local_family,
+            conditional_plates=conditional_plates,
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
         approx.settings = {
             "batch_size": (
                 batch_size if batch_size is not None else (batch_plate.size if batch_plate else 0)
             ),
-            "analysis": analysis.summary(),
+            "analysis": "\n".join([analysis.summary(), *family_lines]),
             "init_scale": init_scale,
             "standardize_inputs": bool(standardize_inputs),
             "objective": type(objective).__name__ if objective is not None else "ELBO",
@@ -704,6 +799,8 @@ class AmortizedVI(Inference):
             "encoder_widths": {name: list(w) for name, w in approx.encoder_widths.items()},
             "activation": activation if isinstance(activation, str) else repr(activation),
             "user_encoders": bool(encoder) or not isinstance(activation, str),
+            "family": "encoder" if local_family is None else repr(local_family),
+            "conditional_plates": sorted(approx.conditional_plates),
         }
         if source is not None:
             approx.settings["unit_data"] = (

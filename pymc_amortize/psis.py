@@ -299,6 +299,7 @@ def psis_diagnostic(
             f"psis_diagnostic needs an AmortizedApproximation (from pm.fit(method='amortized')); "
             f"got {type(approx).__name__}."
         )
+    approx.require_encoder_family("psis_diagnostic()")
     approx.require_units_in_memory("psis_diagnostic")
     if not isinstance(draws, int | np.integer) or draws < 10:
         raise AmortizationError(f"draws must be an integer >= 10; got {draws!r}.")

@@ -27,6 +27,7 @@ from pymc_amortize.approximation import (
     InputScaling,
     fixed_input_flags,
 )
+from pymc_amortize.conditional import ConditionalGaussian
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.inference import AmortizedVI
@@ -166,6 +167,16 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
             key: options[key] for key in ("encoder_widths", "activation", "standardize_inputs")
         },
         "analysis": approx.analysis.summary(),
+        # The conditional family's settings and plates (absent, as in older files: the encoder's).
+        "family": (
+            None
+            if approx.local_family is None
+            else {
+                "newton_steps": approx.local_family.newton_steps,
+                "jitter": approx.local_family.jitter,
+                "plates": sorted(approx.conditional_plates),
+            }
+        ),
         "latents": {
             latent.name: _latent_json(approx, plate, latent)
             for plate in approx.analysis.plates
@@ -333,10 +344,18 @@ def load_approximation(
         for name, saved in latents.items()
         for part, key in (("units", "unit"), ("rows", "row"))
     }
+    family = structure.get("family")
     with fixed_input_flags(flags):
         approx = AmortizedVI(
             spec or None,
             model=model,
+            family=(
+                "encoder"
+                if family is None
+                else ConditionalGaussian(
+                    newton_steps=family["newton_steps"], jitter=family["jitter"]
+                )
+            ),
             encoder_widths=_saved_widths(options["encoder_widths"]),
             activation=options["activation"],
             standardize_inputs=options["standardize_inputs"],
@@ -390,5 +409,8 @@ def load_approximation(
                     saved["encoder"]["log_count_center"], saved["encoder"]["log_count_scale"]
                 )
                 encoder.constant_count = bool(saved["encoder"].get("constant_count", False))
+    if family is not None:
+        # A minibatched fit of crossed plates conditions only its batch plate.
+        approx.conditional_plates = frozenset(family["plates"])
     approx.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx
