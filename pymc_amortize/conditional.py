@@ -400,4 +400,16 @@ class ConditionalSampler:
         ]
         args = [values[name] for name in self.inputs]
         out = self._fn(*args, *noise, np.int64(n_draws))
+        for name, draws in zip(self.names, out, strict=True):
+            bad = ~np.isfinite(draws).reshape(n_draws, draws.shape[1], -1).all(axis=(0, 2))
+            if bad.any():
+                # Never hand back NaN draws as a posterior (a diverged fit, a Newton step into
+                # overflow): say which units, and what to do.
+                raise AmortizationError(
+                    f"The conditional family's draws of '{name}' are NaN or infinite for "
+                    f"{int(bad.sum())} of {bad.size} units (first: unit {int(np.argmax(bad))}): "
+                    "its Newton steps failed at these draws of the globals (a fit that diverged, "
+                    "or a unit whose log density is far from concave). Refit with "
+                    "family='encoder', or with pm.fit(method='advi')."
+                )
         return dict(zip(self.names, out, strict=True))
