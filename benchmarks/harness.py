@@ -19,6 +19,7 @@ import xarray as xr
 import pymc_amortize  # noqa: F401  (registers method="amortized")
 from pymc_amortize import AmortizedApproximation
 from pymc_amortize.compare import StepClock, steps_to_within
+from pymc_amortize.guide.globals import group_factors
 
 __all__ = [
     "ScoreTrace",
@@ -217,24 +218,15 @@ def reset_peak_rss() -> None:
 
 
 # -- q's parameters and posterior summaries -----------------------------------------------------
-def _group_params(group) -> Params:
-    mean = group.mean.eval() if hasattr(group.mean, "eval") else group.mean.get_value()
-    sd = group.std.eval()
-    out = {}
-    for name, slc, shape, _ in group.ordering.values():
-        out[name] = (np.asarray(mean[slc]).reshape(shape), np.asarray(sd[slc]).reshape(shape))
-    return out
-
-
 def variational_params(approx) -> Params:
     """Means and sds of q on the value space, by value variable, for A-VI and ADVI alike (A-VI's
     locals are the encoder's outputs on the fitted units)."""
     if isinstance(approx, AmortizedApproximation):
-        out = _group_params(approx.global_group) if approx.global_group is not None else {}
+        out = approx.global_factors()
         for latent, q in zip(approx.analysis.latents, approx.encode().values(), strict=True):
             out[latent.value_name] = (q.mean, q.sd)
         return out
-    return _group_params(approx.groups[0])
+    return group_factors(approx.groups[0])
 
 
 def posterior_summary(

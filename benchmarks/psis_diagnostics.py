@@ -47,7 +47,7 @@ print(
     "theta sd: exact",
     np.sqrt(LINEAR_SIGMA**2 + LINEAR_TAU**2) / np.sqrt(x.size),
     "q",
-    np.logaddexp(0, approx.global_group.rho.get_value()[0]),
+    approx.globals.mean_and_scale()[1][0],
     "resampled",
     float(r.posterior["theta"].std()),
     "ESS",
@@ -61,7 +61,7 @@ for label, inputs in (("x only", "x"), ("x_prev and x", ["x_prev", "x"])):
         1500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False
     )
     dd = psis_diagnostic(a, draws=1000, random_seed=0)
-    m = a.global_group.mean.get_value()[0]
+    m = a.globals.mean_and_scale()[0][0]
     prec = 1 + t.SAW_ALPHA**2
     om = (xp + t.SAW_ALPHA * (xs - t.SAW_ALPHA * m)) / prec
     osd = 1 / np.sqrt(prec)

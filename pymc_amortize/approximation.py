@@ -1,7 +1,8 @@
 """The amortized guide q(θ) ∏_plates ∏_n q(z_n; f_φ(data of unit n)) and what a user does with it.
 
 One class for every plate kind. The globals (and every latent the analysis leaves mean-field) get
-PyMC's :class:`~pymc.variational.approximations.MeanFieldGroup`, as ADVI; each local latent gets
+a global family (:mod:`pymc_amortize.guide.globals`: mean-field as ADVI, or full-rank); each local
+latent gets
 a diagonal Gaussian whose mean and log-sd are its encoder's output on its unit's data: the unit's
 own inputs (one row per unit) and, for an indexed plate, the set of its rows, pooled.
 """
@@ -23,7 +24,7 @@ import pytensor.tensor as pt
 import xarray as xr
 from pymc.backends.base import MultiTrace
 from pymc.distributions.transforms import LogTransform
-from pymc.variational.approximations import MeanFieldGroup
+from pymc.variational.opvi import Group
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace, vectorize_graph
 from pytensor.graph.traversal import ancestors
@@ -43,6 +44,7 @@ from pymc_amortize.encoders import (
     standardization_scale,
 )
 from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
+from pymc_amortize.guide.globals import GlobalFamily, make_global_family
 from pymc_amortize.new_units import (
     InputEnvelope,
     TrainingEnvelope,
@@ -153,10 +155,6 @@ def _fmt(value) -> str:
     return (
         f"{float(value.ravel()[0]):.4g}" if value.size == 1 else np.array2string(value, precision=4)
     )
-
-
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, x)
 
 
 class InputScaling(NamedTuple):
@@ -829,6 +827,7 @@ class AmortizedApproximation:
         unit_source: UnitSource | None = None,
         local_family: ConditionalGaussian | None = None,
         conditional_plates: Sequence[str] = (),
+        global_family: str = "meanfield",
     ):
         self.model = model
         #: The conditional local family (None: the encoder family q(z_n; f(x_n)) everywhere) and
@@ -849,8 +848,10 @@ class AmortizedApproximation:
         self.divergence = None
         local = set(analysis.latent_names)
         global_rvs = [rv for rv in model.free_RVs if rv.name not in local]
-        self.global_group = (
-            MeanFieldGroup(
+        #: q(θ), a :class:`~pymc_amortize.guide.globals.GlobalFamily` (None without globals).
+        self.globals: GlobalFamily | None = (
+            make_global_family(
+                global_family,
                 global_rvs,
                 model=model,
                 random_seed=random_seed,
@@ -1090,13 +1091,7 @@ class AmortizedApproximation:
 
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""
-        names = []
-        if self.global_group is not None:
-            for label, param in (("mean", self.global_group.mean), ("rho", self.global_group.rho)):
-                value = param.get_value(borrow=True)
-                for var_name, slc, _, _ in self.global_group.ordering.values():
-                    if not np.isfinite(value[slc]).all():
-                        names.append(f"{label} of {var_name}")
+        names = self.globals.nonfinite() if self.globals is not None else []
         names += [
             p.name or "unnamed encoder weight"
             for p in self.encoder_params
@@ -1106,12 +1101,12 @@ class AmortizedApproximation:
 
     # -- what PyMC's Inference loop reads -------------------------------------------------------
     @property
-    def groups(self) -> list[MeanFieldGroup]:
-        return [self.global_group] if self.global_group is not None else []
+    def groups(self) -> list[Group]:
+        return [self.globals.group] if self.globals is not None else []
 
     @property
     def global_params(self) -> list[SharedVariable]:
-        return list(self.global_group.params) if self.global_group is not None else []
+        return self.globals.params if self.globals is not None else []
 
     @property
     def params(self) -> list[SharedVariable]:
@@ -1140,19 +1135,12 @@ class AmortizedApproximation:
 
     @property
     def n_global(self) -> int:
-        return self.global_group.ddim if self.global_group is not None else 0
+        return self.globals.size if self.globals is not None else 0
 
     def global_factors(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Mean and sd of q(θ) for each global, by value variable name, shaped as the variable
         (on its unconstrained space)."""
-        if self.global_group is None:
-            return {}
-        mu = self.global_group.mean.get_value()
-        sd = _softplus(self.global_group.rho.get_value())
-        return {
-            value_name: (mu[slc].reshape(shape), sd[slc].reshape(shape))
-            for value_name, slc, shape, _ in self.global_group.ordering.values()
-        }
+        return self.globals.factors() if self.globals is not None else {}
 
     # -- symbolic pieces used by the objective --------------------------------------------------
     def encoder_graph(
@@ -1196,12 +1184,7 @@ class AmortizedApproximation:
 
     def global_draws(self, eps: TensorVariable) -> dict[str, TensorVariable]:
         """Value-space draws ``(S, *shape)`` of each global from standard normal ``eps`` (S, D)."""
-        group = self.global_group
-        flat = group.mean + pt.softplus(group.rho) * eps
-        return {
-            value_name: flat[:, slc].reshape((eps.shape[0], *shape))
-            for value_name, slc, shape, _ in group.ordering.values()
-        }
+        return self.globals.draws(eps)
 
     # -- results ------------------------------------------------------------------------------
     def _encode_fn(self, name: str):
@@ -1483,7 +1466,7 @@ class AmortizedApproximation:
             plate,
             self._resized_for(plate, request, new_data),
             request.labels.size,
-            self._draw_globals(COUNT_PRIOR_DRAWS, rng),
+            self.draw_globals(COUNT_PRIOR_DRAWS, rng),
             rng,
         )
         ratio = (request.counts[units] / k)[:, None]
@@ -1619,7 +1602,7 @@ class AmortizedApproximation:
         done = 0
         while done < draws:
             size = min(block, draws - done)
-            values = self._draw_globals(size, rng) | self._draw_locals(size, rng, q)
+            values = self.draw_globals(size, rng) | self._draw_locals(size, rng, q)
             for name, value in self.conditional_sampler(values, rng).items():
                 total = moments.setdefault(name, [0.0, 0.0])
                 total[0] = total[0] + value.sum(axis=0)
@@ -2027,7 +2010,7 @@ class AmortizedApproximation:
                         plate,
                         self.model,
                         plate.size,
-                        self._draw_globals(prior_draws, rng),
+                        self.draw_globals(prior_draws, rng),
                         rng,
                         encoded,
                     )
@@ -2056,7 +2039,7 @@ class AmortizedApproximation:
                     plate,
                     self._resized_for(plate, request, new_data),
                     request.labels.size,
-                    self._draw_globals(prior_draws, rng),
+                    self.draw_globals(prior_draws, rng),
                     rng,
                 )
             for latent in plate.latents:
@@ -2097,16 +2080,8 @@ class AmortizedApproximation:
                 quantiles[:, prior_only] = np.quantile(own, levels, axis=0)
         return LocalPosterior(mean, sd, prior_only, constrained_mean, quantiles, levels)
 
-    def _draw_globals(self, draws: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        if self.global_group is None:
-            return {}
-        mu = self.global_group.mean.get_value()
-        sd = _softplus(self.global_group.rho.get_value())
-        flat = mu + sd * rng.standard_normal((draws, mu.size))
-        return {
-            value_name: flat[:, slc].reshape((draws, *shape))
-            for value_name, slc, shape, _ in self.global_group.ordering.values()
-        }
+    def draw_globals(self, draws: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return self.globals.sample(draws, rng) if self.globals is not None else {}
 
     def _draw_locals(
         self, draws: int, rng: np.random.Generator, encoded: dict[str, LocalPosterior]
@@ -2137,7 +2112,7 @@ class AmortizedApproximation:
         (mean and sd of each q(z_n)), see :func:`pymc_amortize.results.method_groups`.
         """
         rng = np.random.default_rng(random_seed)
-        global_values = self._draw_globals(draws, rng)
+        global_values = self.draw_globals(draws, rng)
         if self.unit_source is not None:
             return self._sample_globals(global_values, return_inferencedata)
         outputs = self._fitted_encoder_outputs()
@@ -2277,7 +2252,7 @@ class AmortizedApproximation:
             raise AmortizationError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
         draws, chunk_size = int(draws), int(chunk_size)
         seed = seed_sequence(random_seed)
-        global_values = self._draw_globals(draws, np.random.default_rng(seed))
+        global_values = self.draw_globals(draws, np.random.default_rng(seed))
         globals_dataset = self._globals_dataset(global_values, draws)
         parts = [ChunkedPart(None, 0, lambda start, stop: globals_dataset)]
         for plate_number, plate in enumerate(self.analysis.plates):
@@ -2345,7 +2320,7 @@ class AmortizedApproximation:
     def _globals_dataset(self, global_values: Mapping[str, np.ndarray], draws: int) -> xr.Dataset:
         """The globals' value-space draws on their own scale, ``(chain, draw, *dims)``."""
         coords = {"chain": [0], "draw": np.arange(draws)}
-        if self.global_group is None:
+        if self.globals is None:
             return xr.Dataset(coords=coords)
         local = set(self.analysis.latent_names)
         rvs = [rv for rv in self.model.free_RVs if rv.name not in local]
@@ -2469,7 +2444,7 @@ class AmortizedApproximation:
                 "new_data and units= give no new units of any plate; pass their data (see "
                 "approx.analysis) or units=."
             )
-        global_values = self._draw_globals(draws, rng)
+        global_values = self.draw_globals(draws, rng)
         local_values: dict[str, np.ndarray] = {}
         for plate in self.analysis.plates:
             request = requests.get(plate.name)

@@ -41,6 +41,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import Plate
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.guide.globals import HALF_LOG_2PI
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.plates import UnitBatch
 
@@ -53,7 +54,6 @@ __all__ = [
     "resolve_family",
 ]
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 #: The local families :func:`resolve_family` knows.
 FAMILIES = ("encoder", "conditional")
@@ -232,8 +232,8 @@ class ConditionalGaussian:
                 )[..., 0]
             )
             log_det_chol = pt.log(pt.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-        log_q = -0.5 * (eps**2).sum(axis=-1) + log_det_chol - d * _HALF_LOG_2PI
-        entropy = d * (0.5 + _HALF_LOG_2PI) - log_det_chol
+        log_q = -0.5 * (eps**2).sum(axis=-1) + log_det_chol - d * HALF_LOG_2PI
+        entropy = d * (0.5 + HALF_LOG_2PI) - log_det_chol
         return ConditionalDraws(
             draws=split_stacked(sample, event_shapes),
             log_q=log_q,

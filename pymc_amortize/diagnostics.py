@@ -28,6 +28,7 @@ from pymc.pytensorf import compile as compile_pymc
 
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.guide.globals import HALF_LOG_2PI_E, group_factors, set_group_sds
 from pymc_amortize.logjoint import _plate_factors, build_logjoint, compile_log_terms
 from pymc_amortize.results import unit_dim
 
@@ -43,8 +44,6 @@ __all__ = [
     "semi_amortize",
 ]
 
-_HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
-
 
 class GaussianFactor(NamedTuple):
     """Mean and sd of one variable's Gaussian factor, on its value (unconstrained) space."""
@@ -57,18 +56,9 @@ class GaussianFactor(NamedTuple):
 MeanField = dict[str, GaussianFactor]
 
 
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, x)
-
-
 def _group_factors(group) -> MeanField:
-    """The factors held by a PyMC mean-field group, split by its ordering."""
-    mu = np.asarray(group.params_dict["mu"].get_value())
-    sd = _softplus(np.asarray(group.params_dict["rho"].get_value()))
-    return {
-        name: GaussianFactor(mu[slc].reshape(shape), sd[slc].reshape(shape))
-        for name, slc, shape, _ in group.ordering.values()
-    }
+    """The factors held by a PyMC mean-field group, by value name."""
+    return {name: GaussianFactor(*factor) for name, factor in group_factors(group).items()}
 
 
 def meanfield_of(approx) -> MeanField:
@@ -87,7 +77,7 @@ def meanfield_of(approx) -> MeanField:
     if isinstance(approx, SemiAmortizedApproximation):
         approx = approx.refined
     if isinstance(approx, AmortizedApproximation):
-        factors = _group_factors(approx.global_group) if approx.global_group is not None else {}
+        factors = {name: GaussianFactor(*f) for name, f in approx.global_factors().items()}
         encoded = approx.encode()
         for latent in approx.analysis.latents:
             q = encoded[latent.name]
@@ -159,7 +149,7 @@ class MeanFieldELBO:
         """(n_draws,) values of log p(x, w_s) − log q-entropy-free: ``log p(x, w_s) + H[q]``."""
         self._check(q)
         entropy = sum(
-            np.log(q[name].sd).sum() + np.size(q[name].sd) * _HALF_LOG_2PI_E for name in self.shapes
+            np.log(q[name].sd).sum() + np.size(q[name].sd) * HALF_LOG_2PI_E for name in self.shapes
         )
         values = np.empty(self.n_draws)
         for s, eps in enumerate(self._eps):
@@ -372,13 +362,7 @@ def semi_amortize(
         raise AmortizationError(f"average_last must be in [0, 1); got {average_last!r}.")
     start, start_sigma = _advi_start(approx)
     advi = pm.ADVI(model=approx.model, start=start, random_seed=random_seed)
-    # The sds go straight into the group's flat rho: PyMC's start_sigma= assigns each variable's
-    # array to a flat slice and fails for variables of two or more dims.
-    group = advi.approx.groups[0]
-    rho = group.rho.get_value()
-    for value_name, slc, _, _ in group.ordering.values():
-        rho[slc] = np.log(np.expm1(np.ravel(start_sigma[value_name])))
-    group.rho.set_value(rho)
+    set_group_sds(advi.approx.groups[0], start_sigma)
     optimizer = obj_optimizer if obj_optimizer is not None else _default_optimizer(n, learning_rate)
     average = _IterateAverage(advi.approx.params, first_step=int(n) - int(average_last * n))
     refined = advi.fit(
@@ -958,7 +942,7 @@ class _SampleObjective:
 def _fixed_draws(approx, plate, whole, encoded, n_draws, rng) -> dict[str, np.ndarray]:
     """Draws of everything held during the refinement: the globals from q(θ) and the local
     latents of the other plates from their encoders (and of this plate, for ``whole``)."""
-    values = approx._draw_globals(n_draws, rng)
+    values = approx.draw_globals(n_draws, rng)
     for other in approx.analysis.plates:
         if other.name == plate.name and not whole:
             continue  # the per-unit terms read the sample's draws alone

@@ -9,7 +9,6 @@ guard, which keeps the best parameters instead of raising from deep inside the l
 from __future__ import annotations
 
 import functools
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +44,7 @@ from pymc_amortize.errors import (
     ConvergenceWarning,
     DivergenceWarning,
 )
+from pymc_amortize.guide.globals import HALF_LOG_2PI, HALF_LOG_2PI_E
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
@@ -53,7 +53,6 @@ from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
 
-_HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
 
 #: ``fit``'s cap on the steps (it stops earlier on convergence).
 DEFAULT_MAX_STEPS = 50_000
@@ -181,7 +180,7 @@ class _RandomDraws:
 
 def _gaussian_log_q(eps: pt.TensorVariable, log_sd: pt.TensorVariable, axis) -> pt.TensorVariable:
     """log q of the draws mean + sd·eps, summed over ``axis`` (the reparameterised form)."""
-    return (-0.5 * eps**2 - log_sd - 0.5 * math.log(2.0 * math.pi)).sum(axis=axis)
+    return (-0.5 * eps**2 - log_sd - HALF_LOG_2PI).sum(axis=axis)
 
 
 def batch_plate_of(analysis: ModelAnalysis) -> Plate | None:
@@ -232,13 +231,11 @@ class AmortizedObjective:
         self, n_draws: int, random: _RandomDraws
     ) -> tuple[dict[str, pt.TensorVariable], pt.TensorVariable, pt.TensorVariable]:
         """Draws (S, *shape) of each global from q(θ), its exact entropy and the draws' log q."""
-        group = self.approx.global_group
-        if group is None:
+        family = self.approx.globals
+        if family is None:
             return {}, pt.zeros(()), pt.zeros((n_draws,))
-        eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, self.approx.n_global))
-        log_sd = pt.log(pt.softplus(group.rho))
-        entropy = log_sd.sum() + self.approx.n_global * _HALF_LOG_2PI_E
-        return self.approx.global_draws(eps), entropy, _gaussian_log_q(eps, log_sd, axis=1)
+        eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, family.size))
+        return family.draws(eps), family.entropy(), family.log_q(eps)
 
     def draw_local(
         self,
@@ -264,7 +261,7 @@ class AmortizedObjective:
         )
         draws = (mean + pt.exp(log_sd) * eps).reshape((n_draws, batch, *latent.event_shape))
         n_units = self.approx.layouts[plate.name].size
-        entropy = scale * log_sd.sum() + n_units * (latent.event_size * _HALF_LOG_2PI_E)
+        entropy = scale * log_sd.sum() + n_units * (latent.event_size * HALF_LOG_2PI_E)
         return draws, entropy, scale * _gaussian_log_q(eps, log_sd, axis=(1, 2))
 
     def mc_terms(
@@ -583,6 +580,8 @@ def _cap_message(stop: ELBOConvergence, n: int, run: int, *, total: int, refine:
         "method='amortized', ...). Pass convergence=False to run exactly n steps without this "
         "warning."
     )
+
+
 def _conditional_plates(
     analysis: ModelAnalysis, family: ConditionalGaussian | None, batch_plate: Plate | None
 ) -> tuple[list[str], list[str]]:

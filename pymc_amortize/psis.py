@@ -15,7 +15,6 @@ the encoder got wrong has heavy-tailed weights, whatever the other units do.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +30,7 @@ from pymc_amortize.analysis import Plate
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.guide.globals import HALF_LOG_2PI
 from pymc_amortize.logjoint import build_logjoint, compile_log_terms
 from pymc_amortize.plates import UnitBatch
 
@@ -39,7 +39,6 @@ __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
 #: Yao et al.'s thresholds on k̂.
 GOOD_KHAT = 0.5
 USABLE_KHAT = 0.7
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def khat_verdict(khat: float) -> str:
@@ -232,7 +231,7 @@ class PSISDiagnostic:
 
 
 def _log_normal(value: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    return -0.5 * ((value - mean) / sd) ** 2 - np.log(sd) - _HALF_LOG_2PI
+    return -0.5 * ((value - mean) / sd) ** 2 - np.log(sd) - HALF_LOG_2PI
 
 
 def psis_diagnostic(
@@ -311,16 +310,11 @@ def psis_diagnostic(
         raise AmortizationError("store= writes k̂ chunk by chunk; give chunk_size= too.")
     draws = int(draws)
     seed = seed_sequence(random_seed)
-    values = approx._draw_globals(draws, np.random.default_rng(seed))
+    values = approx.draw_globals(draws, np.random.default_rng(seed))
 
     log_q_globals = np.zeros(draws)
-    group = approx.global_group
-    if group is not None:
-        mu = group.mean.get_value()
-        sd = np.logaddexp(0.0, group.rho.get_value())
-        for name, slc, _, _ in group.ordering.values():
-            flat = values[name].reshape(draws, -1)
-            log_q_globals += _log_normal(flat, mu[slc], sd[slc]).sum(axis=1)
+    if approx.globals is not None:
+        log_q_globals += approx.globals.log_density(values)
     plates = approx.analysis.plates
     if not plates:  # every latent is mean-field
         fn, order = compile_log_terms(approx.model, approx.analysis, None)

@@ -50,10 +50,9 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 def _named_copies(approx: AmortizedApproximation) -> list:
     """Detached copies of every parameter under unique archive names."""
     copies = []
-    if approx.global_group is not None:
-        for key in ("mu", "rho"):
-            value = approx.global_group.params_dict[key].get_value()
-            copies.append(pytensor.shared(value, name=f"global/{key}"))
+    if approx.globals is not None:
+        for key, param in approx.globals.named_params.items():
+            copies.append(pytensor.shared(param.get_value(), name=f"global/{key}"))
     for i, param in enumerate(approx.encoder_params):
         copies.append(pytensor.shared(param.get_value(), name=f"encoder/{i}/{param.name}"))
     return copies
@@ -187,8 +186,8 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
             for param in approx.encoder_params
         ],
         "globals": (
-            {name: list(shape) for name, _, shape, _ in approx.global_group.ordering.values()}
-            if approx.global_group is not None
+            {name: list(shape) for name, shape in approx.globals.shapes().items()}
+            if approx.globals is not None
             else {}
         ),
     }
@@ -365,8 +364,8 @@ def load_approximation(
         ).approx
     saved_globals = structure["globals"]
     have_globals = (
-        {name: list(shape) for name, _, shape, _ in approx.global_group.ordering.values()}
-        if approx.global_group is not None
+        {name: list(shape) for name, shape in approx.globals.shapes().items()}
+        if approx.globals is not None
         else {}
     )
     if have_globals != saved_globals:
@@ -377,9 +376,9 @@ def load_approximation(
     targets = _named_copies(approx)
     load_state(targets, weights_path)
     values = iter(t.get_value() for t in targets)
-    if approx.global_group is not None:
-        for key in ("mu", "rho"):
-            approx.global_group.params_dict[key].set_value(next(values))
+    if approx.globals is not None:
+        for param in approx.globals.named_params.values():
+            param.set_value(next(values))
     for param in approx.encoder_params:
         param.set_value(next(values))
     for plate in approx.analysis.plates:

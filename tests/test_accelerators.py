@@ -121,8 +121,8 @@ def fit_linear_optimum(mode):
     inference.fit(3000, obj_optimizer=pm.adam(learning_rate=1e-3), **options)
     approx = inference.fit(2000, obj_optimizer=pm.adam(learning_rate=2e-4), **options)
     q = approx.encode()["z"]
-    theta = float(approx.global_group.mean.get_value()[0])
-    theta_sd = float(np.logaddexp(0.0, approx.global_group.rho.get_value()[0]))
+    theta = float(approx.globals.mean_and_scale()[0][0])
+    theta_sd = float(approx.globals.mean_and_scale()[1][0])
     slope = np.polyfit(x, q.mean, 1)[0]
     return x, theta, theta_sd, slope, q
 

@@ -25,8 +25,8 @@ def fit_linear(model, *, batch_size=None, seed=1, steps=(3000, 3000)):
 
 def summary(approx):
     q = approx.encode()["z"]
-    mu = approx.global_group.mean.get_value()[0]
-    sd = np.logaddexp(0.0, approx.global_group.rho.get_value()[0])
+    mu = approx.globals.mean_and_scale()[0][0]
+    sd = approx.globals.mean_and_scale()[1][0]
     return mu, sd, q
 
 

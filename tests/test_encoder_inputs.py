@@ -96,10 +96,9 @@ def balanced():
 
 def _exact(approx, rows: np.ndarray) -> tuple[float, float]:
     """The conditional posterior of z given the rows, at q(θ)'s mean of theta and of log tau."""
-    group = approx.global_group
-    mean = group.mean.get_value()
-    theta = mean[group.ordering["theta"][1]][0]
-    tau = np.exp(mean[group.ordering["tau_log__"][1]][0])
+    factors = approx.global_factors()
+    theta = float(factors["theta"][0])
+    tau = float(np.exp(factors["tau_log__"][0]))
     precision = rows.size / SIGMA**2 + 1 / tau**2
     return (rows - theta).sum() / SIGMA**2 / precision, 1 / np.sqrt(precision)
 

@@ -51,10 +51,8 @@ def radon():
 
 def _q_global(approx, value_name):
     """Mean and sd of q(θ) of one scalar global, on its value space."""
-    group = approx.global_group
-    slc = group.ordering[value_name][1]
-    mean = group.mean.get_value()[slc][0]
-    return float(mean), float(np.logaddexp(0.0, group.rho.get_value()[slc][0]))
+    mean, sd = approx.global_factors()[value_name]
+    return float(mean), float(sd)
 
 
 def _prior_closed_form(approx):

@@ -260,12 +260,12 @@ def test_save_load(cache, name, tmp_path):
         for latent in plate.latent_names:
             np.testing.assert_allclose(a[latent].mean, b[latent].mean, rtol=0, atol=1e-10)
             np.testing.assert_allclose(a[latent].sd, b[latent].sd, rtol=0, atol=1e-10)
-    if approx.global_group is not None:
+    if approx.globals is not None:
         np.testing.assert_array_equal(
-            loaded.global_group.mean.get_value(), approx.global_group.mean.get_value()
+            loaded.globals.mean_and_scale()[0], approx.globals.mean_and_scale()[0]
         )
         np.testing.assert_array_equal(
-            loaded.global_group.rho.get_value(), approx.global_group.rho.get_value()
+            loaded.globals.mean_and_scale()[1], approx.globals.mean_and_scale()[1]
         )
     idata = loaded.sample(20, random_seed=0)
     for plate in loaded.analysis.plates:
@@ -468,7 +468,7 @@ def test_row_plate_encoder_is_the_exact_conditional_posterior(name):
     q-mean (the linear-Gaussian coordinate update), affine in x_n."""
     kind = KINDS[name]()
     approx = _long_fit(kind.model, widths=())
-    theta = approx.global_group.mean.get_value()
+    theta = approx.globals.mean_and_scale()[0]
     x, s = (kind.data["x"], plate_models.ROW_SIGMA) if name == "row" else (kind.data["y"], 0.7)
     precision = 1.0 + 1.0 / s**2
     exact_sd = 1.0 / np.sqrt(precision)
@@ -485,7 +485,7 @@ def test_indexed_encoder_is_the_exact_conditional_posterior():
     posterior at mu's q-mean, whatever the number of rows of group j."""
     kind = plate_models.indexed()
     approx = _long_fit(kind.model, widths=(32, 32))
-    mu = float(approx.global_group.mean.get_value()[0])
+    mu = float(approx.globals.mean_and_scale()[0][0])
     g, y = kind.data["g"], kind.data["y"]
     s2 = plate_models.IDX_SIGMA**2
     counts = np.bincount(g, minlength=plate_models.IDX_J)

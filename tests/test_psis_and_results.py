@@ -96,7 +96,7 @@ def test_resampled_draws_correct_mean_field_variance_of_theta(linear_fit):
     # q(θ) has sd σ/√N, 10% too small. Importance resampling recovers the exact sd.
     exact_sd = np.sqrt(LINEAR_SIGMA**2 + LINEAR_TAU**2) / np.sqrt(x.size)
     diagnostic = psis_diagnostic(approx, draws=4000, random_seed=2)
-    q_sd = float(np.logaddexp(0.0, approx.global_group.rho.get_value()[0]))
+    q_sd = float(approx.globals.mean_and_scale()[1][0])
     corrected = diagnostic.resample(12_000, random_seed=3)
     theta = corrected.posterior["theta"]
     assert theta.sizes["draw"] == 12_000
@@ -113,7 +113,7 @@ def test_saw_khat_flags_units_the_exact_fvi_optimum_says_are_poor(saw_fits):
     diagnostic = psis_diagnostic(approx, draws=1000, random_seed=0)
     # Exact per-unit F-VI optimum given q(θ) (CAVI): a Gaussian with precision 1 + α² and mean
     # (x_{n-1} + α(x_n − α E[θ])) / (1 + α²). An encoder on x_n alone cannot see x_{n-1}.
-    theta_mean = approx.global_group.mean.get_value()[0]
+    theta_mean = approx.globals.mean_and_scale()[0][0]
     precision = 1.0 + SAW_ALPHA**2
     opt_mean = (x_prev + SAW_ALPHA * (x - SAW_ALPHA * theta_mean)) / precision
     opt_sd = 1.0 / np.sqrt(precision)
@@ -164,7 +164,7 @@ def test_datatree_groups_have_model_dims_and_values(linear_fit):
     np.testing.assert_allclose(outputs.sel(param="sd"), q.sd)
     theta = idata["variational_params"]["theta"]
     assert theta.dims == ("param",)
-    assert float(theta.sel(param="mean")) == approx.global_group.mean.get_value()[0]
+    assert float(theta.sel(param="mean")) == approx.globals.mean_and_scale()[0][0]
     # The public accessors the groups are built from.
     mean, sd = approx.global_factors()["theta"]
     assert (float(mean), float(sd)) == tuple(float(v) for v in theta.values)

@@ -75,9 +75,7 @@ def _fit(family: str, tmp_path: Path) -> dict:
         enc = approx.encode(new, units=3, check_range=False)["a"]
         out["new_mean"] = np.asarray(enc.mean).ravel().tolist()
         out["new_sd"] = np.asarray(enc.sd).ravel().tolist()
-        idata = approx.sample_new_units(
-            new, 10, units=3, random_seed=3, check_range=False
-        )
+        idata = approx.sample_new_units(new, 10, units=3, random_seed=3, check_range=False)
         out["new_draws"] = idata.posterior["a"].values.ravel()[:12].tolist()
         path = tmp_path / "fit"
         pymc_amortize.save_approximation(approx, path)

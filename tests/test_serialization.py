@@ -39,10 +39,10 @@ def test_save_load_encodes_new_units_identically(tmp_path):
     np.testing.assert_array_equal(after.sd, before.sd)
     assert np.ptp(before.mean) > 0.5  # a trained, input-dependent encoder, not the initial one
     np.testing.assert_array_equal(
-        loaded.global_group.mean.get_value(), approx.global_group.mean.get_value()
+        loaded.globals.mean_and_scale()[0], approx.globals.mean_and_scale()[0]
     )
     np.testing.assert_array_equal(
-        loaded.global_group.rho.get_value(), approx.global_group.rho.get_value()
+        loaded.globals.mean_and_scale()[1], approx.globals.mean_and_scale()[1]
     )
     # The fresh model's own units are encoded with the saved weights and input scaling.
     q_fresh = loaded.encode()["z"]
@@ -141,11 +141,10 @@ def test_round_trip_encodes_identically_on_every_plate_kind(kind, tmp_path):
         np.testing.assert_allclose(after[name].mean, q.mean, rtol=0, atol=1e-12)
         np.testing.assert_allclose(after[name].sd, q.sd, rtol=0, atol=1e-12)
         assert np.ptp(q.mean) > 0  # the encoder reads its units' data
-    assert (loaded.global_group is None) == (approx.global_group is None)
-    for key in ("mu", "rho") if approx.global_group is not None else ():
+    assert (loaded.globals is None) == (approx.globals is None)
+    for key, param in approx.globals.named_params.items() if approx.globals is not None else ():
         np.testing.assert_array_equal(
-            loaded.global_group.params_dict[key].get_value(),
-            approx.global_group.params_dict[key].get_value(),
+            loaded.globals.named_params[key].get_value(), param.get_value()
         )
     idata = loaded.sample(5, random_seed=0)
     for name in plates:
