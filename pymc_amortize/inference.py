@@ -44,7 +44,7 @@ from pymc_amortize.errors import (
     ConvergenceWarning,
     DivergenceWarning,
 )
-from pymc_amortize.guide.globals import HALF_LOG_2PI, HALF_LOG_2PI_E
+from pymc_amortize.guide.globals import GLOBAL_FAMILIES, HALF_LOG_2PI, HALF_LOG_2PI_E
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
@@ -683,6 +683,12 @@ class AmortizedVI(Inference):
         encoder's output corrected by a Newton step on the model's own log density given the draw
         of the globals (see :mod:`pymc_amortize.conditional`; exact for Gaussian-linear units,
         whatever their number of rows). Under ``batch_size`` only the batch plate is conditional.
+    global_family : {"meanfield", "fullrank"}, default "meanfield"
+        The family of q(θ), the globals' factor (and that of every latent fitted mean-field):
+        ``"meanfield"``, independent Gaussians as ADVI (2D parameters); ``"fullrank"``, one
+        Gaussian with a full covariance (D + D(D+1)/2 parameters, for up to a few hundred global
+        coordinates), which keeps the correlations between globals that mean-field drops (see
+        :mod:`pymc_amortize.guide.globals`).
 
     Raises
     ------
@@ -709,8 +715,13 @@ class AmortizedVI(Inference):
         unit_data: xr.Dataset | None = None,
         unit_data_pool_mib: float = POOL_MIB,
         family: str | ConditionalGaussian = "encoder",
+        global_family: str = "meanfield",
     ):
         model = pm.modelcontext(model)
+        if global_family not in GLOBAL_FAMILIES:
+            raise AmortizationError(
+                f"global_family must be one of {sorted(GLOBAL_FAMILIES)}; got {global_family!r}."
+            )
         local_family = resolve_family(family)
         if local_family is not None and unit_data is not None:
             raise AmortizationError(
@@ -784,6 +795,7 @@ class AmortizedVI(Inference):
             unit_source=source,
             local_family=local_family,
             conditional_plates=conditional_plates,
+            global_family=global_family,
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
         approx.settings = {
@@ -799,6 +811,7 @@ class AmortizedVI(Inference):
             "activation": activation if isinstance(activation, str) else repr(activation),
             "user_encoders": bool(encoder) or not isinstance(activation, str),
             "family": "encoder" if local_family is None else repr(local_family),
+            "global_family": global_family,
             "conditional_plates": sorted(approx.conditional_plates),
         }
         if source is not None:

@@ -166,6 +166,8 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
             key: options[key] for key in ("encoder_widths", "activation", "standardize_inputs")
         },
         "analysis": approx.analysis.summary(),
+        # q(θ)'s family (absent in older files: mean-field).
+        "global_family": approx.globals.kind if approx.globals is not None else "meanfield",
         # The conditional family's settings and plates (absent, as in older files: the encoder's).
         "family": (
             None
@@ -355,6 +357,7 @@ def load_approximation(
                     newton_steps=family["newton_steps"], jitter=family["jitter"]
                 )
             ),
+            global_family=structure.get("global_family", "meanfield"),
             encoder_widths=_saved_widths(options["encoder_widths"]),
             activation=options["activation"],
             standardize_inputs=options["standardize_inputs"],
