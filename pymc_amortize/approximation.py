@@ -29,9 +29,9 @@ from pytensor.graph.replace import graph_replace, vectorize_graph
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence, unit_noise
 from pymc_amortize.conditional import ConditionalGaussian, ConditionalSampler
+from pymc_amortize.data.streaming import UnitSource, input_columns, summarize_columns
 from pymc_amortize.encoders import (
     MLPEncoder,
     PooledEncoder,
@@ -43,18 +43,16 @@ from pymc_amortize.encoders import (
     standardization_scale,
 )
 from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
-from pymc_amortize.new_units import (
-    InputEnvelope,
-    TrainingEnvelope,
-    column_labels,
+from pymc_amortize.model.forward import (
     forward_draws,
     posterior_dataset,
     resized_model,
     trace_from_values,
 )
-from pymc_amortize.plates import PlateLayout, UnitBatch
+from pymc_amortize.model.plates import PlateLayout, UnitBatch
+from pymc_amortize.model.types import DataInput, LocalLatent, ModelAnalysis, Plate
+from pymc_amortize.new_units import InputEnvelope, TrainingEnvelope, column_labels
 from pymc_amortize.results import method_groups
-from pymc_amortize.streaming import UnitSource, input_columns, summarize_columns
 
 __all__ = [
     "AmortizedApproximation",

@@ -28,16 +28,11 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import (
-    EncoderInputSpec,
-    LocalLatent,
-    ModelAnalysis,
-    Plate,
-    analyze_model,
-)
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.conditional import ConditionalGaussian, conditional_draws, resolve_family
+from pymc_amortize.data.sampler import POOL_MIB, ChunkedUnitSampler
+from pymc_amortize.data.streaming import UnitSource
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import (
     AmortizationError,
@@ -46,10 +41,11 @@ from pymc_amortize.errors import (
     DivergenceWarning,
 )
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
-from pymc_amortize.logjoint import LogJoint, build_logjoint
+from pymc_amortize.model.analysis import analyze_model
+from pymc_amortize.model.logjoint import LogJoint, build_logjoint
+from pymc_amortize.model.plates import UnitBatch
+from pymc_amortize.model.types import EncoderInputSpec, LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.objectives import ELBO, Objective
-from pymc_amortize.plates import UnitBatch
-from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
 

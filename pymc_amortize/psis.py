@@ -27,12 +27,12 @@ from arviz_stats.base import array_stats
 from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
-from pymc_amortize.analysis import Plate
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.logjoint import build_logjoint, compile_log_terms
-from pymc_amortize.plates import UnitBatch
+from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms
+from pymc_amortize.model.plates import UnitBatch
+from pymc_amortize.model.types import Plate
 
 __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
 

@@ -27,17 +27,12 @@ from pytensor.tensor.basic import Alloc
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import (
-    DataInput,
-    ModelAnalysis,
-    Plate,
-    _strip_sums,
-    factorized_terms,
-)
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.plates import UnitBatch
+from pymc_amortize.model.analysis import factorized_terms, strip_sums
+from pymc_amortize.model.plates import UnitBatch
+from pymc_amortize.model.types import DataInput, ModelAnalysis, Plate
 
-__all__ = ["LogJoint", "build_logjoint", "compile_log_terms"]
+__all__ = ["LogJoint", "build_logjoint", "compile_log_terms", "plate_factors"]
 
 
 def _term_sum(term: TensorVariable, has_draw_axis: bool) -> TensorVariable:
@@ -65,7 +60,7 @@ class LogJoint:
         Placeholder of the batch slot of each batch row (the index remapped to the batch).
     row_terms : tuple of bool
         Per batch factor, whether it is one term per row (it reads ``slot``): the factors a padded
-        batch weights (:attr:`~pymc_amortize.plates.UnitBatch.row_weight`).
+        batch weights (:attr:`~pymc_amortize.model.plates.UnitBatch.row_weight`).
     """
 
     batch_plate: Plate | None
@@ -144,7 +139,7 @@ class LogJoint:
         if self.batch_plate is not None:
             raise AmortizationError("per_unit needs the full-batch log joint.")
         _, terms, _, drawn = self.terms_per_draw(global_draws, local_draws, None)
-        names = _plate_factors(dict(self.other_terms), model, plate)
+        names = plate_factors(dict(self.other_terms), model, plate)
         n_draws = next(iter({**global_draws, **local_draws}.values())).shape[0]
         rest = pt.zeros((n_draws,))
         units = pt.zeros((n_draws, plate.size))
@@ -179,7 +174,22 @@ def _along_rows(
     return pt.shape_padright(pt.shape_padleft(weight, lead), term.ndim - lead - 1)
 
 
-def _plate_factors(terms: Mapping[str, TensorVariable], model: pm.Model, plate: Plate) -> set[str]:
+def plate_factors(terms: Mapping[str, TensorVariable], model: pm.Model, plate: Plate) -> set[str]:
+    """The names of the factors among ``terms`` that read ``plate``: its latents or its index.
+
+    Parameters
+    ----------
+    terms : mapping of str to TensorVariable
+        Log-density factors by variable name.
+    model : pm.Model
+        The model the factors come from.
+    plate : Plate
+        The plate whose factors are wanted.
+
+    Returns
+    -------
+    set of str
+    """
     roots = {model.rvs_to_values[model[name]] for name in plate.latent_names}
     if plate.index is not None:
         roots.add(plate.index.node)
@@ -298,13 +308,13 @@ def build_logjoint(
     if batch_plate.row_dim is not None and slot is not None:
         replace[model.dim_lengths[batch_plate.row_dim]] = slot.shape[0]
 
-    names = _plate_factors(terms, model, batch_plate)
+    names = plate_factors(terms, model, batch_plate)
     batch_names = [n for n in terms if n in names]
     # A potential written as a sum over rows (pm.Potential(logp(...).sum())) is its per-row
     # terms summed: sliced with the batch's rows like an observed variable's factor.
     potentials = {pot.name for pot in model.potentials}
     relaxed = _free_leading_lengths(
-        [_strip_sums(terms[n]) if n in potentials else terms[n] for n in batch_names]
+        [strip_sums(terms[n]) if n in potentials else terms[n] for n in batch_names]
     )
     cloned = clone_replace(relaxed, replace, rebuild_strict=False)
     for name, term in zip(batch_names, cloned, strict=True):
