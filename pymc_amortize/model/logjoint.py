@@ -12,7 +12,7 @@ substituted last, with ``vectorize_graph``, giving one log joint per Monte Carlo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,11 +142,60 @@ class LogJoint:
         names = plate_factors(dict(self.other_terms), model, plate)
         n_draws = next(iter({**global_draws, **local_draws}.values())).shape[0]
         rest = pt.zeros((n_draws,))
-        units = pt.zeros((n_draws, plate.size))
-        unit_of_row = pt.as_tensor(plate.unit_of_row)
+        factors = []
         for (name, _), term, has_draw_axis in zip(self.other_terms, terms, drawn, strict=True):
-            if name not in names:
+            if name in names:
+                factors.append((name, term, has_draw_axis))
+            else:
                 rest = rest + _term_sum(term, has_draw_axis)
+        units = self.sum_per_unit(
+            model,
+            plate,
+            factors,
+            pt.zeros((n_draws, plate.size)),
+            pt.as_tensor(plate.unit_of_row),
+        )
+        return rest, units
+
+    @staticmethod
+    def sum_per_unit(
+        model: pm.Model,
+        plate: Plate,
+        factors: Sequence[tuple[str, TensorVariable, bool]],
+        units: TensorVariable,
+        unit_of_row: TensorVariable,
+        *,
+        skip_undrawn: bool = False,
+    ) -> TensorVariable:
+        """Add each of ``plate``'s factors, summed per unit, to ``units`` (S, B).
+
+        A factor of an observed variable with one entry per row of an indexed plate is summed
+        into each row's unit; any other (a latent's prior, a row plate's likelihood) has one entry
+        per unit already.
+
+        Parameters
+        ----------
+        model : pm.Model
+            The model the factors come from.
+        plate : Plate
+            The plate whose units the factors are summed over.
+        factors : sequence of (str, TensorVariable, bool)
+            Each factor's variable name, its graph with a leading draw axis, and whether a draw
+            enters it (it then has that axis).
+        units : TensorVariable
+            (S, B) sums to add to: zeros for the plate's N units, or for a batch of B of them.
+        unit_of_row : TensorVariable
+            int64 (R,) position in ``units`` of each row the factors hold.
+        skip_undrawn : bool, default False
+            Leave out a factor no draw enters (a constant) rather than refuse it.
+
+        Returns
+        -------
+        TensorVariable
+            ``units`` plus every factor's per-unit sums.
+        """
+        for name, term, has_draw_axis in factors:
+            if not has_draw_axis and skip_undrawn:
                 continue
             if not has_draw_axis or term.ndim < 2:
                 raise AmortizationError(
@@ -163,7 +212,7 @@ class LogJoint:
                 units = pt.inc_subtensor(units[:, unit_of_row], per_row)
             else:
                 units = units + per_row
-        return rest, units
+        return units
 
 
 def _along_rows(
