@@ -121,3 +121,17 @@ def test_no_module_imports_the_package_root(module):
         f"{module} imports the package root: import the defining module instead "
         "(e.g. `from pymc_amortize.inference import AmortizedVI`)"
     )
+
+
+def test_the_model_layer_imports_only_itself_and_errors():
+    # model/ reads a PyMC model (analysis, plates, log joint, forward draws); the guide, the fit,
+    # the data readers and the results build on it, never the other way round.
+    model_modules = [m for m in import_graph() if m.startswith(f"{ROOT}.model")]
+    assert model_modules
+    for module in model_modules:
+        outside = {
+            t
+            for t in import_graph()[module]
+            if not t.startswith(f"{ROOT}.model") and t != f"{ROOT}.errors"
+        }
+        assert not outside, f"{module} imports {sorted(outside)}"

@@ -31,20 +31,94 @@ from __future__ import annotations
 import math
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
+import pytensor
 
 from pymc_amortize.data.streaming import ORDER_RATIO, ChunkData, UnitSource
 from pymc_amortize.errors import ChunkOrderWarning
 
-__all__ = ["POOL_MIB", "ChunkedUnitSampler"]
+__all__ = ["POOL_MIB", "ChunkedUnitSampler", "StepBuffers"]
 
 #: MiB of chunks a fit holds by default: the whole dataset when it fits, else as many chunks.
 POOL_MIB = 128.0
 
 
+@dataclass(frozen=True, eq=False)
+class StepBuffers:
+    """The fixed-size host arrays one step reads its minibatch from.
+
+    A :class:`ChunkedUnitSampler` writes each batch into them in place; the compiled step reads
+    them as borrowed shared variables (so their shapes, and the compiled step, never change).
+    They are created once per fit, by :meth:`for_source`, and every sampler of that fit fills the
+    same arrays.
+
+    Attributes
+    ----------
+    batch_size : int
+        B, the units of one batch.
+    units : dict of str to ndarray
+        (B, ...) per unit-aligned variable of the source.
+    rows : dict of str to ndarray
+        (capacity, ...) per row-aligned variable (indexed plates; empty for a row plate): the
+        batch's rows first, then padding that repeats its first row.
+    row_slot : ndarray
+        int64 (capacity,): the batch slot 0..B-1 of each buffered row (0 for padding).
+    row_weight : ndarray
+        floatX (capacity,): 1 for the batch's rows, 0 for padding.
+    row_count : ndarray
+        0-d int64: the batch's rows before the padding.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        source = UnitSource(ds, analysis, 100, model=template)
+        buffers = StepBuffers.for_source(source)
+        sampler = ChunkedUnitSampler(source, buffers, random_seed=0)
+        sampler.fill()  # buffers.units["x"] now holds the x of 100 drawn units
+    """
+
+    batch_size: int
+    units: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+    row_slot: np.ndarray
+    row_weight: np.ndarray
+    row_count: np.ndarray
+
+    @classmethod
+    def for_source(cls, source: UnitSource) -> StepBuffers:
+        """Zeroed buffers for batches of ``source.batch_size`` units of ``source``: B rows per
+        unit variable, B times the most rows of a unit per row variable (indexed plates)."""
+        batch_size = source.batch_size
+        capacity = batch_size * source.max_rows if source.index_key is not None else batch_size
+
+        def zeros(key: str, length: int) -> np.ndarray:
+            return np.zeros((length, *source.trailing[key]), dtype=source.dtypes[key])
+
+        return cls(
+            batch_size=batch_size,
+            units={key: zeros(key, batch_size) for key in source.unit_keys},
+            rows={key: zeros(key, capacity) for key in source.row_keys},
+            row_slot=np.zeros(capacity, dtype=np.int64),
+            row_weight=np.zeros(capacity, dtype=pytensor.config.floatX),
+            row_count=np.zeros((), dtype=np.int64),
+        )
+
+    @property
+    def capacity(self) -> int:
+        """The rows the row buffers hold: the batch's rows and their padding."""
+        return int(self.row_slot.size)
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every data buffer by variable name: the unit and the row variables'."""
+        return self.units | self.rows
+
+
 class ChunkedUnitSampler:
-    """Fills the source's (B, ...) buffers with one minibatch per step from a pool of chunks.
+    """Fills a fit's :class:`StepBuffers` with one minibatch per step from a pool of chunks.
 
     When the whole dataset fits in ``pool_mib``, it is read once and every batch is a uniform
     draw of B of its N units, as from memory. Otherwise the pool holds K chunks (as many as fit in
@@ -55,6 +129,9 @@ class ChunkedUnitSampler:
     Parameters
     ----------
     source : UnitSource
+        Where the units are read from.
+    buffers : StepBuffers
+        Where each batch is written (``StepBuffers.for_source(source)``).
     pool_mib : float, default 128
         Memory for the pool of chunks, in MiB.
     slots : int, optional
@@ -75,6 +152,7 @@ class ChunkedUnitSampler:
     def __init__(
         self,
         source: UnitSource,
+        buffers: StepBuffers,
         *,
         pool_mib: float = POOL_MIB,
         slots: int | None = None,
@@ -82,8 +160,9 @@ class ChunkedUnitSampler:
         random_seed: int | np.random.Generator | None = None,
     ):
         self.source = source
+        self.buffers = buffers
         self.rng = np.random.default_rng(random_seed)
-        self.batch_size = source.batch_size
+        self.batch_size = buffers.batch_size
         lengths, rows = source.chunk_lengths, source.chunk_rows
         indexed = source.index_key is not None
 
@@ -186,7 +265,7 @@ class ChunkedUnitSampler:
         self.chunks_read += 1
 
     def fill(self) -> None:
-        """Put the next step's batch into the source's buffers (in place)."""
+        """Put the next step's batch into :attr:`buffers` (in place)."""
         self.steps += 1
         if not self.whole and self.steps % self.refresh_every == 0:
             slot = (self.steps // self.refresh_every) % self.slots
@@ -196,9 +275,9 @@ class ChunkedUnitSampler:
         slot = self.rng.integers(self.slots, size=self.batch_size)
         position = (self.rng.random(self.batch_size) * self.slot_lengths[slot]).astype(np.int64)
         self.units = self.source.bounds[self.slot_chunks[slot]] + position
-        batch = self.source.batch
+        buffers = self.buffers
         for key in self.source.unit_keys:
-            np.take(self.pool[key], slot * self.width + position, axis=0, out=batch[key])
+            np.take(self.pool[key], slot * self.width + position, axis=0, out=buffers.units[key])
         if self.offsets is None:
             return
         first = self.offsets[slot, position]
@@ -208,14 +287,15 @@ class ChunkedUnitSampler:
         rows = np.repeat(slot * self.row_width + first - (ends - counts), counts)
         rows += np.arange(total)
         for key in self.source.row_keys:
-            np.take(self.pool[key], rows, axis=0, out=batch[key][:total])
+            buffer = buffers.rows[key]
+            np.take(self.pool[key], rows, axis=0, out=buffer[:total])
             # Padding repeats the batch's first row (real data, so its terms are finite).
-            batch[key][total:] = batch[key][0]
-        self.source.row_slot[:total] = np.repeat(np.arange(self.batch_size), counts)
-        self.source.row_slot[total:] = 0
-        self.source.row_weight[:total] = 1.0
-        self.source.row_weight[total:] = 0.0
-        self.source.row_count[...] = total
+            buffer[total:] = buffer[0]
+        buffers.row_slot[:total] = np.repeat(np.arange(self.batch_size), counts)
+        buffers.row_slot[total:] = 0
+        buffers.row_weight[:total] = 1.0
+        buffers.row_weight[total:] = 0.0
+        buffers.row_count[...] = total
 
     def close(self) -> None:
         """Stop the read-ahead thread."""

@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pymc as pm
-import pytensor
 import xarray as xr
 
 from pymc_amortize.encoders import standardization_scale
@@ -92,7 +91,8 @@ class UnitSource:
     analysis : ModelAnalysis
         The analysis of the template model.
     batch_size : int
-        B, the length of the step's unit buffers.
+        B, the units of one minibatch (checked against the dataset's N; the step's buffers,
+        :class:`~pymc_amortize.data.sampler.StepBuffers`, are that long).
     model : pm.Model, optional
         The template model: its dims and coords, to read the dataset in their order.
 
@@ -108,10 +108,8 @@ class UnitSource:
         The unit-aligned and (indexed plates) row-aligned variables read.
     bounds : ndarray
         (n_chunks + 1,) int64 chunk starts, and N last; ``row_bounds`` the chunks' first rows.
-    batch : dict of str to ndarray
-        The fixed buffers, filled in place by :class:`ChunkedUnitSampler`: (B, ...) per unit
-        variable, (B · most rows of a unit, ...) per row variable, with ``row_slot`` and
-        ``row_weight`` (0 for padding) per buffered row.
+    max_rows : int
+        The most rows of a unit (1 for a row plate): a batch holds at most B times as many.
 
     Raises
     ------
@@ -249,18 +247,6 @@ class UnitSource:
             plates=tuple(self.plate if p is plate else p for p in analysis.plates),
         )
         self.batch_size = batch_size
-        self.cap = batch_size * self.max_rows if self.index_key is not None else batch_size
-        self.batch = {
-            key: np.zeros(
-                (batch_size if key in units else self.cap, *self.trailing[key]),
-                dtype=self.dtypes[key],
-            )
-            for key in self.keys
-        }
-        self.row_slot = np.zeros(self.cap, dtype=np.int64)
-        self.row_weight = np.zeros(self.cap, dtype=pytensor.config.floatX)
-        #: The batch's rows, before the padding (a 0-d array, set in place).
-        self.row_count = np.zeros((), dtype=np.int64)
 
     @staticmethod
     def _unit_dim(dataset: xr.Dataset, plate: Plate, needed: Mapping[str, DataInput]) -> str:
