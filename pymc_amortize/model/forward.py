@@ -27,6 +27,7 @@ __all__ = ["forward_draws", "posterior_dataset", "resized_model", "trace_from_va
 
 
 def _check_mutable(model: pm.Model, dim: str | None, what: str) -> None:
+    """Refuse a dim that ``Model.set_dim`` cannot resize (none, or a fixed length)."""
     if dim is None or dim not in model.dim_lengths:
         raise AmortizationError(
             f"{what} has no model dim, so the model cannot be resized to new units; give the "
@@ -50,7 +51,37 @@ def resized_model(
     what: str = "the plate",
 ) -> pm.Model:
     """A clone of ``model`` with ``dim`` holding the new units (``coords``), ``row_dim`` holding
-    ``n_rows`` rows, and ``data`` set with ``pm.set_data``; ``model`` itself is not changed."""
+    ``n_rows`` rows, and ``data`` set with ``pm.set_data``; ``model`` itself is not changed.
+
+    Parameters
+    ----------
+    model : pm.Model
+        The fitted model; its ``dim`` (and ``row_dim``) must be mutable coords.
+    dim : str
+        The plate's unit dim.
+    coords : sequence
+        The new units' labels along ``dim``.
+    data : mapping of str to ndarray
+        New values of ``pm.Data`` containers, by name.
+    row_dim : str, optional
+        The rows' dim of an indexed plate, resized to ``n_rows``.
+    n_rows : int, optional
+        The new units' rows (with ``row_dim``).
+    what : str, default "the plate"
+        How messages name what is resized.
+
+    Returns
+    -------
+    pm.Model
+        The resized clone.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        clone = resized_model(radon, dim="county", coords=["new"], data={"floor": f},
+                              row_dim="obs_id", n_rows=f.size)
+    """
     _check_mutable(model, dim, what)
     clone = clone_model(model)
     clone.set_dim(dim, len(coords), coord_values=list(coords))
@@ -72,6 +103,17 @@ def trace_from_values(model: pm.Model, values: Mapping[str, np.ndarray]) -> Mult
     """A one-chain trace of value-space draws ``{value name: (draws, *shape)}``.
 
     PyMC's own trace turns value-space points into constrained values and Deterministics.
+
+    Parameters
+    ----------
+    model : pm.Model
+        The model whose value variables ``values`` holds.
+    values : mapping of str to ndarray
+        (draws, *shape) per value variable name, every one of the model's.
+
+    Returns
+    -------
+    MultiTrace
     """
     draws = len(next(iter(values.values())))
     # PyMC's trace passes a point's values to its function by position: model order.
@@ -91,7 +133,21 @@ def posterior_dataset(
 ) -> xr.DataTree:
     """``posterior`` (free variables on their constrained scale and Deterministics, or only
     ``var_names``) and ``constant_data`` of ``model`` under its dims and coords, from value-space
-    draws. The constant data let ``pm.sample_posterior_predictive`` see that nothing changed."""
+    draws. The constant data let ``pm.sample_posterior_predictive`` see that nothing changed.
+
+    Parameters
+    ----------
+    model : pm.Model
+        The model (possibly a :func:`resized_model`) the draws are of.
+    values : mapping of str to ndarray
+        (draws, *shape) per value variable name.
+    var_names : sequence of str, optional
+        The variables of ``posterior``; every free variable and Deterministic when omitted.
+
+    Returns
+    -------
+    xarray.DataTree
+    """
     trace = trace_from_values(model, values)
     names = var_names or [rv.name for rv in model.free_RVs] + [d.name for d in model.deterministics]
     coords, dims = coords_and_dims_for_inferencedata(model)
@@ -114,7 +170,24 @@ def forward_draws(
 ) -> xr.DataTree:
     """Draws of ``var_names`` given the posterior draws of ``idata``, by PyMC's
     ``sample_posterior_predictive`` (``predictions=True``: the ``predictions`` group, with the
-    new coords)."""
+    new coords).
+
+    Parameters
+    ----------
+    model : pm.Model
+        The model to draw from (a :func:`resized_model` for new units).
+    idata : xarray.DataTree
+        Its ``posterior`` (as :func:`posterior_dataset` gives).
+    var_names : sequence of str
+        The variables to draw.
+    random_seed : int, numpy Generator or None
+    predictions : bool
+        Whether the draws go to the ``predictions`` group rather than ``posterior_predictive``.
+
+    Returns
+    -------
+    xarray.DataTree
+    """
     return pm.sample_posterior_predictive(
         idata,
         model=model,
