@@ -1,4 +1,4 @@
-"""Minibatches of a :class:`~pymc_amortize.data.streaming.UnitSource`'s units from a pool of chunks.
+"""Minibatches of a :class:`~pymc_amortize.data.streaming.UnitSource`'s units, from a chunk pool.
 
 A dataset that fits in the pool's memory (``pool_mib``, 128 MiB by default) is read once, and
 batches are uniform draws of its units, as from memory. A larger one is sampled through a

@@ -20,14 +20,15 @@ latent that cannot be amortized (the reason is recorded), is fitted mean-field l
 The verdict
 -----------
 A latent found local is amortized only if what the graph computes allows it (Margossian & Blei,
-UAI 2024): :func:`unit_flow` follows its units through every factor that reads it (its prior,
-observed variables, potentials, other latents' priors). *amortize*: its prior is one term per unit
-and each reading term reads it unit by unit or through one index array; *expand*: a unit's terms
-read a neighbour's latent or data; *cannot close*: the prior couples the units (random walk, AR,
-MvNormal, ZeroSum) or a term reads them all together (cumsum, a product over the units);
-*undecided*: an operation the dataflow does not follow. All but *amortize* (and *expand* whose
-neighbours' data the encoder already reads) are fitted mean-field with the reason, unless
-``local=`` names the latent (then a :class:`~pymc_amortize.CouplingWarning`).
+UAI 2024): :func:`~pymc_amortize.model.dataflow.unit_flow` follows its units through every factor
+that reads it (its prior, observed variables, potentials, other latents' priors). *amortize*: its
+prior is one term per unit and each reading term reads it unit by unit or through one index
+array; *expand*: a unit's terms read a neighbour's latent or data; *cannot close*: the prior
+couples the units (random walk, AR, MvNormal, ZeroSum) or a term reads them all together (cumsum,
+a product over the units); *undecided*: an operation the dataflow does not follow. All but
+*amortize* (and *expand* whose neighbours' data the encoder already reads) are fitted mean-field
+with the reason, unless ``local=`` names the latent (then a
+:class:`~pymc_amortize.CouplingWarning`).
 
 Encoder inputs come from the latent's Markov blanket: every data array (observed values,
 ``pm.Data``, constant arrays) in a log-density factor that contains the latent and is aligned with

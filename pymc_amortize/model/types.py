@@ -1,4 +1,4 @@
-"""What a model analysis returns: plates, local latents, their encoder inputs and the mean-field rest.
+"""What a model analysis returns: plates, local latents, encoder inputs and the mean-field rest.
 
 Frozen descriptions only (the analysis that builds them is :mod:`pymc_amortize.model.analysis`);
 every later stage (the log joint, the guide, the results) reads a model through these.
@@ -110,8 +110,9 @@ class LocalLatent:
     input_matrix : ndarray or None
         An explicit (n_units, k) encoder input given by the user (replaces ``unit_inputs``).
     verdict, verdict_reason : str
-        The analysis's class of the latent (see :data:`~pymc_amortize.model.analysis.VERDICTS`; ``"amortize"`` unless
-        ``local=`` amortizes a latent the analysis would not) and why.
+        The analysis's class of the latent (see
+        :data:`~pymc_amortize.model.analysis.VERDICTS`; ``"amortize"`` unless ``local=``
+        amortizes a latent the analysis would not) and why.
     """
 
     name: str
@@ -198,7 +199,8 @@ SCALAR_REASON = "a scalar (no unit axis)"
 @dataclass(frozen=True)
 class MeanFieldLatent:
     """A free variable fitted with the global mean-field Gaussian, why, and the analysis's
-    verdict on it (see :data:`~pymc_amortize.model.analysis.VERDICTS`: ``"global"`` for a latent with no unit axis)."""
+    verdict on it (see :data:`~pymc_amortize.model.analysis.VERDICTS`: ``"global"`` for a
+    latent with no unit axis)."""
 
     name: str
     reason: str
