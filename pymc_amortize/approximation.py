@@ -694,7 +694,7 @@ def _streamed_part(
     )
     envelope = _streamed_envelope(source, keys, column_labels(inputs), summary, scaling, rows)
     held = buffers.rows if rows else buffers.units
-    buffers = [held[k].reshape(held[k].shape[0], -1) for k in keys]
+    columns = [held[k].reshape(held[k].shape[0], -1) for k in keys]
 
     def reader(start: int, stop: int) -> list[np.ndarray]:
         if rows:
@@ -704,7 +704,7 @@ def _streamed_part(
 
     what = "row" if rows else "unit"
     encoder_input = EncoderInput(
-        f"{latent.name}_{what}_inputs", buffers, scaling, reader=reader, length=source.size
+        f"{latent.name}_{what}_inputs", columns, scaling, reader=reader, length=source.size
     )
     return encoder_input, envelope
 
