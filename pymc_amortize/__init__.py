@@ -6,14 +6,6 @@ method behaves as before.
 
 from pymc_amortize import registration
 from pymc_amortize._version import __version__ as __version__
-from pymc_amortize.analysis import (
-    IndexedLocal,
-    LocalLatent,
-    MeanFieldLatent,
-    ModelAnalysis,
-    Plate,
-    analyze_model,
-)
 from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
 from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.compare import Comparison, compare
@@ -39,6 +31,14 @@ from pymc_amortize.errors import (
 )
 from pymc_amortize.fit import fit_amortized
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
+from pymc_amortize.model.analysis import analyze_model
+from pymc_amortize.model.types import (
+    IndexedLocal,
+    LocalLatent,
+    MeanFieldLatent,
+    ModelAnalysis,
+    Plate,
+)
 from pymc_amortize.objectives import ELBO, IWAE
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 from pymc_amortize.serialization import load_approximation, save_approximation

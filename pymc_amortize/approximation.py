@@ -30,9 +30,10 @@ from pytensor.graph.replace import graph_replace, vectorize_graph
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence, unit_noise
 from pymc_amortize.conditional import ConditionalGaussian, ConditionalSampler
+from pymc_amortize.data.sampler import StepBuffers
+from pymc_amortize.data.streaming import UnitSource, input_columns, summarize_columns
 from pymc_amortize.encoders import (
     MLPEncoder,
     PooledEncoder,
@@ -45,18 +46,16 @@ from pymc_amortize.encoders import (
 )
 from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
 from pymc_amortize.guide.globals import GlobalFamily, make_global_family
-from pymc_amortize.new_units import (
-    InputEnvelope,
-    TrainingEnvelope,
-    column_labels,
+from pymc_amortize.model.forward import (
     forward_draws,
     posterior_dataset,
     resized_model,
     trace_from_values,
 )
-from pymc_amortize.plates import PlateLayout, UnitBatch
+from pymc_amortize.model.plates import PlateLayout, UnitBatch
+from pymc_amortize.model.types import DataInput, LocalLatent, ModelAnalysis, Plate
+from pymc_amortize.new_units import InputEnvelope, TrainingEnvelope, column_labels
 from pymc_amortize.results import method_groups
-from pymc_amortize.streaming import UnitSource, input_columns, summarize_columns
 
 __all__ = [
     "AmortizedApproximation",
@@ -667,7 +666,7 @@ def _streamed_envelope(
 
 
 def _streamed_part(
-    source: UnitSource, latent: LocalLatent, standardize: bool, rows: bool
+    source: UnitSource, buffers: StepBuffers, latent: LocalLatent, standardize: bool, rows: bool
 ) -> tuple[EncoderInput | None, InputEnvelope | None]:
     """A latent's unit (or row) encoder input over ``unit_data``: the step's batch buffers, with
     a reader of any units' data, its scaling and its training envelope from passes over the
@@ -692,7 +691,8 @@ def _streamed_part(
         else InputScaling(np.zeros_like(summary.mean), np.ones_like(summary.mean))
     )
     envelope = _streamed_envelope(source, keys, column_labels(inputs), summary, scaling, rows)
-    buffers = [source.batch[k].reshape(source.batch[k].shape[0], -1) for k in keys]
+    held = buffers.rows if rows else buffers.units
+    columns = [held[k].reshape(held[k].shape[0], -1) for k in keys]
 
     def reader(start: int, stop: int) -> list[np.ndarray]:
         if rows:
@@ -702,7 +702,7 @@ def _streamed_part(
 
     what = "row" if rows else "unit"
     encoder_input = EncoderInput(
-        f"{latent.name}_{what}_inputs", buffers, scaling, reader=reader, length=source.size
+        f"{latent.name}_{what}_inputs", columns, scaling, reader=reader, length=source.size
     )
     return encoder_input, envelope
 
@@ -825,6 +825,7 @@ class AmortizedApproximation:
         start_sigma: Mapping[str, np.ndarray] | None = None,
         random_seed: int | None = None,
         unit_source: UnitSource | None = None,
+        step_buffers: StepBuffers | None = None,
         local_family: ConditionalGaussian | None = None,
         conditional_plates: Sequence[str] = (),
         global_family: str = "meanfield",
@@ -839,6 +840,8 @@ class AmortizedApproximation:
         #: Where the batch plate's units are read from when they are not in the model (a fit on
         #: ``unit_data``); the model is then a template of a few of them.
         self.unit_source = unit_source
+        #: The host arrays the step reads each minibatch of ``unit_source`` from.
+        self.step_buffers = step_buffers
         self.hist = np.asarray(())
         #: Wall-clock seconds of each step, aligned with ``hist``.
         self.step_seconds = np.asarray(())
@@ -921,8 +924,11 @@ class AmortizedApproximation:
                 units = rows = None
                 if streamed:
                     source = self.unit_source
-                    units, unit_envelope = _streamed_part(source, latent, standardize, False)
-                    rows, row_envelope = _streamed_part(source, latent, standardize, True)
+                    buffers = self.step_buffers
+                    units, unit_envelope = _streamed_part(
+                        source, buffers, latent, standardize, False
+                    )
+                    rows, row_envelope = _streamed_part(source, buffers, latent, standardize, True)
                     envelope = TrainingEnvelope(unit_envelope, row_envelope, source.row_count_range)
                 fixed = _FIXED_FLAGS.get() or {}
                 if unit_arrays is not None:

@@ -39,11 +39,11 @@ from pymc.pytensorf import compile as compile_pymc
 from pytensor.gradient import zero_grad
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import Plate
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.globals import HALF_LOG_2PI
-from pymc_amortize.logjoint import LogJoint, build_logjoint
-from pymc_amortize.plates import UnitBatch
+from pymc_amortize.model.logjoint import LogJoint, build_logjoint
+from pymc_amortize.model.plates import UnitBatch
+from pymc_amortize.model.types import Plate
 
 __all__ = [
     "ConditionalDraws",

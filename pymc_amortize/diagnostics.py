@@ -29,7 +29,7 @@ from pymc.pytensorf import compile as compile_pymc
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.globals import HALF_LOG_2PI_E, group_factors, set_group_sds
-from pymc_amortize.logjoint import _plate_factors, build_logjoint, compile_log_terms
+from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms, plate_factors
 from pymc_amortize.results import unit_dim
 
 __all__ = [
@@ -520,7 +520,7 @@ def _plate_totals(approx: AmortizedApproximation) -> tuple[Callable, list[str]]:
     _, terms, _, drawn = logjoint.terms_per_draw(global_draws, local_draws, None)
     n_draws = next(iter(draws.values())).shape[0]
     named = dict(logjoint.other_terms)
-    plate_names = [_plate_factors(named, model, plate) for plate in approx.analysis.plates]
+    plate_names = [plate_factors(named, model, plate) for plate in approx.analysis.plates]
     sums = [pt.zeros((n_draws,)) for _ in range(len(plate_names) + 1)]
     for (name, _), term, has_draw_axis in zip(logjoint.other_terms, terms, drawn, strict=True):
         value = term.sum(axis=tuple(range(1, term.ndim))) if has_draw_axis else term.sum()

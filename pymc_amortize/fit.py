@@ -10,12 +10,12 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from pymc_amortize.analysis import EncoderInputSpec
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.diagnostics import semi_amortize
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.inference import DEFAULT_MAX_STEPS, AmortizedVI
+from pymc_amortize.model.types import EncoderInputSpec
 
 __all__ = ["fit_amortized"]
 

@@ -27,16 +27,11 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import (
-    EncoderInputSpec,
-    LocalLatent,
-    ModelAnalysis,
-    Plate,
-    analyze_model,
-)
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.conditional import ConditionalGaussian, conditional_draws, resolve_family
+from pymc_amortize.data.sampler import POOL_MIB, ChunkedUnitSampler, StepBuffers
+from pymc_amortize.data.streaming import UnitSource
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import (
     AmortizationError,
@@ -46,10 +41,11 @@ from pymc_amortize.errors import (
 )
 from pymc_amortize.guide.globals import GLOBAL_FAMILIES, HALF_LOG_2PI, HALF_LOG_2PI_E
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
-from pymc_amortize.logjoint import LogJoint, build_logjoint
+from pymc_amortize.model.analysis import analyze_model
+from pymc_amortize.model.logjoint import LogJoint, build_logjoint
+from pymc_amortize.model.plates import UnitBatch
+from pymc_amortize.model.types import EncoderInputSpec, LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.objectives import ELBO, Objective
-from pymc_amortize.plates import UnitBatch
-from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
 
@@ -218,12 +214,12 @@ class AmortizedObjective:
     def logjoint(self, *, minibatch: bool) -> LogJoint:
         """The model's log joint, with the batch plate's factors ready for a minibatch or not."""
         if minibatch not in self._logjoints:
-            source = self.approx.unit_source
+            buffers = self.approx.step_buffers
             self._logjoints[minibatch] = build_logjoint(
                 self.approx.model,
                 self.approx.analysis,
                 batch_plate=self.batch_plate if minibatch else None,
-                batch_buffers=source.batch if source is not None and minibatch else None,
+                batch_buffers=buffers.arrays if buffers is not None and minibatch else None,
             )
         return self._logjoints[minibatch]
 
@@ -292,15 +288,15 @@ class AmortizedObjective:
             layout = approx.layouts[plate.name]
             if minibatch and plate is self.batch_plate and approx.unit_source is not None:
                 # The host gathers the batch from chunks of unit_data (streaming.py).
-                source = approx.unit_source
+                buffers = approx.step_buffers
                 plate_batch = batch = (
                     layout.buffered(self.batch_size)
-                    if source.index_key is None
+                    if approx.unit_source.index_key is None
                     else layout.buffered(
                         self.batch_size,
-                        source.row_slot,
-                        source.row_weight,
-                        None if static_shapes else source.row_count,
+                        buffers.row_slot,
+                        buffers.row_weight,
+                        None if static_shapes else buffers.row_count,
                     )
                 )
             elif minibatch and plate is self.batch_plate:
@@ -403,7 +399,10 @@ class AmortizedObjective:
         sampler = None
         if self.approx.unit_source is not None:
             sampler = ChunkedUnitSampler(
-                self.approx.unit_source, pool_mib=self.pool_mib, random_seed=random_seed
+                self.approx.unit_source,
+                self.approx.step_buffers,
+                pool_mib=self.pool_mib,
+                random_seed=random_seed,
             )
 
         def loss_and_gradient() -> tuple[float, list[np.ndarray]]:
@@ -500,7 +499,10 @@ class AmortizedObjective:
             self.sampler.close()
         seed = np.random.SeedSequence(self.random_seed).spawn(1)[0]
         self.sampler = ChunkedUnitSampler(
-            source, pool_mib=self.pool_mib, random_seed=np.random.default_rng(seed)
+            source,
+            self.approx.step_buffers,
+            pool_mib=self.pool_mib,
+            random_seed=np.random.default_rng(seed),
         )
         return self.sampler.fill
 
@@ -728,7 +730,7 @@ class AmortizedVI(Inference):
                 "family='conditional' does not read unit_data yet; fit it with family='encoder'."
             )
         analysis = analyze_model(model, local)
-        source = None
+        source = buffers = None
         if not isinstance(unit_data_pool_mib, int | float) or not unit_data_pool_mib >= 0:
             raise AmortizationError(
                 f"unit_data_pool_mib must be a number >= 0; got {unit_data_pool_mib!r}."
@@ -745,6 +747,7 @@ class AmortizedVI(Inference):
                 int(batch_size),
                 model=model,
             )
+            buffers = StepBuffers.for_source(source)
             analysis = source.analysis
         batch_plate = batch_plate_of(analysis)
         if batch_size is not None:
@@ -793,6 +796,7 @@ class AmortizedVI(Inference):
             start_sigma=start_sigma,
             random_seed=random_seed,
             unit_source=source,
+            step_buffers=buffers,
             local_family=local_family,
             conditional_plates=conditional_plates,
             global_family=global_family,

@@ -26,13 +26,13 @@ from arviz_stats.base import array_stats
 from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
-from pymc_amortize.analysis import Plate
 from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.globals import HALF_LOG_2PI
-from pymc_amortize.logjoint import build_logjoint, compile_log_terms
-from pymc_amortize.plates import UnitBatch
+from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms
+from pymc_amortize.model.plates import UnitBatch
+from pymc_amortize.model.types import Plate
 
 __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
 
@@ -516,20 +516,16 @@ def batch_unit_graph(
         global_draws, local_draws, batch
     )
     n_draws = draws[plate.latents[0].value_name].shape[0]
-    per_unit = pt.zeros((n_draws, units.shape[0]))
-    for (name, _), term, drawn in zip(logjoint.batch_terms, batch_terms, batch_drawn, strict=True):
-        if not drawn and skip_undrawn:
-            continue
-        if not drawn or term.ndim < 2:
-            raise AmortizationError(
-                f"The log density of '{name}' couples the units of plate '{plate.name}', so "
-                "it has no per-unit terms."
-            )
-        per_row = term.sum(axis=tuple(range(2, term.ndim)))
-        if _is_row_term(model, plate, name):
-            per_unit = pt.inc_subtensor(per_unit[:, slot], per_row)
-        else:
-            per_unit = per_unit + per_row
+    names = [name for name, _ in logjoint.batch_terms]
+    factors = list(zip(names, batch_terms, batch_drawn, strict=True))
+    per_unit = logjoint.sum_per_unit(
+        model,
+        plate,
+        factors,
+        pt.zeros((n_draws, units.shape[0])),
+        slot,
+        skip_undrawn=skip_undrawn,
+    )
     return BatchUnitGraph(draws, units, rows, slot, per_unit, other_terms, other_drawn)
 
 
@@ -604,13 +600,3 @@ class _UnitTerms:
         if self.whole:
             return self._whole[0]
         return self._rest_fn(n_draws, *(values[name] for name in self._rest_order))
-
-
-def _is_row_term(model: pm.Model, plate: Plate, name: str) -> bool:
-    """Whether ``name``'s factor has one entry per row of an indexed plate (summed into each
-    row's unit), as in ``LogJoint.per_unit``, rather than one per unit."""
-    var = model[name]
-    if plate.index is None or var not in model.observed_RVs:
-        return False
-    length = model.rvs_to_values[var].type.shape[0]
-    return length in (None, plate.n_rows)

@@ -27,8 +27,8 @@ import pymc as pm
 import xarray as xr
 
 from pymc_amortize._version import __version__
-from pymc_amortize.analysis import ModelAnalysis, Plate
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
+from pymc_amortize.model.types import ModelAnalysis, Plate
 
 __all__ = ["describe_encoder", "fit_trace", "method_groups"]
 

@@ -21,7 +21,6 @@ import pytensor
 import xarray as xr
 from pytensor_ml.checkpoint import load_state, save_state
 
-from pymc_amortize.analysis import IndexedLocal, LocalLatent, Plate
 from pymc_amortize.approximation import (
     AmortizedApproximation,
     InputScaling,
@@ -31,6 +30,7 @@ from pymc_amortize.conditional import ConditionalGaussian
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.model.types import IndexedLocal, LocalLatent, Plate
 from pymc_amortize.new_units import TrainingEnvelope
 
 __all__ = ["load_approximation", "save_approximation"]

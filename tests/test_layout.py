@@ -97,7 +97,7 @@ def test_graph_sees_imports_inside_functions_and_type_checking_blocks():
     graph = import_graph()
     # registration imports fit inside install's wrapper, to keep the root import light.
     assert "pymc_amortize.fit" in graph["pymc_amortize.registration"]
-    assert "pymc_amortize.errors" in graph["pymc_amortize.analysis"]
+    assert "pymc_amortize.errors" in graph["pymc_amortize.model.analysis"]
     assert graph[ROOT] >= {"pymc_amortize.registration", "pymc_amortize.approximation"}
 
 
@@ -121,3 +121,17 @@ def test_no_module_imports_the_package_root(module):
         f"{module} imports the package root: import the defining module instead "
         "(e.g. `from pymc_amortize.inference import AmortizedVI`)"
     )
+
+
+def test_the_model_layer_imports_only_itself_and_errors():
+    # model/ reads a PyMC model (analysis, plates, log joint, forward draws); the guide, the fit,
+    # the data readers and the results build on it, never the other way round.
+    model_modules = [m for m in import_graph() if m.startswith(f"{ROOT}.model")]
+    assert model_modules
+    for module in model_modules:
+        outside = {
+            t
+            for t in import_graph()[module]
+            if not t.startswith(f"{ROOT}.model") and t != f"{ROOT}.errors"
+        }
+        assert not outside, f"{module} imports {sorted(outside)}"

@@ -9,8 +9,8 @@ import pytest
 from pymc_amortize import AmortizationError, AmortizedVI, IndexedLocal, analyze_model
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 from pymc_amortize.inference import _RandomDraws, batch_plate_of
-from pymc_amortize.logjoint import build_logjoint
-from pymc_amortize.plates import PlateLayout, gather_unit_rows
+from pymc_amortize.model.logjoint import build_logjoint
+from pymc_amortize.model.plates import PlateLayout, gather_unit_rows
 
 # A-VI's county means against NUTS's, in units of log radon: NUTS's own Monte Carlo error on a
 # mean is ≈ 0.3/√ESS ≈ 0.02, A-VI sits at ≈ 0.01 from NUTS, ADVI at ≈ 0.03, and an encoder that

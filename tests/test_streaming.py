@@ -14,11 +14,12 @@ import xarray as xr
 import pymc_amortize
 from pymc_amortize import AmortizationError
 from pymc_amortize.accelerators import compile_noise_loss
-from pymc_amortize.analysis import analyze_model
+from pymc_amortize.data.sampler import ChunkedUnitSampler, StepBuffers
+from pymc_amortize.data.streaming import UnitSource
 from pymc_amortize.examples.paper import nonlinear_model
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
 from pymc_amortize.inference import AmortizedVI
-from pymc_amortize.streaming import ChunkedUnitSampler, UnitSource
+from pymc_amortize.model.analysis import analyze_model
 
 
 def repeated_measures_model(Y: np.ndarray) -> pm.Model:
@@ -53,13 +54,14 @@ def test_every_unit_is_drawn_with_probability_one_over_n_whatever_the_chunk_leng
     ds = _dataset(np.arange(n, dtype=float), (100, 100, 30))
     analysis = analyze_model(nonlinear_model(np.random.default_rng(0).normal(size=20)), None)
     source = UnitSource(ds, analysis, 7)
-    sampler = ChunkedUnitSampler(source, slots=2, random_seed=0)
+    buffers = StepBuffers.for_source(source)
+    sampler = ChunkedUnitSampler(source, buffers, slots=2, random_seed=0)
     counts = np.zeros(n)
     steps = 20_000
     for _ in range(steps):
         sampler.fill()
         # The buffers hold the drawn units' data: here each unit's x is its id.
-        np.testing.assert_array_equal(source.batch["x"], sampler.units)
+        np.testing.assert_array_equal(buffers.units["x"], sampler.units)
         counts += np.bincount(sampler.units, minlength=n)
     sampler.close()
     expected = steps * 7 / n
@@ -100,7 +102,11 @@ def _gradient_means(streamed, whole) -> tuple[np.ndarray, np.ndarray, np.ndarray
     full-batch gradients (20 draws each) at the same parameters, and the standard error of their
     difference. Neighbouring batches share chunks, so the streamed part of the standard error
     comes from means of blocks of 100 steps, much longer than the pool's turnover."""
-    pool = ChunkedUnitSampler(streamed.approx.unit_source, pool_mib=streamed.objective.pool_mib)
+    pool = ChunkedUnitSampler(
+        streamed.approx.unit_source,
+        streamed.approx.step_buffers,
+        pool_mib=streamed.objective.pool_mib,
+    )
     assert (pool.whole, pool.slots) == (False, 2)
     pool.close()
     stream_grad = streamed.objective.gradient_function(random_seed=0)
@@ -209,7 +215,9 @@ def test_a_fit_on_unit_data_holds_the_pool_it_is_given(pool_mib, held):
     sampler = inference.objective.sampler
     assert sampler.whole == (held == 5_000)
     assert sum(a.size for a in sampler.pool.values()) == held
-    assert sampler.source.batch["x"].shape == (20,)
+    assert sampler.buffers.units["x"].shape == (20,)
+    # One buffers object per fit: the sampler fills the arrays the step was built on.
+    assert sampler.buffers is inference.approx.step_buffers
 
 
 def _sorted_radon(n_counties=60, n_rows=900, seed=3):
@@ -259,20 +267,21 @@ def test_an_indexed_plate_from_unit_data_encodes_every_county_as_in_memory(
     source = streamed.approx.unit_source
     counts = np.bincount(data.county_idx)
     assert source.row_count_range == (counts.min(), counts.max())
-    assert source.cap == 5 * counts.max()
+    assert streamed.approx.step_buffers.capacity == 5 * counts.max()
 
 
 def test_padded_and_trimmed_row_buffers_give_the_same_loss(indexed_streamed_and_in_memory):
     """Under NUMBA the step reads the buffers up to the batch's rows; with static shapes (JAX) it
     reads them whole, padding weighted out: the same loss and gradient for the same batch."""
     streamed, _, _ = indexed_streamed_and_in_memory
-    sampler = ChunkedUnitSampler(streamed.approx.unit_source, random_seed=0)
+    buffers = streamed.approx.step_buffers
+    sampler = ChunkedUnitSampler(streamed.approx.unit_source, buffers, random_seed=0)
     trimmed, noise = compile_noise_loss(streamed, mode="NUMBA", static_shapes=False)
     padded, _ = compile_noise_loss(streamed, mode="NUMBA", static_shapes=True)
     rng = np.random.default_rng(0)
     for _ in range(3):
         sampler.fill()
-        assert streamed.approx.unit_source.row_count < streamed.approx.unit_source.cap
+        assert buffers.row_count < buffers.capacity
         draws = noise.draw(rng)
         for expected, got in zip(trimmed(*draws), padded(*draws), strict=True):
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

@@ -19,9 +19,10 @@ import pytest
 
 import pymc_amortize as pa
 from pymc_amortize import CouplingWarning, analyze_model
-from pymc_amortize.analysis import VERDICTS, unit_flow
 from pymc_amortize.examples import paper
-from pymc_amortize.logjoint import build_logjoint
+from pymc_amortize.model.analysis import VERDICTS
+from pymc_amortize.model.dataflow import unit_flow
+from pymc_amortize.model.logjoint import build_logjoint
 
 rng = np.random.default_rng(21)
 J, R = 8, 60

@@ -20,7 +20,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.extra_ops import searchsorted
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import Plate
+from pymc_amortize.model.types import Plate
 
 __all__ = ["PlateLayout", "UnitBatch", "gather_unit_rows", "gather_unit_rows_padded"]
 
@@ -205,7 +205,7 @@ class PlateLayout:
         row_count: np.ndarray | None = None,
     ) -> UnitBatch:
         """A batch of ``batch_size`` units gathered on the host into buffers the step reads
-        whole (a fit on ``unit_data``, see :mod:`pymc_amortize.streaming`): every unit of the
+        whole (a fit on ``unit_data``, see :mod:`pymc_amortize.data.streaming`): every unit of the
         buffers, in order, scaled by N / B. An indexed plate's rows come padded, with each row's
         batch slot ``unit_of_row`` and ``row_weight`` (0 for padding), host arrays the step reads
         (borrowed). With ``row_count`` (a 0-d array the host sets to the batch's rows) the step

@@ -20,14 +20,15 @@ latent that cannot be amortized (the reason is recorded), is fitted mean-field l
 The verdict
 -----------
 A latent found local is amortized only if what the graph computes allows it (Margossian & Blei,
-UAI 2024): :func:`unit_flow` follows its units through every factor that reads it (its prior,
-observed variables, potentials, other latents' priors). *amortize*: its prior is one term per unit
-and each reading term reads it unit by unit or through one index array; *expand*: a unit's terms
-read a neighbour's latent or data; *cannot close*: the prior couples the units (random walk, AR,
-MvNormal, ZeroSum) or a term reads them all together (cumsum, a product over the units);
-*undecided*: an operation the dataflow does not follow. All but *amortize* (and *expand* whose
-neighbours' data the encoder already reads) are fitted mean-field with the reason, unless
-``local=`` names the latent (then a :class:`~pymc_amortize.CouplingWarning`).
+UAI 2024): :func:`~pymc_amortize.model.dataflow.unit_flow` follows its units through every factor
+that reads it (its prior, observed variables, potentials, other latents' priors). *amortize*: its
+prior is one term per unit and each reading term reads it unit by unit or through one index
+array; *expand*: a unit's terms read a neighbour's latent or data; *cannot close*: the prior
+couples the units (random walk, AR, MvNormal, ZeroSum) or a term reads them all together (cumsum,
+a product over the units); *undecided*: an operation the dataflow does not follow. All but
+*amortize* (and *expand* whose neighbours' data the encoder already reads) are fitted mean-field
+with the reason, unless ``local=`` names the latent (then a
+:class:`~pymc_amortize.CouplingWarning`).
 
 Encoder inputs come from the latent's Markov blanket: every data array (observed values,
 ``pm.Data``, constant arrays) in a log-density factor that contains the latent and is aligned with
@@ -46,304 +47,32 @@ import numpy as np
 import pymc as pm
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
-from pytensor.graph.traversal import ancestors, applys_between, graph_inputs, io_toposort
-from pytensor.raise_op import CheckAndRaise
-from pytensor.scalar.basic import Second
-from pytensor.scan.op import Scan
-from pytensor.tensor.basic import (
-    Alloc,
-    Join,
-    ScalarFromTensor,
-    Split,
-    TensorFromScalar,
-)
-from pytensor.tensor.blockwise import Blockwise
-from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
-from pytensor.tensor.extra_ops import CumOp
-from pytensor.tensor.math import Dot
-from pytensor.tensor.random.type import RandomType
+from pytensor.graph.traversal import ancestors, applys_between, graph_inputs
+from pytensor.tensor.basic import Alloc
+from pytensor.tensor.elemwise import CAReduce, DimShuffle
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
-from pytensor.tensor.subtensor import (
-    AdvancedIncSubtensor,
-    AdvancedSubtensor,
-    IncSubtensor,
-    Subtensor,
-    indices_from_subtensor,
-)
+from pytensor.tensor.subtensor import AdvancedSubtensor
 
 from pymc_amortize.errors import AmortizationError, CouplingWarning
+from pymc_amortize.model.dataflow import is_data_leaf, is_index, leaf_label, unit_flow
+from pymc_amortize.model.types import (
+    SCALAR_REASON,
+    DataInput,
+    IndexedLocal,
+    LocalLatent,
+    MeanFieldLatent,
+    ModelAnalysis,
+    Plate,
+    leaf_value,
+)
 
-__all__ = [
-    "DataInput",
-    "IndexedLocal",
-    "LocalLatent",
-    "MeanFieldLatent",
-    "ModelAnalysis",
-    "Plate",
-    "analyze_model",
-]
+__all__ = ["VERDICTS", "analyze_model", "data_value", "factorized_terms", "strip_sums"]
 
-
-@dataclass(frozen=True)
-class IndexedLocal:
-    """Encoder inputs of a latent whose units own many rows through an index array.
-
-    Use it as a value of ``local=``: ``local={"a": IndexedLocal("county_idx")}``. Every field is
-    optional; what is omitted is read from the model.
-
-    Parameters
-    ----------
-    index : str, optional
-        Name of the ``pm.Data`` container holding the unit of each row.
-    inputs : sequence of str, optional
-        Row data pooled per unit by the encoder (one row per observation).
-    unit_covariates : sequence of str or ndarray, optional
-        Per-unit encoder inputs: names of data with one row per unit, or an (n_units, c) array;
-        ``()`` for none.
-
-    Examples
-    --------
-    .. code-block:: python
-
-        approx = pm.fit(
-            5_000,
-            method="amortized",
-            model=radon,
-            local={"a": IndexedLocal("county_idx", inputs=["log_radon", "floor"])},
-        )
-    """
-
-    index: str | None = None
-    inputs: Sequence[str] | None = None
-    unit_covariates: Sequence[str] | np.ndarray | None = None
-
-
-#: What ``local=`` accepts for one latent: a data name, several names (an expanded domain), an
-#: explicit (n_units, k) input matrix, or an :class:`IndexedLocal`.
-EncoderInputSpec = str | Sequence[str] | np.ndarray | IndexedLocal
-
-
-@dataclass(frozen=True)
-class DataInput:
-    """One data array an encoder reads, or a minibatch slices.
-
-    Attributes
-    ----------
-    key : str
-        Its name: the ``pm.Data`` or observed variable's name, or ``"<variable>_input<k>"`` for an
-        unnamed constant array in the factor of ``<variable>`` (e.g. eight schools' known sds).
-        New units' data are passed to ``encode`` under this key.
-    node : Variable
-        The leaf of the model's graph that holds it.
-    """
-
-    key: str
-    node: Variable = field(repr=False, compare=False)
-    #: False for an unnamed constant array, whose key is positional.
-    named: bool = True
-    #: Where an unnamed array comes from, e.g. "the 'upper' array of pm.Censored 'time'".
-    source: str = field(default="", compare=False)
-
-    @property
-    def value(self) -> np.ndarray:
-        return leaf_value(self.node)
-
-
-@dataclass(frozen=True)
-class LocalLatent:
-    """One local latent z with a leading unit axis.
-
-    Attributes
-    ----------
-    name, value_name : str
-        The free variable and its value variable (the unconstrained one when transformed).
-    event_shape : tuple of int
-        Shape of one unit's z_n (``()`` for a scalar latent).
-    unit_inputs : tuple of DataInput
-        Encoder inputs with one row per unit.
-    row_inputs : tuple of DataInput
-        Encoder inputs with one row per row of the plate, pooled per unit (indexed plates only).
-    input_matrix : ndarray or None
-        An explicit (n_units, k) encoder input given by the user (replaces ``unit_inputs``).
-    verdict, verdict_reason : str
-        The analysis's class of the latent (see :data:`VERDICTS`; ``"amortize"`` unless
-        ``local=`` amortizes a latent the analysis would not) and why.
-    """
-
-    name: str
-    value_name: str
-    event_shape: tuple[int, ...]
-    unit_inputs: tuple[DataInput, ...] = ()
-    row_inputs: tuple[DataInput, ...] = ()
-    input_matrix: np.ndarray | None = field(default=None, repr=False, compare=False)
-    verdict: str = "amortize"
-    verdict_reason: str = ""
-
-    @property
-    def event_size(self) -> int:
-        return int(np.prod(self.event_shape, dtype=int))
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(d.key for d in self.unit_inputs + self.row_inputs)
-
-
-@dataclass(frozen=True)
-class Plate:
-    """Units n = 1..N and their local latents (NumPyro's ``plate``).
-
-    A row plate has one row per unit (``index is None``); an indexed plate ties rows i to units
-    through ``index[i]``, with any number of rows per unit (none included).
-
-    Attributes
-    ----------
-    name : str
-        The unit dim, or a label when the model names none.
-    dim, row_dim : str or None
-        Model dims of the units and (indexed plates) of the rows.
-    size : int
-        Number of units N.
-    latents : tuple of LocalLatent
-        Its local latents, in ``model.free_RVs`` order.
-    index : DataInput or None
-        The integer array giving each row's unit; None for a row plate.
-    batched : tuple of DataInput
-        Every data array in the plate's factors aligned with its units (``unit``) or rows
-        (``row``): what a minibatch slices.
-    """
-
-    name: str
-    dim: str | None
-    row_dim: str | None
-    size: int
-    latents: tuple[LocalLatent, ...]
-    index: DataInput | None = None
-    batched_units: tuple[DataInput, ...] = ()
-    batched_rows: tuple[DataInput, ...] = ()
-
-    @property
-    def latent_names(self) -> tuple[str, ...]:
-        return tuple(latent.name for latent in self.latents)
-
-    @property
-    def unit_of_row(self) -> np.ndarray:
-        """Unit of each row, int64 (n_rows,); ``arange(N)`` for a row plate."""
-        if self.index is None:
-            return np.arange(self.size, dtype=np.int64)
-        return self.index.value.astype(np.int64, copy=False)
-
-    @property
-    def n_rows(self) -> int:
-        return self.size if self.index is None else int(self.index.value.size)
-
-    @property
-    def row_counts(self) -> np.ndarray:
-        """Rows per unit, int64 (N,)."""
-        return np.bincount(self.unit_of_row, minlength=self.size).astype(np.int64)
-
-    @property
-    def index_key(self) -> str:
-        """The key under which new units' data carry each row's unit."""
-        return self.index.key if self.index is not None else "index"
-
-
-#: Why a scalar free variable is global.
-SCALAR_REASON = "a scalar (no unit axis)"
-
-
-@dataclass(frozen=True)
-class MeanFieldLatent:
-    """A free variable fitted with the global mean-field Gaussian, why, and the analysis's
-    verdict on it (see :data:`VERDICTS`: ``"global"`` for a latent with no unit axis)."""
-
-    name: str
-    reason: str
-    verdict: str = "global"
-
-
-@dataclass(frozen=True)
-class ModelAnalysis:
-    """What amortized VI will do with a model: its plates, local latents and mean-field rest.
-
-    ``str(analysis)`` (or :meth:`summary`) is a readable report; it is also stored in the
-    results' ``amortized_fit`` attributes.
-    """
-
-    plates: tuple[Plate, ...]
-    mean_field: tuple[MeanFieldLatent, ...]
-    #: The model's log-density factor of every variable, by name: the graphs the analysis read.
-    #: Log-density graphs are rebuilt (and their constants re-folded) by every ``model.logp``
-    #: call, so the data leaves named here are those of these graphs; build on them.
-    factors: Mapping[str, Variable] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def latents(self) -> tuple[LocalLatent, ...]:
-        return tuple(lat for plate in self.plates for lat in plate.latents)
-
-    @property
-    def latent_names(self) -> tuple[str, ...]:
-        return tuple(lat.name for lat in self.latents)
-
-    def plate_of(self, name: str) -> Plate:
-        """The plate of local latent ``name``."""
-        for plate in self.plates:
-            if name in plate.latent_names:
-                return plate
-        raise AmortizationError(
-            f"'{name}' is not a local latent; local latents: {', '.join(self.latent_names)}."
-        )
-
-    def summary(self) -> str:
-        lines = []
-        for plate in self.plates:
-            kind = (
-                "one row per unit"
-                if plate.index is None
-                else f"{plate.n_rows} rows tied to units by '{plate.index.key}'"
-            )
-            lines.append(f"plate '{plate.name}': {plate.size} units, {kind}")
-            for lat in plate.latents:
-                shape = f" (event shape {lat.event_shape})" if lat.event_shape else ""
-                if lat.input_matrix is not None:
-                    inputs = f"a given ({plate.size}, {lat.input_matrix.shape[1]}) matrix"
-                else:
-                    parts = [d.key + _unnamed(d) for d in lat.unit_inputs]
-                    parts += [f"{d.key}{_unnamed(d)} (rows, pooled)" for d in lat.row_inputs]
-                    inputs = ", ".join(parts) or "none"
-                lines.append(f"  local {lat.name}{shape} <- encoder inputs: {inputs}")
-                if lat.verdict_reason:
-                    lines.append(f"    verdict {lat.verdict}: {lat.verdict_reason}")
-        if not self.plates:
-            lines.append("no plate: every latent is fitted mean-field (as ADVI)")
-        scalars = [mf.name for mf in self.mean_field if mf.reason == SCALAR_REASON]
-        if scalars:
-            lines.append(f"globals, mean-field (as ADVI): {', '.join(scalars)}")
-        for mf in self.mean_field:
-            if mf.reason != SCALAR_REASON:
-                lines.append(f"kept mean-field {mf.name} [{mf.verdict}]: {mf.reason}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary()
-
-
-def _unnamed(data: DataInput) -> str:
-    if data.named:
-        return ""
-    source = f": {data.source}" if data.source else ""
-    return f" [an unnamed array{source}; pm.Data would name it]"
+#: The paper's classes (Margossian & Blei, UAI 2024) and "undecided" (the graph cannot say).
+VERDICTS = ("amortize", "expand", "cannot close", "undecided", "global")
 
 
 # -- reading values and shapes -------------------------------------------------------------------
-def leaf_value(var: Variable) -> np.ndarray:
-    """The array held by a data leaf (a shared variable or a constant)."""
-    if isinstance(var, SharedVariable):
-        return np.asarray(var.get_value(borrow=True))
-    if isinstance(var, Constant):
-        return np.asarray(var.data)
-    raise AmortizationError(f"'{var}' holds no data.")
-
-
 def data_value(model: pm.Model, name: str) -> np.ndarray:
     """The numeric array behind an observed variable or a ``pm.Data`` container."""
     var = model[name]
@@ -357,12 +86,6 @@ def data_value(model: pm.Model, name: str) -> np.ndarray:
     )
 
 
-def _is_data_leaf(var: Variable) -> bool:
-    if var.owner is not None or isinstance(var.type, RandomType):
-        return False
-    return isinstance(var, SharedVariable | Constant) and getattr(var.type, "ndim", 0) > 0
-
-
 def _leading(var: Variable) -> int | None:
     value = leaf_value(var)
     return int(value.shape[0]) if value.ndim else None
@@ -370,10 +93,6 @@ def _leading(var: Variable) -> int | None:
 
 def _dims(model: pm.Model, name: str | None) -> tuple[str, ...]:
     return tuple(model.named_vars_to_dims.get(name) or ()) if name else ()
-
-
-def _is_index(var: Variable) -> bool:
-    return _is_data_leaf(var) and var.type.ndim == 1 and var.type.dtype.startswith(("int", "uint"))
 
 
 # -- checks on the model as a whole --------------------------------------------------------------
@@ -439,7 +158,7 @@ def _index_uses(
             continue
         source, index, *rest = node.inputs
         # Later axes may take scalars or slices (``ab[idx, 0]``), not further index arrays.
-        if not _is_index(index) or any(getattr(r.type, "ndim", 0) or 0 for r in rest):
+        if not is_index(index) or any(getattr(r.type, "ndim", 0) or 0 for r in rest):
             continue
         for var in ancestors([source]):
             name = value_to_name.get(var)
@@ -487,241 +206,7 @@ def _plate_key(use: _Use, model: pm.Model, lengths: Mapping[str, int]) -> tuple:
     return ("row", dim[0] if dim else lengths[use.latent])
 
 
-# -- the verdict: what the graph computes along a latent's unit axis -----------------------------
-#
-# A small dataflow runs from one source (a latent's value variable, or a data array aligned with
-# its units) through a log-density factor. Every variable gets one state:
-#   None                       independent of the source;
-#   ("unit", axis)             element i along ``axis`` depends on unit i only;
-#   ("row", axis, index)       element i along ``axis`` depends on unit ``index[i]`` only;
-#   ("coupled", kind, reason)  elements mix units: ``kind`` is "mix" (every unit reads all of
-#                              them: a sum, cumsum, matrix product, solve over the unit axis),
-#                              "neighbour" (an element reads a few other units: a shift, two
-#                              indexes meeting) or "unknown" (an operation the analysis does not
-#                              follow); ``reason`` names the operation.
-
-#: The paper's classes (Margossian & Blei, UAI 2024) and "undecided" (the graph cannot say).
-VERDICTS = ("amortize", "expand", "cannot close", "undecided", "global")
-
-
-def _coupled(kind: str, reason: str) -> tuple:
-    return ("coupled", kind, reason)
-
-
-def _const(var) -> object:
-    return getattr(var, "data", var)
-
-
-def _full_slice(entry: slice) -> bool:
-    start, stop, step = (_const(v) for v in (entry.start, entry.stop, entry.step))
-    return start in (None, 0) and stop is None and step in (None, 1)
-
-
-def _with_axis(state: tuple, axis: int) -> tuple:
-    return (state[0], axis, *state[2:])
-
-
-def _describe(state: tuple) -> str:
-    if state[0] == "unit":
-        return "its units"
-    return f"rows through {_leaf_label(state[2])}"
-
-
-def _leaf_label(leaf: Variable) -> str:
-    if leaf.name:
-        return f"'{leaf.name}'"
-    value = leaf_value(leaf) if isinstance(leaf, Constant | SharedVariable) else None
-    return "an unnamed array" + (f" of length {value.shape[0]}" if value is not None else "")
-
-
-def _op_label(op) -> str:
-    if isinstance(op, Blockwise):
-        return type(op.core_op).__name__
-    text = str(op)
-    return text if len(text) <= 40 else type(op).__name__
-
-
-def _merge(states: list[tuple], op) -> tuple | None:
-    """The state of an element computed from elements in ``states`` (same positions)."""
-    states = [s for s in states if s is not None]
-    if not states:
-        return None
-    for state in states:
-        if state[0] == "coupled":
-            return state
-    first = states[0]
-    for state in states[1:]:
-        if state != first:
-            return _coupled(
-                "neighbour",
-                f"{_describe(first)} and {_describe(state)} meet in one element ({_op_label(op)})"
-                if first[1] == state[1]
-                else f"two different axes of the latent meet in one element ({_op_label(op)})",
-            )
-    return first
-
-
-def _subtensor_state(node, state: tuple, entries: Sequence) -> tuple:
-    """The state after basic or advanced indexing ``x[entries]`` of an x in ``state``."""
-    op, x = node.op, node.inputs[0]
-    axis = state[1]
-    entries = list(entries) + [slice(None)] * (x.type.ndim - len(entries))
-    advanced = [p for p, e in enumerate(entries) if not isinstance(e, slice)]
-    basic = isinstance(op, Subtensor)
-    entry = entries[axis]
-    if isinstance(entry, slice):
-        if not _full_slice(entry):
-            return _coupled("neighbour", f"a slice or shift along the unit axis ({_op_label(op)})")
-        before = sum(1 for p in advanced if p < axis)
-        if basic:  # scalar entries drop their axes
-            return _with_axis(state, axis - before)
-        width = max((getattr(entries[p], "ndim", 0) for p in advanced), default=0)
-        contiguous = advanced == list(range(advanced[0], advanced[-1] + 1)) if advanced else True
-        if not advanced:
-            return state
-        slices_before = sum(1 for p in range(axis) if isinstance(entries[p], slice))
-        if contiguous and axis < advanced[0]:
-            return _with_axis(state, axis)
-        if contiguous:
-            return _with_axis(state, slices_before + width)
-        return _with_axis(state, width + slices_before)
-    if state[0] == "row":
-        return _coupled("unknown", f"an index applied to already indexed rows ({_op_label(op)})")
-    if basic or getattr(entry, "ndim", 0) == 0:
-        return _coupled("unknown", f"single units picked by a constant index ({_op_label(op)})")
-    width = max(getattr(entries[p], "ndim", 0) for p in advanced)
-    if not _is_index(entry) or width != 1:
-        return _coupled(
-            "unknown",
-            f"an index that is not an integer data vector ({_op_label(op)} with {entry})",
-        )
-    contiguous = advanced == list(range(advanced[0], advanced[-1] + 1))
-    out_axis = sum(1 for p in range(advanced[0]) if isinstance(entries[p], slice))
-    return ("row", out_axis if contiguous else 0, entry)
-
-
-def _transfer(node, states: list) -> tuple | None:
-    """The state of ``node``'s outputs from those of its inputs (see the section's comment)."""
-    op = node.op
-    if isinstance(op, Shape | Shape_i):
-        return None
-    if isinstance(op, SpecifyShape | CheckAndRaise | ScalarFromTensor | TensorFromScalar):
-        return states[0]
-    if isinstance(op, Alloc):
-        if states[0] is None or states[0][0] == "coupled":
-            return states[0]
-        return _with_axis(states[0], states[0][1] + node.outputs[0].ndim - node.inputs[0].ndim)
-    if isinstance(op, Elemwise) and isinstance(op.scalar_op, Second):
-        return states[1]
-    for state in states:
-        if state is not None and state[0] == "coupled":
-            return state
-    label = _op_label(op)
-    if isinstance(op, Elemwise):
-        out = node.outputs[0]
-        for var, state in zip(node.inputs, states, strict=True):
-            if (
-                state is not None
-                and var.type.broadcastable[state[1]]
-                and not (out.type.broadcastable[state[1]])
-            ):
-                return _coupled("mix", f"one unit broadcast over many ({label})")
-        return _merge(states, op)
-    if isinstance(op, DimShuffle):
-        state = states[0]
-        if state[1] not in op.new_order:
-            return _coupled("unknown", f"the unit axis dropped ({label})")
-        return _with_axis(state, op.new_order.index(state[1]))
-    if isinstance(op, CAReduce) or type(op).__name__ == "LogSumExp":
-        state, ndim = states[0], node.inputs[0].ndim
-        axes = op.axis if op.axis is not None else tuple(range(ndim))
-        axes = {a % ndim for a in np.atleast_1d(axes)}
-        if state[1] in axes:
-            return _coupled("mix", f"a reduction over the unit axis ({label})")
-        return _with_axis(state, state[1] - sum(1 for a in axes if a < state[1]))
-    if isinstance(op, Subtensor | AdvancedSubtensor):
-        if any(s is not None for s in states[1:]):
-            return _coupled("unknown", f"an index computed from the latent ({label})")
-        entries = indices_from_subtensor(node.inputs[1:], op.idx_list)
-        return _subtensor_state(node, states[0], entries)
-    if isinstance(op, Join | Split):
-        # The axis is an attribute; Split's other inputs are the lengths of its pieces.
-        data = states if isinstance(op, Join) else states[:1]
-        if any(s is not None for s in states[len(data) :]):
-            return _coupled("unknown", f"pieces' lengths computed from the latent ({label})")
-        ndim = node.outputs[0].ndim
-        if any(s is not None and s[1] == op.axis % ndim for s in data):
-            return _coupled("unknown", f"a concatenation or split along the unit axis ({label})")
-        return _merge(data, op)
-    if isinstance(op, CumOp):
-        state = states[0]
-        if op.axis is None or op.axis % node.inputs[0].ndim == state[1]:
-            return _coupled("mix", f"a cumulative sum or product along the unit axis ({label})")
-        return state
-    if isinstance(op, Dot | Blockwise):
-        core, batch = (op.core_op if isinstance(op, Blockwise) else op), 0
-        if isinstance(op, Blockwise):
-            batch = node.outputs[0].ndim - len(op.outputs_sig[0])
-            if all(s[1] < batch for s in states if s is not None):
-                return _merge(states, op)
-        if isinstance(core, Dot) and len(node.inputs) == 2:
-            (a, b), (sa, sb) = node.inputs, states
-            lead = batch if isinstance(op, Blockwise) else 0
-            if sb is None and a.ndim - lead == 2 and sa[1] == lead:
-                return sa
-            if sa is None and b.ndim - lead == 2 and sb[1] == lead + 1:
-                return _with_axis(sb, node.outputs[0].ndim - 1)
-        return _coupled("mix", f"a matrix operation over the unit axis ({label})")
-    if isinstance(op, Scan):
-        return _coupled("mix", f"a scan over the latent ({label})")
-    if isinstance(op, IncSubtensor | AdvancedIncSubtensor):
-        return _coupled("unknown", f"set_subtensor / inc_subtensor ({label})")
-    if isinstance(op, Reshape):
-        return _coupled("unknown", f"a reshape ({label})")
-    return _coupled("unknown", f"an operation the analysis does not follow ({label})")
-
-
-def _used_inputs(node) -> range | tuple[int, ...]:
-    """The inputs whose values reach ``node``'s outputs (not those that set shapes or checks)."""
-    op = node.op
-    if isinstance(op, Shape | Shape_i):
-        return ()
-    if isinstance(op, SpecifyShape | CheckAndRaise | ScalarFromTensor | TensorFromScalar | Alloc):
-        return (0,)
-    if isinstance(op, Elemwise) and isinstance(op.scalar_op, Second):
-        return (1,)
-    return range(len(node.inputs))
-
-
-def unit_flow(
-    term: Variable, source: Variable, prefer: Sequence[str] = ("mix", "neighbour", "unknown")
-) -> tuple | None:
-    """The state of ``term`` with ``source``'s leading axis as the units (see above).
-
-    A coupled term names, of the couplings on its way, the first of the kind first in ``prefer``
-    (by default the most severe: a unit reading all units before one reading a few).
-    """
-    if source not in graph_inputs([term]):
-        return None
-    states: dict[Variable, tuple] = {source: ("unit", 0)}
-    met: dict[Variable, tuple] = {}  # the couplings on the way to each variable, in order
-    for node in io_toposort(graph_inputs([term]), [term]):
-        ins = [states.get(var) for var in node.inputs]
-        if not any(s is not None for s in ins):
-            continue
-        out = _transfer(node, ins)
-        way = tuple(c for i in _used_inputs(node) for c in met.get(node.inputs[i], ()))
-        if out is not None and out[0] == "coupled" and out not in way:
-            way += (out,)
-        for var in node.outputs:
-            states[var] = out
-            met[var] = tuple(dict.fromkeys(way))
-    state = states.get(term)
-    if state is not None and state[0] == "coupled" and met.get(term):
-        return min(met[term], key=lambda c: prefer.index(c[1]))
-    return state
-
-
+# -- the verdict: what the graph computes along a latent's unit axis (model.dataflow) ---------
 @dataclass(frozen=True)
 class _Verdict:
     """A latent's verdict, why, and how its reading terms reach its units."""
@@ -744,7 +229,7 @@ def _shifted_copy(model: pm.Model, terms: Sequence[Variable], size: int) -> tupl
     arrays = {}
     for term in terms:
         for leaf in _value_leaves(term):
-            if _is_data_leaf(leaf) and not _is_index(leaf) and leaf not in arrays:
+            if is_data_leaf(leaf) and not is_index(leaf) and leaf not in arrays:
                 value = leaf_value(leaf)
                 if value.dtype.kind == "f" and value.shape[:1] == (size,) and size > 2:
                     arrays[leaf] = value
@@ -759,7 +244,7 @@ def _shifted_copy(model: pm.Model, terms: Sequence[Variable], size: int) -> tupl
                 labels = [
                     next(
                         (f"'{o.name}'" for o in model.observed_RVs if model.rvs_to_values[o] is v),
-                        _leaf_label(v),
+                        leaf_label(v),
                     )
                     for v in (prev, leaf)
                 ]
@@ -767,7 +252,7 @@ def _shifted_copy(model: pm.Model, terms: Sequence[Variable], size: int) -> tupl
     return None
 
 
-def _strip_sums(term: Variable) -> Variable:
+def strip_sums(term: Variable) -> Variable:
     """A potential's per-row term: its trailing full sums removed (``pm.Potential(logp.sum())``)."""
     while (
         term.owner is not None
@@ -815,7 +300,7 @@ def _latent_verdict(
         if other == name:
             continue
         if other in potentials:
-            term = _strip_sums(term)
+            term = strip_sums(term)
         state = unit_flow(term, value)
         if state is None:
             continue
@@ -844,8 +329,8 @@ def _latent_verdict(
             term = terms[other]
             for leaf in _value_leaves(term):
                 if (
-                    not _is_data_leaf(leaf)
-                    or _is_index(leaf)
+                    not is_data_leaf(leaf)
+                    or is_index(leaf)
                     or _leading(leaf) != size
                     or leaf in indexes
                 ):
@@ -858,7 +343,7 @@ def _latent_verdict(
                             for o in model.observed_RVs
                             if model.rvs_to_values[o] is leaf
                         ),
-                        _leaf_label(leaf),
+                        leaf_label(leaf),
                     )
                     found.setdefault("expand", []).append(
                         f"'{other}' reads the data {label} of neighbouring units: {state[2]}"
@@ -877,9 +362,7 @@ def _latent_verdict(
             expanded=True,
         )
     reads = [f"'{t}' unit by unit" for t in unit_terms]
-    reads += [
-        f"'{t}' through {_leaf_label(leaf)}" for leaf, names in indexes.items() for t in names
-    ]
+    reads += [f"'{t}' through {leaf_label(leaf)}" for leaf, names in indexes.items() for t in names]
     reason = "its prior is one term per unit" + ("; read by " + ", ".join(reads) if reads else "")
     return _Verdict(
         "amortize",
@@ -963,7 +446,7 @@ def _aligned_leaves(
         if not value_vars & set(leaves):
             continue
         for leaf in leaves:
-            if leaf in seen or leaf in exclude or not _is_data_leaf(leaf):
+            if leaf in seen or leaf in exclude or not is_data_leaf(leaf):
                 continue
             length = _leading(leaf)
             name = next(
@@ -1040,7 +523,7 @@ def _resolve_names(
             )
         var = model[data_name]
         node = model.rvs_to_values[var] if var in model.observed_RVs else var
-        if not _is_data_leaf(node):
+        if not is_data_leaf(node):
             raise AmortizationError(
                 f"local['{latent}'] names '{data_name}', which holds no data (an observed "
                 "variable or pm.Data container is needed)."
@@ -1225,7 +708,7 @@ def analyze_model(
         node.inputs[1]
         for term in terms.values()
         for node in applys_between(graph_inputs([term]), [term])
-        if isinstance(node.op, AdvancedSubtensor) and _is_index(node.inputs[1])
+        if isinstance(node.op, AdvancedSubtensor) and is_index(node.inputs[1])
     }
     groups: dict[tuple, list[str]] = {}
     for rv in model.free_RVs:  # model order, so that sampling matches values by position
@@ -1303,7 +786,7 @@ def _apply_verdicts(
         else:
             plate_indexes = {k[1] for k in keys.get(name, ()) if k[0] == "indexed"}
             reads = ", ".join(
-                f"'{t}' through {_leaf_label(leaf)}"
+                f"'{t}' through {leaf_label(leaf)}"
                 for leaf, names in found.indexes.items()
                 for t in names
             )

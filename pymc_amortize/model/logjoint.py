@@ -12,7 +12,7 @@ substituted last, with ``vectorize_graph``, giving one log joint per Monte Carlo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,17 +27,12 @@ from pytensor.tensor.basic import Alloc
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.analysis import (
-    DataInput,
-    ModelAnalysis,
-    Plate,
-    _strip_sums,
-    factorized_terms,
-)
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.plates import UnitBatch
+from pymc_amortize.model.analysis import factorized_terms, strip_sums
+from pymc_amortize.model.plates import UnitBatch
+from pymc_amortize.model.types import DataInput, ModelAnalysis, Plate
 
-__all__ = ["LogJoint", "build_logjoint", "compile_log_terms"]
+__all__ = ["LogJoint", "build_logjoint", "compile_log_terms", "plate_factors"]
 
 
 def _term_sum(term: TensorVariable, has_draw_axis: bool) -> TensorVariable:
@@ -65,7 +60,7 @@ class LogJoint:
         Placeholder of the batch slot of each batch row (the index remapped to the batch).
     row_terms : tuple of bool
         Per batch factor, whether it is one term per row (it reads ``slot``): the factors a padded
-        batch weights (:attr:`~pymc_amortize.plates.UnitBatch.row_weight`).
+        batch weights (:attr:`~pymc_amortize.model.plates.UnitBatch.row_weight`).
     """
 
     batch_plate: Plate | None
@@ -144,14 +139,63 @@ class LogJoint:
         if self.batch_plate is not None:
             raise AmortizationError("per_unit needs the full-batch log joint.")
         _, terms, _, drawn = self.terms_per_draw(global_draws, local_draws, None)
-        names = _plate_factors(dict(self.other_terms), model, plate)
+        names = plate_factors(dict(self.other_terms), model, plate)
         n_draws = next(iter({**global_draws, **local_draws}.values())).shape[0]
         rest = pt.zeros((n_draws,))
-        units = pt.zeros((n_draws, plate.size))
-        unit_of_row = pt.as_tensor(plate.unit_of_row)
+        factors = []
         for (name, _), term, has_draw_axis in zip(self.other_terms, terms, drawn, strict=True):
-            if name not in names:
+            if name in names:
+                factors.append((name, term, has_draw_axis))
+            else:
                 rest = rest + _term_sum(term, has_draw_axis)
+        units = self.sum_per_unit(
+            model,
+            plate,
+            factors,
+            pt.zeros((n_draws, plate.size)),
+            pt.as_tensor(plate.unit_of_row),
+        )
+        return rest, units
+
+    @staticmethod
+    def sum_per_unit(
+        model: pm.Model,
+        plate: Plate,
+        factors: Sequence[tuple[str, TensorVariable, bool]],
+        units: TensorVariable,
+        unit_of_row: TensorVariable,
+        *,
+        skip_undrawn: bool = False,
+    ) -> TensorVariable:
+        """Add each of ``plate``'s factors, summed per unit, to ``units`` (S, B).
+
+        A factor of an observed variable with one entry per row of an indexed plate is summed
+        into each row's unit; any other (a latent's prior, a row plate's likelihood) has one entry
+        per unit already.
+
+        Parameters
+        ----------
+        model : pm.Model
+            The model the factors come from.
+        plate : Plate
+            The plate whose units the factors are summed over.
+        factors : sequence of (str, TensorVariable, bool)
+            Each factor's variable name, its graph with a leading draw axis, and whether a draw
+            enters it (it then has that axis).
+        units : TensorVariable
+            (S, B) sums to add to: zeros for the plate's N units, or for a batch of B of them.
+        unit_of_row : TensorVariable
+            int64 (R,) position in ``units`` of each row the factors hold.
+        skip_undrawn : bool, default False
+            Leave out a factor no draw enters (a constant) rather than refuse it.
+
+        Returns
+        -------
+        TensorVariable
+            ``units`` plus every factor's per-unit sums.
+        """
+        for name, term, has_draw_axis in factors:
+            if not has_draw_axis and skip_undrawn:
                 continue
             if not has_draw_axis or term.ndim < 2:
                 raise AmortizationError(
@@ -168,7 +212,7 @@ class LogJoint:
                 units = pt.inc_subtensor(units[:, unit_of_row], per_row)
             else:
                 units = units + per_row
-        return rest, units
+        return units
 
 
 def _along_rows(
@@ -179,7 +223,22 @@ def _along_rows(
     return pt.shape_padright(pt.shape_padleft(weight, lead), term.ndim - lead - 1)
 
 
-def _plate_factors(terms: Mapping[str, TensorVariable], model: pm.Model, plate: Plate) -> set[str]:
+def plate_factors(terms: Mapping[str, TensorVariable], model: pm.Model, plate: Plate) -> set[str]:
+    """The names of the factors among ``terms`` that read ``plate``: its latents or its index.
+
+    Parameters
+    ----------
+    terms : mapping of str to TensorVariable
+        Log-density factors by variable name.
+    model : pm.Model
+        The model the factors come from.
+    plate : Plate
+        The plate whose factors are wanted.
+
+    Returns
+    -------
+    set of str
+    """
     roots = {model.rvs_to_values[model[name]] for name in plate.latent_names}
     if plate.index is not None:
         roots.add(plate.index.node)
@@ -298,13 +357,13 @@ def build_logjoint(
     if batch_plate.row_dim is not None and slot is not None:
         replace[model.dim_lengths[batch_plate.row_dim]] = slot.shape[0]
 
-    names = _plate_factors(terms, model, batch_plate)
+    names = plate_factors(terms, model, batch_plate)
     batch_names = [n for n in terms if n in names]
     # A potential written as a sum over rows (pm.Potential(logp(...).sum())) is its per-row
     # terms summed: sliced with the batch's rows like an observed variable's factor.
     potentials = {pot.name for pot in model.potentials}
     relaxed = _free_leading_lengths(
-        [_strip_sums(terms[n]) if n in potentials else terms[n] for n in batch_names]
+        [strip_sums(terms[n]) if n in potentials else terms[n] for n in batch_names]
     )
     cloned = clone_replace(relaxed, replace, rebuild_strict=False)
     for name, term in zip(batch_names, cloned, strict=True):
