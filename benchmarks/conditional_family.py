@@ -32,7 +32,8 @@ from benchmarks.harness import agreement, posterior_summary, sample_nuts
 from pymc_amortize import ELBOConvergence
 from pymc_amortize.examples.radon import load_radon, radon_model
 
-METHODS = ("conditional", "encoder", "advi")
+#: A-VI's local family, and q(θ)'s family after a "+" (default mean-field); PyMC's ADVI.
+METHODS = ("conditional+fullrank", "conditional", "encoder", "advi")
 
 
 def unbalanced(likelihood: str) -> tuple[pm.Model, list[str]]:
@@ -136,7 +137,15 @@ def _fit(model: pm.Model, method: str, steps: int, seed: int):
             return pm.fit(steps, method="advi", **options).sample(
                 4000, random_seed=seed + 1, return_inferencedata=True
             )
-        approx = pm.fit(steps, method="amortized", family=method, gap_check=False, **options)
+        family, _, global_family = method.partition("+")
+        approx = pm.fit(
+            steps,
+            method="amortized",
+            family=family,
+            global_family=global_family or "meanfield",
+            gap_check=False,
+            **options,
+        )
         return approx.sample(4000, random_seed=seed + 1)
 
 
