@@ -14,10 +14,8 @@ from pymc_amortize.analysis import (
     Plate,
     analyze_model,
 )
-from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
 from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.compare import Comparison, compare
-from pymc_amortize.conditional import ConditionalGaussian
 from pymc_amortize.diagnostics import (
     AmortizationGap,
     GapCheck,
@@ -27,7 +25,6 @@ from pymc_amortize.diagnostics import (
     gap_check,
     semi_amortize,
 )
-from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import (
     AmortizationError,
     AmortizationGapWarning,
@@ -38,8 +35,11 @@ from pymc_amortize.errors import (
     OutOfTrainingRangeWarning,
 )
 from pymc_amortize.fit import fit_amortized
+from pymc_amortize.guide.conditional import ConditionalGaussian
+from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO, IWAE
+from pymc_amortize.posterior.approximation import AmortizedApproximation, LocalPosterior
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 from pymc_amortize.serialization import load_approximation, save_approximation
 

@@ -26,11 +26,11 @@ import xarray as xr
 from pymc.progress_bar import default_progress_theme
 from pymc.pytensorf import compile as compile_pymc
 
-from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.globals import HALF_LOG_2PI_E, group_factors, set_group_sds
 from pymc_amortize.logjoint import _plate_factors, build_logjoint, compile_log_terms
-from pymc_amortize.results import unit_dim
+from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.posterior.idata import unit_dim
 
 __all__ = [
     "AmortizationGap",

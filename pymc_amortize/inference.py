@@ -34,21 +34,21 @@ from pymc_amortize.analysis import (
     Plate,
     analyze_model,
 )
-from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.callbacks import ELBOConvergence
-from pymc_amortize.conditional import ConditionalGaussian, conditional_draws, resolve_family
-from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import (
     AmortizationError,
     AmortizationGapWarning,
     ConvergenceWarning,
     DivergenceWarning,
 )
+from pymc_amortize.guide.conditional import ConditionalGaussian, conditional_draws, resolve_family
+from pymc_amortize.guide.encoders import Encoder
 from pymc_amortize.guide.globals import HALF_LOG_2PI, HALF_LOG_2PI_E
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.logjoint import LogJoint, build_logjoint
 from pymc_amortize.objectives import ELBO, Objective
 from pymc_amortize.plates import UnitBatch
+from pymc_amortize.posterior.approximation import AmortizedApproximation
 from pymc_amortize.streaming import POOL_MIB, ChunkedUnitSampler, UnitSource
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
@@ -644,7 +644,7 @@ class AmortizedVI(Inference):
     encoder_widths : sequence of int or mapping, optional
         Hidden widths of the default encoder (of ρ for a pooled one), or ``{latent: widths}``;
         ``()`` is an affine encoder. When omitted (or for a latent the mapping leaves out),
-        :func:`~pymc_amortize.encoders.default_encoder_widths` sizes one hidden layer from the
+        :func:`~pymc_amortize.guide.encoders.default_encoder_widths` sizes one hidden layer from the
         plate's number of units.
     activation : str or callable
         Activation of the default encoder.
@@ -681,7 +681,7 @@ class AmortizedVI(Inference):
         The local family. ``"encoder"``: q(z_n; f_φ(x_n)), a Gaussian from the encoder alone,
         mean-field between the globals and the locals. ``"conditional"``: q(z_n | θ, x_n), the
         encoder's output corrected by a Newton step on the model's own log density given the draw
-        of the globals (see :mod:`pymc_amortize.conditional`; exact for Gaussian-linear units,
+        of the globals (see :mod:`pymc_amortize.guide.conditional`; exact for Gaussian-linear units,
         whatever their number of rows). Under ``batch_size`` only the batch plate is conditional.
 
     Raises

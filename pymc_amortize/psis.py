@@ -27,12 +27,12 @@ from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
 from pymc_amortize.analysis import Plate
-from pymc_amortize.approximation import AmortizedApproximation
-from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.globals import HALF_LOG_2PI
 from pymc_amortize.logjoint import build_logjoint, compile_log_terms
 from pymc_amortize.plates import UnitBatch
+from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.posterior.chunks import ChunkedPart, assemble_chunks, seed_sequence
 
 __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
 
@@ -262,7 +262,7 @@ def psis_diagnostic(
         Number of draws S (a few hundred at least; k̂ is noisy for small S).
     random_seed : int, optional
         Seed of the draws. A unit's draws do not depend on ``chunk_size`` (see
-        :mod:`pymc_amortize.chunks`), so neither do the results.
+        :mod:`pymc_amortize.posterior.chunks`), so neither do the results.
     chunk_size : int, optional
         Units of a plate per chunk: the draws, log weights and k̂ of ``chunk_size`` units are
         computed at a time (with PyMC's progress bar when ``progressbar``), so memory grows as

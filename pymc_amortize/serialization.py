@@ -22,16 +22,16 @@ import xarray as xr
 from pytensor_ml.checkpoint import load_state, save_state
 
 from pymc_amortize.analysis import IndexedLocal, LocalLatent, Plate
-from pymc_amortize.approximation import (
+from pymc_amortize.errors import AmortizationError
+from pymc_amortize.guide.conditional import ConditionalGaussian
+from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
+from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.new_units import TrainingEnvelope
+from pymc_amortize.posterior.approximation import (
     AmortizedApproximation,
     InputScaling,
     fixed_input_flags,
 )
-from pymc_amortize.conditional import ConditionalGaussian
-from pymc_amortize.encoders import MLPEncoder, PooledEncoder
-from pymc_amortize.errors import AmortizationError
-from pymc_amortize.inference import AmortizedVI
-from pymc_amortize.new_units import TrainingEnvelope
 
 __all__ = ["load_approximation", "save_approximation"]
 

@@ -48,8 +48,8 @@ import pytensor
 import xarray as xr
 
 from pymc_amortize.analysis import DataInput, ModelAnalysis, Plate
-from pymc_amortize.encoders import standardization_scale
 from pymc_amortize.errors import AmortizationError, ChunkOrderWarning
+from pymc_amortize.guide.encoders import standardization_scale
 
 __all__ = [
     "POOL_MIB",

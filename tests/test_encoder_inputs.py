@@ -23,8 +23,8 @@ from pymc_amortize import (
     load_approximation,
     save_approximation,
 )
-from pymc_amortize.approximation import EncoderInput, InputScaling, _fit_scaling
-from pymc_amortize.encoders import standardization_scale
+from pymc_amortize.guide.encoders import standardization_scale
+from pymc_amortize.posterior.approximation import EncoderInput, InputScaling, _fit_scaling
 
 
 # -- the scalings, without a fit ------------------------------------------------------------------

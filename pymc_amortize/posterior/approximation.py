@@ -31,9 +31,9 @@ from pytensor.graph.traversal import ancestors
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.analysis import DataInput, LocalLatent, ModelAnalysis, Plate
-from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence, unit_noise
-from pymc_amortize.conditional import ConditionalGaussian, ConditionalSampler
-from pymc_amortize.encoders import (
+from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
+from pymc_amortize.guide.conditional import ConditionalGaussian, ConditionalSampler
+from pymc_amortize.guide.encoders import (
     MLPEncoder,
     PooledEncoder,
     check_encoder_outputs,
@@ -43,7 +43,6 @@ from pymc_amortize.encoders import (
     resolve_user_encoders,
     standardization_scale,
 )
-from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
 from pymc_amortize.guide.globals import GlobalFamily, make_global_family
 from pymc_amortize.new_units import (
     InputEnvelope,
@@ -55,7 +54,8 @@ from pymc_amortize.new_units import (
     trace_from_values,
 )
 from pymc_amortize.plates import PlateLayout, UnitBatch
-from pymc_amortize.results import method_groups
+from pymc_amortize.posterior.chunks import ChunkedPart, assemble_chunks, seed_sequence, unit_noise
+from pymc_amortize.posterior.idata import method_groups
 from pymc_amortize.streaming import UnitSource, input_columns, summarize_columns
 
 __all__ = [
@@ -757,7 +757,7 @@ def default_encoder(
 ) -> MLPEncoder | PooledEncoder:
     """An :class:`MLPEncoder` for a latent with unit inputs only, else a :class:`PooledEncoder`.
 
-    ``widths=None`` picks :func:`~pymc_amortize.encoders.default_encoder_widths` from the plate's
+    ``widths=None`` picks :func:`~pymc_amortize.guide.encoders.default_encoder_widths` from the plate's
     number of units. ``log_count_scaling`` (centre, scale of log(1 + rows) over the units) and
     ``constant_count`` (every unit has the same number of rows) are the plate's own when omitted.
     The encoder ignores the inputs constant over the fitted units (``constant_*``, and the count
@@ -831,7 +831,7 @@ class AmortizedApproximation:
     ):
         self.model = model
         #: The conditional local family (None: the encoder family q(z_n; f(x_n)) everywhere) and
-        #: the plates that use it, q(z_n | θ, x_n); see :mod:`pymc_amortize.conditional`.
+        #: the plates that use it, q(z_n | θ, x_n); see :mod:`pymc_amortize.guide.conditional`.
         self.local_family = local_family
         self.conditional_plates = frozenset(conditional_plates) if local_family else frozenset()
         self._conditional_sampler: ConditionalSampler | None = None
@@ -1619,7 +1619,7 @@ class AmortizedApproximation:
         self, values: Mapping[str, np.ndarray], rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
         """Draws of the conditional plates' locals given (S, ...) draws ``values`` of every other
-        free variable (by value name), through a :class:`~pymc_amortize.conditional.
+        free variable (by value name), through a :class:`~pymc_amortize.guide.conditional.
         ConditionalSampler` compiled on first use."""
         if self._conditional_sampler is None:
             plates = [p for p in self.analysis.plates if p.name in self.conditional_plates]
@@ -2109,7 +2109,7 @@ class AmortizedApproximation:
         ``pm.sample`` would. Besides ``posterior`` and ``observed_data``, the data carry the
         groups ``amortized_fit`` (loss and wall time per step; the method, encoder and settings
         as attributes), ``variational_params`` (mean and sd of q(θ)) and ``encoder_outputs``
-        (mean and sd of each q(z_n)), see :func:`pymc_amortize.results.method_groups`.
+        (mean and sd of each q(z_n)), see :func:`pymc_amortize.posterior.idata.method_groups`.
         """
         rng = np.random.default_rng(random_seed)
         global_values = self.draw_globals(draws, rng)
@@ -2140,7 +2140,7 @@ class AmortizedApproximation:
         return idata
 
     def _add_method_groups(self, idata: xr.DataTree) -> None:
-        """The groups of :func:`pymc_amortize.results.method_groups`, added to ``idata``."""
+        """The groups of :func:`pymc_amortize.posterior.idata.method_groups`, added to ``idata``."""
         groups = method_groups(
             self.model,
             self.analysis,
@@ -2222,7 +2222,7 @@ class AmortizedApproximation:
             return it opened lazily from there (dask-backed when dask is installed).
         random_seed : int, optional
             Seed of every draw. The draws are the same for every ``chunk_size`` (the noise of
-            each block of units has its own stream, see :mod:`pymc_amortize.chunks`); the globals'
+            each block of units has its own stream, see :mod:`pymc_amortize.posterior.chunks`); the globals'
             draws are those of :meth:`sample` with the same seed, the units' are not.
         progressbar : bool, default True
             Show PyMC's progress bar over the chunks.
@@ -2296,7 +2296,7 @@ class AmortizedApproximation:
         q: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Value-space draws ``(draws, stop - start, *event_shape)`` of q(z_n) for the fitted units
-        ``start:stop``, the same whatever chunk asks (:func:`~pymc_amortize.chunks.unit_noise`),
+        ``start:stop``, the same whatever chunk asks (:func:`~pymc_amortize.posterior.chunks.unit_noise`),
         and q's mean and sd there (``q``, else the encoder's)."""
         mean, sd = self.encode_units(latent.name, start, stop) if q is None else q
         stream = self.analysis.latent_names.index(latent.name)

@@ -28,7 +28,7 @@ import xarray as xr
 
 from pymc_amortize._version import __version__
 from pymc_amortize.analysis import ModelAnalysis, Plate
-from pymc_amortize.encoders import MLPEncoder, PooledEncoder
+from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
 
 __all__ = ["describe_encoder", "fit_trace", "method_groups"]
 
