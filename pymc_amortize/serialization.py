@@ -25,8 +25,8 @@ from pymc_amortize.analysis import IndexedLocal, LocalLatent, Plate
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.conditional import ConditionalGaussian
 from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
+from pymc_amortize.guide.envelope import TrainingEnvelope
 from pymc_amortize.inference import AmortizedVI
-from pymc_amortize.new_units import TrainingEnvelope
 from pymc_amortize.posterior.approximation import (
     AmortizedApproximation,
     InputScaling,

@@ -43,11 +43,9 @@ from pymc_amortize.guide.encoders import (
     resolve_user_encoders,
     standardization_scale,
 )
+from pymc_amortize.guide.envelope import InputEnvelope, TrainingEnvelope, column_labels
 from pymc_amortize.guide.globals import GlobalFamily, make_global_family
 from pymc_amortize.new_units import (
-    InputEnvelope,
-    TrainingEnvelope,
-    column_labels,
     forward_draws,
     posterior_dataset,
     resized_model,
