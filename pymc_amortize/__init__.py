@@ -39,7 +39,8 @@ from pymc_amortize.guide.conditional import ConditionalGaussian
 from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.objectives import ELBO, IWAE
-from pymc_amortize.posterior.approximation import AmortizedApproximation, LocalPosterior
+from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.posterior.local import LocalPosterior
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 from pymc_amortize.serialization import load_approximation, save_approximation
 

@@ -786,7 +786,7 @@ class AmortizedVI(Inference):
             conditional_plates=conditional_plates,
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
-        approx.settings = {
+        approx.record.settings = {
             "batch_size": (
                 batch_size if batch_size is not None else (batch_plate.size if batch_plate else 0)
             ),
@@ -890,7 +890,7 @@ class AmortizedVI(Inference):
                 f"adam(learning_rate={stop.current_learning_rate():g}), ×{stop.decay:g} on each "
                 f"plateau of the loss, {stop.decays} times"
             )
-        self.approx.settings |= {
+        self.approx.record.settings |= {
             "obj_n_mc": obj_n_mc,
             "obj_optimizer": described,
             "convergence": (
@@ -930,7 +930,7 @@ class AmortizedVI(Inference):
         timed_before, hist_before = self.approx.step_seconds, self.hist.size
         first = len(self.objective.guard.seconds) if self.objective.guard is not None else 0
         super().refine(n, progressbar, progressbar_theme)
-        self.approx.hist = self.hist
+        self.approx.record.hist = self.hist
         self._record_step_seconds(timed_before, hist_before, first=first)
         self._warn_if_diverged()
         self._record_convergence(n, hist_before, refine=True)
@@ -942,7 +942,7 @@ class AmortizedVI(Inference):
         run = int(self.hist.size - hist_before)
         record = {"steps": int(self.hist.size), "max_steps": int(n)}
         if stop is None:
-            self.approx.settings |= record | {"converged": None}
+            self.approx.record.settings |= record | {"converged": None}
             return
         record |= {
             "converged": bool(stop.converged),
@@ -950,7 +950,7 @@ class AmortizedVI(Inference):
             "learning_rate_decayed_at": ", ".join(f"{i:,}" for i in stop.decayed_at) or "never",
             "last_relative_change": stop.last_change,
         }
-        self.approx.settings |= record
+        self.approx.record.settings |= record
         if stop.converged or not stop.stop or self.approx.divergence is not None or run < n:
             return
         warnings.warn(
@@ -969,8 +969,8 @@ class AmortizedVI(Inference):
             return
         if self.approx.divergence is not None:  # the DivergenceWarning said it all
             check = GapCheck({}, False, 0.0, "the fit diverged (see approx.divergence)")
-            self.approx.gap_check = check
-            self.approx.settings |= check.attributes()
+            self.approx.record.gap_check = check
+            self.approx.record.settings |= check.attributes()
             return
         options = {"random_seed": self.objective.random_seed, **options}
         try:
@@ -984,8 +984,8 @@ class AmortizedVI(Inference):
                 UserWarning,
                 stacklevel=4,
             )
-        self.approx.gap_check = check
-        self.approx.settings |= check.attributes()
+        self.approx.record.gap_check = check
+        self.approx.record.settings |= check.attributes()
         if check.flagged:
             warnings.warn(check.warning_message(), AmortizationGapWarning, stacklevel=4)
 
@@ -995,7 +995,7 @@ class AmortizedVI(Inference):
         timed = np.asarray(self.objective.guard.seconds[first : first + n_steps], dtype=float)
         # An interrupted run can keep a loss without its time; pad so the arrays stay aligned.
         timed = np.pad(timed, (0, n_steps - timed.size), constant_values=np.nan)
-        self.approx.step_seconds = np.concatenate([timed_before, timed])
+        self.approx.record.step_seconds = np.concatenate([timed_before, timed])
 
     def _iterate_with_loss(self, s, n, step_func, progressbar, progressbar_theme, callbacks):
         if n >= 10:
@@ -1030,7 +1030,7 @@ class AmortizedVI(Inference):
         if guard is None:
             return
         guard.check_final_state()
-        self.approx.divergence = guard.diverged
+        self.approx.record.divergence = guard.diverged
         if guard.diverged is not None:
             warnings.warn(guard.diverged.message(), DivergenceWarning, stacklevel=3)
             guard.diverged = None

@@ -26,12 +26,9 @@ from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.conditional import ConditionalGaussian
 from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.guide.envelope import TrainingEnvelope
+from pymc_amortize.guide.inputs import InputScaling, fixed_input_flags
 from pymc_amortize.inference import AmortizedVI
-from pymc_amortize.posterior.approximation import (
-    AmortizedApproximation,
-    InputScaling,
-    fixed_input_flags,
-)
+from pymc_amortize.posterior.approximation import AmortizedApproximation
 
 __all__ = ["load_approximation", "save_approximation"]
 
@@ -411,5 +408,5 @@ def load_approximation(
     if family is not None:
         # A minibatched fit of crossed plates conditions only its batch plate.
         approx.conditional_plates = frozenset(family["plates"])
-    approx.settings = {**approx.settings, "loaded_from": str(json_path)}
+    approx.record.settings = {**approx.record.settings, "loaded_from": str(json_path)}
     return approx
