@@ -1,7 +1,7 @@
 """The conditional local family against NUTS, beside the encoder family and ADVI (issue 23).
 
 Each model is fitted by A-VI with ``family="conditional"`` (q(θ) ∏ q(z_n | θ, x_n), see
-:mod:`pymc_amortize.conditional`), by A-VI with the encoder family (q(θ) ∏ q(z_n; f(x_n))) and by
+:mod:`pymc_amortize.guide.conditional`), by A-VI with the encoder family (q(θ) ∏ q(z_n; f(x_n))) and by
 mean-field ADVI, all with Adam 3e-3 and :class:`~pymc_amortize.ELBOConvergence` (cap 30,000
 steps), and compared with NUTS (4 x 1,000 after 1,000 tuning steps, ``target_accept=0.95``) in
 NUTS sds: ``z_j = (mean_j − NUTS mean_j) / NUTS sd_j`` per unit, RMS and max |z|, and the mean
@@ -101,9 +101,7 @@ def lkj() -> tuple[pm.Model, list[str]]:
     with pm.Model(coords=coords) as model:
         u = pm.Data("u", unit, dims="obs")
         xd = pm.Data("x", x, dims="obs")
-        chol, _, _ = pm.LKJCholeskyCov(
-            "chol", n=2, eta=2, sd_dist=pm.Exponential.dist(1, shape=2)
-        )
+        chol, _, _ = pm.LKJCholeskyCov("chol", n=2, eta=2, sd_dist=pm.Exponential.dist(1, shape=2))
         z = pm.MvNormal("ab", 0, chol=chol, dims=("g", "k"))
         mu = pm.Normal("m0", 0, 5) + z[u, 0] + (pm.Normal("m1", 0, 5) + z[u, 1]) * xd
         pm.Normal("y", mu, pm.HalfNormal("sigma", 1), observed=y, dims="obs")

@@ -54,7 +54,7 @@ QUICK = Settings(avi_steps=3_000, advi_steps=5_000, vi_draws=500, nuts_tune=300,
 def fit_avi(model: pm.Model, s: Settings, seed: int, family: str = "encoder"):
     """The A-VI call: plain ``pm.fit(method="amortized")``, the local latent found automatically;
     ``s.avi_steps`` is a cap, the fit stops when its windowed loss is flat (ELBOConvergence).
-    ``family="conditional"`` fits q(θ) ∏ q(a_raw_j | θ, y_j) (pymc_amortize.conditional)."""
+    ``family="conditional"`` fits q(θ) ∏ q(a_raw_j | θ, y_j) (pymc_amortize.guide.conditional)."""
     return fit_vi(
         model,
         "amortized",

@@ -6,10 +6,8 @@ method behaves as before.
 
 from pymc_amortize import registration
 from pymc_amortize._version import __version__ as __version__
-from pymc_amortize.approximation import AmortizedApproximation, LocalPosterior
 from pymc_amortize.callbacks import ELBOConvergence
 from pymc_amortize.compare import Comparison, compare
-from pymc_amortize.conditional import ConditionalGaussian
 from pymc_amortize.diagnostics import (
     AmortizationGap,
     GapCheck,
@@ -19,7 +17,6 @@ from pymc_amortize.diagnostics import (
     gap_check,
     semi_amortize,
 )
-from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import (
     AmortizationError,
     AmortizationGapWarning,
@@ -30,6 +27,8 @@ from pymc_amortize.errors import (
     OutOfTrainingRangeWarning,
 )
 from pymc_amortize.fit import fit_amortized
+from pymc_amortize.guide.conditional import ConditionalGaussian
+from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.model.analysis import analyze_model
 from pymc_amortize.model.types import (
@@ -40,6 +39,8 @@ from pymc_amortize.model.types import (
     Plate,
 )
 from pymc_amortize.objectives import ELBO, IWAE
+from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.posterior.local import LocalPosterior
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 from pymc_amortize.serialization import load_approximation, save_approximation
 

@@ -26,11 +26,10 @@ import xarray as xr
 from pymc.progress_bar import default_progress_theme
 from pymc.pytensorf import compile as compile_pymc
 
-from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.globals import HALF_LOG_2PI_E, group_factors, set_group_sds
 from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms, plate_factors
-from pymc_amortize.results import unit_dim
+from pymc_amortize.posterior.approximation import AmortizedApproximation
 
 __all__ = [
     "AmortizationGap",
@@ -573,7 +572,8 @@ def _per_plate_gap(
             entropy_gain += np.log(q.sd / p.sd).reshape(plate.size, -1).sum(axis=1)
         per_draw = units_after - units_before + entropy_gain
         plate_draws = totals_after[position] - totals_before[position] + entropy_gain.sum()
-        dim, coords = unit_dim(approx.model, plate)
+        dim, labels = approx.unit_dim(plate), approx.unit_labels(plate)
+        coords = np.arange(plate.size) if labels is None else labels
         out[plate.name] = xr.Dataset(
             {
                 "kl": (dim, kl, {"long_name": "KL(refined q(z_n) ‖ encoder q(z_n))"}),
@@ -1145,7 +1145,7 @@ def gap_check(
     if skipped:
         return GapCheck({}, False, time.perf_counter() - started, skipped, **thresholds)
     rng = np.random.default_rng(random_seed)
-    encoded = approx._fitted_encoder_outputs()
+    encoded = approx.fitted_encoder_outputs()
     plates = {
         plate.name: _check_plate(approx, plate, encoded, options, rng)
         for plate in approx.analysis.plates

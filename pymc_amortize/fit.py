@@ -10,12 +10,12 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.diagnostics import semi_amortize
-from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.guide.encoders import Encoder
 from pymc_amortize.inference import DEFAULT_MAX_STEPS, AmortizedVI
 from pymc_amortize.model.types import EncoderInputSpec
+from pymc_amortize.posterior.approximation import AmortizedApproximation
 
 __all__ = ["fit_amortized"]
 
@@ -101,7 +101,7 @@ def fit_amortized(
         Posterior draws in the result.
     encoder, encoder_widths, activation
         The encoder: a user encoder, or the widths (per latent with a mapping; sized by
-        :func:`~pymc_amortize.encoders.default_encoder_widths` when omitted) and activation of
+        :func:`~pymc_amortize.guide.encoders.default_encoder_widths` when omitted) and activation of
         the default MLP.
     batch_size : int, optional
         Units per step (full batch when omitted).
@@ -125,7 +125,7 @@ def fit_amortized(
     xarray.DataTree
         ``posterior`` and ``observed_data`` as from ``pm.sample``; ``amortized_fit`` (loss and
         wall time per step, the method and settings as attributes), ``variational_params`` and
-        ``encoder_outputs`` (see :mod:`pymc_amortize.results`).
+        ``encoder_outputs`` (see :mod:`pymc_amortize.posterior.idata`).
 
     Examples
     --------

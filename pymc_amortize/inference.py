@@ -2,7 +2,7 @@
 
 Subclassing PyMC's ``Inference`` keeps its loop: the rich progress bar, callbacks called as
 ``callback(approx, losses, i)``, ``hist``, ``refine`` and ``StopIteration`` handling. What differs
-is the objective (minibatched over units, see :mod:`pymc_amortize.logjoint`) and the divergence
+is the objective (minibatched over units, see :mod:`pymc_amortize.model.logjoint`) and the divergence
 guard, which keeps the best parameters instead of raising from deep inside the loop.
 """
 
@@ -27,18 +27,17 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.random.type import RandomType
 from pytensor.tensor.variable import TensorVariable
 
-from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.callbacks import ELBOConvergence
-from pymc_amortize.conditional import ConditionalGaussian, conditional_draws, resolve_family
 from pymc_amortize.data.sampler import POOL_MIB, ChunkedUnitSampler, StepBuffers
 from pymc_amortize.data.streaming import UnitSource
-from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import (
     AmortizationError,
     AmortizationGapWarning,
     ConvergenceWarning,
     DivergenceWarning,
 )
+from pymc_amortize.guide.conditional import ConditionalGaussian, conditional_draws, resolve_family
+from pymc_amortize.guide.encoders import Encoder
 from pymc_amortize.guide.globals import GLOBAL_FAMILIES, HALF_LOG_2PI, HALF_LOG_2PI_E
 from pymc_amortize.jax_graph import is_jax_mode, static_sizes
 from pymc_amortize.model.analysis import analyze_model
@@ -46,6 +45,7 @@ from pymc_amortize.model.logjoint import LogJoint, build_logjoint
 from pymc_amortize.model.plates import UnitBatch
 from pymc_amortize.model.types import EncoderInputSpec, LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.objectives import ELBO, Objective
+from pymc_amortize.posterior.approximation import AmortizedApproximation
 
 __all__ = ["AmortizedVI", "DivergenceInfo"]
 
@@ -646,7 +646,7 @@ class AmortizedVI(Inference):
     encoder_widths : sequence of int or mapping, optional
         Hidden widths of the default encoder (of ρ for a pooled one), or ``{latent: widths}``;
         ``()`` is an affine encoder. When omitted (or for a latent the mapping leaves out),
-        :func:`~pymc_amortize.encoders.default_encoder_widths` sizes one hidden layer from the
+        :func:`~pymc_amortize.guide.encoders.default_encoder_widths` sizes one hidden layer from the
         plate's number of units.
     activation : str or callable
         Activation of the default encoder.
@@ -667,7 +667,7 @@ class AmortizedVI(Inference):
         Initial mean and sd of the globals, as for ADVI.
     unit_data : xarray.Dataset, optional
         The units of the model's plate, for data larger than memory (see
-        :mod:`pymc_amortize.streaming`): the model is then a *template* written on a few of them
+        :mod:`pymc_amortize.data.streaming`): the model is then a *template* written on a few of them
         (at least two), and the fit reads minibatches of ``batch_size`` units from this dataset,
         one chunk (of its own chunking, e.g. a zarr store's through dask) at a time. It holds one
         variable per data array of the plate (observed variables, ``pm.Data``, encoder inputs),
@@ -678,12 +678,12 @@ class AmortizedVI(Inference):
     unit_data_pool_mib : float, default 128
         Memory (MiB) for the chunks of ``unit_data`` held at once: all of it when it fits (then
         batches are uniform draws, as from memory), else as many chunks as fit, refreshed as the
-        fit goes (see :class:`~pymc_amortize.streaming.ChunkedUnitSampler`).
+        fit goes (see :class:`~pymc_amortize.data.sampler.ChunkedUnitSampler`).
     family : {"encoder", "conditional"} or ConditionalGaussian, default "encoder"
         The local family. ``"encoder"``: q(z_n; f_φ(x_n)), a Gaussian from the encoder alone,
         mean-field between the globals and the locals. ``"conditional"``: q(z_n | θ, x_n), the
         encoder's output corrected by a Newton step on the model's own log density given the draw
-        of the globals (see :mod:`pymc_amortize.conditional`; exact for Gaussian-linear units,
+        of the globals (see :mod:`pymc_amortize.guide.conditional`; exact for Gaussian-linear units,
         whatever their number of rows). Under ``batch_size`` only the batch plate is conditional.
     global_family : {"meanfield", "fullrank"}, default "meanfield"
         The family of q(θ), the globals' factor (and that of every latent fitted mean-field):
@@ -802,7 +802,7 @@ class AmortizedVI(Inference):
             global_family=global_family,
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
-        approx.settings = {
+        approx.record.settings = {
             "batch_size": (
                 batch_size if batch_size is not None else (batch_plate.size if batch_plate else 0)
             ),
@@ -907,7 +907,7 @@ class AmortizedVI(Inference):
                 f"adam(learning_rate={stop.current_learning_rate():g}), ×{stop.decay:g} on each "
                 f"plateau of the loss, {stop.decays} times"
             )
-        self.approx.settings |= {
+        self.approx.record.settings |= {
             "obj_n_mc": obj_n_mc,
             "obj_optimizer": described,
             "convergence": (
@@ -947,7 +947,7 @@ class AmortizedVI(Inference):
         timed_before, hist_before = self.approx.step_seconds, self.hist.size
         first = len(self.objective.guard.seconds) if self.objective.guard is not None else 0
         super().refine(n, progressbar, progressbar_theme)
-        self.approx.hist = self.hist
+        self.approx.record.hist = self.hist
         self._record_step_seconds(timed_before, hist_before, first=first)
         self._warn_if_diverged()
         self._record_convergence(n, hist_before, refine=True)
@@ -959,7 +959,7 @@ class AmortizedVI(Inference):
         run = int(self.hist.size - hist_before)
         record = {"steps": int(self.hist.size), "max_steps": int(n)}
         if stop is None:
-            self.approx.settings |= record | {"converged": None}
+            self.approx.record.settings |= record | {"converged": None}
             return
         record |= {
             "converged": bool(stop.converged),
@@ -967,7 +967,7 @@ class AmortizedVI(Inference):
             "learning_rate_decayed_at": ", ".join(f"{i:,}" for i in stop.decayed_at) or "never",
             "last_relative_change": stop.last_change,
         }
-        self.approx.settings |= record
+        self.approx.record.settings |= record
         if stop.converged or not stop.stop or self.approx.divergence is not None or run < n:
             return
         warnings.warn(
@@ -986,8 +986,8 @@ class AmortizedVI(Inference):
             return
         if self.approx.divergence is not None:  # the DivergenceWarning said it all
             check = GapCheck({}, False, 0.0, "the fit diverged (see approx.divergence)")
-            self.approx.gap_check = check
-            self.approx.settings |= check.attributes()
+            self.approx.record.gap_check = check
+            self.approx.record.settings |= check.attributes()
             return
         options = {"random_seed": self.objective.random_seed, **options}
         try:
@@ -1001,8 +1001,8 @@ class AmortizedVI(Inference):
                 UserWarning,
                 stacklevel=4,
             )
-        self.approx.gap_check = check
-        self.approx.settings |= check.attributes()
+        self.approx.record.gap_check = check
+        self.approx.record.settings |= check.attributes()
         if check.flagged:
             warnings.warn(check.warning_message(), AmortizationGapWarning, stacklevel=4)
 
@@ -1012,7 +1012,7 @@ class AmortizedVI(Inference):
         timed = np.asarray(self.objective.guard.seconds[first : first + n_steps], dtype=float)
         # An interrupted run can keep a loss without its time; pad so the arrays stay aligned.
         timed = np.pad(timed, (0, n_steps - timed.size), constant_values=np.nan)
-        self.approx.step_seconds = np.concatenate([timed_before, timed])
+        self.approx.record.step_seconds = np.concatenate([timed_before, timed])
 
     def _iterate_with_loss(self, s, n, step_func, progressbar, progressbar_theme, callbacks):
         if n >= 10:
@@ -1047,7 +1047,7 @@ class AmortizedVI(Inference):
         if guard is None:
             return
         guard.check_final_state()
-        self.approx.divergence = guard.diverged
+        self.approx.record.divergence = guard.diverged
         if guard.diverged is not None:
             warnings.warn(guard.diverged.message(), DivergenceWarning, stacklevel=3)
             guard.diverged = None

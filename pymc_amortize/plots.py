@@ -14,8 +14,8 @@ import arviz_plots as azp
 import numpy as np
 import xarray as xr
 
-from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.posterior.approximation import AmortizedApproximation
 from pymc_amortize.psis import GOOD_KHAT, USABLE_KHAT, PSISDiagnostic
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def _fit_dataset(fit: xr.DataTree | xr.Dataset, label: str) -> xr.Dataset:
     if not isinstance(fit, xr.Dataset) or "loss" not in fit:
         raise AmortizationError(
             f"'{label}' must be a DataTree with an 'amortized_fit' group or a Dataset with 'loss' "
-            "along 'step' (see pymc_amortize.results.fit_trace)."
+            "along 'step' (see pymc_amortize.posterior.idata.fit_trace)."
         )
     return fit
 
@@ -67,7 +67,7 @@ def plot_loss(
     ----------
     fits : mapping
         ``{label: fit}``; a fit is the DataTree of ``approx.sample()`` or ``fit_amortized``, or a
-        Dataset from :func:`pymc_amortize.results.fit_trace` (e.g. an ADVI fit's ``hist``). A
+        Dataset from :func:`pymc_amortize.posterior.idata.fit_trace` (e.g. an ADVI fit's ``hist``). A
         fit without step times is left out of the wall-time axis.
     window : int
         Steps in a rolling mean of the loss (1: the raw loss).
@@ -85,7 +85,7 @@ def plot_loss(
     .. code-block:: python
 
         from pymc_amortize.plots import plot_loss
-        from pymc_amortize.results import fit_trace
+        from pymc_amortize.posterior.idata import fit_trace
 
         fig = plot_loss({"A-VI": approx.sample(100), "ADVI": fit_trace(advi.hist, seconds)})
     """

@@ -26,13 +26,13 @@ from arviz_stats.base import array_stats
 from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
-from pymc_amortize.approximation import AmortizedApproximation
-from pymc_amortize.chunks import ChunkedPart, assemble_chunks, seed_sequence
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.globals import HALF_LOG_2PI
 from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms
 from pymc_amortize.model.plates import UnitBatch
 from pymc_amortize.model.types import Plate
+from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.posterior.chunks import ChunkedPart, assemble_chunks, seed_sequence
 
 __all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
 
@@ -262,7 +262,7 @@ def psis_diagnostic(
         Number of draws S (a few hundred at least; k̂ is noisy for small S).
     random_seed : int, optional
         Seed of the draws. A unit's draws do not depend on ``chunk_size`` (see
-        :mod:`pymc_amortize.chunks`), so neither do the results.
+        :mod:`pymc_amortize.posterior.chunks`), so neither do the results.
     chunk_size : int, optional
         Units of a plate per chunk: the draws, log weights and k̂ of ``chunk_size`` units are
         computed at a time (with PyMC's progress bar when ``progressbar``), so memory grows as
@@ -347,7 +347,7 @@ def psis_diagnostic(
             reason = str(error).rstrip(".")
             notes[plate.name] = f"no k̂ per unit: {reason[:1].lower()}{reason[1:]}"
             build = functools.partial(_undefined_khat, approx=approx, plate=plate)
-            parts.append(ChunkedPart(approx._unit_dim(plate), plate.size, build))
+            parts.append(ChunkedPart(approx.unit_dim(plate), plate.size, build))
             continue
         totals[plate.name] = np.zeros(draws)  # Σ over the plate's units of log p − log q
         build = functools.partial(
@@ -358,9 +358,9 @@ def psis_diagnostic(
             draw_units=(lambda p, a, b: whole[p.name]) if chunk_size is None else units.draws,
             terms=terms[plate.name],
             total=totals[plate.name],
-            labels=approx._unit_labels(plate),
+            labels=approx.unit_labels(plate),
         )
-        parts.append(ChunkedPart(approx._unit_dim(plate), plate.size, build))
+        parts.append(ChunkedPart(approx.unit_dim(plate), plate.size, build))
     khats = assemble_chunks(
         parts,
         chunk_size=chunk_size or max(p.size for p in plates),
@@ -392,7 +392,7 @@ def _undefined_khat(
     start: int, stop: int, *, approx: AmortizedApproximation, plate: Plate
 ) -> xr.Dataset:
     """NaN k̂ for the units ``start:stop`` of a plate whose factors couple its units."""
-    dim, labels = approx._unit_dim(plate), approx._unit_labels(plate)
+    dim, labels = approx.unit_dim(plate), approx.unit_labels(plate)
     coords = {dim: labels[start:stop] if labels is not None else np.arange(start, stop)}
     khat = np.full(stop - start, np.nan)
     return xr.Dataset({f"pareto_k_{plate.name}": ((dim,), khat)}, coords=coords)
@@ -415,7 +415,7 @@ def _khat_chunk(
     local, log_q = draw_units(plate, start, stop)
     log_weights = terms.per_unit(values | local, start, stop) - log_q
     total += log_weights.sum(axis=1)
-    dim = approx._unit_dim(plate)
+    dim = approx.unit_dim(plate)
     khat = pareto_khat(xr.DataArray(log_weights, dims=("draw", dim)))[1].values
     coords = {dim: labels[start:stop] if labels is not None else np.arange(start, stop)}
     return xr.Dataset({f"pareto_k_{plate.name}": ((dim,), khat)}, coords=coords)
@@ -437,7 +437,7 @@ def _diagnostic(approx, log_weights, khat_per_plate, values, notes=None) -> PSIS
 
 class _PlateUnits:
     """Draws of a plate's units ``start:stop`` from q and their log q, the same whatever the
-    chunk (``AmortizedApproximation._unit_draws``); ``encoded``: q of every unit when some units
+    chunk (``AmortizedApproximation.unit_draws``); ``encoded``: q of every unit when some units
     have no rows (their q is their prior's moments), else the encoder's, per chunk."""
 
     def __init__(
@@ -458,7 +458,7 @@ class _PlateUnits:
             if self.encoded is not None:
                 post = self.encoded[latent.name]
                 q = (post.mean[start:stop], post.sd[start:stop])
-            value, mean, sd = self.approx._unit_draws(
+            value, mean, sd = self.approx.unit_draws(
                 latent, start, stop, self.n_draws, self.seed, q
             )
             values[latent.value_name] = value

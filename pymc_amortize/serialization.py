@@ -21,17 +21,14 @@ import pytensor
 import xarray as xr
 from pytensor_ml.checkpoint import load_state, save_state
 
-from pymc_amortize.approximation import (
-    AmortizedApproximation,
-    InputScaling,
-    fixed_input_flags,
-)
-from pymc_amortize.conditional import ConditionalGaussian
-from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.guide.conditional import ConditionalGaussian
+from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
+from pymc_amortize.guide.envelope import TrainingEnvelope
+from pymc_amortize.guide.inputs import InputScaling, fixed_input_flags
 from pymc_amortize.inference import AmortizedVI
 from pymc_amortize.model.types import IndexedLocal, LocalLatent, Plate
-from pymc_amortize.new_units import TrainingEnvelope
+from pymc_amortize.posterior.approximation import AmortizedApproximation
 
 __all__ = ["load_approximation", "save_approximation"]
 
@@ -414,5 +411,5 @@ def load_approximation(
     if family is not None:
         # A minibatched fit of crossed plates conditions only its batch plate.
         approx.conditional_plates = frozenset(family["plates"])
-    approx.settings = {**approx.settings, "loaded_from": str(json_path)}
+    approx.record.settings = {**approx.record.settings, "loaded_from": str(json_path)}
     return approx

@@ -15,7 +15,7 @@ import pytest
 
 import pymc_amortize
 from pymc_amortize import AmortizationError
-from pymc_amortize.conditional import ConditionalGaussian
+from pymc_amortize.guide.conditional import ConditionalGaussian
 
 SIGMA, TAU, PRIOR_SD = 1.0, 0.7, 10.0
 

@@ -23,8 +23,8 @@ from pymc_amortize import (
     load_approximation,
     save_approximation,
 )
-from pymc_amortize.approximation import EncoderInput, InputScaling, _fit_scaling
-from pymc_amortize.encoders import standardization_scale
+from pymc_amortize.guide.encoders import standardization_scale
+from pymc_amortize.guide.inputs import EncoderInput, InputScaling, fit_scaling
 
 
 # -- the scalings, without a fit ------------------------------------------------------------------
@@ -42,7 +42,7 @@ def test_a_constant_column_is_not_blown_up_by_its_rounding_level_sd():
 def test_non_finite_entries_get_a_value_and_an_indicator_in_numpy_and_in_the_graph():
     bound = np.array([2.0, np.inf, 4.0, np.inf, 6.0])
     other = np.arange(5.0)[:, None]
-    scaling = _fit_scaling([bound[:, None], other], True)
+    scaling = fit_scaling([bound[:, None], other], True)
     assert scaling.flagged == (0,) and scaling.raw_width == 2 and len(scaling.center) == 3
     assert scaling.labels(("upper", "x")) == ("upper", "x", "upper is finite")
     # The finite values' mean and sd; the indicator's mean 3/5.
@@ -59,7 +59,7 @@ def test_non_finite_entries_get_a_value_and_an_indicator_in_numpy_and_in_the_gra
     np.testing.assert_allclose(graph, encoded, rtol=1e-6)
     np.testing.assert_allclose(data.chunk(), encoded, rtol=1e-6)
     # The indicator distinguishes -inf / NaN the same way; a saved fit's flags can be imposed.
-    forced = _fit_scaling([np.arange(4.0)[:, None]], True, flagged=(0,))
+    forced = fit_scaling([np.arange(4.0)[:, None]], True, flagged=(0,))
     assert forced.flagged == (0,) and 1 in forced.constant  # its indicator is always 1
 
 

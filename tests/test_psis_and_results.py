@@ -22,8 +22,8 @@ from pymc_amortize.examples.paper import (
     saw_model,
 )
 from pymc_amortize.plots import plot_encoder, plot_khat, plot_loss, plot_posterior_comparison
+from pymc_amortize.posterior.idata import fit_trace
 from pymc_amortize.psis import khat_verdict, pareto_khat, psis_diagnostic
-from pymc_amortize.results import fit_trace
 
 
 @pytest.fixture(scope="module")

@@ -262,7 +262,7 @@ def test_fit_changes_no_model_data_matrix_or_encoder_and_can_be_repeated():
 
 
 def _encoder_weights(encoder):
-    from pymc_amortize.encoders import encoder_params
+    from pymc_amortize.guide.encoders import encoder_params
 
     return encoder_params(encoder(pytensor.tensor.matrix("probe", shape=(None, 2))), exclude=())
 

@@ -156,7 +156,7 @@ def test_indexed_fit_loaded_on_new_counties_keeps_its_scalings(tmp_path):
     approx = pm.fit(
         80, method="amortized", model=model, encoder_widths=(4,), random_seed=0, progressbar=False
     )
-    assert type(approx._encoders["a"]).__name__ == "PooledEncoder"
+    assert type(approx.encoders["a"]).__name__ == "PooledEncoder"
     save_approximation(approx, tmp_path / "radon")
     # Other counties with other row counts: the row scaling and the pooled encoder's row-count
     # scaling must be the saved ones, not refitted on the new data.

@@ -28,7 +28,7 @@ DESCRIPTION = (
     "batch). Gap = A-VI's final loss − ADVI's (means of the last 500 one-draw −ELBO estimates; "
     "≤ 0 within noise: F-VI reached); steps to 1 % = first step where A-VI's 100-step running "
     "loss is within max(1 nat, 1 %) of ADVI's final loss. The default rule "
-    "(`pymc_amortize.encoders.default_encoder_widths`) was chosen from this table and the seed "
+    "(`pymc_amortize.guide.encoders.default_encoder_widths`) was chosen from this table and the seed "
     "sweeps in NOTES.md.\n\n"
 )
 

@@ -20,17 +20,41 @@ Every attribute is a string or a number, so the tree survives ``to_netcdf`` and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pymc as pm
 import xarray as xr
+from pymc.backends.base import MultiTrace
+from pytensor.graph.traversal import ancestors
 
 from pymc_amortize._version import __version__
-from pymc_amortize.encoders import MLPEncoder, PooledEncoder
-from pymc_amortize.model.types import ModelAnalysis, Plate
+from pymc_amortize.fitting.record import FitRecord
+from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
+from pymc_amortize.guide.state import AmortizedGuide
+from pymc_amortize.model.forward import trace_from_values
+from pymc_amortize.model.types import ModelAnalysis
+from pymc_amortize.posterior.datasets import unit_coords, unit_dim, variable_dims
+from pymc_amortize.posterior.local import (
+    LocalPosterior,
+    draw_locals,
+    encode_fitted,
+    fill_prior,
+    units_without_rows,
+    zero_row_prior,
+)
 
-__all__ = ["describe_encoder", "fit_trace", "method_groups"]
+__all__ = [
+    "add_method_groups",
+    "describe_encoder",
+    "encoder_outputs",
+    "fit_attributes",
+    "fit_trace",
+    "method_groups",
+    "sample_fitted",
+    "sample_globals",
+    "variational_params",
+]
 
 METHOD = "amortized_vi"
 PARAM_COORD = ["mean", "sd"]
@@ -106,33 +130,16 @@ def _attr(value: object) -> str | int | float:
     return str(value)
 
 
-def _dims(model: pm.Model, name: str, shape: Sequence[int]) -> list[str]:
-    """The model's dims of ``name`` where they fit ``shape``, else PyMC's ``{name}_dim_{i}``."""
-    model_dims = model.named_vars_to_dims.get(name) or ()
-    if len(model_dims) != len(shape):
-        model_dims = (None,) * len(shape)  # e.g. a transform that changes the shape
-    dims = []
-    for i, (dim, size) in enumerate(zip(model_dims, shape, strict=True)):
-        coords = model.coords.get(dim) if dim is not None else None
-        fits = dim is not None and (coords is None or len(coords) == size)
-        dims.append(dim if fits else f"{name}_dim_{i}")
-    return dims
-
-
-def _coords(model: pm.Model, dims: Sequence[str]) -> dict[str, np.ndarray]:
-    return {d: np.asarray(model.coords[d]) for d in dims if model.coords.get(d) is not None}
-
-
 def _param_dataarray(
     model: pm.Model, rv_name: str, value_name: str, mean: np.ndarray, sd: np.ndarray
 ) -> xr.DataArray:
     """Mean and sd stacked along ``param``; named by the value variable (``sigma_log__``),
     because the Gaussian lives on its space, with the latent's model dims."""
-    dims = _dims(model, rv_name, mean.shape)
+    dims, coords = variable_dims(model, rv_name, mean.shape)
     return xr.DataArray(
         np.stack([mean, sd]),
         dims=["param", *dims],
-        coords={"param": PARAM_COORD, **_coords(model, dims)},
+        coords={"param": PARAM_COORD, **coords},
         attrs={"variable": rv_name, "space": "unconstrained (value) space"},
     )
 
@@ -154,15 +161,6 @@ def variational_params(
     )
 
 
-def unit_dim(model: pm.Model, plate: Plate) -> tuple[str, np.ndarray]:
-    """The dim of ``plate``'s units (its model dim, else the plate's name) and their coords."""
-    dim = plate.dim or plate.name
-    coords = model.coords.get(plate.dim) if plate.dim else None
-    if coords is None or len(coords) != plate.size:
-        return dim, np.arange(plate.size)
-    return dim, np.asarray(coords)
-
-
 def encoder_outputs(
     model: pm.Model, analysis: ModelAnalysis, encoded: Mapping[str, object]
 ) -> xr.Dataset:
@@ -173,14 +171,14 @@ def encoder_outputs(
     """
     data = {}
     for plate in analysis.plates:
-        dim, units = unit_dim(model, plate)
+        dim, units = unit_dim(plate), unit_coords(model, plate)
         for latent in plate.latents:
             q = encoded[latent.name]
-            event_dims = _dims(model, latent.name, q.mean.shape)[1:]
+            event_dims, event_coords = variable_dims(model, latent.name, q.mean.shape[1:])
             data[latent.value_name] = xr.DataArray(
                 np.stack([q.mean, q.sd]),
                 dims=["param", dim, *event_dims],
-                coords={"param": PARAM_COORD, dim: units, **_coords(model, event_dims)},
+                coords={"param": PARAM_COORD, dim: units, **event_coords},
                 attrs={
                     "variable": latent.name,
                     "plate": plate.name,
@@ -287,3 +285,100 @@ def method_groups(
     if encoded is not None:
         groups["encoder_outputs"] = encoder_outputs(model, analysis, encoded)
     return groups
+
+
+def sample_fitted(
+    guide: AmortizedGuide,
+    record: FitRecord,
+    draws: int = 1000,
+    *,
+    random_seed: int | None = None,
+    return_inferencedata: bool = True,
+) -> xr.DataTree | MultiTrace:
+    """:meth:`~pymc_amortize.AmortizedApproximation.sample`: draws for the fitted units, with the
+    groups of :func:`method_groups` from the fit's ``record``."""
+
+    rng = np.random.default_rng(random_seed)
+    global_values = guide.draw_globals(draws, rng)
+    if guide.unit_source is not None:
+        return sample_globals(guide, record, global_values, return_inferencedata)
+    outputs = guide.fitted_encoder_outputs()
+    values = global_values | draw_locals(
+        guide, draws, rng, {name: LocalPosterior(mean, sd) for name, (mean, sd) in outputs.items()}
+    )
+    if guide.conditional_plates:
+        # q(z | θ): the conditional plates' draws follow the globals' draws.
+        values |= guide.conditional_sampler(values, rng)
+    for plate in guide.analysis.plates:
+        empty = units_without_rows(plate)
+        if not empty.any():
+            continue
+        # No rows: the posterior is the prior given the globals, drawn with the same draws.
+        prior = zero_row_prior(guide, plate, empty, global_values, rng, outputs=outputs)
+        fill_prior(guide, plate, values, prior, empty)
+    if not return_inferencedata:
+        return trace_from_values(guide.model, values)
+    idata = pm.to_inference_data(
+        trace_from_values(guide.model, values), model=guide.model, log_likelihood=False
+    )
+    add_method_groups(guide, record, idata)
+    return idata
+
+
+def sample_globals(
+    guide: AmortizedGuide,
+    record: FitRecord,
+    global_values: dict[str, np.ndarray],
+    return_inferencedata: bool,
+) -> xr.DataTree | MultiTrace:
+    """:func:`sample_fitted` of a fit on ``unit_data``: the globals and the Deterministics of the
+    globals alone. The template model's locals are only placeholders (its initial point);
+    every variable that depends on them is left out."""
+    draws = len(next(iter(global_values.values()))) if global_values else 1
+    start = guide.model.initial_point()
+    values = dict(global_values)
+    for latent in guide.analysis.latents:
+        values[latent.value_name] = np.repeat(start[latent.value_name][None], draws, axis=0)
+    trace = trace_from_values(guide.model, values)
+    if not return_inferencedata:
+        return trace
+    idata = pm.to_inference_data(trace, model=guide.model, log_likelihood=False)
+    local_rvs = [guide.model[name] for name in guide.analysis.latent_names]
+    per_unit = [
+        name
+        for name in idata.posterior.data_vars
+        if name in guide.analysis.latent_names
+        or set(local_rvs) & set(ancestors([guide.model[name]]))
+    ]
+    posterior = idata.posterior.to_dataset().drop_vars(per_unit)
+    used = {dim for var in posterior.data_vars.values() for dim in var.dims}
+    # The template's unit coords (and any other left unused) would only mislead.
+    posterior = posterior.drop_vars([c for c in posterior.coords if c not in used])
+    idata["posterior"] = xr.DataTree(posterior)
+    for group in ("observed_data", "constant_data"):  # the template's few units
+        if group in idata.children:
+            del idata[group]
+    idata["posterior"].attrs["note"] = (
+        "Fitted on unit_data: the posterior of its units is approx.encode_dataset()'s."
+    )
+    add_method_groups(guide, record, idata)
+    return idata
+
+
+def add_method_groups(guide: AmortizedGuide, record: FitRecord, idata: xr.DataTree) -> None:
+    """The groups of :func:`method_groups`, added to ``idata``."""
+    groups = method_groups(
+        guide.model,
+        guide.analysis,
+        loss=record.hist,
+        step_seconds=record.step_seconds,
+        encoders=dict(guide.encoders),
+        n_encoder_params=sum(p.get_value().size for p in guide.encoder_params),
+        global_factors=guide.global_factors(),
+        settings=record.settings,
+        divergence=None if record.divergence is None else record.divergence.message(),
+        # A fit on unit_data may have more units than memory holds: encode_dataset gives them.
+        encoded=encode_fitted(guide) if guide.unit_source is None else None,
+    )
+    for name, dataset in groups.items():
+        idata[name] = xr.DataTree(dataset)

@@ -335,7 +335,7 @@ class ConditionalSampler:
     encode : callable
         ``(latent name, UnitBatch) -> (mean, log_sd)``, the encoder's symbolic output.
     full_batches : mapping
-        Plate name -> its full-batch :class:`~pymc_amortize.plates.UnitBatch`.
+        Plate name -> its full-batch :class:`~pymc_amortize.model.plates.UnitBatch`.
     """
 
     def __init__(self, model, analysis, family, plates, encode, full_batches):

@@ -1,11 +1,9 @@
-"""New units: the encoders' training envelope.
+"""The training envelope of the encoders: what input each encoder saw in training.
 
-Used by :meth:`AmortizedApproximation.encode` and ``sample_new_units``: :class:`TrainingEnvelope`
-holds, per local latent, the range of each encoder input column seen in training (on the
-standardised scale the encoder reads), a Mahalanobis distance for several columns, and the range
-of rows per unit of an indexed plate. New units outside it are named in an
-:class:`~pymc_amortize.OutOfTrainingRangeWarning`. PyMC's forward draws for new units are in
-:mod:`pymc_amortize.model.forward`.
+:class:`TrainingEnvelope`: per local latent, the range of each encoder input column seen in
+training (on the standardised scale the encoder reads), a Mahalanobis distance for several
+columns, and the range of rows per unit of an indexed plate. New units outside it are named in an
+:class:`~pymc_amortize.OutOfTrainingRangeWarning`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,2 @@
+"""The posterior: the public approximation and what a user does with a fit (encode, sample, new
+units, datasets, ArviZ groups)."""
