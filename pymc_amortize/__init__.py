@@ -38,8 +38,9 @@ from pymc_amortize.errors import (
     OutOfTrainingRangeWarning,
 )
 from pymc_amortize.fit import fit_amortized
-from pymc_amortize.inference import AmortizedVI, DivergenceInfo
-from pymc_amortize.objectives import ELBO, IWAE
+from pymc_amortize.fitting.guard import DivergenceInfo
+from pymc_amortize.fitting.objectives import ELBO, IWAE
+from pymc_amortize.fitting.vi import AmortizedVI
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic
 from pymc_amortize.serialization import load_approximation, save_approximation
 

@@ -15,7 +15,7 @@ from pymc_amortize.approximation import AmortizedApproximation
 from pymc_amortize.diagnostics import semi_amortize
 from pymc_amortize.encoders import Encoder
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.inference import DEFAULT_MAX_STEPS, AmortizedVI
+from pymc_amortize.fitting.vi import DEFAULT_MAX_STEPS, AmortizedVI
 
 __all__ = ["fit_amortized"]
 

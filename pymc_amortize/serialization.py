@@ -30,7 +30,7 @@ from pymc_amortize.approximation import (
 from pymc_amortize.conditional import ConditionalGaussian
 from pymc_amortize.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.fitting.vi import AmortizedVI
 from pymc_amortize.new_units import TrainingEnvelope
 
 __all__ = ["load_approximation", "save_approximation"]

@@ -30,19 +30,12 @@ from pytensor.tensor.random.op import RandomVariable
 from pytensor.tensor.random.type import RandomType
 
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.jax_graph import is_jax_mode, static_sizes
+from pymc_amortize.fitting.jax import is_jax_mode, static_sizes
 
 if TYPE_CHECKING:
-    from pymc_amortize.inference import AmortizedVI
+    from pymc_amortize.fitting.vi import AmortizedVI
 
-__all__ = [
-    "HostNoiseStep",
-    "NoiseInputs",
-    "compile_noise_loss",
-    "explicit_noise",
-    "is_jax_mode",
-    "static_sizes",
-]
+__all__ = ["HostNoiseStep", "NoiseInputs", "compile_noise_loss", "explicit_noise"]
 
 
 class NoiseInputs:
@@ -162,7 +155,7 @@ class HostNoiseStep:
 
         import pymc as pm
         from pymc_amortize import AmortizedVI
-        from pymc_amortize.accelerators import HostNoiseStep
+        from pymc_amortize.fitting.host_noise import HostNoiseStep
         from pymc_amortize.examples.paper import linear_data, linear_model
 
         with linear_model(linear_data(1_000, random_seed=0)):
