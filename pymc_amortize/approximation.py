@@ -44,6 +44,7 @@ from pymc_amortize.encoders import (
     standardization_scale,
 )
 from pymc_amortize.errors import AmortizationError, OutOfTrainingRangeWarning
+from pymc_amortize.fitting.record import FitRecord
 from pymc_amortize.guide.globals import GlobalFamily, make_global_family
 from pymc_amortize.new_units import (
     InputEnvelope,
@@ -828,6 +829,7 @@ class AmortizedApproximation:
         local_family: ConditionalGaussian | None = None,
         conditional_plates: Sequence[str] = (),
         global_family: str = "meanfield",
+        record: FitRecord | None = None,
     ):
         self.model = model
         #: The conditional local family (None: the encoder family q(z_n; f(x_n)) everywhere) and
@@ -839,13 +841,8 @@ class AmortizedApproximation:
         #: Where the batch plate's units are read from when they are not in the model (a fit on
         #: ``unit_data``); the model is then a template of a few of them.
         self.unit_source = unit_source
-        self.hist = np.asarray(())
-        #: Wall-clock seconds of each step, aligned with ``hist``.
-        self.step_seconds = np.asarray(())
-        #: Options of the fit (batch size, optimizer, ...), for the results' attributes.
-        self.settings: dict[str, object] = {}
-        #: Where the last fit or refine diverged (a :class:`~pymc_amortize.DivergenceInfo`), or None.
-        self.divergence = None
+        #: The fit's record, written by the fitting adapter (AmortizedVI); read below.
+        self.record = record if record is not None else FitRecord()
         local = set(analysis.latent_names)
         global_rvs = [rv for rv in model.free_RVs if rv.name not in local]
         #: q(θ), a :class:`~pymc_amortize.guide.globals.GlobalFamily` (None without globals).
@@ -1098,6 +1095,32 @@ class AmortizedApproximation:
             if not np.isfinite(p.get_value(borrow=True)).all()
         ]
         return tuple(names)
+
+    # -- the fit's record (read-only here) -------------------------------------------------------
+    @property
+    def hist(self) -> np.ndarray:
+        """The loss of each step (``record.hist``)."""
+        return self.record.hist
+
+    @property
+    def step_seconds(self) -> np.ndarray:
+        """Wall-clock seconds of each step, aligned with ``hist``."""
+        return self.record.step_seconds
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """Options and outcome of the fit (batch size, optimizer, ...), for the results."""
+        return self.record.settings
+
+    @property
+    def divergence(self):
+        """Where the last fit or refine diverged (a :class:`~pymc_amortize.DivergenceInfo`)."""
+        return self.record.divergence
+
+    @property
+    def gap_check(self):
+        """The after-fit amortization-gap check (a :class:`~pymc_amortize.GapCheck`), or None."""
+        return self.record.gap_check
 
     # -- what PyMC's Inference loop reads -------------------------------------------------------
     @property

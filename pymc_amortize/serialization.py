@@ -411,5 +411,5 @@ def load_approximation(
     if family is not None:
         # A minibatched fit of crossed plates conditions only its batch plate.
         approx.conditional_plates = frozenset(family["plates"])
-    approx.settings = {**approx.settings, "loaded_from": str(json_path)}
+    approx.record.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx

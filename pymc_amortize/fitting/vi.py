@@ -19,6 +19,7 @@ import pymc as pm
 import pytensor
 import xarray as xr
 from pymc.progress_bar import default_progress_theme
+from pymc.pytensorf import resolve_backend_compile_kwargs
 from pymc.variational.inference import Inference, State
 
 from pymc_amortize.analysis import (
@@ -39,6 +40,7 @@ from pymc_amortize.errors import (
 )
 from pymc_amortize.fitting.estimator import AmortizedObjective, batch_plate_of
 from pymc_amortize.fitting.objectives import ELBO, Objective
+from pymc_amortize.fitting.record import FitRecord
 from pymc_amortize.streaming import POOL_MIB, UnitSource
 
 __all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_MAX_STEPS", "AmortizedVI"]
@@ -315,6 +317,9 @@ class AmortizedVI(Inference):
                 for rv in model.free_RVs
                 if rv.name not in set(analysis.latent_names)
             }
+        #: The fit's record (losses, step times, settings, divergence, gap check): created here,
+        #: shared with the approximation (which reads it) and updated only by this class.
+        self.record = record = FitRecord()
         approx = AmortizedApproximation(
             model,
             analysis,
@@ -329,9 +334,10 @@ class AmortizedVI(Inference):
             unit_source=source,
             local_family=local_family,
             conditional_plates=conditional_plates,
+            record=record,
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
-        approx.settings = {
+        record.settings = {
             "batch_size": (
                 batch_size if batch_size is not None else (batch_plate.size if batch_plate else 0)
             ),
@@ -347,12 +353,15 @@ class AmortizedVI(Inference):
             "conditional_plates": sorted(approx.conditional_plates),
         }
         if source is not None:
-            approx.settings["unit_data"] = (
+            record.settings["unit_data"] = (
                 f"{source.size} units of '{source.dim}' read in {source.n_chunks} chunks "
                 f"({', '.join(source.keys)}), a pool of {unit_data_pool_mib:g} MiB"
             )
         self.hist = np.asarray(())
         self.state = None
+        # Set by fit, kept for refine: the convergence stop and the after-fit gap check's options.
+        self._convergence: ELBOConvergence | None = None
+        self._gap_check_options: dict | None = None
         self.objective = AmortizedObjective(
             approx,
             batch_size=batch_size,
@@ -435,17 +444,16 @@ class AmortizedVI(Inference):
                 f"adam(learning_rate={stop.current_learning_rate():g}), ×{stop.decay:g} on each "
                 f"plateau of the loss, {stop.decays} times"
             )
-        self.approx.settings |= {
+        self.record.settings |= {
             "obj_n_mc": obj_n_mc,
             "obj_optimizer": described,
             "convergence": (
                 stop.describe() if stop is not None and stop.stop else "off (all n steps)"
             ),
         }
-        timed_before, hist_before = self.approx.step_seconds, self.hist.size
-        approx = super().fit(
+        timed_before, hist_before = self.record.step_seconds, self.hist.size
+        approx = self._run(
             n,
-            score,
             callbacks,
             progressbar,
             progressbar_theme,
@@ -462,6 +470,40 @@ class AmortizedVI(Inference):
         self._check_gap()
         return approx
 
+    def _run(
+        self,
+        n: int,
+        callbacks: list[Callable],
+        progressbar: bool,
+        progressbar_theme,
+        *,
+        backend: str | None,
+        include_transformed: bool,
+        compile_kwargs: dict | None,
+        **step_options,
+    ) -> AmortizedApproximation:
+        """PyMC's ``Inference.fit`` less its write of ``approx.hist``: compile, loop, record.
+
+        The approximation's fit state is the :class:`FitRecord` this class updates, so the loss
+        history goes to ``record.hist`` (``inference.hist`` stays as PyMC's loop keeps it).
+        """
+        compile_kwargs = resolve_backend_compile_kwargs(backend, compile_kwargs)
+        step = self.objective.step_function(
+            score=True, compile_kwargs=compile_kwargs, **step_options
+        )
+        self.state = self._iterate_with_loss(0, n, step, progressbar, progressbar_theme, callbacks)
+        self.record.hist = self.hist
+        approx = self.approx
+        for group in approx.groups:
+            group.include_transformed = include_transformed
+        # A JAX step leaves jax.Arrays in the parameters; other backends need NumPy arrays.
+        for param in approx.params:
+            if hasattr(param, "container") and not isinstance(
+                param.container.storage[0], np.ndarray
+            ):
+                param.set_value(np.asarray(param.get_value()))
+        return approx
+
     def refine(self, n, progressbar=True, progressbar_theme=default_progress_theme):
         """Run up to ``n`` more steps from where the last run stopped, with its optimizer state,
         learning rate and convergence stop (whose windows start afresh)."""
@@ -469,25 +511,25 @@ class AmortizedVI(Inference):
             raise AmortizationError(
                 f"n (the number of steps) must be a positive integer; got {n!r}."
             )
-        stop = getattr(self, "_convergence", None)
+        stop = self._convergence
         if stop is not None:
             stop.reset()
-        timed_before, hist_before = self.approx.step_seconds, self.hist.size
+        timed_before, hist_before = self.record.step_seconds, self.hist.size
         first = len(self.objective.guard.seconds) if self.objective.guard is not None else 0
         super().refine(n, progressbar, progressbar_theme)
-        self.approx.hist = self.hist
+        self.record.hist = self.hist
         self._record_step_seconds(timed_before, hist_before, first=first)
         self._warn_if_diverged()
         self._record_convergence(n, hist_before, refine=True)
         self._check_gap()
 
     def _record_convergence(self, n: int, hist_before: int, *, refine: bool) -> None:
-        """Record in ``approx.settings`` whether the run converged; warn when the cap cut it."""
-        stop = getattr(self, "_convergence", None)
+        """Record in ``record.settings`` whether the run converged; warn when the cap cut it."""
+        stop = self._convergence
         run = int(self.hist.size - hist_before)
         record = {"steps": int(self.hist.size), "max_steps": int(n)}
         if stop is None:
-            self.approx.settings |= record | {"converged": None}
+            self.record.settings |= record | {"converged": None}
             return
         record |= {
             "converged": bool(stop.converged),
@@ -495,8 +537,8 @@ class AmortizedVI(Inference):
             "learning_rate_decayed_at": ", ".join(f"{i:,}" for i in stop.decayed_at) or "never",
             "last_relative_change": stop.last_change,
         }
-        self.approx.settings |= record
-        if stop.converged or not stop.stop or self.approx.divergence is not None or run < n:
+        self.record.settings |= record
+        if stop.converged or not stop.stop or self.record.divergence is not None or run < n:
             return
         warnings.warn(
             _cap_message(stop, n, run, total=int(self.hist.size), refine=refine),
@@ -509,13 +551,13 @@ class AmortizedVI(Inference):
         from pymc_amortize.diagnostics import GapCheck
         from pymc_amortize.diagnostics import gap_check as run_check
 
-        options = getattr(self, "_gap_check_options", None)
+        options = self._gap_check_options
         if options is None:
             return
-        if self.approx.divergence is not None:  # the DivergenceWarning said it all
+        if self.record.divergence is not None:  # the DivergenceWarning said it all
             check = GapCheck({}, False, 0.0, "the fit diverged (see approx.divergence)")
-            self.approx.gap_check = check
-            self.approx.settings |= check.attributes()
+            self.record.gap_check = check
+            self.record.settings |= check.attributes()
             return
         options = {"random_seed": self.objective.random_seed, **options}
         try:
@@ -529,18 +571,18 @@ class AmortizedVI(Inference):
                 UserWarning,
                 stacklevel=4,
             )
-        self.approx.gap_check = check
-        self.approx.settings |= check.attributes()
+        self.record.gap_check = check
+        self.record.settings |= check.attributes()
         if check.flagged:
             warnings.warn(check.warning_message(), AmortizationGapWarning, stacklevel=4)
 
     def _record_step_seconds(self, timed_before: np.ndarray, hist_before: int, *, first: int):
-        """Append this run's step times to ``approx.step_seconds``, aligned with ``hist``."""
+        """Append this run's step times to ``record.step_seconds``, aligned with ``hist``."""
         n_steps = self.hist.size - hist_before
         timed = np.asarray(self.objective.guard.seconds[first : first + n_steps], dtype=float)
         # An interrupted run can keep a loss without its time; pad so the arrays stay aligned.
         timed = np.pad(timed, (0, n_steps - timed.size), constant_values=np.nan)
-        self.approx.step_seconds = np.concatenate([timed_before, timed])
+        self.record.step_seconds = np.concatenate([timed_before, timed])
 
     def _iterate_with_loss(self, s, n, step_func, progressbar, progressbar_theme, callbacks):
         if n >= 10:
@@ -575,7 +617,7 @@ class AmortizedVI(Inference):
         if guard is None:
             return
         guard.check_final_state()
-        self.approx.divergence = guard.diverged
+        self.record.divergence = guard.diverged
         if guard.diverged is not None:
             warnings.warn(guard.diverged.message(), DivergenceWarning, stacklevel=3)
             guard.diverged = None
