@@ -9,6 +9,7 @@ runs. Every random draw comes from its own shared generator (:class:`RandomDraws
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pymc as pm
@@ -297,12 +298,14 @@ class AmortizedObjective:
         obj_n_mc: int = 1,
         obj_optimizer: Callable | None = None,
         total_grad_norm_constraint: float | None = None,
-        static_shapes: bool = False,
+        mode: Any = None,
+        static_shapes: bool | None = None,
     ) -> tuple[pt.TensorVariable, dict[SharedVariable, pt.TensorVariable]]:
-        """The symbolic training step: the loss and the updates of one step.
+        """The symbolic training step for the compilation ``mode``: the loss and the updates.
 
         The updates hold the optimizer's (parameters and moments) and the random generators'
-        (the step draws its minibatch and noise itself); :meth:`step_function` compiles them.
+        (the step draws its minibatch and noise itself); :meth:`step_function` compiles them,
+        :class:`~pymc_amortize.fitting.host_noise.HostNoiseStep` first makes the draws inputs.
 
         Parameters
         ----------
@@ -312,9 +315,13 @@ class AmortizedObjective:
             A PyMC optimizer, ``pm.adam(learning_rate=1e-3)`` when omitted.
         total_grad_norm_constraint : float, optional
             Clip the gradient's total norm to this value.
-        static_shapes : bool
+        mode : str or Mode, optional
+            The compilation mode the graph is for. Under JAX every integer size shared variable
+            becomes a constant (:func:`~pymc_amortize.fitting.jax.static_sizes`).
+        static_shapes : bool, optional
             Give every array a shape fixed at compile time (what JAX needs): an indexed plate's
             batch rows are padded to B times its largest unit's rows and the padding weighted out.
+            By default only under JAX.
 
         Returns
         -------
@@ -325,6 +332,8 @@ class AmortizedObjective:
         """
         if not isinstance(obj_n_mc, int | np.integer) or obj_n_mc <= 0:
             raise AmortizationError(f"obj_n_mc must be a positive integer; got {obj_n_mc!r}.")
+        jax_mode = is_jax_mode(mode)
+        static_shapes = jax_mode if static_shapes is None else static_shapes
         optimizer = obj_optimizer if obj_optimizer is not None else pm.adam(learning_rate=1e-3)
         random = RandomDraws()
         n_draws = int(obj_n_mc) * self.objective.n_particles
@@ -335,6 +344,9 @@ class AmortizedObjective:
             grads = total_norm_constraint(grads, total_grad_norm_constraint)
         updates = optimizer(grads, params)
         updates.update(random.updates)
+        if jax_mode:
+            loss, *new_values = static_sizes([loss, *updates.values()])
+            updates = dict(zip(updates, new_values, strict=True))
         return loss, updates
 
     def step_function(
@@ -346,16 +358,29 @@ class AmortizedObjective:
         total_grad_norm_constraint: float | None = None,
         compile_kwargs: dict | None = None,
     ) -> GuardedStep:
-        jax_mode = is_jax_mode((compile_kwargs or {}).get("mode"))
+        """The compiled training step behind the divergence guard, as PyMC's loop calls it.
+
+        Parameters
+        ----------
+        score : bool
+            Ignored: the step always returns its loss (PyMC's ``Inference.fit`` passes it).
+        obj_n_mc, obj_optimizer, total_grad_norm_constraint
+            As for :meth:`step_graph`.
+        compile_kwargs : dict, optional
+            Passed to ``pm.compile`` (e.g. ``{"mode": "JAX"}``).
+
+        Returns
+        -------
+        GuardedStep
+            Each call runs one step (on a fresh minibatch) and returns its loss; it is also kept
+            as ``self.guard``.
+        """
         loss, updates = self.step_graph(
             obj_n_mc=obj_n_mc,
             obj_optimizer=obj_optimizer,
             total_grad_norm_constraint=total_grad_norm_constraint,
-            static_shapes=jax_mode,
+            mode=(compile_kwargs or {}).get("mode"),
         )
-        if jax_mode:
-            loss, *new_values = static_sizes([loss, *updates.values()])
-            updates = dict(zip(updates, new_values, strict=True))
         fn = compile_pymc(
             [], loss, updates=updates, random_seed=self.random_seed, **(compile_kwargs or {})
         )
