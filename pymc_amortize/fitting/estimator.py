@@ -41,12 +41,32 @@ class RandomDraws:
 
     One generator per draw (sharing one correlates the draws); ``pm.compile`` reseeds them all
     from the fit's ``random_seed``.
+
+    Attributes
+    ----------
+    updates : dict
+        Each generator -> its state after the draw, for the compiled function's ``updates``.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        random = RandomDraws()
+        eps = random(pt.random.normal, 0.0, 1.0, size=(10, 3))
+        fn = pm.compile([], eps, updates=random.updates, random_seed=1)
     """
 
     def __init__(self):
         self.updates: dict[SharedVariable, pt.TensorVariable] = {}
 
-    def __call__(self, rv, *args, size, unit_axis: int | None = None) -> pt.TensorVariable:
+    def __call__(
+        self, rv: Callable, *args, size, unit_axis: int | None = None
+    ) -> pt.TensorVariable:
+        """A draw of ``rv(*args, size=size)`` from a new generator.
+
+        ``unit_axis`` is the draw's axis along the minibatch's units (None where it has none),
+        kept on the generator's tag for :mod:`pymc_amortize.fitting.host_noise`.
+        """
         rng = pytensor.shared(np.random.default_rng())
         # The axis of the minibatch's units, read by pymc_amortize.fitting.host_noise to split a
         # minibatch across devices.
@@ -71,7 +91,28 @@ def batch_plate_of(analysis: ModelAnalysis) -> Plate | None:
 
 
 class AmortizedObjective:
-    """Builds and compiles the training step of an :class:`AmortizedApproximation`."""
+    """Builds and compiles the training step of an :class:`AmortizedApproximation`.
+
+    Parameters
+    ----------
+    approx : AmortizedApproximation
+        Its parameters are trained; it is never otherwise changed.
+    batch_size : int or None
+        Units per step of the batch plate (:func:`batch_plate_of`); None for the full batch.
+    objective : ELBO or IWAE
+        Turns the Monte Carlo terms into the loss.
+    random_seed : int or None
+        Seeds the compiled step's generators and a ``unit_data`` fit's batch sampler.
+    pool_mib : float
+        MiB of ``unit_data``'s chunks a batch sampler holds (see ``ChunkedUnitSampler``).
+
+    Attributes
+    ----------
+    guard : GuardedStep or None
+        The last compiled step (:meth:`step_function`).
+    sampler : ChunkedUnitSampler or None
+        The host's batch filler of the last step of a fit on ``unit_data``.
+    """
 
     def __init__(
         self,
@@ -80,6 +121,7 @@ class AmortizedObjective:
         batch_size: int | None,
         objective: Objective,
         random_seed: int | None,
+        pool_mib: float = POOL_MIB,
     ):
         self.approx = approx
         self.batch_size = batch_size
@@ -90,8 +132,7 @@ class AmortizedObjective:
         self.logjoint(minibatch=batch_size is not None)  # refuse what cannot be minibatched now
         self.guard: GuardedStep | None = None
         self.sampler: ChunkedUnitSampler | None = None
-        #: MiB of unit_data's chunks a sampler holds (see ChunkedUnitSampler).
-        self.pool_mib = POOL_MIB
+        self.pool_mib = float(pool_mib)
 
     def logjoint(self, *, minibatch: bool) -> LogJoint:
         """The model's log joint, with the batch plate's factors ready for a minibatch or not."""
@@ -254,8 +295,30 @@ class AmortizedObjective:
     ) -> tuple[float, float]:
         """Monte Carlo ELBO (or ``objective``'s bound) at the current parameters, and its SE.
 
-        Full batch (all units), ``n_draws`` estimates per evaluation (each from K draws for
-        ``IWAE(K)``), ``repeats`` evaluations; the parameters are not changed.
+        Full batch (all units); the parameters are not changed.
+
+        Parameters
+        ----------
+        n_draws : int
+            Estimates per evaluation (each from K draws for ``IWAE(K)``).
+        repeats : int
+            Evaluations, each of ``n_draws`` estimates.
+        random_seed : int, optional
+            Seeds the draws.
+        objective : ELBO or IWAE, optional
+            The bound to estimate (the ELBO when omitted).
+
+        Returns
+        -------
+        estimate, standard_error : float
+            The mean of the ``n_draws * repeats`` estimates and its Monte Carlo standard error.
+
+        Examples
+        --------
+        .. code-block:: python
+
+            elbo, se = inference.objective.estimate_elbo(2_000, random_seed=1)
+            iwae, se = inference.objective.estimate_elbo(500, objective=pymc_amortize.IWAE(10))
         """
         objective = objective if objective is not None else ELBO()
         random = RandomDraws()
@@ -272,6 +335,20 @@ class AmortizedObjective:
         :attr:`AmortizedApproximation.params`, each call on a fresh minibatch and Monte Carlo
         draw, at the current parameters (nothing is updated): for checks of the estimator, e.g.
         that minibatch gradients average to the full-batch one.
+
+        Parameters
+        ----------
+        obj_n_mc : int
+            Monte Carlo draws per call.
+        full_batch : bool
+            Evaluate every unit instead of a minibatch of ``batch_size``.
+        random_seed : int, optional
+            Seeds the minibatches and draws (and a ``unit_data`` fit's batch sampler).
+
+        Returns
+        -------
+        callable
+            ``loss_and_gradient() -> (loss, [gradient per parameter])``.
         """
         random = RandomDraws()
         n_draws = int(obj_n_mc) * self.objective.n_particles

@@ -18,13 +18,24 @@ __all__ = ["DivergenceInfo", "GuardedStep"]
 
 @dataclass(frozen=True)
 class DivergenceInfo:
-    """Where a fit met a non-finite loss or parameter, and what was restored."""
+    """Where a fit met a non-finite loss or parameter, and what was restored.
+
+    Attributes
+    ----------
+    step : int
+        The step (counted over the guard's runs) whose loss or update was not finite.
+    nonfinite_params : tuple of str
+        The model parameters (and encoder weights) that were not finite there.
+    restored_step : int
+        The step whose snapshot of the parameters and optimizer state was restored.
+    """
 
     step: int
     nonfinite_params: tuple[str, ...]
     restored_step: int
 
     def message(self) -> str:
+        """The :class:`~pymc_amortize.DivergenceWarning`'s text: what happened, how to resume."""
         params = ", ".join(self.nonfinite_params) or "none (the loss alone)"
         return (
             f"Amortized VI diverged at step {self.step}: the loss or the parameters became NaN or "
@@ -41,7 +52,30 @@ class GuardedStep:
 
     The state (parameters and optimizer moments) is snapshotted every ``checkpoint_every`` steps
     when the mean loss over that window is the best so far and the state is finite, which costs
-    one copy per window. ``describe_nonfinite`` names the model parameters that are not finite.
+    one copy per window. A non-finite loss raises ``StopIteration``, which PyMC's loop takes as
+    the end of the run.
+
+    Parameters
+    ----------
+    fn : callable
+        The compiled step: no arguments, returns the loss and updates ``state`` in place.
+    state : sequence of SharedVariable
+        Everything the step updates except the random generators (parameters, optimizer moments).
+    describe_nonfinite : callable
+        Names the model parameters that are not finite (for :class:`DivergenceInfo`).
+    checkpoint_every : int
+        Steps per window of the best-snapshot check.
+    feed : callable, optional
+        Called before each step to put its batch in the step's buffers (a fit on ``unit_data``).
+
+    Attributes
+    ----------
+    step : int
+        Steps run so far, over every run of this guard.
+    seconds : list of float
+        Wall-clock seconds of each finished step.
+    diverged : DivergenceInfo or None
+        Set when a step diverged, until the adapter reports it.
     """
 
     def __init__(
@@ -53,7 +87,6 @@ class GuardedStep:
         feed: Callable[[], None] | None = None,
     ):
         self.fn = fn
-        #: Called before each step to put its batch in the step's buffers (a fit on unit_data).
         self.feed = feed
         self.state = list(state)
         self.describe_nonfinite = describe_nonfinite
@@ -80,6 +113,7 @@ class GuardedStep:
             var.set_value(value.copy())
 
     def __call__(self) -> np.ndarray:
+        """Run one step and return its loss; restore and raise ``StopIteration`` if not finite."""
         started = time.perf_counter()
         if self.feed is not None:
             self.feed()
@@ -111,4 +145,5 @@ class GuardedStep:
 
     @property
     def profile(self):
+        """The compiled step's PyTensor profile (read by PyMC's ``run_profiling``)."""
         return self.fn.profile

@@ -231,11 +231,34 @@ class AmortizedVI(Inference):
         of the globals (see :mod:`pymc_amortize.conditional`; exact for Gaussian-linear units,
         whatever their number of rows). Under ``batch_size`` only the batch plate is conditional.
 
+    Attributes
+    ----------
+    record : FitRecord
+        The fit's explicit state (losses, step seconds, settings, divergence, gap check), shared
+        with the approximation, which reads it (``approx.hist``, ``approx.settings``, ...); only
+        this class writes it. ``inference.hist`` is PyMC's own copy of the losses.
+    objective : AmortizedObjective
+        The objective graph and the compiled step.
+
     Raises
     ------
     AmortizationError
         For an option out of range, a model nothing can be minibatched in, or ``unit_data`` that
         does not match the model (naming the variable).
+
+    Examples
+    --------
+    .. code-block:: python
+
+        import pymc as pm
+        from pymc_amortize import AmortizedVI
+        from pymc_amortize.examples.paper import linear_data, linear_model
+
+        with linear_model(linear_data(1_000, random_seed=0)):
+            inference = AmortizedVI(batch_size=100, random_seed=1)
+        approx = inference.fit(5_000)
+        inference.refine(2_000)  # more steps, same optimizer state
+        inference.record.settings["converged"]
     """
 
     def __init__(
@@ -367,8 +390,8 @@ class AmortizedVI(Inference):
             batch_size=batch_size,
             objective=objective if objective is not None else ELBO(),
             random_seed=random_seed,
+            pool_mib=unit_data_pool_mib,
         )
-        self.objective.pool_mib = float(unit_data_pool_mib)
 
     def _maybe_score(self, score):
         # The loss comes with every step for free, and PyMC's loop without loss assumes a
@@ -421,6 +444,32 @@ class AmortizedVI(Inference):
         ``gap_check*`` attributes of ``idata.amortized_fit``. A mapping passes options to
         :func:`~pymc_amortize.gap_check` (e.g. ``{"units": 200}``); False skips it. ``refine``
         repeats it with the same options.
+
+        Parameters
+        ----------
+        n : int
+            The cap on the steps.
+        score : bool, optional
+            Ignored: every step returns its loss (kept for ``pm.fit``).
+        callbacks : sequence of callable, optional
+            Called as ``callback(approx, losses, i)`` after each step, as in PyMC.
+        progressbar, progressbar_theme
+            PyMC's progress bar.
+        backend, compile_kwargs
+            How to compile the step, as for ``pm.fit`` (e.g. ``compile_kwargs={"mode": "JAX"}``).
+        include_transformed : bool
+            As for ``pm.fit``: q(θ)'s samples include the transformed variables.
+        obj_n_mc, obj_optimizer, total_grad_norm_constraint
+            Monte Carlo draws per step, PyMC optimizer and gradient clipping, as for ``pm.fit``.
+        gap_check : bool or mapping
+            The check after the steps (see above).
+        convergence : bool or ELBOConvergence
+            The stop (see above).
+
+        Returns
+        -------
+        AmortizedApproximation
+            The fitted approximation; its fit state is ``self.record``.
         """
         if not isinstance(n, int | np.integer) or n <= 0:
             raise AmortizationError(
@@ -504,9 +553,12 @@ class AmortizedVI(Inference):
                 param.set_value(np.asarray(param.get_value()))
         return approx
 
-    def refine(self, n, progressbar=True, progressbar_theme=default_progress_theme):
+    def refine(
+        self, n: int, progressbar: bool = True, progressbar_theme=default_progress_theme
+    ) -> None:
         """Run up to ``n`` more steps from where the last run stopped, with its optimizer state,
-        learning rate and convergence stop (whose windows start afresh)."""
+        learning rate and convergence stop (whose windows start afresh); ``self.record`` is
+        extended and the gap check repeated as after ``fit``."""
         if not isinstance(n, int | np.integer) or n <= 0:
             raise AmortizationError(
                 f"n (the number of steps) must be a positive integer; got {n!r}."
