@@ -21,9 +21,9 @@ import numpy as np
 import pymc as pm
 
 from pymc_amortize import AmortizedVI
-from pymc_amortize.accelerators import HostNoiseStep, compile_noise_loss
 from pymc_amortize.examples.paper import linear_data, linear_model
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
+from pymc_amortize.fitting.host_noise import HostNoiseStep, compile_noise_loss
 
 
 def rows(**options):

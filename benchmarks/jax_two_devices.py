@@ -22,8 +22,8 @@ import pymc as pm
 from jax.sharding import Mesh
 
 from pymc_amortize import AmortizedVI
-from pymc_amortize.accelerators import HostNoiseStep
 from pymc_amortize.examples.paper import linear_data, linear_model
+from pymc_amortize.fitting.host_noise import HostNoiseStep
 
 
 def run(devices, *, steps: int = 200) -> dict:

@@ -27,9 +27,11 @@ from pymc_amortize.errors import (
     OutOfTrainingRangeWarning,
 )
 from pymc_amortize.fit import fit_amortized
+from pymc_amortize.fitting.guard import DivergenceInfo
+from pymc_amortize.fitting.objectives import ELBO, IWAE
+from pymc_amortize.fitting.vi import AmortizedVI
 from pymc_amortize.guide.conditional import ConditionalGaussian
 from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
-from pymc_amortize.inference import AmortizedVI, DivergenceInfo
 from pymc_amortize.model.analysis import analyze_model
 from pymc_amortize.model.types import (
     IndexedLocal,
@@ -38,7 +40,6 @@ from pymc_amortize.model.types import (
     ModelAnalysis,
     Plate,
 )
-from pymc_amortize.objectives import ELBO, IWAE
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 from pymc_amortize.posterior.local import LocalPosterior
 from pymc_amortize.psis import PSISDiagnostic, psis_diagnostic

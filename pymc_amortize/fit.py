@@ -12,8 +12,8 @@ import xarray as xr
 
 from pymc_amortize.diagnostics import semi_amortize
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.fitting.vi import DEFAULT_MAX_STEPS, AmortizedVI
 from pymc_amortize.guide.encoders import Encoder
-from pymc_amortize.inference import DEFAULT_MAX_STEPS, AmortizedVI
 from pymc_amortize.model.types import EncoderInputSpec
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 

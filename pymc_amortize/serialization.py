@@ -22,11 +22,11 @@ import xarray as xr
 from pytensor_ml.checkpoint import load_state, save_state
 
 from pymc_amortize.errors import AmortizationError
+from pymc_amortize.fitting.vi import AmortizedVI
 from pymc_amortize.guide.conditional import ConditionalGaussian
 from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.guide.envelope import TrainingEnvelope
 from pymc_amortize.guide.inputs import InputScaling, fixed_input_flags
-from pymc_amortize.inference import AmortizedVI
 from pymc_amortize.model.types import IndexedLocal, LocalLatent, Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 
@@ -412,4 +412,5 @@ def load_approximation(
         # A minibatched fit of crossed plates conditions only its batch plate.
         approx.conditional_plates = frozenset(family["plates"])
     approx.record.settings = {**approx.record.settings, "loaded_from": str(json_path)}
+    approx.record.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx

@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("jax")  # in the `test` extra, so CI runs these tests
 
 from pymc_amortize import AmortizedVI
-from pymc_amortize.accelerators import HostNoiseStep, compile_noise_loss
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model, linear_optimum
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
+from pymc_amortize.fitting.host_noise import HostNoiseStep, compile_noise_loss
 
 
 def linear_inference(*, batch_size=100, **options):

@@ -113,7 +113,7 @@ def test_check_warns_on_a_potential_through_a_second_index():
 def test_check_samples_units_and_can_be_turned_off_or_set():
     model = linear_model(linear_data(300, random_seed=2))
     approx = fit(model, 300, widths=(), gap_check=False)
-    assert not hasattr(approx, "gap_check") and "gap_check" not in approx.settings
+    assert approx.gap_check is None and "gap_check" not in approx.settings
     check = pymc_amortize.gap_check(approx, units=40, steps=50, random_seed=1)
     unit = check.plates["unit"]
     assert unit.n_checked == 40 and np.unique(unit.units).size == 40

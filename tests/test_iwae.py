@@ -15,8 +15,8 @@ from pymc_amortize.examples.paper import (
     linear_model,
     linear_optimum,
 )
-from pymc_amortize.inference import _RandomDraws
-from pymc_amortize.objectives import ELBO
+from pymc_amortize.fitting.estimator import RandomDraws
+from pymc_amortize.fitting.objectives import ELBO
 
 N_UNITS = 400
 # τ = 2, σ = 1 rather than the paper's values: the exact posterior then correlates θ with the z_n
@@ -53,7 +53,7 @@ def fitted():
 
 def test_one_particle_is_the_elbo(fitted):
     _, _, inference, approx = fitted
-    random = _RandomDraws()
+    random = RandomDraws()
     terms = inference.objective.mc_terms(2000, random, full_batch=True)
     elbo_loss, iwae_loss = ELBO().loss(*terms), IWAE(1).loss(*terms)
     params = approx.params
@@ -75,7 +75,7 @@ def test_one_particle_is_the_elbo(fitted):
 
 def test_log_q_draws_average_to_minus_entropy(fitted):
     _, _, inference, _ = fitted
-    random = _RandomDraws()
+    random = RandomDraws()
     _, entropy, log_q = inference.objective.mc_terms(2000, random, full_batch=True)
     entropy, log_q = compile_pymc([], [entropy, log_q], updates=random.updates, random_seed=1)()
     # E_q[log q] = −H[q]; sd of log q is √(D/2) for D = N + 1 Gaussian coordinates.

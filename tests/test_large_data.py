@@ -12,7 +12,7 @@ import xarray as xr
 import pymc_amortize
 from pymc_amortize.examples.paper import nonlinear_model
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
-from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.fitting.vi import AmortizedVI
 from pymc_amortize.psis import psis_diagnostic
 
 N_UNITS = 53  # a prime: no chunk size below divides it

@@ -119,7 +119,7 @@ def test_no_module_imports_the_package_root(module):
     # The root imports nearly every module, so importing it from inside is a cycle through it.
     assert ROOT not in import_graph()[module], (
         f"{module} imports the package root: import the defining module instead "
-        "(e.g. `from pymc_amortize.inference import AmortizedVI`)"
+        "(e.g. `from pymc_amortize.fitting.vi import AmortizedVI`)"
     )
 
 

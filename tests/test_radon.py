@@ -8,7 +8,7 @@ import pytest
 
 from pymc_amortize import AmortizationError, AmortizedVI, IndexedLocal, analyze_model
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
-from pymc_amortize.inference import _RandomDraws, batch_plate_of
+from pymc_amortize.fitting.estimator import RandomDraws, batch_plate_of
 from pymc_amortize.model.logjoint import build_logjoint
 from pymc_amortize.model.plates import PlateLayout, gather_unit_rows
 
@@ -204,7 +204,7 @@ def test_minibatch_elbo_is_unbiased(avi):
     objective.batch_size = 20
     objective.batch_plate = batch_plate_of(inference.approx.analysis)
     try:
-        random = _RandomDraws()
+        random = RandomDraws()
         log_joint, entropy, _ = objective.mc_terms(1, random)
         fn = pm.compile([], log_joint.mean() + entropy, updates=random.updates, random_seed=1)
         values = np.array([fn() for _ in range(1500)])

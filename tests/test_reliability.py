@@ -21,7 +21,7 @@ from pymc_amortize import (
     MLPEncoder,
     fit_amortized,
 )
-from pymc_amortize.inference import _RandomDraws
+from pymc_amortize.fitting.estimator import RandomDraws
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -334,7 +334,7 @@ def test_minibatch_elbo_is_unbiased(which):
     assert inference.objective.batch_plate.size == 20
     inference.fit(300, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
     full, full_se = inference.objective.estimate_elbo(500, repeats=4, random_seed=0)
-    random = _RandomDraws()
+    random = RandomDraws()
     log_joint, entropy, _ = inference.objective.mc_terms(1, random)
     fn = pm.compile([], log_joint.mean() + entropy, updates=random.updates, random_seed=1)
     values = np.array([fn() for _ in range(2000)])

@@ -13,12 +13,12 @@ import xarray as xr
 
 import pymc_amortize
 from pymc_amortize import AmortizationError
-from pymc_amortize.accelerators import compile_noise_loss
 from pymc_amortize.data.sampler import ChunkedUnitSampler, StepBuffers
 from pymc_amortize.data.streaming import UnitSource
 from pymc_amortize.examples.paper import nonlinear_model
 from pymc_amortize.examples.simulated_radon import radon_data, radon_model
-from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.fitting.host_noise import compile_noise_loss
+from pymc_amortize.fitting.vi import AmortizedVI
 from pymc_amortize.model.analysis import analyze_model
 
 

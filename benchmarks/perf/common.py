@@ -27,7 +27,7 @@ from pytensor.graph.basic import Constant
 import pymc_amortize  # noqa: F401  (registers method="amortized")
 from benchmarks.harness import n_params as n_params  # re-exported for the perf scripts
 from benchmarks.harness import reset_peak_rss, rss_mib
-from pymc_amortize.inference import AmortizedVI
+from pymc_amortize.fitting.vi import AmortizedVI
 
 RESULTS = Path(__file__).parent / "results"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters

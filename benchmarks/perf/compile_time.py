@@ -52,7 +52,7 @@ def _measure(model: str, n_groups: int, method: str) -> dict:
 
     import pymc as pm
 
-    from pymc_amortize.inference import AmortizedVI
+    from pymc_amortize.fitting.vi import AmortizedVI
 
     module, name = MODELS[model].split(":")
     builder = getattr(importlib.import_module(module), name)

@@ -158,7 +158,7 @@ def against_memory(store_dir: Path, n_units: int, *, sort: bool = False) -> dict
 
     from benchmarks.perf import models
     from pymc_amortize.examples.paper import nonlinear_model
-    from pymc_amortize.inference import AmortizedVI
+    from pymc_amortize.fitting.vi import AmortizedVI
 
     path = store_dir / "against.zarr"
     write_store(path, n_units, sort=sort)

@@ -96,12 +96,6 @@ class AmortizedApproximation:
         """The loss of each step (see :class:`~pymc_amortize.fitting.record.FitRecord`)."""
         return self.record.hist
 
-    @hist.setter
-    def hist(self, value: np.ndarray) -> None:
-        # PyMC's own Inference.fit assigns ``approx.hist`` after its loop ("hack to allow
-        # pm.fit() access to loss hist"); it lands in the record. Nothing here writes it.
-        self.record.hist = value
-
     @property
     def step_seconds(self) -> np.ndarray:
         """Wall-clock seconds of each step, aligned with ``hist``."""

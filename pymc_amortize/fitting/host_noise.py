@@ -1,8 +1,9 @@
 """The training step on PyTensor's JAX backend: static shapes, host-drawn noise, data parallelism.
 
 ``pm.fit(method="amortized", compile_kwargs={"mode": "JAX"})`` compiles the usual step (its random
-draws inside the graph) with PyTensor's JAX linker; :func:`static_sizes` is applied first, because
-JAX needs every shape at trace time and the step reads the plates' sizes from shared variables.
+draws inside the graph) with PyTensor's JAX linker; :func:`~pymc_amortize.fitting.jax.static_sizes`
+is applied first, because JAX needs every shape at trace time and the step reads the plates' sizes
+from shared variables.
 
 PyTensor's JAX backend turns each NumPy ``Generator`` into a JAX PRNG key, so the same
 ``random_seed`` gives different draws under NUMBA and JAX. :class:`HostNoiseStep` makes the
@@ -30,19 +31,12 @@ from pytensor.tensor.random.op import RandomVariable
 from pytensor.tensor.random.type import RandomType
 
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.jax_graph import is_jax_mode, static_sizes
+from pymc_amortize.fitting.jax import is_jax_mode
 
 if TYPE_CHECKING:
-    from pymc_amortize.inference import AmortizedVI
+    from pymc_amortize.fitting.vi import AmortizedVI
 
-__all__ = [
-    "HostNoiseStep",
-    "NoiseInputs",
-    "compile_noise_loss",
-    "explicit_noise",
-    "is_jax_mode",
-    "static_sizes",
-]
+__all__ = ["HostNoiseStep", "NoiseInputs", "compile_noise_loss", "explicit_noise"]
 
 
 class NoiseInputs:
@@ -162,7 +156,7 @@ class HostNoiseStep:
 
         import pymc as pm
         from pymc_amortize import AmortizedVI
-        from pymc_amortize.accelerators import HostNoiseStep
+        from pymc_amortize.fitting.host_noise import HostNoiseStep
         from pymc_amortize.examples.paper import linear_data, linear_model
 
         with linear_model(linear_data(1_000, random_seed=0)):
@@ -193,12 +187,9 @@ class HostNoiseStep:
             obj_n_mc=obj_n_mc,
             obj_optimizer=obj_optimizer,
             total_grad_norm_constraint=total_grad_norm_constraint,
-            static_shapes=jax_mode,
+            mode=mode,
         )
         loss, updates, self.noise = explicit_noise(loss, updates)
-        if jax_mode:
-            loss, *new_values = static_sizes([loss, *updates.values()])
-            updates = dict(zip(updates, new_values, strict=True))
         self.updates = updates
         self.rng = np.random.default_rng(noise_seed)
         self.shardings = None if mesh is None else self._shardings(mesh)
@@ -300,10 +291,9 @@ def compile_noise_loss(
         draws = noise.draw(np.random.default_rng(0))
         loss_numba, loss_jax = numba_fn(*draws)[0], jax_fn(*draws)[0]
     """
-    static = is_jax_mode(mode) if static_shapes is None else static_shapes
-    loss, updates = inference.objective.step_graph(obj_n_mc=obj_n_mc, static_shapes=static)
+    loss, updates = inference.objective.step_graph(
+        obj_n_mc=obj_n_mc, mode=mode, static_shapes=static_shapes
+    )
     loss, _, noise = explicit_noise(loss, updates)
     outputs = [loss, *pytensor.grad(loss, inference.approx.params)]
-    if is_jax_mode(mode):
-        outputs = static_sizes(outputs)
     return pytensor.function(noise.inputs, outputs, mode=mode), noise

@@ -1,6 +1,6 @@
 """What compiling the training step with PyTensor's JAX linker needs: every fit's step goes
-through :func:`static_sizes` when its mode is JAX (:mod:`pymc_amortize.accelerators` has the
-optional host-noise driver and re-exports these)."""
+through :func:`static_sizes` when its mode is JAX (:mod:`pymc_amortize.fitting.host_noise` has the
+optional host-noise driver)."""
 
 from __future__ import annotations
 

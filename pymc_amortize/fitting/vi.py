@@ -2,33 +2,28 @@
 
 Subclassing PyMC's ``Inference`` keeps its loop: the rich progress bar, callbacks called as
 ``callback(approx, losses, i)``, ``hist``, ``refine`` and ``StopIteration`` handling. What differs
-is the objective (minibatched over units, see :mod:`pymc_amortize.model.logjoint`) and the divergence
-guard, which keeps the best parameters instead of raising from deep inside the loop.
+is the objective (minibatched over units, :mod:`pymc_amortize.fitting.estimator`) and the
+divergence guard (:mod:`pymc_amortize.fitting.guard`), which keeps the best parameters instead of
+raising from deep inside the loop. This is the only module that overrides PyMC's private loop
+methods (``_iterate_with_loss``, ``_maybe_score``).
 """
 
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pymc as pm
 import pytensor
-import pytensor.tensor as pt
 import xarray as xr
 from pymc.progress_bar import default_progress_theme
-from pymc.pytensorf import compile as compile_pymc
+from pymc.pytensorf import resolve_backend_compile_kwargs
 from pymc.variational.inference import Inference, State
-from pymc.variational.updates import total_norm_constraint
-from pytensor.compile.sharedvalue import SharedVariable
-from pytensor.tensor.random.type import RandomType
-from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.callbacks import ELBOConvergence
-from pymc_amortize.data.sampler import POOL_MIB, ChunkedUnitSampler, StepBuffers
+from pymc_amortize.data.sampler import POOL_MIB, StepBuffers
 from pymc_amortize.data.streaming import UnitSource
 from pymc_amortize.errors import (
     AmortizationError,
@@ -36,475 +31,23 @@ from pymc_amortize.errors import (
     ConvergenceWarning,
     DivergenceWarning,
 )
-from pymc_amortize.guide.conditional import ConditionalGaussian, conditional_draws, resolve_family
+from pymc_amortize.fitting.estimator import AmortizedObjective, batch_plate_of
+from pymc_amortize.fitting.objectives import ELBO, Objective
+from pymc_amortize.fitting.record import FitRecord
+from pymc_amortize.guide.conditional import ConditionalGaussian, resolve_family
 from pymc_amortize.guide.encoders import Encoder
-from pymc_amortize.guide.globals import GLOBAL_FAMILIES, HALF_LOG_2PI, HALF_LOG_2PI_E
-from pymc_amortize.jax_graph import is_jax_mode, static_sizes
+from pymc_amortize.guide.globals import GLOBAL_FAMILIES
 from pymc_amortize.model.analysis import analyze_model
-from pymc_amortize.model.logjoint import LogJoint, build_logjoint
-from pymc_amortize.model.plates import UnitBatch
-from pymc_amortize.model.types import EncoderInputSpec, LocalLatent, ModelAnalysis, Plate
-from pymc_amortize.objectives import ELBO, Objective
+from pymc_amortize.model.types import EncoderInputSpec, ModelAnalysis, Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 
-__all__ = ["AmortizedVI", "DivergenceInfo"]
+__all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_MAX_STEPS", "AmortizedVI"]
 
 
 #: ``fit``'s cap on the steps (it stops earlier on convergence).
 DEFAULT_MAX_STEPS = 50_000
 #: Adam's first learning rate when no ``obj_optimizer`` is given (decayed on plateaus).
 DEFAULT_LEARNING_RATE = 1e-2
-
-
-@dataclass(frozen=True)
-class DivergenceInfo:
-    """Where a fit met a non-finite loss or parameter, and what was restored."""
-
-    step: int
-    nonfinite_params: tuple[str, ...]
-    restored_step: int
-
-    def message(self) -> str:
-        params = ", ".join(self.nonfinite_params) or "none (the loss alone)"
-        return (
-            f"Amortized VI diverged at step {self.step}: the loss or the parameters became NaN or "
-            f"infinite (non-finite parameters: {params}). Stopped and restored the best "
-            f"parameters, from step {self.restored_step}. To resume from them, call fit again on "
-            "the same AmortizedVI with a smaller learning rate, e.g. "
-            "inference.fit(n, obj_optimizer=pm.adam(learning_rate=1e-3)), or pass "
-            "total_grad_norm_constraint=10."
-        )
-
-
-class _GuardedStep:
-    """Calls the compiled step; on a non-finite loss restores the best snapshot and stops.
-
-    The state (parameters and optimizer moments) is snapshotted every ``checkpoint_every`` steps
-    when the mean loss over that window is the best so far and the state is finite, which costs
-    one copy per window. ``describe_nonfinite`` names the model parameters that are not finite.
-    """
-
-    def __init__(
-        self,
-        fn: Callable,
-        state: Sequence[SharedVariable],
-        describe_nonfinite: Callable[[], tuple[str, ...]],
-        checkpoint_every: int = 100,
-        feed: Callable[[], None] | None = None,
-    ):
-        self.fn = fn
-        #: Called before each step to put its batch in the step's buffers (a fit on unit_data).
-        self.feed = feed
-        self.state = list(state)
-        self.describe_nonfinite = describe_nonfinite
-        self.checkpoint_every = checkpoint_every
-        self.step = 0
-        self.best_loss = np.inf
-        self.best_step = 0
-        self.best_values = self._snapshot()
-        self.window = 0.0
-        self.diverged: DivergenceInfo | None = None
-        # Wall-clock seconds of each finished step. Timed here rather than in a PyMC callback:
-        # callbacks run after a step, so they cannot see when a run's first step starts.
-        self.seconds: list[float] = []
-
-    def _snapshot(self) -> list[np.ndarray]:
-        return [v.get_value(borrow=False) for v in self.state]
-
-    def _state_is_finite(self) -> bool:
-        return all(np.isfinite(v.get_value(borrow=True)).all() for v in self.state)
-
-    def _restore(self) -> None:
-        self.diverged = DivergenceInfo(self.step, self.describe_nonfinite(), self.best_step)
-        for var, value in zip(self.state, self.best_values, strict=True):
-            var.set_value(value.copy())
-
-    def __call__(self) -> np.ndarray:
-        started = time.perf_counter()
-        if self.feed is not None:
-            self.feed()
-        loss = self.fn()
-        elapsed = time.perf_counter() - started
-        self.step += 1
-        if not np.isfinite(loss):
-            self._restore()
-            raise StopIteration(self.diverged.message())
-        self.seconds.append(elapsed)
-        self.window += float(loss)
-        if self.step % self.checkpoint_every == 0:
-            mean = self.window / self.checkpoint_every
-            self.window = 0.0
-            # The loss is computed before the update, so the state itself must be checked too.
-            if mean < self.best_loss and self._state_is_finite():
-                self.best_loss, self.best_step = mean, self.step
-                self.best_values = self._snapshot()
-        return loss
-
-    def check_final_state(self) -> None:
-        """Restore the best snapshot when the last update left a non-finite parameter.
-
-        The last step's loss is that of the parameters before its update, so a blow-up in the
-        very last update is only seen here.
-        """
-        if self.diverged is None and not self._state_is_finite():
-            self._restore()
-
-    @property
-    def profile(self):
-        return self.fn.profile
-
-
-class _RandomDraws:
-    """Random draws for one graph, each from its own shared generator, with their updates.
-
-    One generator per draw (sharing one correlates the draws); ``pm.compile`` reseeds them all
-    from the fit's ``random_seed``.
-    """
-
-    def __init__(self):
-        self.updates: dict[SharedVariable, pt.TensorVariable] = {}
-
-    def __call__(self, rv, *args, size, unit_axis: int | None = None) -> pt.TensorVariable:
-        rng = pytensor.shared(np.random.default_rng())
-        # The axis of the minibatch's units, read by pymc_amortize.accelerators to split a
-        # minibatch across devices.
-        rng.tag.unit_axis = unit_axis
-        next_rng, value = rv(*args, size=size, rng=rng, return_next_rng=True)
-        self.updates[rng] = next_rng
-        return value
-
-
-def _gaussian_log_q(eps: pt.TensorVariable, log_sd: pt.TensorVariable, axis) -> pt.TensorVariable:
-    """log q of the draws mean + sd·eps, summed over ``axis`` (the reparameterised form)."""
-    return (-0.5 * eps**2 - log_sd - HALF_LOG_2PI).sum(axis=axis)
-
-
-def batch_plate_of(analysis: ModelAnalysis) -> Plate | None:
-    """The plate a minibatch draws units of: the one with the most units.
-
-    The other plates' latents are encoded whole at every step (their encoders see all their rows),
-    which keeps the estimate unbiased for crossed groupings.
-    """
-    return max(analysis.plates, key=lambda plate: plate.size, default=None)
-
-
-class AmortizedObjective:
-    """Builds and compiles the training step of an :class:`AmortizedApproximation`."""
-
-    def __init__(
-        self,
-        approx: AmortizedApproximation,
-        *,
-        batch_size: int | None,
-        objective: Objective,
-        random_seed: int | None,
-    ):
-        self.approx = approx
-        self.batch_size = batch_size
-        self.objective = objective
-        self.random_seed = random_seed
-        self.batch_plate = batch_plate_of(approx.analysis) if batch_size is not None else None
-        self._logjoints: dict[bool, LogJoint] = {}
-        self.logjoint(minibatch=batch_size is not None)  # refuse what cannot be minibatched now
-        self.guard: _GuardedStep | None = None
-        self.sampler: ChunkedUnitSampler | None = None
-        #: MiB of unit_data's chunks a sampler holds (see ChunkedUnitSampler).
-        self.pool_mib = POOL_MIB
-
-    def logjoint(self, *, minibatch: bool) -> LogJoint:
-        """The model's log joint, with the batch plate's factors ready for a minibatch or not."""
-        if minibatch not in self._logjoints:
-            buffers = self.approx.step_buffers
-            self._logjoints[minibatch] = build_logjoint(
-                self.approx.model,
-                self.approx.analysis,
-                batch_plate=self.batch_plate if minibatch else None,
-                batch_buffers=buffers.arrays if buffers is not None and minibatch else None,
-            )
-        return self._logjoints[minibatch]
-
-    def draw_globals(
-        self, n_draws: int, random: _RandomDraws
-    ) -> tuple[dict[str, pt.TensorVariable], pt.TensorVariable, pt.TensorVariable]:
-        """Draws (S, *shape) of each global from q(θ), its exact entropy and the draws' log q."""
-        family = self.approx.globals
-        if family is None:
-            return {}, pt.zeros(()), pt.zeros((n_draws,))
-        eps = random(pt.random.normal, 0.0, 1.0, size=(n_draws, family.size))
-        return family.draws(eps), family.entropy(), family.log_q(eps)
-
-    def draw_local(
-        self,
-        latent: LocalLatent,
-        plate: Plate,
-        mean: pt.TensorVariable,
-        log_sd: pt.TensorVariable,
-        n_draws: int,
-        random: _RandomDraws,
-        *,
-        scale: float,
-        minibatched: bool = False,
-    ) -> tuple[pt.TensorVariable, pt.TensorVariable, pt.TensorVariable]:
-        """Draws (S, B, *event_shape) of one local latent from the encoder's (B, d) mean and
-        log-sd, with its entropy and the draws' log q, both scaled to all N units."""
-        batch = mean.shape[0]
-        eps = random(
-            pt.random.normal,
-            0.0,
-            1.0,
-            size=(n_draws, batch, latent.event_size),
-            unit_axis=1 if minibatched else None,
-        )
-        draws = (mean + pt.exp(log_sd) * eps).reshape((n_draws, batch, *latent.event_shape))
-        n_units = self.approx.layouts[plate.name].size
-        entropy = scale * log_sd.sum() + n_units * (latent.event_size * HALF_LOG_2PI_E)
-        return draws, entropy, scale * _gaussian_log_q(eps, log_sd, axis=(1, 2))
-
-    def mc_terms(
-        self,
-        n_draws: int,
-        random: _RandomDraws,
-        *,
-        full_batch: bool = False,
-        static_shapes: bool = False,
-    ) -> tuple[pt.TensorVariable, pt.TensorVariable, pt.TensorVariable]:
-        """Symbolic (n_draws,) log joint draws (the batch plate's terms scaled by N/B), the exact
-        entropy, and the (n_draws,) log q of the draws (local terms scaled likewise).
-
-        The graph draws its own minibatch and noise through ``random``. With ``static_shapes``
-        (for JAX) an indexed plate's batch rows are padded to a fixed count and weighted.
-        """
-        approx = self.approx
-        minibatch = self.batch_size is not None and not full_batch
-        if approx.unit_source is not None and not minibatch:
-            raise AmortizationError(
-                "This fit reads its units from unit_data, so only minibatches of them are ever "
-                "in memory; a full-batch estimate over all of them is not available."
-            )
-        global_draws, entropy, log_q = self.draw_globals(n_draws, random)
-        local_draws, batch = {}, None
-        conditional: list[tuple[Plate, UnitBatch, list[TensorVariable]]] = []
-        for plate in approx.analysis.plates:
-            layout = approx.layouts[plate.name]
-            if minibatch and plate is self.batch_plate and approx.unit_source is not None:
-                # The host gathers the batch from chunks of unit_data (streaming.py).
-                buffers = approx.step_buffers
-                plate_batch = batch = (
-                    layout.buffered(self.batch_size)
-                    if approx.unit_source.index_key is None
-                    else layout.buffered(
-                        self.batch_size,
-                        buffers.row_slot,
-                        buffers.row_weight,
-                        None if static_shapes else buffers.row_count,
-                    )
-                )
-            elif minibatch and plate is self.batch_plate:
-                # Our own unit draw rather than pm.Minibatch: the encoder inputs, the local
-                # placeholders and every aligned data array must share these indices.
-                units = random(
-                    pt.random.integers, 0, layout.size, size=(self.batch_size,), unit_axis=0
-                )
-                plate_batch = batch = layout.draw(units, self.batch_size, padded=static_shapes)
-            else:
-                plate_batch = layout.full()
-            if plate.name in approx.conditional_plates:
-                means = [approx.symbolic_encode(lat.name, plate_batch)[0] for lat in plate.latents]
-                conditional.append((plate, plate_batch, means))
-                for latent, mean in zip(plate.latents, means, strict=True):
-                    # Until the plate is drawn, the other plates condition on its encoder mean.
-                    local_draws[latent.value_name] = pt.broadcast_to(
-                        mean.reshape((1, mean.shape[0], *latent.event_shape)),
-                        (n_draws, mean.shape[0], *latent.event_shape),
-                    )
-                continue
-            for latent in plate.latents:
-                mean, log_sd = approx.symbolic_encode(latent.name, plate_batch)
-                draws, local_entropy, local_log_q = self.draw_local(
-                    latent,
-                    plate,
-                    mean,
-                    log_sd,
-                    n_draws,
-                    random,
-                    scale=plate_batch.scale,
-                    minibatched=plate_batch is batch,
-                )
-                local_draws[latent.value_name] = draws
-                entropy, log_q = entropy + local_entropy, log_q + local_log_q
-        logjoint = self.logjoint(minibatch=minibatch)
-        # Terms of value 0 whose gradient trains the conditional plates' encoders.
-        encoder_terms = pt.zeros(())
-        for plate, plate_batch, means in conditional:
-            # q(z | θ, other plates' draws): one Newton step on the log joint per draw and unit.
-            drawn = conditional_draws(
-                approx.local_family,
-                plate,
-                logjoint,
-                global_draws,
-                local_draws,
-                means,
-                random(
-                    pt.random.normal,
-                    0.0,
-                    1.0,
-                    size=(n_draws, means[0].shape[0], sum(lat.event_size for lat in plate.latents)),
-                    unit_axis=1 if plate_batch is batch else None,
-                ),
-                batch=batch,
-                scale=plate_batch.scale,
-            )
-            for latent, draws in zip(plate.latents, drawn.draws, strict=True):
-                local_draws[latent.value_name] = draws
-            entropy = entropy + plate_batch.scale * drawn.entropy.sum(axis=1).mean()
-            log_q = log_q + plate_batch.scale * drawn.log_q.sum(axis=1)
-            encoder_terms = encoder_terms - plate_batch.scale * drawn.encoder_loss.sum(axis=1)
-        log_joint = logjoint.per_draw(global_draws, local_draws, batch)
-        return log_joint + encoder_terms, entropy, log_q
-
-    def estimate_elbo(
-        self,
-        n_draws: int = 1000,
-        *,
-        repeats: int = 1,
-        random_seed: int | None = None,
-        objective: Objective | None = None,
-    ) -> tuple[float, float]:
-        """Monte Carlo ELBO (or ``objective``'s bound) at the current parameters, and its SE.
-
-        Full batch (all units), ``n_draws`` estimates per evaluation (each from K draws for
-        ``IWAE(K)``), ``repeats`` evaluations; the parameters are not changed.
-        """
-        objective = objective if objective is not None else ELBO()
-        random = _RandomDraws()
-        terms = self.mc_terms(n_draws * objective.n_particles, random, full_batch=True)
-        estimates = objective.per_estimate(*terms)
-        fn = compile_pymc([], estimates, updates=random.updates, random_seed=random_seed)
-        values = np.concatenate([fn() for _ in range(repeats)])
-        return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
-
-    def gradient_function(
-        self, *, obj_n_mc: int = 1, full_batch: bool = False, random_seed: int | None = None
-    ) -> Callable[[], tuple[float, list[np.ndarray]]]:
-        """A function of no arguments giving the loss and its gradient for every parameter of
-        :attr:`AmortizedApproximation.params`, each call on a fresh minibatch and Monte Carlo
-        draw, at the current parameters (nothing is updated): for checks of the estimator, e.g.
-        that minibatch gradients average to the full-batch one.
-        """
-        random = _RandomDraws()
-        n_draws = int(obj_n_mc) * self.objective.n_particles
-        loss = self.objective.loss(*self.mc_terms(n_draws, random, full_batch=full_batch))
-        grads = pytensor.grad(loss, self.approx.params)
-        fn = compile_pymc([], [loss, *grads], updates=random.updates, random_seed=random_seed)
-        sampler = None
-        if self.approx.unit_source is not None:
-            sampler = ChunkedUnitSampler(
-                self.approx.unit_source,
-                self.approx.step_buffers,
-                pool_mib=self.pool_mib,
-                random_seed=random_seed,
-            )
-
-        def loss_and_gradient() -> tuple[float, list[np.ndarray]]:
-            if sampler is not None:
-                sampler.fill()
-            loss_value, *grad_values = fn()
-            return float(loss_value), grad_values
-
-        return loss_and_gradient
-
-    def step_graph(
-        self,
-        *,
-        obj_n_mc: int = 1,
-        obj_optimizer: Callable | None = None,
-        total_grad_norm_constraint: float | None = None,
-        static_shapes: bool = False,
-    ) -> tuple[pt.TensorVariable, dict[SharedVariable, pt.TensorVariable]]:
-        """The symbolic training step: the loss and the updates of one step.
-
-        The updates hold the optimizer's (parameters and moments) and the random generators'
-        (the step draws its minibatch and noise itself); :meth:`step_function` compiles them.
-
-        Parameters
-        ----------
-        obj_n_mc : int
-            Monte Carlo draws per step.
-        obj_optimizer : callable, optional
-            A PyMC optimizer, ``pm.adam(learning_rate=1e-3)`` when omitted.
-        total_grad_norm_constraint : float, optional
-            Clip the gradient's total norm to this value.
-        static_shapes : bool
-            Give every array a shape fixed at compile time (what JAX needs): an indexed plate's
-            batch rows are padded to B times its largest unit's rows and the padding weighted out.
-
-        Returns
-        -------
-        loss : TensorVariable
-            The scalar loss (the objective's negative, before the update).
-        updates : dict
-            Shared variable -> its value after the step.
-        """
-        if not isinstance(obj_n_mc, int | np.integer) or obj_n_mc <= 0:
-            raise AmortizationError(f"obj_n_mc must be a positive integer; got {obj_n_mc!r}.")
-        optimizer = obj_optimizer if obj_optimizer is not None else pm.adam(learning_rate=1e-3)
-        random = _RandomDraws()
-        n_draws = int(obj_n_mc) * self.objective.n_particles
-        loss = self.objective.loss(*self.mc_terms(n_draws, random, static_shapes=static_shapes))
-        params = self.approx.params
-        grads = pytensor.grad(loss, params)
-        if total_grad_norm_constraint is not None:
-            grads = total_norm_constraint(grads, total_grad_norm_constraint)
-        updates = optimizer(grads, params)
-        updates.update(random.updates)
-        return loss, updates
-
-    def step_function(
-        self,
-        *,
-        score: bool = True,
-        obj_n_mc: int = 1,
-        obj_optimizer: Callable | None = None,
-        total_grad_norm_constraint: float | None = None,
-        compile_kwargs: dict | None = None,
-    ) -> _GuardedStep:
-        jax_mode = is_jax_mode((compile_kwargs or {}).get("mode"))
-        loss, updates = self.step_graph(
-            obj_n_mc=obj_n_mc,
-            obj_optimizer=obj_optimizer,
-            total_grad_norm_constraint=total_grad_norm_constraint,
-            static_shapes=jax_mode,
-        )
-        if jax_mode:
-            loss, *new_values = static_sizes([loss, *updates.values()])
-            updates = dict(zip(updates, new_values, strict=True))
-        fn = compile_pymc(
-            [], loss, updates=updates, random_seed=self.random_seed, **(compile_kwargs or {})
-        )
-        # Everything the optimizer writes (parameters and its moments) is snapshotted together.
-        state = [
-            v
-            for v in updates
-            if isinstance(v, SharedVariable) and not isinstance(v.type, RandomType)
-        ]
-        self.guard = _GuardedStep(fn, state, self.approx.nonfinite_params, feed=self._sampler())
-        return self.guard
-
-    def _sampler(self) -> Callable[[], None] | None:
-        """The host's batch filler of a fit on unit_data, seeded from the fit's seed."""
-        source = self.approx.unit_source
-        if source is None:
-            return None
-        if self.sampler is not None:
-            self.sampler.close()
-        seed = np.random.SeedSequence(self.random_seed).spawn(1)[0]
-        self.sampler = ChunkedUnitSampler(
-            source,
-            self.approx.step_buffers,
-            pool_mib=self.pool_mib,
-            random_seed=np.random.default_rng(seed),
-        )
-        return self.sampler.fill
 
 
 def _gap_check_options(option: bool | Mapping[str, object]) -> dict | None:
@@ -692,11 +235,34 @@ class AmortizedVI(Inference):
         coordinates), which keeps the correlations between globals that mean-field drops (see
         :mod:`pymc_amortize.guide.globals`).
 
+    Attributes
+    ----------
+    record : FitRecord
+        The fit's explicit state (losses, step seconds, settings, divergence, gap check), shared
+        with the approximation, which reads it (``approx.hist``, ``approx.settings``, ...); only
+        this class writes it. ``inference.hist`` is PyMC's own copy of the losses.
+    objective : AmortizedObjective
+        The objective graph and the compiled step.
+
     Raises
     ------
     AmortizationError
         For an option out of range, a model nothing can be minibatched in, or ``unit_data`` that
         does not match the model (naming the variable).
+
+    Examples
+    --------
+    .. code-block:: python
+
+        import pymc as pm
+        from pymc_amortize import AmortizedVI
+        from pymc_amortize.examples.paper import linear_data, linear_model
+
+        with linear_model(linear_data(1_000, random_seed=0)):
+            inference = AmortizedVI(batch_size=100, random_seed=1)
+        approx = inference.fit(5_000)
+        inference.refine(2_000)  # more steps, same optimizer state
+        inference.record.settings["converged"]
     """
 
     def __init__(
@@ -720,11 +286,11 @@ class AmortizedVI(Inference):
         global_family: str = "meanfield",
     ):
         model = pm.modelcontext(model)
+        local_family = resolve_family(family)
         if global_family not in GLOBAL_FAMILIES:
             raise AmortizationError(
                 f"global_family must be one of {sorted(GLOBAL_FAMILIES)}; got {global_family!r}."
             )
-        local_family = resolve_family(family)
         if local_family is not None and unit_data is not None:
             raise AmortizationError(
                 "family='conditional' does not read unit_data yet; fit it with family='encoder'."
@@ -747,8 +313,8 @@ class AmortizedVI(Inference):
                 int(batch_size),
                 model=model,
             )
-            buffers = StepBuffers.for_source(source)
             analysis = source.analysis
+            buffers = StepBuffers.for_source(source)
         batch_plate = batch_plate_of(analysis)
         if batch_size is not None:
             if batch_plate is None:
@@ -784,6 +350,9 @@ class AmortizedVI(Inference):
                 for rv in model.free_RVs
                 if rv.name not in set(analysis.latent_names)
             }
+        #: The fit's record (losses, step times, settings, divergence, gap check): created here,
+        #: shared with the approximation (which reads it) and updated only by this class.
+        self.record = record = FitRecord()
         approx = AmortizedApproximation(
             model,
             analysis,
@@ -800,9 +369,10 @@ class AmortizedVI(Inference):
             local_family=local_family,
             conditional_plates=conditional_plates,
             global_family=global_family,
+            record=record,
         )
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
-        approx.record.settings = {
+        record.settings = {
             "batch_size": (
                 batch_size if batch_size is not None else (batch_plate.size if batch_plate else 0)
             ),
@@ -819,19 +389,22 @@ class AmortizedVI(Inference):
             "conditional_plates": sorted(approx.conditional_plates),
         }
         if source is not None:
-            approx.settings["unit_data"] = (
+            record.settings["unit_data"] = (
                 f"{source.size} units of '{source.dim}' read in {source.n_chunks} chunks "
                 f"({', '.join(source.keys)}), a pool of {unit_data_pool_mib:g} MiB"
             )
         self.hist = np.asarray(())
         self.state = None
+        # Set by fit, kept for refine: the convergence stop and the after-fit gap check's options.
+        self._convergence: ELBOConvergence | None = None
+        self._gap_check_options: dict | None = None
         self.objective = AmortizedObjective(
             approx,
             batch_size=batch_size,
             objective=objective if objective is not None else ELBO(),
             random_seed=random_seed,
+            pool_mib=unit_data_pool_mib,
         )
-        self.objective.pool_mib = float(unit_data_pool_mib)
 
     def _maybe_score(self, score):
         # The loss comes with every step for free, and PyMC's loop without loss assumes a
@@ -884,6 +457,32 @@ class AmortizedVI(Inference):
         ``gap_check*`` attributes of ``idata.amortized_fit``. A mapping passes options to
         :func:`~pymc_amortize.gap_check` (e.g. ``{"units": 200}``); False skips it. ``refine``
         repeats it with the same options.
+
+        Parameters
+        ----------
+        n : int
+            The cap on the steps.
+        score : bool, optional
+            Ignored: every step returns its loss (kept for ``pm.fit``).
+        callbacks : sequence of callable, optional
+            Called as ``callback(approx, losses, i)`` after each step, as in PyMC.
+        progressbar, progressbar_theme
+            PyMC's progress bar.
+        backend, compile_kwargs
+            How to compile the step, as for ``pm.fit`` (e.g. ``compile_kwargs={"mode": "JAX"}``).
+        include_transformed : bool
+            As for ``pm.fit``: q(θ)'s samples include the transformed variables.
+        obj_n_mc, obj_optimizer, total_grad_norm_constraint
+            Monte Carlo draws per step, PyMC optimizer and gradient clipping, as for ``pm.fit``.
+        gap_check : bool or mapping
+            The check after the steps (see above).
+        convergence : bool or ELBOConvergence
+            The stop (see above).
+
+        Returns
+        -------
+        AmortizedApproximation
+            The fitted approximation; its fit state is ``self.record``.
         """
         if not isinstance(n, int | np.integer) or n <= 0:
             raise AmortizationError(
@@ -907,17 +506,16 @@ class AmortizedVI(Inference):
                 f"adam(learning_rate={stop.current_learning_rate():g}), ×{stop.decay:g} on each "
                 f"plateau of the loss, {stop.decays} times"
             )
-        self.approx.record.settings |= {
+        self.record.settings |= {
             "obj_n_mc": obj_n_mc,
             "obj_optimizer": described,
             "convergence": (
                 stop.describe() if stop is not None and stop.stop else "off (all n steps)"
             ),
         }
-        timed_before, hist_before = self.approx.step_seconds, self.hist.size
-        approx = super().fit(
+        timed_before, hist_before = self.record.step_seconds, self.hist.size
+        approx = self._run(
             n,
-            score,
             callbacks,
             progressbar,
             progressbar_theme,
@@ -934,32 +532,69 @@ class AmortizedVI(Inference):
         self._check_gap()
         return approx
 
-    def refine(self, n, progressbar=True, progressbar_theme=default_progress_theme):
+    def _run(
+        self,
+        n: int,
+        callbacks: list[Callable],
+        progressbar: bool,
+        progressbar_theme,
+        *,
+        backend: str | None,
+        include_transformed: bool,
+        compile_kwargs: dict | None,
+        **step_options,
+    ) -> AmortizedApproximation:
+        """PyMC's ``Inference.fit`` less its write of ``approx.hist``: compile, loop, record.
+
+        The approximation's fit state is the :class:`FitRecord` this class updates, so the loss
+        history goes to ``record.hist`` (``inference.hist`` stays as PyMC's loop keeps it).
+        """
+        compile_kwargs = resolve_backend_compile_kwargs(backend, compile_kwargs)
+        step = self.objective.step_function(
+            score=True, compile_kwargs=compile_kwargs, **step_options
+        )
+        self.state = self._iterate_with_loss(0, n, step, progressbar, progressbar_theme, callbacks)
+        self.record.hist = self.hist
+        approx = self.approx
+        for group in approx.groups:
+            group.include_transformed = include_transformed
+        # A JAX step leaves jax.Arrays in the parameters; other backends need NumPy arrays.
+        for param in approx.params:
+            if hasattr(param, "container") and not isinstance(
+                param.container.storage[0], np.ndarray
+            ):
+                param.set_value(np.asarray(param.get_value()))
+        return approx
+
+    def refine(
+        self, n: int, progressbar: bool = True, progressbar_theme=default_progress_theme
+    ) -> None:
         """Run up to ``n`` more steps from where the last run stopped, with its optimizer state,
-        learning rate and convergence stop (whose windows start afresh)."""
+        learning rate and convergence stop (whose windows start afresh); ``self.record`` is
+        extended and the gap check repeated as after ``fit``."""
         if not isinstance(n, int | np.integer) or n <= 0:
             raise AmortizationError(
                 f"n (the number of steps) must be a positive integer; got {n!r}."
             )
-        stop = getattr(self, "_convergence", None)
+        stop = self._convergence
         if stop is not None:
             stop.reset()
-        timed_before, hist_before = self.approx.step_seconds, self.hist.size
+        timed_before, hist_before = self.record.step_seconds, self.hist.size
         first = len(self.objective.guard.seconds) if self.objective.guard is not None else 0
         super().refine(n, progressbar, progressbar_theme)
-        self.approx.record.hist = self.hist
+        self.record.hist = self.hist
         self._record_step_seconds(timed_before, hist_before, first=first)
         self._warn_if_diverged()
         self._record_convergence(n, hist_before, refine=True)
         self._check_gap()
 
     def _record_convergence(self, n: int, hist_before: int, *, refine: bool) -> None:
-        """Record in ``approx.settings`` whether the run converged; warn when the cap cut it."""
-        stop = getattr(self, "_convergence", None)
+        """Record in ``record.settings`` whether the run converged; warn when the cap cut it."""
+        stop = self._convergence
         run = int(self.hist.size - hist_before)
         record = {"steps": int(self.hist.size), "max_steps": int(n)}
         if stop is None:
-            self.approx.record.settings |= record | {"converged": None}
+            self.record.settings |= record | {"converged": None}
             return
         record |= {
             "converged": bool(stop.converged),
@@ -967,8 +602,8 @@ class AmortizedVI(Inference):
             "learning_rate_decayed_at": ", ".join(f"{i:,}" for i in stop.decayed_at) or "never",
             "last_relative_change": stop.last_change,
         }
-        self.approx.record.settings |= record
-        if stop.converged or not stop.stop or self.approx.divergence is not None or run < n:
+        self.record.settings |= record
+        if stop.converged or not stop.stop or self.record.divergence is not None or run < n:
             return
         warnings.warn(
             _cap_message(stop, n, run, total=int(self.hist.size), refine=refine),
@@ -981,13 +616,13 @@ class AmortizedVI(Inference):
         from pymc_amortize.diagnostics import GapCheck
         from pymc_amortize.diagnostics import gap_check as run_check
 
-        options = getattr(self, "_gap_check_options", None)
+        options = self._gap_check_options
         if options is None:
             return
-        if self.approx.divergence is not None:  # the DivergenceWarning said it all
+        if self.record.divergence is not None:  # the DivergenceWarning said it all
             check = GapCheck({}, False, 0.0, "the fit diverged (see approx.divergence)")
-            self.approx.record.gap_check = check
-            self.approx.record.settings |= check.attributes()
+            self.record.gap_check = check
+            self.record.settings |= check.attributes()
             return
         options = {"random_seed": self.objective.random_seed, **options}
         try:
@@ -1001,18 +636,18 @@ class AmortizedVI(Inference):
                 UserWarning,
                 stacklevel=4,
             )
-        self.approx.record.gap_check = check
-        self.approx.record.settings |= check.attributes()
+        self.record.gap_check = check
+        self.record.settings |= check.attributes()
         if check.flagged:
             warnings.warn(check.warning_message(), AmortizationGapWarning, stacklevel=4)
 
     def _record_step_seconds(self, timed_before: np.ndarray, hist_before: int, *, first: int):
-        """Append this run's step times to ``approx.step_seconds``, aligned with ``hist``."""
+        """Append this run's step times to ``record.step_seconds``, aligned with ``hist``."""
         n_steps = self.hist.size - hist_before
         timed = np.asarray(self.objective.guard.seconds[first : first + n_steps], dtype=float)
         # An interrupted run can keep a loss without its time; pad so the arrays stay aligned.
         timed = np.pad(timed, (0, n_steps - timed.size), constant_values=np.nan)
-        self.approx.record.step_seconds = np.concatenate([timed_before, timed])
+        self.record.step_seconds = np.concatenate([timed_before, timed])
 
     def _iterate_with_loss(self, s, n, step_func, progressbar, progressbar_theme, callbacks):
         if n >= 10:
@@ -1047,7 +682,7 @@ class AmortizedVI(Inference):
         if guard is None:
             return
         guard.check_final_state()
-        self.approx.record.divergence = guard.diverged
+        self.record.divergence = guard.diverged
         if guard.diverged is not None:
             warnings.warn(guard.diverged.message(), DivergenceWarning, stacklevel=3)
             guard.diverged = None
