@@ -395,3 +395,59 @@ def test_fitted_group_without_rows_non_centred_bernoulli_without_row_dims():
     assert abs(q.mean[empty]) < 4 / np.sqrt(20_000) and abs(q.sd[empty] - 1) < 4 / np.sqrt(40_000)
     drawn = approx.sample(20_000, random_seed=1).posterior["z"].sel(group=empty).values.ravel()
     assert abs(drawn.mean()) < 4 / np.sqrt(20_000) and abs(drawn.std() - 1) < 4 / np.sqrt(40_000)
+
+
+def _plate_and_chain(follows_rows: bool):
+    rng = np.random.default_rng(0)
+    unit = np.repeat(np.arange(12), 4)
+    y = rng.normal(1.0 + rng.normal(0, 0.5, 12)[unit], 0.7)
+    # No dims on the rows; the observed length follows the index's when asked to.
+    with pm.Model(coords={"county": np.arange(12)}) as model:
+        idx = pm.Data("county_idx", unit)
+        a = pm.Normal("a", pm.Normal("mu_a", 0, 5), pm.HalfNormal("sigma_a", 1), dims="county")
+        sigma = pm.HalfNormal("sigma", 1)
+        shape = {"shape": idx.shape} if follows_rows else {}
+        pm.Normal("y", a[idx], sigma, observed=y, **shape)
+        walk = pm.GaussianRandomWalk("walk", sigma=0.5, init_dist=pm.Normal.dist(0, 1), shape=20)
+        pm.Normal("obs_walk", walk, 0.3, observed=rng.normal(size=20).cumsum())
+        approx = pm.fit(
+            300,
+            method="amortized",
+            random_seed=1,
+            progressbar=False,
+            convergence=False,
+            gap_check=False,
+        )
+    return model, approx
+
+
+NEW_ROWS_WITH_CHAIN = {"county_idx": np.array([0, 0, 1]), "y": np.array([0.5, 0.2, 1.4])}
+
+
+def test_predictions_leave_out_observed_variables_off_the_plate():
+    """A model without dims whose second observed variable is a chain's, not the plate's rows:
+    only the plate's observed variable is predicted (it was both, and failed), and given each
+    draw its new rows follow the likelihood."""
+    _, approx = _plate_and_chain(follows_rows=True)
+    draws = 4000
+    idata = approx.sample_new_units(
+        NEW_ROWS_WITH_CHAIN, draws, units=2, random_seed=3, predictions=True, check_range=False
+    )
+    assert list(idata.predictions.data_vars) == ["y"]
+    pred = idata.predictions["y"].values[0]
+    assert pred.shape == (draws, 3)
+    a_new, s = idata.posterior["a"].values[0], idata.posterior["sigma"].values[0]
+    eps = (pred - a_new[:, NEW_ROWS_WITH_CHAIN["county_idx"]]) / s[:, None]
+    assert np.all(np.abs(eps.mean(0)) < 4 / np.sqrt(draws))
+    assert np.all(np.abs(eps.std(0) - 1) < 4 / np.sqrt(2 * draws))
+
+
+def test_predictions_of_an_observed_array_without_dims_raise_clearly():
+    _, approx = _plate_and_chain(follows_rows=False)
+    # The new units themselves are drawn; predicting rows needs a dim to resize 'y' by.
+    idata = approx.sample_new_units(NEW_ROWS_WITH_CHAIN, 10, units=2, check_range=False)
+    assert idata.posterior["a"].shape == (1, 10, 2)
+    with pytest.raises(AmortizationError, match="cannot draw 'y' for 3 new rows: its length"):
+        approx.sample_new_units(
+            NEW_ROWS_WITH_CHAIN, 10, units=2, predictions=True, check_range=False
+        )

@@ -708,16 +708,29 @@ def predict(
             f"predictions=True needs draws of {mean_field_local} for the new units; they are "
             "fitted mean-field per fitted unit, so new units have none."
         )
-    predicted = [
+    # The plate's own observed variables: those its minibatches slice (a model without dims
+    # names no row dim, and an observed variable of another part of the model, e.g. a chain, is
+    # not the new rows'); by the row dim where the analysis saw none.
+    sliced = {data.key for data in (*plate.batched_rows, *plate.batched_units)}
+    predicted = [rv.name for rv in clone.observed_RVs if rv.name in sliced] or [
         rv.name
         for rv in clone.observed_RVs
-        if (clone.named_vars_to_dims.get(rv.name) or (None,))[0] == row_dim
+        if row_dim is not None and (clone.named_vars_to_dims.get(rv.name) or (None,))[0] == row_dim
     ]
     if not predicted:
         raise AmortizationError(
             f"No observed variable has the dim '{row_dim}' of the new rows, so there is "
             "nothing to predict; give the observed variables dims=."
         )
+    for name in predicted:
+        length = int(clone[name].shape[0].eval()) if clone[name].ndim else 1
+        if n_rows is not None and length != n_rows:
+            raise AmortizationError(
+                f"predictions=True cannot draw '{name}' for {n_rows} new rows: its length is "
+                f"fixed at {length} (its observed array, with no dim the new rows can resize). "
+                f"Give it and the rows' data a dim (dims='obs' with coords), or draw the new "
+                "units without predictions."
+            )
     idata = posterior_dataset(clone, values)
     try:
         drawn = forward_draws(clone, idata, predicted, random_seed=rng, predictions=True)
