@@ -149,7 +149,7 @@ class AmortizedObjective:
     def draw_globals(
         self, n_draws: int, random: RandomDraws
     ) -> tuple[dict[str, pt.TensorVariable], pt.TensorVariable, pt.TensorVariable]:
-        """Draws (S, *shape) of each global from q(θ), its exact entropy and the draws' log q."""
+        """Draws ``(S, *shape)`` of each global from q(θ), its exact entropy and the draws' log q."""
         family = self.approx.globals
         if family is None:
             return {}, pt.zeros(()), pt.zeros((n_draws,))
@@ -168,7 +168,7 @@ class AmortizedObjective:
         scale: float,
         minibatched: bool = False,
     ) -> tuple[pt.TensorVariable, pt.TensorVariable, pt.TensorVariable]:
-        """Draws (S, B, *event_shape) of one local latent from the encoder's (B, d) mean and
+        """Draws ``(S, B, *event_shape)`` of one local latent from the encoder's (B, d) mean and
         log-sd, with its entropy and the draws' log q, both scaled to all N units."""
         batch = mean.shape[0]
         eps = random(

@@ -66,7 +66,7 @@ class ConditionalDraws:
     Attributes
     ----------
     draws : list of TensorVariable
-        Per latent, (S, B, *event_shape) on the value (unconstrained) space.
+        Per latent, ``(S, B, *event_shape)`` on the value (unconstrained) space.
     log_q : TensorVariable
         (S, B) log q(z_n | θ) of each unit's draw.
     entropy : TensorVariable
@@ -323,7 +323,7 @@ class ConditionalSampler:
 
     ``sample()`` and ``encode()`` of a fit with the conditional family call it with numpy draws of
     the globals (from q(θ)) and of the encoder plates' locals; it returns each conditional plate's
-    draws (S, N, *event_shape), drawn plate after plate as in the training step.
+    draws ``(S, N, *event_shape)``, drawn plate after plate as in the training step.
 
     Parameters
     ----------

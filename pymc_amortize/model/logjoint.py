@@ -107,7 +107,7 @@ class LogJoint:
     ) -> TensorVariable:
         """log p(x, θ, z) for each of S draws, the batch plate's factors scaled by N / B.
 
-        ``global_draws`` have shape (S, *shape); local draws (S, B or N, *event_shape).
+        ``global_draws`` have shape ``(S, *shape)``; local draws ``(S, B or N, *event_shape)``.
         """
         batch_terms, other_terms, batch_drawn, other_drawn = self.terms_per_draw(
             global_draws, local_draws, batch

@@ -309,7 +309,7 @@ def new_inputs(
 def encode_new(
     guide: AmortizedGuide, new_data, units, check_range: bool
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, NewUnits]]:
-    """Encoder mean and sd (value space, (M, *event_shape)) of the new units of every plate
+    """Encoder mean and sd (value space, ``(M, *event_shape)``) of the new units of every plate
     the call concerns, and each plate's :class:`NewUnits`. A zero-row unit's entries are NaN:
     its posterior is its prior given the globals, drawn by the callers."""
     if isinstance(new_data, Mapping):
