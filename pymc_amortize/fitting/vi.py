@@ -37,6 +37,7 @@ from pymc_amortize.fitting.record import FitRecord
 from pymc_amortize.guide.conditional import ConditionalGaussian, resolve_family
 from pymc_amortize.guide.encoders import Encoder
 from pymc_amortize.guide.globals import GLOBAL_FAMILIES
+from pymc_amortize.guide.state import AmortizedGuide
 from pymc_amortize.model.analysis import analyze_model
 from pymc_amortize.model.types import EncoderInputSpec, ModelAnalysis, Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
@@ -353,7 +354,7 @@ class AmortizedVI(Inference):
         #: The fit's record (losses, step times, settings, divergence, gap check): created here,
         #: shared with the approximation (which reads it) and updated only by this class.
         self.record = record = FitRecord()
-        approx = AmortizedApproximation(
+        guide = AmortizedGuide(
             model,
             analysis,
             encoder=encoder,
@@ -369,8 +370,8 @@ class AmortizedVI(Inference):
             local_family=local_family,
             conditional_plates=conditional_plates,
             global_family=global_family,
-            record=record,
         )
+        approx = AmortizedApproximation(guide, record)
         # Recorded in the results' attributes; save_approximation rebuilds the encoders from them.
         record.settings = {
             "batch_size": (

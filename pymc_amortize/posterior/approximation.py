@@ -49,44 +49,9 @@ class AmortizedApproximation:
     fit's losses, step times, settings and outcome, written by the fitting adapter only.
     """
 
-    def __init__(
-        self,
-        model: pm.Model,
-        analysis: ModelAnalysis,
-        *,
-        encoder: Callable | Mapping[str, Callable] | None = None,
-        encoder_widths: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
-        activation: str | Callable = "relu",
-        init_scale: float = 0.1,
-        standardize_inputs: bool = True,
-        start: Mapping[str, np.ndarray] | None = None,
-        start_sigma: Mapping[str, np.ndarray] | None = None,
-        random_seed: int | None = None,
-        unit_source: UnitSource | None = None,
-        step_buffers: StepBuffers | None = None,
-        local_family: ConditionalGaussian | None = None,
-        conditional_plates: Sequence[str] = (),
-        global_family: str = "meanfield",
-        record: FitRecord | None = None,
-    ):
+    def __init__(self, guide: AmortizedGuide, record: FitRecord | None = None):
         #: The guide's state and symbolic q.
-        self.guide = AmortizedGuide(
-            model,
-            analysis,
-            encoder=encoder,
-            encoder_widths=encoder_widths,
-            activation=activation,
-            init_scale=init_scale,
-            standardize_inputs=standardize_inputs,
-            start=start,
-            start_sigma=start_sigma,
-            random_seed=random_seed,
-            unit_source=unit_source,
-            step_buffers=step_buffers,
-            local_family=local_family,
-            conditional_plates=conditional_plates,
-            global_family=global_family,
-        )
+        self.guide = guide
         #: The fit's record (a fresh, empty one before any fit).
         self.record = FitRecord() if record is None else record
 
@@ -299,20 +264,9 @@ class AmortizedApproximation:
         return self.guide.fitted_encoder_outputs(chunk_size)
 
     def encode_units(self, name: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Encoder mean and sd of q(z_n) for the fitted units ``start:stop`` of ``name``'s plate.
-
-        Parameters
-        ----------
-        name : str
-            A local latent.
-        start, stop : int
-            Units ``start <= n < stop`` of its plate (with all their rows).
-
-        Returns
-        -------
-        mean, sd : ndarray
-            ``(stop - start, *event_shape)`` float64, on the latent's unconstrained (value) space.
-        """
+        """Encoder mean and sd ``(stop - start, *event_shape)`` of q(z_n) for the fitted units
+        ``start:stop`` of ``name``'s plate (see :meth:`AmortizedGuide.encode_units
+        <pymc_amortize.guide.state.AmortizedGuide.encode_units>`)."""
         return self.guide.encode_units(name, start, stop)
 
     def encode_dataset(
