@@ -23,7 +23,7 @@ from pymc_amortize import (
     load_approximation,
     save_approximation,
 )
-from pymc_amortize.guide.encoders import standardization_scale
+from pymc_amortize.data.scaling import standardization_scale
 from pymc_amortize.guide.inputs import EncoderInput, InputScaling, fit_scaling
 
 

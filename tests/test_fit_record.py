@@ -13,7 +13,7 @@ import pytest
 import pymc_amortize
 from pymc_amortize import AmortizedVI
 from pymc_amortize.examples.paper import linear_data, linear_model
-from pymc_amortize.fitting.record import FitRecord
+from pymc_amortize.posterior.record import FitRecord
 
 FITTING = Path(pymc_amortize.__file__).parent / "fitting"
 

@@ -135,3 +135,22 @@ def test_the_model_layer_imports_only_itself_and_errors():
             if not t.startswith(f"{ROOT}.model") and t != f"{ROOT}.errors"
         }
         assert not outside, f"{module} imports {sorted(outside)}"
+
+
+#: The subpackages from the bottom up: each may import those before it, never one after it.
+LAYERS = ("model", "data", "guide", "posterior", "fitting")
+
+
+def test_subpackages_import_only_the_layers_below_them():
+    graph = import_graph()
+    upward = []
+    for module, imported in graph.items():
+        parts = module.split(".")
+        if len(parts) < 2 or parts[1] not in LAYERS:
+            continue
+        level = LAYERS.index(parts[1])
+        for target in imported:
+            target_parts = target.split(".")
+            if len(target_parts) > 1 and target_parts[1] in LAYERS[level + 1 :]:
+                upward.append(f"{module} -> {target}")
+    assert not upward, f"imports from a lower layer to a higher one: {upward}"

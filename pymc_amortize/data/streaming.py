@@ -23,8 +23,8 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
+from pymc_amortize.data.scaling import standardization_scale
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.guide.encoders import standardization_scale
 from pymc_amortize.model.types import DataInput, ModelAnalysis, Plate
 
 __all__ = [

@@ -33,7 +33,6 @@ from pymc_amortize.errors import (
 )
 from pymc_amortize.fitting.estimator import AmortizedObjective, batch_plate_of
 from pymc_amortize.fitting.objectives import ELBO, Objective
-from pymc_amortize.fitting.record import FitRecord
 from pymc_amortize.guide.conditional import ConditionalGaussian, resolve_family
 from pymc_amortize.guide.encoders import Encoder
 from pymc_amortize.guide.globals import GLOBAL_FAMILIES
@@ -41,6 +40,7 @@ from pymc_amortize.guide.state import AmortizedGuide
 from pymc_amortize.model.analysis import analyze_model
 from pymc_amortize.model.types import EncoderInputSpec, ModelAnalysis, Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.posterior.record import FitRecord
 
 __all__ = ["DEFAULT_LEARNING_RATE", "DEFAULT_MAX_STEPS", "AmortizedVI"]
 

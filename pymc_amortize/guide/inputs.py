@@ -15,9 +15,9 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.data.sampler import StepBuffers
+from pymc_amortize.data.scaling import standardization_scale
 from pymc_amortize.data.streaming import UnitSource, input_columns, summarize_columns
 from pymc_amortize.errors import AmortizationError
-from pymc_amortize.guide.encoders import standardization_scale
 from pymc_amortize.guide.envelope import InputEnvelope, TrainingEnvelope, column_labels
 from pymc_amortize.model.types import DataInput, LocalLatent, Plate
 

@@ -23,6 +23,7 @@ from pytensor.graph.replace import graph_replace
 from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.data.sampler import StepBuffers
+from pymc_amortize.data.scaling import standardization_scale
 from pymc_amortize.data.streaming import UnitSource
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.compiled import LatentTransforms, compile_once, first_line
@@ -35,7 +36,6 @@ from pymc_amortize.guide.encoders import (
     encoder_params,
     inline_layers,
     resolve_user_encoders,
-    standardization_scale,
 )
 from pymc_amortize.guide.envelope import TrainingEnvelope
 from pymc_amortize.guide.globals import GlobalFamily, make_global_family

@@ -1,7 +1,7 @@
 """The public face of an amortized fit: :class:`AmortizedApproximation`.
 
 A thin facade: the guide's state and symbolic q are an :class:`~pymc_amortize.guide.state.
-AmortizedGuide` (``approx.guide``), the fit's record a :class:`~pymc_amortize.fitting.record.
+AmortizedGuide` (``approx.guide``), the fit's record a :class:`~pymc_amortize.posterior.record.
 FitRecord` (``approx.record``), and each method below delegates to a function of
 :mod:`pymc_amortize.posterior` (local summaries and zero-row priors in ``local``; new units in
 ``new_units``; Datasets in ``datasets``; ArviZ groups in ``idata``).
@@ -21,7 +21,6 @@ from pytensor.tensor.variable import TensorVariable
 
 from pymc_amortize.data.sampler import StepBuffers
 from pymc_amortize.data.streaming import UnitSource
-from pymc_amortize.fitting.record import FitRecord
 from pymc_amortize.guide.conditional import ConditionalGaussian
 from pymc_amortize.guide.envelope import TrainingEnvelope
 from pymc_amortize.guide.globals import GlobalFamily
@@ -36,6 +35,7 @@ from pymc_amortize.posterior.datasets import unit_dim as plate_unit_dim
 from pymc_amortize.posterior.idata import sample_fitted
 from pymc_amortize.posterior.local import QUANTILE_LEVELS, LocalPosterior, encode_fitted
 from pymc_amortize.posterior.new_units import encode_new_units, sample_new_units
+from pymc_amortize.posterior.record import FitRecord
 
 __all__ = ["AmortizedApproximation"]
 
@@ -58,7 +58,7 @@ class AmortizedApproximation:
     # -- the fit's record (read-only: the fitting adapter updates ``record``) -------------------
     @property
     def hist(self) -> np.ndarray:
-        """The loss of each step (see :class:`~pymc_amortize.fitting.record.FitRecord`)."""
+        """The loss of each step (see :class:`~pymc_amortize.posterior.record.FitRecord`)."""
         return self.record.hist
 
     @property

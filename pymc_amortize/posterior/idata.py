@@ -29,7 +29,6 @@ from pymc.backends.base import MultiTrace
 from pytensor.graph.traversal import ancestors
 
 from pymc_amortize._version import __version__
-from pymc_amortize.fitting.record import FitRecord
 from pymc_amortize.guide.encoders import MLPEncoder, PooledEncoder
 from pymc_amortize.guide.state import AmortizedGuide
 from pymc_amortize.model.forward import trace_from_values
@@ -43,6 +42,7 @@ from pymc_amortize.posterior.local import (
     units_without_rows,
     zero_row_prior,
 )
+from pymc_amortize.posterior.record import FitRecord
 
 __all__ = [
     "add_method_groups",
