@@ -1,4 +1,4 @@
-"""Exceptions and warnings raised by pymc_amortize."""
+"""Exceptions and warnings raised by pymc_amortize, and the helpers that write their messages."""
 
 __all__ = [
     "AmortizationError",
@@ -8,6 +8,7 @@ __all__ = [
     "CouplingWarning",
     "DivergenceWarning",
     "OutOfTrainingRangeWarning",
+    "as_clause",
 ]
 
 
@@ -52,3 +53,10 @@ class CouplingWarning(UserWarning):
     """``local=`` amortizes a latent whose units the model couples (a random walk, an AR or
     MvNormal prior over the units, a likelihood reading neighbours' latents): the encoder's
     q(z_n) cannot reach what per-unit parameters reach. The message names the coupling."""
+
+
+def as_clause(error: Exception) -> str:
+    """An error's message to follow a colon in another message: first letter lower case, no
+    final full stop."""
+    text = str(error).strip().rstrip(".")
+    return text[:1].lower() + text[1:]

@@ -8,7 +8,8 @@ from gaussian_plate_models import crossed_gaussian, indexed_gaussian
 import pymc_amortize
 from benchmarks.gaussian_models import ExactMeanField, hmm_model, saw_model
 from pymc_amortize import AmortizationError, MeanFieldELBO, SemiAmortizedApproximation
-from pymc_amortize.diagnostics import _advi_start, meanfield_of, semi_amortize
+from pymc_amortize.diagnostics import meanfield_of, semi_amortize
+from pymc_amortize.diagnostics.semi_amortized import _advi_start
 from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model
 
 
