@@ -1,4 +1,6 @@
-"""Exceptions and warnings raised by pymc_amortize, and the helpers that write their messages."""
+"""Exceptions and warnings raised by pymc_amortize, and the argument checks that raise them."""
+
+import numpy as np
 
 __all__ = [
     "AmortizationError",
@@ -9,6 +11,9 @@ __all__ = [
     "DivergenceWarning",
     "OutOfTrainingRangeWarning",
     "as_clause",
+    "require_integer",
+    "require_number",
+    "require_numeric",
 ]
 
 
@@ -60,3 +65,32 @@ def as_clause(error: Exception) -> str:
     final full stop."""
     text = str(error).strip().rstrip(".")
     return text[:1].lower() + text[1:]
+
+
+def require_integer(value: object, name: str, *, minimum: int = 1) -> int:
+    """``value`` as an int, after checking that it is an integer of at least ``minimum``.
+
+    The message names the argument: ``"{name} must be a positive integer; got 0."``.
+    """
+    if not isinstance(value, int | np.integer) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise AmortizationError(f"{name} must be {need}; got {value!r}.")
+    return int(value)
+
+
+def require_number(value: object, name: str, *, minimum: float = 0.0) -> float:
+    """``value`` as a float, after checking that it is a real number of at least ``minimum``
+    (NaN is refused)."""
+    if not isinstance(value, int | float | np.integer | np.floating) or not value >= minimum:
+        need = "a non-negative number" if minimum == 0 else f"a number >= {minimum:g}"
+        raise AmortizationError(f"{name} must be {need}; got {value!r}.")
+    return float(value)
+
+
+def require_numeric(array: object, subject: str) -> np.ndarray:
+    """``array`` as a NumPy array, after checking that its dtype is numeric (bool, integer or
+    float): ``"{subject} has dtype <U1; it must be numeric."``."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise AmortizationError(f"{subject} has dtype {array.dtype}; it must be numeric.")
+    return array

@@ -26,7 +26,7 @@ from arviz_stats.base import array_stats
 from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
-from pymc_amortize.errors import AmortizationError
+from pymc_amortize.errors import AmortizationError, as_clause, require_integer
 from pymc_amortize.guide.globals import HALF_LOG_2PI
 from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms
 from pymc_amortize.model.plates import UnitBatch
@@ -209,9 +209,7 @@ class PSISDiagnostic:
             ``posterior`` (and ``observed_data``) under the model's dims, as ``approx.sample``.
         """
         n_draws = self.log_weights.sizes["draw"]
-        draws = n_draws if draws is None else draws
-        if not isinstance(draws, int | np.integer) or draws <= 0:
-            raise AmortizationError(f"draws must be a positive integer; got {draws!r}.")
+        draws = n_draws if draws is None else require_integer(draws, "draws")
         approx = self.approximation
         missing = [v.name for v in approx.model.value_vars if v.name not in self.values]
         if missing:
@@ -300,15 +298,11 @@ def psis_diagnostic(
         )
     approx.require_encoder_family("psis_diagnostic()")
     approx.require_units_in_memory("psis_diagnostic")
-    if not isinstance(draws, int | np.integer) or draws < 10:
-        raise AmortizationError(f"draws must be an integer >= 10; got {draws!r}.")
-    if chunk_size is not None and (not isinstance(chunk_size, int | np.integer) or chunk_size <= 0):
-        raise AmortizationError(
-            f"chunk_size must be a positive integer or None; got {chunk_size!r}."
-        )
+    draws = require_integer(draws, "draws", minimum=10)
+    if chunk_size is not None:
+        chunk_size = require_integer(chunk_size, "chunk_size")
     if store is not None and chunk_size is None:
         raise AmortizationError("store= writes k̂ chunk by chunk; give chunk_size= too.")
-    draws = int(draws)
     seed = seed_sequence(random_seed)
     values = approx.draw_globals(draws, np.random.default_rng(seed))
 
@@ -344,8 +338,7 @@ def psis_diagnostic(
                 raise
             # A prior or a Potential couples the plate's units: the overall k̂ is still defined
             # (from the whole log joint below), a unit's is not.
-            reason = str(error).rstrip(".")
-            notes[plate.name] = f"no k̂ per unit: {reason[:1].lower()}{reason[1:]}"
+            notes[plate.name] = f"no k̂ per unit: {as_clause(error)}"
             build = functools.partial(_undefined_khat, approx=approx, plate=plate)
             parts.append(ChunkedPart(approx.unit_dim(plate), plate.size, build))
             continue

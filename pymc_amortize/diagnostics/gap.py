@@ -24,7 +24,7 @@ from pymc_amortize.diagnostics.meanfield import (
     standard_error,
 )
 from pymc_amortize.diagnostics.semi_amortized import SemiAmortizedApproximation, semi_amortize
-from pymc_amortize.errors import AmortizationError, as_clause
+from pymc_amortize.errors import AmortizationError, as_clause, require_number
 from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms, plate_factors
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 
@@ -301,8 +301,7 @@ def amortization_gap(
         gap = pymc_amortize.amortization_gap(approx, n=1_000, random_seed=0)
         gap.closed, gap.gain, gap.standard_error
     """
-    if not isinstance(tolerance, int | float) or tolerance < 0:
-        raise AmortizationError(f"tolerance must be a non-negative number; got {tolerance!r}.")
+    tolerance = require_number(tolerance, "tolerance")
     if not isinstance(approx, AmortizedApproximation):
         raise AmortizationError(
             "amortization_gap() takes a fitted AmortizedApproximation; got "

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pymc as pm
 
-from pymc_amortize.errors import AmortizationError
+from pymc_amortize.errors import AmortizationError, require_integer
 from pymc_amortize.guide.globals import HALF_LOG_2PI_E, group_factors
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 
@@ -109,10 +109,8 @@ class MeanFieldELBO:
     """
 
     def __init__(self, model: pm.Model, *, n_draws: int = 500, random_seed: int | None = None):
-        if not isinstance(n_draws, int | np.integer) or n_draws < 2:
-            raise AmortizationError(f"n_draws must be an integer >= 2; got {n_draws!r}.")
         self.model = model
-        self.n_draws = int(n_draws)
+        self.n_draws = require_integer(n_draws, "n_draws", minimum=2)
         self._logp = model.compile_logp()
         point = model.initial_point()
         self.shapes = {v.name: np.shape(point[v.name]) for v in model.value_vars}
@@ -148,14 +146,14 @@ class MeanFieldELBO:
     def estimate(self, q: Mapping[str, GaussianFactor]) -> tuple[float, float]:
         """ELBO of ``q`` and its Monte Carlo standard error."""
         values = self.per_draw(q)
-        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
+        return float(values.mean()), standard_error(values)
 
     def difference(
         self, q: Mapping[str, GaussianFactor], reference: Mapping[str, GaussianFactor]
     ) -> tuple[float, float]:
         """ELBO(q) − ELBO(reference) from paired draws, and its standard error."""
         diff = self.per_draw(q) - self.per_draw(reference)
-        return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(diff.size))
+        return float(diff.mean()), standard_error(diff)
 
     def draws(self, q: Mapping[str, GaussianFactor]) -> dict[str, np.ndarray]:
         """The shared draws of ``q`` stacked per value variable: ``{name: (n_draws, *shape)}``."""

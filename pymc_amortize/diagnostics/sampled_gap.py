@@ -17,7 +17,7 @@ import pytensor.tensor as pt
 from pymc.pytensorf import compile as compile_pymc
 
 from pymc_amortize.diagnostics.meanfield import GaussianFactor, standard_error
-from pymc_amortize.errors import AmortizationError, as_clause
+from pymc_amortize.errors import AmortizationError, as_clause, require_integer, require_number
 from pymc_amortize.model.logjoint import build_logjoint
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 
@@ -434,18 +434,16 @@ def gap_check(
             f"gap_check() takes a fitted AmortizedApproximation; got {type(approx).__name__}."
         )
     options = {
-        "units": units,
-        "steps": steps,
-        "draws": draws,
-        "eval_draws": eval_draws,
+        "units": require_integer(units, "units"),
+        "steps": require_integer(steps, "steps"),
+        # A standard error needs two draws.
+        "draws": require_integer(draws, "draws", minimum=2),
+        "eval_draws": require_integer(eval_draws, "eval_draws", minimum=2),
     }
-    for key, value in options.items():
-        if not isinstance(value, int | np.integer) or value < (2 if "draws" in key else 1):
-            raise AmortizationError(f"{key} must be a positive integer; got {value!r}.")
-    for key, value in (("tolerance", tolerance), ("min_gain", min_gain)):
-        if not isinstance(value, int | float) or not value >= 0:
-            raise AmortizationError(f"{key} must be a non-negative number; got {value!r}.")
-    thresholds = {"tolerance": float(tolerance), "min_gain": float(min_gain)}
+    thresholds = {
+        "tolerance": require_number(tolerance, "tolerance"),
+        "min_gain": require_number(min_gain, "min_gain"),
+    }
     skipped = ""
     if approx.unit_source is not None:
         skipped = (

@@ -18,7 +18,7 @@ import xarray as xr
 from pymc.progress_bar import default_progress_theme
 
 from pymc_amortize.diagnostics.meanfield import MeanField, meanfield_of
-from pymc_amortize.errors import AmortizationError
+from pymc_amortize.errors import AmortizationError, require_integer
 from pymc_amortize.guide.globals import set_group_sds
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 
@@ -208,8 +208,7 @@ def semi_amortize(
         )
     approx.require_encoder_family("semi_amortize()")
     approx.require_units_in_memory("semi_amortize")
-    if not isinstance(n, int | np.integer) or n <= 0:
-        raise AmortizationError(f"n (the refinement steps) must be a positive integer; got {n!r}.")
+    n = require_integer(n, "n (the refinement steps)")
     if not 0 <= average_last < 1:
         raise AmortizationError(f"average_last must be in [0, 1); got {average_last!r}.")
     start, start_sigma = _advi_start(approx)
