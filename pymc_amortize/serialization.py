@@ -5,8 +5,15 @@ through pytensor-ml's ``save_state``/``load_state``; the structure needed to reb
 goes to a small JSON file beside it: per local latent its plate (row or indexed, and the index),
 its unit and row inputs with their scalings, and its encoder (MLP, or pooled with its row-count
 scaling) and its training envelope (the range of its inputs in training), plus widths and
-activation. Loading rebuilds an :class:`~pymc_amortize.AmortizedVI` on the model with the same options and
-fills in the values, so new units are encoded without refitting.
+activation.
+
+Loading (:func:`load_approximation`) runs in named steps: read the JSON (upgrading old formats);
+rebuild an :class:`~pymc_amortize.AmortizedVI` on the model with the saved options (this runs the
+model analysis and builds the encoders on the model's data); check that the rebuilt globals,
+latents and encoder weights are those saved; load the weights; then apply the saved state the
+rebuild cannot know, because it belongs to the fitted data and not to this model's
+(:func:`_apply_saved_state`: input scalings, training envelopes, a pooled encoder's row-count
+scaling, the conditional family's plates). New units are then encoded without refitting.
 """
 
 from __future__ import annotations
@@ -53,6 +60,13 @@ def _named_copies(approx: AmortizedApproximation) -> list:
     for i, param in enumerate(approx.encoder_params):
         copies.append(pytensor.shared(param.get_value(), name=f"encoder/{i}/{param.name}"))
     return copies
+
+
+def _global_shapes(approx: AmortizedApproximation) -> dict[str, list[int]]:
+    """The shapes of q(θ)'s variables, by value name, as the JSON file records them."""
+    if approx.globals is None:
+        return {}
+    return {name: list(shape) for name, shape in approx.globals.shapes().items()}
 
 
 def _scaling_json(scaling: InputScaling | None) -> dict | None:
@@ -184,11 +198,7 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
             [param.name, list(param.get_value(borrow=True).shape)]
             for param in approx.encoder_params
         ],
-        "globals": (
-            {name: list(shape) for name, shape in approx.globals.shapes().items()}
-            if approx.globals is not None
-            else {}
-        ),
+        "globals": _global_shapes(approx),
     }
     json_path.write_text(json.dumps(structure, indent=2))
     save_state(_named_copies(approx), weights_path)
@@ -243,8 +253,75 @@ def _local_spec(model: pm.Model, name: str, saved: dict):
     )
 
 
-def _check_structure(approx: AmortizedApproximation, latents: dict, params: list | None) -> None:
-    """The rebuilt latents, inputs, encoders and weights must be those saved."""
+def _read_structure(json_path: Path, weights_path: Path) -> dict:
+    """The saved JSON structure, in the current format's layout."""
+    if not json_path.exists() or not weights_path.exists():
+        raise AmortizationError(f"No saved approximation at {json_path} and {weights_path}.")
+    structure = json.loads(json_path.read_text())
+    if structure.get("format_version") not in READABLE_VERSIONS:
+        raise AmortizationError(
+            f"{json_path} has format version {structure.get('format_version')!r}; this version of "
+            f"pymc_amortize reads versions {READABLE_VERSIONS}."
+        )
+    return _upgrade(structure)
+
+
+def _rebuild(
+    structure: dict,
+    model: pm.Model,
+    local: Mapping[str, object] | None,
+    unit_data: xr.Dataset | None,
+) -> AmortizedApproximation:
+    """An unfitted approximation on ``model`` with the saved options: the model analysis runs and
+    the encoders are built on this model's data, with the saved encoders' input widths."""
+    latents = structure["latents"]
+    missing = [name for name in latents if name not in model.named_vars]
+    if missing:
+        raise AmortizationError(
+            f"The model has no variable(s) {missing}, which the saved approximation amortizes."
+        )
+    spec = {
+        name: (local[name] if local and name in local else _local_spec(model, name, saved))
+        for name, saved in latents.items()
+    }
+    options = structure["options"]
+    # The saved encoders' widths count an indicator per flagged column, whatever this model's
+    # data hold.
+    flags = {
+        (name, part): (saved.get(f"{key}_scaling") or {}).get("flagged", ())
+        for name, saved in latents.items()
+        for part, key in (("units", "unit"), ("rows", "row"))
+    }
+    family = structure.get("family")
+    with fixed_input_flags(flags):
+        return AmortizedVI(
+            spec or None,
+            model=model,
+            family=(
+                "encoder"
+                if family is None
+                else ConditionalGaussian(
+                    newton_steps=family["newton_steps"], jitter=family["jitter"]
+                )
+            ),
+            global_family=structure.get("global_family", "meanfield"),
+            encoder_widths=_saved_widths(options["encoder_widths"]),
+            activation=options["activation"],
+            standardize_inputs=options["standardize_inputs"],
+            # Batches are never drawn from a loaded approximation: the smallest buffers do.
+            unit_data=unit_data,
+            batch_size=1 if unit_data is not None else None,
+        ).approx
+
+
+def _check_structure(approx: AmortizedApproximation, structure: dict) -> None:
+    """The rebuilt globals, latents, inputs, encoders and weights must be those saved."""
+    saved_globals = structure["globals"]
+    if _global_shapes(approx) != saved_globals:
+        raise AmortizationError(
+            f"The model's globals {_global_shapes(approx)} differ from the saved ones "
+            f"{saved_globals}."
+        )
     have = {
         lat.name: (
             "row" if plate.index is None else "indexed",
@@ -257,19 +334,73 @@ def _check_structure(approx: AmortizedApproximation, latents: dict, params: list
     }
     want = {
         name: (s["kind"], s["unit_inputs"], s["row_inputs"], s["encoder"]["kind"])
-        for name, s in latents.items()
+        for name, s in structure["latents"].items()
     }
     if have != want:
         raise AmortizationError(
             "The model's local latents (kind, unit inputs, row inputs, encoder) "
             f"{have} differ from the saved ones {want}; load into a model of the same structure."
         )
+    params = structure.get("encoder_params")  # None in a version-1 file
     if params is not None:
         shapes = [[p.name, list(p.get_value(borrow=True).shape)] for p in approx.encoder_params]
         if shapes != params:
             raise AmortizationError(
                 f"The rebuilt encoders' weights {shapes} differ from the saved ones {params}."
             )
+
+
+def _load_weights(approx: AmortizedApproximation, weights_path: Path) -> None:
+    """q(θ)'s parameters and the encoders' weights from the archive, in ``_named_copies`` order."""
+    targets = _named_copies(approx)
+    load_state(targets, weights_path)
+    values = iter(t.get_value() for t in targets)
+    if approx.globals is not None:
+        for param in approx.globals.named_params.values():
+            param.set_value(next(values))
+    for param in approx.encoder_params:
+        param.set_value(next(values))
+
+
+def _apply_latent(approx: AmortizedApproximation, latent: LocalLatent, saved: dict) -> None:
+    """One latent's fitted state: its inputs' scalings, its training envelope and a pooled
+    encoder's row-count scaling, all the fitted data's rather than this model's."""
+    data = approx.inputs[latent.name]
+    unit_scaling = _scaling_from_json(saved["unit_scaling"])
+    row_scaling = _scaling_from_json(saved["row_scaling"])
+    # The scaling lives in the input's graph (set_scaling) and in its record in approx.inputs.
+    if data.units is not None:
+        data.units.set_scaling(unit_scaling)
+    if data.rows is not None:
+        data.rows.set_scaling(row_scaling)
+    approx.inputs[latent.name] = data._replace(
+        unit_scaling=unit_scaling if data.units is not None else None,
+        row_scaling=row_scaling if data.rows is not None else None,
+    )
+    # The saved envelope, or none (a file written before envelopes were saved).
+    envelope = TrainingEnvelope.from_json(saved.get("envelope"))
+    if envelope is None:
+        approx.envelopes.pop(latent.name, None)
+    else:
+        approx.envelopes[latent.name] = envelope
+    encoder = approx.encoders[latent.name]
+    if isinstance(encoder, PooledEncoder):
+        encoder.set_count_scaling(
+            saved["encoder"]["log_count_center"], saved["encoder"]["log_count_scale"]
+        )
+        encoder.constant_count = bool(saved["encoder"].get("constant_count", False))
+
+
+def _apply_saved_state(approx: AmortizedApproximation, structure: dict) -> None:
+    """What the rebuild computed from this model's data but belongs to the fit: every latent's
+    scalings, envelope and pooled count scaling, and the conditional family's plates."""
+    for plate in approx.analysis.plates:
+        for latent in plate.latents:
+            _apply_latent(approx, latent, structure["latents"][latent.name])
+    family = structure.get("family")
+    if family is not None:
+        # A minibatched fit of crossed plates conditions only its batch plate.
+        approx.conditional_plates = frozenset(family["plates"])
 
 
 def load_approximation(
@@ -315,102 +446,11 @@ def load_approximation(
     """
     model = pm.modelcontext(model)
     json_path, weights_path = _paths(path)
-    if not json_path.exists() or not weights_path.exists():
-        raise AmortizationError(f"No saved approximation at {json_path} and {weights_path}.")
-    structure = json.loads(json_path.read_text())
-    if structure.get("format_version") not in READABLE_VERSIONS:
-        raise AmortizationError(
-            f"{json_path} has format version {structure.get('format_version')!r}; this version of "
-            f"pymc_amortize reads versions {READABLE_VERSIONS}."
-        )
-    structure = _upgrade(structure)
-    latents = structure["latents"]
-    missing = [name for name in latents if name not in model.named_vars]
-    if missing:
-        raise AmortizationError(
-            f"The model has no variable(s) {missing}, which the saved approximation amortizes."
-        )
-    spec = {
-        name: (local[name] if local and name in local else _local_spec(model, name, saved))
-        for name, saved in latents.items()
-    }
-    options = structure["options"]
-    # The saved encoders' widths count an indicator per flagged column, whatever this model's
-    # data hold.
-    flags = {
-        (name, part): (saved.get(f"{key}_scaling") or {}).get("flagged", ())
-        for name, saved in latents.items()
-        for part, key in (("units", "unit"), ("rows", "row"))
-    }
-    family = structure.get("family")
-    with fixed_input_flags(flags):
-        approx = AmortizedVI(
-            spec or None,
-            model=model,
-            family=(
-                "encoder"
-                if family is None
-                else ConditionalGaussian(
-                    newton_steps=family["newton_steps"], jitter=family["jitter"]
-                )
-            ),
-            global_family=structure.get("global_family", "meanfield"),
-            encoder_widths=_saved_widths(options["encoder_widths"]),
-            activation=options["activation"],
-            standardize_inputs=options["standardize_inputs"],
-            # Batches are never drawn from a loaded approximation: the smallest buffers do.
-            unit_data=unit_data,
-            batch_size=1 if unit_data is not None else None,
-        ).approx
-    saved_globals = structure["globals"]
-    have_globals = (
-        {name: list(shape) for name, shape in approx.globals.shapes().items()}
-        if approx.globals is not None
-        else {}
-    )
-    if have_globals != saved_globals:
-        raise AmortizationError(
-            f"The model's globals {have_globals} differ from the saved ones {saved_globals}."
-        )
-    _check_structure(approx, latents, structure.get("encoder_params"))
-    targets = _named_copies(approx)
-    load_state(targets, weights_path)
-    values = iter(t.get_value() for t in targets)
-    if approx.globals is not None:
-        for param in approx.globals.named_params.values():
-            param.set_value(next(values))
-    for param in approx.encoder_params:
-        param.set_value(next(values))
-    for plate in approx.analysis.plates:
-        for latent in plate.latents:
-            saved = latents[latent.name]
-            data = approx.inputs[latent.name]
-            unit_scaling = _scaling_from_json(saved["unit_scaling"])
-            row_scaling = _scaling_from_json(saved["row_scaling"])
-            if data.units is not None:
-                data.units.set_scaling(unit_scaling)
-            if data.rows is not None:
-                data.rows.set_scaling(row_scaling)
-            approx.inputs[latent.name] = data._replace(
-                unit_scaling=unit_scaling if data.units is not None else None,
-                row_scaling=row_scaling if data.rows is not None else None,
-            )
-            # The training envelope is the fitted data's, not this model's: the saved one, or none
-            # (a file written before envelopes were saved).
-            envelope = TrainingEnvelope.from_json(saved.get("envelope"))
-            if envelope is None:
-                approx.envelopes.pop(latent.name, None)
-            else:
-                approx.envelopes[latent.name] = envelope
-            encoder = approx.encoders[latent.name]
-            if isinstance(encoder, PooledEncoder):
-                encoder.set_count_scaling(
-                    saved["encoder"]["log_count_center"], saved["encoder"]["log_count_scale"]
-                )
-                encoder.constant_count = bool(saved["encoder"].get("constant_count", False))
-    if family is not None:
-        # A minibatched fit of crossed plates conditions only its batch plate.
-        approx.conditional_plates = frozenset(family["plates"])
+    structure = _read_structure(json_path, weights_path)
+    approx = _rebuild(structure, model, local, unit_data)
+    _check_structure(approx, structure)
+    _load_weights(approx, weights_path)
+    _apply_saved_state(approx, structure)
     approx.record.settings = {**approx.record.settings, "loaded_from": str(json_path)}
     approx.record.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx
