@@ -28,13 +28,22 @@ from scipy.special import logsumexp
 
 from pymc_amortize.errors import AmortizationError, as_clause, require_integer
 from pymc_amortize.guide.globals import HALF_LOG_2PI
-from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms
+from pymc_amortize.model.logjoint import LogJoint, build_logjoint, compile_log_terms
 from pymc_amortize.model.plates import UnitBatch
 from pymc_amortize.model.types import Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 from pymc_amortize.posterior.chunks import ChunkedPart, assemble_chunks, seed_sequence
 
-__all__ = ["PSISDiagnostic", "khat_verdict", "pareto_khat", "psis_diagnostic"]
+__all__ = [
+    "BatchUnitGraph",
+    "PSISDiagnostic",
+    "batch_unit_graph",
+    "draw_placeholders",
+    "khat_verdict",
+    "pareto_khat",
+    "psis_diagnostic",
+    "rows_of_units",
+]
 
 #: Yao et al.'s thresholds on k̂.
 GOOD_KHAT = 0.5
@@ -459,6 +468,19 @@ class _PlateUnits:
         return values, log_q
 
 
+def draw_placeholders(logjoint: LogJoint) -> tuple[dict, dict, dict]:
+    """Placeholders of draws ``(S, *shape)`` of every free variable of ``logjoint``, by value
+    name, in the order a compiled function takes them; and the same split into the globals' and
+    the local latents' (the two arguments of ``LogJoint.terms_per_draw``)."""
+    draws = {
+        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
+        for name, var in (logjoint.global_values | logjoint.local_values).items()
+    }
+    global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
+    local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
+    return draws, global_draws, local_draws
+
+
 @dataclass(frozen=True)
 class BatchUnitGraph:
     """log p of one plate's factors per unit, for draws of a batch of its units (any units, in
@@ -497,14 +519,9 @@ def batch_unit_graph(
     """
     model, analysis = approx.model, approx.analysis
     logjoint = build_logjoint(model, analysis, batch_plate=plate)
-    draws = {
-        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
-        for name, var in (logjoint.global_values | logjoint.local_values).items()
-    }
+    draws, global_draws, local_draws = draw_placeholders(logjoint)
     units, rows, slot = pt.lvector("units"), pt.lvector("rows"), pt.lvector("slot")
     batch = UnitBatch(units=units, rows=rows, unit_of_row=slot, n_units=units.shape[0], scale=1.0)
-    global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
-    local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
     batch_terms, other_terms, batch_drawn, other_drawn = logjoint.terms_per_draw(
         global_draws, local_draws, batch
     )

@@ -27,6 +27,7 @@ from pymc_amortize.diagnostics.semi_amortized import SemiAmortizedApproximation,
 from pymc_amortize.errors import AmortizationError, as_clause, require_number
 from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms, plate_factors
 from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.psis import draw_placeholders
 
 __all__ = ["AmortizationGap", "amortization_gap"]
 
@@ -160,12 +161,7 @@ def _plate_totals(approx: AmortizedApproximation) -> tuple[Callable, list[str]]:
     """
     model = approx.model
     logjoint = build_logjoint(model, approx.analysis)
-    draws = {
-        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
-        for name, var in (logjoint.global_values | logjoint.local_values).items()
-    }
-    global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}
-    local_draws = {k: v for k, v in draws.items() if k in logjoint.local_values}
+    draws, global_draws, local_draws = draw_placeholders(logjoint)
     _, terms, _, drawn = logjoint.terms_per_draw(global_draws, local_draws, None)
     n_draws = next(iter(draws.values())).shape[0]
     named = dict(logjoint.other_terms)

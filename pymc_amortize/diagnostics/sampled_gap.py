@@ -20,6 +20,7 @@ from pymc_amortize.diagnostics.meanfield import GaussianFactor, standard_error
 from pymc_amortize.errors import AmortizationError, as_clause, require_integer, require_number
 from pymc_amortize.model.logjoint import build_logjoint
 from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.psis import batch_unit_graph, draw_placeholders, rows_of_units
 
 __all__ = ["GAP_CHECK_DEFAULTS", "GapCheck", "PlateGapCheck", "gap_check"]
 
@@ -203,8 +204,6 @@ class _SampleObjective:
     """
 
     def __init__(self, approx: AmortizedApproximation, plate, n_sample: int, rng):
-        from pymc_amortize.psis import batch_unit_graph, rows_of_units
-
         self.plate = plate
         names = [latent.value_name for latent in plate.latents]
         self.note = ""
@@ -218,15 +217,8 @@ class _SampleObjective:
             self.units = units = np.arange(plate.size, dtype=np.int64)
             self.note = f"every unit refined, on the whole log joint: {as_clause(error)}"
             logjoint = build_logjoint(approx.model, approx.analysis)
-            draws = {
-                name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
-                for name, var in (logjoint.global_values | logjoint.local_values).items()
-            }
-            total = logjoint.per_draw(
-                {k: v for k, v in draws.items() if k in logjoint.global_values},
-                {k: v for k, v in draws.items() if k in logjoint.local_values},
-                None,
-            )
+            draws, global_draws, local_draws = draw_placeholders(logjoint)
+            total = logjoint.per_draw(global_draws, local_draws, None)
             grads = pt.grad(total.sum(), [draws[name] for name in names])
             taken = [g[:, pt.as_tensor(units)] for g in grads]
             self._order = list(draws)
