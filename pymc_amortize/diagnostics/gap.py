@@ -98,6 +98,7 @@ class AmortizationGap:
 
     @property
     def gain_per_unit(self) -> float:
+        """The gain per unit of every plate, in nats."""
         return self.gain / self.n_units
 
     @property

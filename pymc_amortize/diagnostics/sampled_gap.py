@@ -9,7 +9,7 @@ not grow with the number of units.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,10 +19,14 @@ from pymc.pytensorf import compile as compile_pymc
 from pymc_amortize.diagnostics.meanfield import GaussianFactor, standard_error
 from pymc_amortize.errors import AmortizationError, as_clause, require_integer, require_number
 from pymc_amortize.model.logjoint import build_logjoint
+from pymc_amortize.model.types import Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 from pymc_amortize.psis import batch_unit_graph, draw_placeholders, rows_of_units
 
 __all__ = ["GAP_CHECK_DEFAULTS", "GapCheck", "PlateGapCheck", "gap_check"]
+
+#: The encoder's (mean, sd) of every fitted unit, by latent name.
+Encoded = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 #: Defaults of :func:`gap_check` (and of ``pm.fit(method="amortized", gap_check=True)``).
 GAP_CHECK_DEFAULTS = {
@@ -84,10 +88,12 @@ class PlateGapCheck:
 
     @property
     def n_checked(self) -> int:
+        """Units checked (n)."""
         return int(self.units.size)
 
     @property
     def gain_per_unit(self) -> float:
+        """The gain per checked unit, in nats."""
         return self.gain / self.n_checked
 
 
@@ -120,6 +126,7 @@ class GapCheck:
     min_gain: float = GAP_CHECK_DEFAULTS["min_gain"]
 
     def is_flagged(self, plate: PlateGapCheck) -> bool:
+        """Whether ``plate``'s gain passes all three thresholds (see the class's attributes)."""
         return (
             plate.gain_per_unit > self.tolerance
             and plate.extrapolated > self.min_gain
@@ -147,6 +154,8 @@ class GapCheck:
         return "\n".join(lines)
 
     def warning_message(self) -> str:
+        """The :class:`~pymc_amortize.AmortizationGapWarning` text: the flagged plates' gains,
+        the likely causes and what to run next."""
         flagged = [c for c in self.plates.values() if self.is_flagged(c)]
         parts = [
             f"plate '{c.plate}': +{c.gain:.3g} ± {c.standard_error:.2g} nats on {c.n_checked} of "
@@ -185,7 +194,7 @@ class GapCheck:
         return f"GapCheck(flagged={self.flagged})\n{self.summary()}"
 
 
-def _compile_check(inputs, outputs):
+def _compile_check(inputs: list, outputs: list) -> Callable:
     """FAST_COMPILE, as for the package's other run-a-few-times functions: NUMBA's code
     generation would cost more than the check itself."""
     import warnings
@@ -203,7 +212,9 @@ class _SampleObjective:
     evaluated); else the model's whole log joint, the other units' draws given.
     """
 
-    def __init__(self, approx: AmortizedApproximation, plate, n_sample: int, rng):
+    def __init__(
+        self, approx: AmortizedApproximation, plate: Plate, n_sample: int, rng: np.random.Generator
+    ):
         self.plate = plate
         names = [latent.value_name for latent in plate.latents]
         self.note = ""
@@ -235,7 +246,9 @@ class _SampleObjective:
             self._extra = [units, *rows_of_units(approx, plate, units)]
         self._names = names
 
-    def __call__(self, fixed: Mapping[str, np.ndarray], local: Mapping[str, np.ndarray]):
+    def __call__(
+        self, fixed: Mapping[str, np.ndarray], local: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(S, n) per unit (or (S, 1) for the whole log joint) and the gradient per latent."""
         values = dict(fixed)
         for name in self._names:
@@ -249,7 +262,14 @@ class _SampleObjective:
         return np.asarray(per_unit), dict(zip(self._names, grads, strict=True))
 
 
-def _fixed_draws(approx, plate, whole, encoded, n_draws, rng) -> dict[str, np.ndarray]:
+def _fixed_draws(
+    approx: AmortizedApproximation,
+    plate: Plate,
+    whole: bool,
+    encoded: Encoded,
+    n_draws: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """Draws of everything held during the refinement: the globals from q(θ) and the local
     latents of the other plates from their encoders (and of this plate, for ``whole``)."""
     values = approx.draw_globals(n_draws, rng)
@@ -262,7 +282,17 @@ def _fixed_draws(approx, plate, whole, encoded, n_draws, rng) -> dict[str, np.nd
     return values
 
 
-def _adam_refine(objective, start, shapes, steps, n_draws, plate, encoded, approx, rng):
+def _adam_refine(
+    objective: _SampleObjective,
+    start: dict[str, tuple[np.ndarray, np.ndarray]],
+    shapes: dict[str, tuple[int, ...]],
+    steps: int,
+    n_draws: int,
+    plate: Plate,
+    encoded: Encoded,
+    approx: AmortizedApproximation,
+    rng: np.random.Generator,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-unit (mean, log sd) after ``steps`` Adam steps from ``start``, each step on fresh
     draws of q(θ), the held units and the refined ones.
 
@@ -307,7 +337,13 @@ def _adam_refine(objective, start, shapes, steps, n_draws, plate, encoded, appro
     return {n: (start[n][0] + scale[n] * average[n][0], start[n][1] + average[n][1]) for n in names}
 
 
-def _check_plate(approx, plate, encoded, options, rng) -> PlateGapCheck:
+def _check_plate(
+    approx: AmortizedApproximation,
+    plate: Plate,
+    encoded: Encoded,
+    options: Mapping[str, int],
+    rng: np.random.Generator,
+) -> PlateGapCheck:
     """Refine q(z_n) of a sample of ``plate``'s units by Adam on fresh draws each step (q(θ)
     held), then measure the gain on other fresh draws."""
     objective = _SampleObjective(approx, plate, int(options["units"]), rng)

@@ -46,10 +46,12 @@ class SemiAmortizedApproximation:
 
     @property
     def model(self) -> pm.Model:
+        """The model both phases fitted."""
         return self.amortized.model
 
     @property
     def total_steps(self) -> int:
+        """Steps of both phases together."""
         return self.amortized_steps + self.refine_steps
 
     @property
