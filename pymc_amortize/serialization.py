@@ -452,5 +452,4 @@ def load_approximation(
     _load_weights(approx, weights_path)
     _apply_saved_state(approx, structure)
     approx.record.settings = {**approx.record.settings, "loaded_from": str(json_path)}
-    approx.record.settings = {**approx.settings, "loaded_from": str(json_path)}
     return approx
