@@ -202,6 +202,18 @@ def compare(
     extra = set(options) - set(methods)
     if extra:
         raise AmortizationError(f"options= names methods not compared: {sorted(extra)}.")
+    amortized = options.get("amortized", {})
+    if (
+        amortized.get("family", "encoder") != "encoder"
+        or amortized.get("global_family", "meanfield") != "meanfield"
+    ):
+        # The scores below are ELBOs of the product of q's marginals: for these families that
+        # is not the fit's ELBO but a lower one, a wrong number.
+        raise AmortizationError(
+            "compare() scores the mean-field product of each fit's marginals; the amortized "
+            "options ask for a family whose q is not that product (family='conditional' or "
+            "global_family='fullrank'), whose ELBO it would understate."
+        )
     steps = {m: (n[m] if isinstance(n, Mapping) else n) for m in methods}
     approximations, clocks, walls = {}, {}, {}
     for method in methods:

@@ -304,7 +304,7 @@ def amortization_gap(
             "amortization_gap() takes a fitted AmortizedApproximation; got "
             f"{type(approx).__name__}."
         )
-    approx.require_encoder_family("amortization_gap()")
+    approx.require_mean_field("amortization_gap()")
     approx.require_units_in_memory("amortization_gap")
     if not approx.analysis.plates:
         raise AmortizationError(

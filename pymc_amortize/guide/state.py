@@ -403,6 +403,18 @@ class AmortizedGuide:
                 "family='encoder' for it; sample() and encode() of the fitted units work."
             )
 
+    def require_mean_field(self, what: str) -> None:
+        """Raise :class:`AmortizationError` for ``what``, an ELBO of the product of q's marginals,
+        on a fit whose q is not that product (a full-rank q(θ), or locals conditioned on θ):
+        there it would report a lower ELBO than the fit's own, a wrong number."""
+        self.require_encoder_family(what)
+        if self.globals is not None and self.globals.kind != "meanfield":
+            raise AmortizationError(
+                f"{what} scores the mean-field product of q's marginals, and this fit's q(θ) is "
+                f"{self.globals.kind}: its correlations would be dropped and the ELBO understated. "
+                "Fit with global_family='meanfield' to compare it this way."
+            )
+
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""
         names = self.globals.nonfinite() if self.globals is not None else []

@@ -183,6 +183,11 @@ class AmortizedApproximation:
         the conditional family, where it is not available yet."""
         self.guide.require_encoder_family(what)
 
+    def require_mean_field(self, what: str) -> None:
+        """Raise :class:`~pymc_amortize.AmortizationError` for ``what`` where q is not the product
+        of its marginals (a full-rank q(θ) or the conditional family)."""
+        self.guide.require_mean_field(what)
+
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""
         return self.guide.nonfinite_params()
