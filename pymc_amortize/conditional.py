@@ -58,11 +58,12 @@ __all__ = [
 ]
 
 
-#: How :class:`ConditionalSampler` compiles: PyTensor's rewrites (without elementwise fusion, whose
-#: fused loops have no fast Python implementation) and the ops' own numpy implementations.
+#: How :class:`ConditionalSampler` compiles: PyTensor's FAST_COMPILE rewrites and the ops' own numpy
+#: implementations (measured on a small Poisson model: rewrites 4.6 s of CPU against 11.8 s for
+#: the fast_run set, the same draws to 1e-15; NUMBA's code generation is skipped altogether).
 SAMPLER_MODE = Mode(
     VMLinker(use_cloop=False, c_thunks=False),
-    RewriteDatabaseQuery(include=["fast_run"], exclude=["fusion"]),
+    RewriteDatabaseQuery(include=["fast_compile", "py_only"]),
 )
 
 #: The local families :func:`resolve_family` knows.
@@ -120,7 +121,7 @@ class ConditionalGaussian:
         E_q[∇ log p] = 0 and Λ = −E_q[∇² log p] (the mean and precision that maximise the
         unit's ELBO given θ), which differ from the mode and curvature where a unit's conditional
         is skewed (a Poisson unit of a few counts). Both are exact for Gaussian-linear units.
-    variational_steps : int, default 1
+    variational_steps : int, default 2
         Fixed-point steps of the variational conditions between the Laplace steps and the last
         step (which carries the gradient); ignored with ``quadrature=1``.
     """
@@ -129,7 +130,7 @@ class ConditionalGaussian:
     jitter: float = 1e-6
     max_step: float = 2.0
     quadrature: int = 5
-    variational_steps: int = 1
+    variational_steps: int = 2
 
     def __post_init__(self):
         if not self.max_step > 0:
@@ -496,6 +497,13 @@ class ConditionalSampler:
                 outputs.append(draws)
                 self.names.append(latent.value_name)
         self.plates = [plate for plate, _ in pending]
+        # Draws per call, so that a call's arrays (quadrature points × draws × rows) stay near
+        # 2 million numbers.
+        size = max(
+            (p.n_rows or p.size) * len(family.nodes(sum(lat.event_size for lat in p.latents))[0])
+            for p in self.plates
+        )
+        self.block_draws = max(1, 2_000_000 // max(size, 1))
         # Called a few times per sample() / encode() on arrays of S × N, so each op's own
         # (numpy) implementation is fast enough, and compiles in no time: the default NUMBA
         # backend took 13–36 s to compile these Newton steps for real radon, for one call.
@@ -519,7 +527,17 @@ class ConditionalSampler:
             for plate in self.plates
         ]
         args = [values[name] for name in self.inputs]
-        out = self._fn(*args, *noise, np.int64(n_draws))
+        # A block of draws at a time: the quadrature steps hold K × draws × rows arrays.
+        block = self.block_draws
+        pieces = [
+            self._fn(
+                *(a[start : start + block] for a in args),
+                *(e[start : start + block] for e in noise),
+                np.int64(min(block, n_draws - start)),
+            )
+            for start in range(0, n_draws, block)
+        ]
+        out = [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
         for name, draws in zip(self.names, out, strict=True):
             bad = ~np.isfinite(draws).reshape(n_draws, draws.shape[1], -1).all(axis=(0, 2))
             if bad.any():
