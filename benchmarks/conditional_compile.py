@@ -2,7 +2,8 @@
 
 Each measurement runs in a fresh process with an empty PyTensor compile directory and an empty
 NUMBA cache (``PYTENSOR_FLAGS=base_compiledir=<tmp>``, ``NUMBA_CACHE_DIR=<tmp>``): a user's first
-fit on a new machine. CPU seconds of that process (``time.process_time``, the machine is shared),
+fit on a new machine (``--state empty``), or after a tiny fit of another model with the same
+family filled them in an earlier process (``--state new-model``). CPU seconds of that process (``time.process_time``, the machine is shared),
 per phase:
 
 * ``setup``: ``AmortizedVI(...)`` (model analysis, encoders);
@@ -64,8 +65,7 @@ def _measure(model_name: str, family: str) -> dict:
     import pymc as pm
     from pytensor.compile import maker
     from pytensor.compile.debug import profiling
-    from pytensor.graph.traversal import applys_between
-    from pytensor.graph.traversal import graph_inputs
+    from pytensor.graph.traversal import applys_between, graph_inputs
 
     from pymc_amortize.inference import AmortizedVI
 
@@ -82,9 +82,7 @@ def _measure(model_name: str, family: str) -> dict:
         loss, updates = inference.objective.step_graph(obj_optimizer=pm.adam(learning_rate=3e-3))
         out["graph_s"] = cpu() - started
         outputs = [loss, *updates.values()]
-        out["nodes_before"] = sum(
-            1 for _ in applys_between(list(graph_inputs(outputs)), outputs)
-        )
+        out["nodes_before"] = sum(1 for _ in applys_between(list(graph_inputs(outputs)), outputs))
         rewrite0, link0 = profiling.total_graph_rewrite_time, profiling.total_time_linker
         started = cpu()
         step = inference.objective.step_function(obj_optimizer=pm.adam(learning_rate=3e-3))
@@ -118,7 +116,10 @@ def _measure(model_name: str, family: str) -> dict:
 
 
 def _child(code: str, cache: str, numba_cache: str) -> str:
-    env = os.environ | {"PYTENSOR_FLAGS": f"base_compiledir={cache}", "NUMBA_CACHE_DIR": numba_cache}
+    env = os.environ | {
+        "PYTENSOR_FLAGS": f"base_compiledir={cache}",
+        "NUMBA_CACHE_DIR": numba_cache,
+    }
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(run.stderr[-4000:])
