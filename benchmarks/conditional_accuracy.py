@@ -26,7 +26,7 @@ import pymc as pm
 from benchmarks.conditional_family import MODELS
 from benchmarks.harness import agreement, posterior_summary, sample_nuts
 from pymc_amortize import ELBOConvergence
-from pymc_amortize.conditional import ConditionalGaussian
+from pymc_amortize.guide.conditional import ConditionalGaussian
 
 VARIANTS = {
     "laplace": ConditionalGaussian(quadrature=1),

@@ -67,7 +67,7 @@ def _measure(model_name: str, family: str) -> dict:
     from pytensor.compile.debug import profiling
     from pytensor.graph.traversal import applys_between, graph_inputs
 
-    from pymc_amortize.inference import AmortizedVI
+    from pymc_amortize.fitting.vi import AmortizedVI
 
     # PyTensor's own compile accounting, in CPU seconds rather than wall seconds.
     maker.time = types.SimpleNamespace(perf_counter=time.process_time)

@@ -18,6 +18,7 @@ scaling, the conditional family's plates). New units are then encoded without re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -184,8 +185,7 @@ def save_approximation(approx: AmortizedApproximation, path: str | Path) -> tupl
             None
             if approx.local_family is None
             else {
-                "newton_steps": approx.local_family.newton_steps,
-                "jitter": approx.local_family.jitter,
+                **dataclasses.asdict(approx.local_family),
                 "plates": sorted(approx.conditional_plates),
             }
         ),
@@ -301,7 +301,9 @@ def _rebuild(
                 "encoder"
                 if family is None
                 else ConditionalGaussian(
-                    newton_steps=family["newton_steps"], jitter=family["jitter"]
+                    # Files from before the variational steps hold only these two: Laplace.
+                    **{"quadrature": 1, "variational_steps": 0}
+                    | {k: v for k, v in family.items() if k != "plates"}
                 )
             ),
             global_family=structure.get("global_family", "meanfield"),

@@ -16,7 +16,7 @@ import pytensor.tensor as pt
 import pytest
 from scipy import optimize
 
-from pymc_amortize.conditional import SAMPLER_MODE, ConditionalGaussian
+from pymc_amortize.guide.conditional import SAMPLER_MODE, ConditionalGaussian
 
 # Poisson units: rows per unit and their counts; θ = (mu, sd) fixed, z_n ~ N(0, 1) a priori,
 # log rate mu + sd z_n.
