@@ -224,8 +224,11 @@ def fit_one(
     return Run(method, seed, steps, hist, wall, compile_s, diverged, metrics, params, clock.trace)
 
 
+_NOT_IN_CACHE_KEY = {"seeds", "widths", "widths_i1", "widths_i2", "windows", "sizes"}
+
+
 def run_cache(experiment: str, settings: Mapping[str, Any]) -> Path | None:
-    """A folder for finished fits of these settings (seeds aside), under ``$PAPER_RUN_CACHE``.
+    """A folder for finished fits of these settings, under ``$PAPER_RUN_CACHE``.
 
     With the variable set, every fit is saved when it ends and loaded instead of refitted when the
     same settings are run again, so that a long study can be run a few seeds at a time (and
@@ -238,7 +241,9 @@ def run_cache(experiment: str, settings: Mapping[str, Any]) -> Path | None:
     root = os.environ.get("PAPER_RUN_CACHE")
     if not root:
         return None
-    key = {k: v for k, v in settings.items() if k != "seeds"}
+    # The lists of seeds, widths, windows and sizes choose which fits run, not how each runs
+    # (a fit is filed by its method's label and seed), so they stay out of the key.
+    key = {k: v for k, v in settings.items() if k not in _NOT_IN_CACHE_KEY}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = Path(root) / f"{experiment}-{digest}"
     path.mkdir(parents=True, exist_ok=True)
@@ -368,6 +373,11 @@ def _median(values) -> float | None:
     return float(np.median(values)) if values else None
 
 
+def _extreme(pick, values):
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return pick(values) if values else None
+
+
 def summarize(
     runs: Sequence[Run], *, reference: str = "F-VI", extra: Sequence[str] = ()
 ) -> tuple[list[dict], list[dict], float]:
@@ -416,6 +426,8 @@ def summarize(
                 "within_1pct": len(within),
                 "diverged": sum(row["diverged"] for row in mine),
                 "steps_to_1pct_median": _median(row["steps_to_1pct"] for row in mine),
+                "steps_to_1pct_min": _extreme(min, (row["steps_to_1pct"] for row in mine)),
+                "steps_to_1pct_max": _extreme(max, (row["steps_to_1pct"] for row in mine)),
                 "wall_to_1pct_s_median": _median(row["wall_to_1pct_s"] for row in mine),
                 "wall_s_median": _median(row["wall_s"] for row in mine),
             }
@@ -489,10 +501,12 @@ def markdown_table(results: Mapping[str, Any], *, extra: Sequence[str] = ()) -> 
         "paper gap",
         "our loss",
         "our gap",
+        "our gap [min, max]",
         "paper ≤1%",
         "our ≤1%",
         "paper steps to 1%",
         "our steps to 1%",
+        "[min, max]",
         "our s to 1%",
         "diverged",
     ]
@@ -500,6 +514,13 @@ def markdown_table(results: Mapping[str, Any], *, extra: Sequence[str] = ()) -> 
         header += [f"paper {k}", f"our {k}"] if k in _PAPER_EXTRAS else [f"our {k}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fvi_paper = paper.get("F-VI", {}).get("loss")
+    target = results.get("fvi_target_loss")
+
+    def span(low, high, offset=0.0, digits=1):
+        if low is None or high is None or offset is None:
+            return "–"
+        return f"[{_fmt(low - offset, digits)}, {_fmt(high - offset, digits)}]"
+
     for s in results["summary"]:
         ref = paper.get(s["method"], {})
         paper_gap = (
@@ -513,10 +534,12 @@ def markdown_table(results: Mapping[str, Any], *, extra: Sequence[str] = ()) -> 
             _fmt(None if paper_gap is None else round(paper_gap)),
             _fmt(s["loss_median"]),
             _fmt(s["gap_median"]),
+            span(s.get("loss_min"), s.get("loss_max"), target),
             ref.get("within_1pct", "–"),
             f"{s['within_1pct']}/{s['seeds']}",
             _fmt(ref.get("steps_to_1pct")),
             _fmt(None if s["steps_to_1pct_median"] is None else round(s["steps_to_1pct_median"])),
+            span(s.get("steps_to_1pct_min"), s.get("steps_to_1pct_max"), 0, 0),
             _fmt(s["wall_to_1pct_s_median"]),
             f"{s['diverged']}/{s['seeds']}",
         ]

@@ -2,14 +2,15 @@
 
     python -m benchmarks.paper.report [--results docs/paper] [--out docs/paper_results.md]
 
-For each experiment the full-settings result is used when present, else the quick one, and the
-page says which.
+For each experiment the full-settings result (``<experiment>.json``) comes first when present,
+then the quick one (``<experiment>_quick.json``, what the notebooks and CI run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from benchmarks.paper import common
@@ -25,40 +26,69 @@ EXPERIMENTS = [
 ]
 
 
-def load(results: Path, experiment: str) -> dict | None:
-    for name in (experiment, f"{experiment}_quick"):
-        path = results / f"{name}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-    return None
+def load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-def section(results: Path, docs: Path, experiment: str, title: str, extra) -> list[str]:
-    payload = load(results, experiment)
-    if payload is None:
-        return [
-            f"## {title}",
-            "",
-            f"No results yet: run `python -m benchmarks.paper.{experiment}`.",
-            "",
-        ]
+#: Per-run metrics shown when a result file has them (the conditional family's checks).
+CONDITIONAL_EXTRA = (
+    "gap_to_evidence",
+    "theta_sd_ratio",
+    "train_loss_tail",
+    "cond_resid_mean",
+    "cond_resid_var",
+    "cond_unit_rms",
+)
+
+
+def _present(payload: dict, keys) -> tuple[str, ...]:
+    """The metric names among ``keys`` that some method of ``payload`` has a value for."""
+    return tuple(
+        k for k in keys if any(s.get(f"{k}_median") is not None for s in payload["summary"])
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{value / 60:,.1f} min" if value >= 120 else f"{value:,.0f} s"
+
+
+def results_block(results: Path, docs: Path, experiment: str, payload: dict, extra) -> list[str]:
     settings = payload["settings"]
-    label = "**quick settings**" if settings.get("quick") else "full settings"
+    quick = settings.get("quick")
     shown = {k: v for k, v in settings.items() if k != "quick"}
-    lines = [
-        f"## {title}",
-        "",
-        f"Run with {label}: `{json.dumps(shown)}`. "
-        f"Command: `python -m benchmarks.paper.{experiment}{' --quick' if settings.get('quick') else ''}`.",
-        "",
-    ]
+    run = payload.get("run")
+    command = (
+        run["command"]
+        if run
+        else f"python -m benchmarks.paper.{experiment}{' --quick' if quick else ''}"
+    )
+    lines = [f"Settings: `{json.dumps(shown)}`.", "", f"Command: `{command}`."]
+    if run:
+        lines += [
+            "",
+            f"Machine: {run['machine']}, shared with other jobs (load average at the end "
+            f"{', '.join(str(v) for v in run['load_average_at_end'])}); {run['date']}. Wall "
+            f"time: {_seconds(run['fits_s'])} of compilation and fitting summed over the "
+            f"{len(payload['rows'])} fits (each fit's own clock; the machine's load varies), this "
+            f"process {_seconds(run['process_s'])} (fits loaded from the run cache cost it "
+            "nothing).",
+        ]
+    lines.append("")
     if experiment == "scaling":
         lines.append(scaling_table(payload))
     else:
-        lines.append(common.markdown_table(payload, extra=extra))
+        shown_extra = tuple(extra) + _present(payload, CONDITIONAL_EXTRA)
+        lines.append(common.markdown_table(payload, extra=shown_extra))
         lines += ["", f"F-VI target loss (median final loss): {payload['fvi_target_loss']:,.2f}."]
         if "optimum_loss" in payload:
             lines.append(f"Closed-form F-VI optimum loss: {payload['optimum_loss']:,.2f}.")
+        if "log_evidence" in payload:
+            lines.append(
+                f"−log p(x) (the exact posterior's loss, the most any family can reach): "
+                f"{-payload['log_evidence']:,.2f}; exact posterior sd of θ "
+                f"{payload['exact_theta_sd']:.5f}, mean-field (F-VI) sd {payload['fvi_theta_sd']:.5f}."
+            )
         if "bounds" in payload:
             b = payload["bounds"]
             gaps = ", ".join(f"w={w}: {g:.3g}" for w, g in b["affine_window_gap"].items())
@@ -67,10 +97,35 @@ def section(results: Path, docs: Path, experiment: str, title: str, extra) -> li
                 f"nats; affine encoder on window w ≥ {gaps}. Optimal mean difference of the "
                 f"planted units: {b['optimum_planted_mean_difference']:.3f}."
             )
-    lines += ["", "Notes:", ""] + [f"- {n}" for n in payload["notes"]] + [""]
-    for figure in payload.get("figures", {}).values():
-        lines.append(f"![{figure}]({(results / figure).relative_to(docs).as_posix()})")
     lines.append("")
+    for figure in payload.get("figures", {}).values():
+        lines.append(f"![{figure}]({Path(os.path.relpath(results / figure, docs)).as_posix()})")
+    lines.append("")
+    return lines
+
+
+def section(results: Path, docs: Path, experiment: str, title: str, extra) -> list[str]:
+    full, quick = load(results, experiment), load(results, f"{experiment}_quick")
+    lines = [f"## {title}", ""]
+    if full is None and quick is None:
+        return [*lines, f"No results yet: run `python -m benchmarks.paper.{experiment}`.", ""]
+    if full is not None:
+        seeds = len(full["settings"]["seeds"])
+        lines += [
+            f"### Full settings ({seeds} seed{'s' if seeds > 1 else ''})",
+            "",
+            *results_block(results, docs, experiment, full, extra),
+        ]
+    else:
+        lines += ["No full-settings results yet; only the quick ones below.", ""]
+    if quick is not None:
+        lines += [
+            "### Quick settings (`--quick`, what the notebooks and CI run, smaller)",
+            "",
+            *results_block(results, docs, experiment, quick, extra),
+        ]
+    notes = (full or quick)["notes"]
+    lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     return lines
 
 
