@@ -224,7 +224,16 @@ def fit_one(
     return Run(method, seed, steps, hist, wall, compile_s, diverged, metrics, params, clock.trace)
 
 
-_NOT_IN_CACHE_KEY = {"seeds", "widths", "widths_i1", "widths_i2", "windows", "sizes"}
+_NOT_IN_CACHE_KEY = {
+    "seeds",
+    "widths",
+    "widths_i1",
+    "widths_i2",
+    "windows",
+    "sizes",
+    "largest_n_seeds",
+    "skip_fvi_above",
+}
 
 
 def run_cache(experiment: str, settings: Mapping[str, Any]) -> Path | None:
