@@ -57,7 +57,10 @@ if committed.exists():
 
         display(Markdown(scaling_table(full)))
     else:
-        display(Markdown(common.markdown_table(full, extra={extra})))
+        from benchmarks.paper.report import CONDITIONAL_EXTRA, present_metrics
+
+        shown = tuple({extra}) + present_metrics(full, CONDITIONAL_EXTRA)
+        display(Markdown(common.markdown_table(full, extra=shown)))
 else:
     print("No full-settings results committed yet.")"""
 

@@ -42,7 +42,7 @@ CONDITIONAL_EXTRA = (
 )
 
 
-def _present(payload: dict, keys) -> tuple[str, ...]:
+def present_metrics(payload: dict, keys) -> tuple[str, ...]:
     """The metric names among ``keys`` that some method of ``payload`` has a value for."""
     return tuple(
         k for k in keys if any(s.get(f"{k}_median") is not None for s in payload["summary"])
@@ -78,7 +78,7 @@ def results_block(results: Path, docs: Path, experiment: str, payload: dict, ext
     if experiment == "scaling":
         lines.append(scaling_table(payload))
     else:
-        shown_extra = tuple(extra) + _present(payload, CONDITIONAL_EXTRA)
+        shown_extra = tuple(extra) + present_metrics(payload, CONDITIONAL_EXTRA)
         lines.append(common.markdown_table(payload, extra=shown_extra))
         lines += ["", f"F-VI target loss (median final loss): {payload['fvi_target_loss']:,.2f}."]
         if "optimum_loss" in payload:
