@@ -54,8 +54,9 @@ NOTES = [
     "*expand* ('x_prev' holds 'x' of the previous unit) and pm.fit applies the conditional "
     "family only to plates whose verdict is *amortize*, so the fit keeps the encoder family "
     "(its summary: \"local family, plate 'unit': encoder q(z_n; f(x_n)) (the verdict on z is "
-    'not amortize)") and is the `A-VI i=1 k=4` fit again: the family does not close the gap '
-    "without the expanded domain, because it is not applied. (Given θ the saw's units are "
+    'not amortize)"): an encoder-family fit on x_n alone like `A-VI i=1 k=4` (seed 0: loss '
+    "2,159.06 against 2,158.49, gap ≈ 506 nats). The family does not close the gap without the "
+    "expanded domain, because it is not applied. (Given θ the saw's units are "
     "independent — a unit's terms read its neighbour's data, not its latent — so a Newton step "
     "per unit would be exact here; the package's rule is stricter than the family needs.)",
 ]
