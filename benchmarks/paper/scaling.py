@@ -51,6 +51,9 @@ NOTES = [
     "(half the steps at a tenth of the rate), the best F-VI solution found; ADVI from its "
     "default start stops short of it on this model (experiment 2). `F-VI` is that default run.",
     "The paper states that the needed width does not grow with N but never sweeps N.",
+    "`per seed`: each seed's smallest width meeting the criterion (its final loss against the "
+    "reference), as median [min, max] over seeds; the figure `scaling_smallest.png` shows them "
+    "against N, a dot per seed.",
 ]
 
 
@@ -198,19 +201,19 @@ def plot_smallest_width(per_size: list[dict], widths, path):
         ("smallest_width_1pct_by_seed", "within 1 % of F-VI", "o"),
         ("smallest_width_per_unit_by_seed", f"gap ≤ {GAP_PER_UNIT} nats/unit", "s"),
     ):
-        sizes, medians = [], []
+        sizes, medians, points = [], [], []
         for p in per_size:
             seeds = p.get(key) or {}
             values = [never if v is None else v for v in seeds.values()]
             if not values:
                 continue
             jitter = np.exp(rng.uniform(-0.08, 0.08, len(values)))
-            ax.scatter(
-                np.full(len(values), p["n_units"]) * jitter, values, s=14, alpha=0.5, marker=marker
-            )
+            points.append((np.full(len(values), p["n_units"]) * jitter, values))
             sizes.append(p["n_units"])
             medians.append(np.median(values))
-        ax.plot(sizes, medians, marker=marker, label=f"{label} (median over seeds)")
+        (line,) = ax.plot(sizes, medians, marker=marker, label=f"{label} (median over seeds)")
+        for xs, values in points:
+            ax.scatter(xs, values, s=14, alpha=0.5, marker=marker, color=line.get_color())
     ax.axhline(never, color="grey", ls=":", lw=1)
     ax.text(
         min(p["n_units"] for p in per_size),
