@@ -67,8 +67,9 @@ def results_block(results: Path, docs: Path, experiment: str, payload: dict, ext
     if run:
         lines += [
             "",
-            f"Machine: {run['machine']}, shared with other jobs (load average at the end "
-            f"{', '.join(str(v) for v in run['load_average_at_end'])}); {run['date']}. Wall "
+            f"Machine: {run['machine']}, shared with other jobs (load average "
+            f"{', '.join(str(v) for v in run['load_average_at_end'])} when the file was written, "
+            f"{run['date']}). Wall "
             f"time: {_seconds(run['fits_s'])} of compilation and fitting summed over the "
             f"{len(payload['rows'])} fits (each fit's own clock; the machine's load varies), this "
             f"process {_seconds(run['process_s'])} (fits loaded from the run cache cost it "
