@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,12 +42,14 @@ __all__ = [
     "Method",
     "Run",
     "amortized",
+    "conditional",
     "const_method",
     "fvi",
     "markdown_table",
     "parse_args",
     "plot_curves",
     "plot_width_sweep",
+    "run_cache",
     "run_experiment",
     "steps_to_within",
     "variational_params",
@@ -67,6 +70,10 @@ class Method:
     options: Mapping[str, Any] = field(default_factory=dict)
     learning_rate: float | None = None  # overrides the experiment's learning rate
     steps: int | None = None  # overrides the experiment's number of steps
+    #: Scores the fitted approximation itself (a dict with "loss"), for a family whose q is not
+    #: mean-field (the conditional family q(θ) ∏ q(z_n | θ, x_n)); None: score the mean-field
+    #: means and sds with the experiment's score.
+    scorer: Callable[[Any], dict] | None = None
 
 
 def fvi(*, steps: int | None = None, **options) -> Method:
@@ -86,6 +93,18 @@ def const_method(n_units: int, **options) -> Method:
 def amortized(label: str, *, width: int | None = None, family: str = "", **options) -> Method:
     """A-VI with the given ``pm.fit(method="amortized")`` options."""
     return Method(label, "amortized", width=width, family=family, options=options)
+
+
+def conditional(label: str, scorer: Callable[[Any], dict], **options) -> Method:
+    """A-VI with the conditional local family q(θ) ∏ q(z_n | θ, x_n) (``family="conditional"``),
+    scored on its joint q by ``scorer(approx)``."""
+    return Method(
+        label,
+        "amortized",
+        family="conditional",
+        options={"family": "conditional"} | options,
+        scorer=scorer,
+    )
 
 
 @dataclass
@@ -168,6 +187,11 @@ def fit_one(
     lr = method.learning_rate or learning_rate
     steps = method.steps or steps
     diverged, approx = False, None
+    options = dict(method.options)
+    if method.kind == "amortized":
+        # The paper's protocol: a fixed number of steps on the (cosine) schedule. pm.fit's
+        # amortized default stops on convergence and then runs a gap check; neither belongs here.
+        options = {"convergence": False, "gap_check": False} | options
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DivergenceWarning)
         try:
@@ -179,7 +203,7 @@ def fit_one(
                 obj_optimizer=optimizer(lr, steps, lr_schedule),
                 obj_n_mc=obj_n_mc,
                 callbacks=[clock],
-                **method.options,
+                **options,
             )
         except FloatingPointError:  # PyMC's ADVI raises on a NaN loss
             diverged = True
@@ -187,12 +211,74 @@ def fit_one(
     times = np.asarray(clock.times)
     compile_s = float(times[0]) if times.size else math.nan
     wall = times - times[0] if times.size else times
-    params = variational_params(approx) if approx is not None else None
     metrics = {"loss": math.nan}
-    if params is not None and all(np.isfinite(m).all() for m, _ in params.values()):
-        metrics = score(params)
+    if method.scorer is not None:
+        params = None
+        if approx is not None:
+            metrics = method.scorer(approx)
+    else:
+        params = variational_params(approx) if approx is not None else None
+        if params is not None and all(np.isfinite(m).all() for m, _ in params.values()):
+            metrics = score(params)
     hist = np.asarray(approx.hist if approx is not None else [], float)
     return Run(method, seed, steps, hist, wall, compile_s, diverged, metrics, params, clock.trace)
+
+
+_NOT_IN_CACHE_KEY = {
+    "seeds",
+    "widths",
+    "widths_i1",
+    "widths_i2",
+    "windows",
+    "sizes",
+    "largest_n_seeds",
+    "skip_fvi_above",
+}
+
+
+def run_cache(experiment: str, settings: Mapping[str, Any]) -> Path | None:
+    """A folder for finished fits of these settings, under ``$PAPER_RUN_CACHE``.
+
+    With the variable set, every fit is saved when it ends and loaded instead of refitted when the
+    same settings are run again, so that a long study can be run a few seeds at a time (and
+    resumed after an interruption); the result file always holds every seed asked for. Unset
+    (the default, and in CI): no cache.
+    """
+    import hashlib
+    import os
+
+    root = os.environ.get("PAPER_RUN_CACHE")
+    if not root:
+        return None
+    # The lists of seeds, widths, windows and sizes choose which fits run, not how each runs
+    # (a fit is filed by its method's label and seed), so they stay out of the key.
+    key = {k: v for k, v in settings.items() if k not in _NOT_IN_CACHE_KEY}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    path = Path(root) / f"{experiment}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "settings.json").write_text(json.dumps(key, default=str, indent=1))
+    return path
+
+
+def _cache_file(cache: Path, label: str, seed: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "=-." else "_" for c in label)
+    return cache / f"{safe}-seed{seed}.pkl"
+
+
+def _save_run(cache: Path, run: Run) -> None:
+    import pickle
+
+    state = {k: v for k, v in vars(run).items() if k != "method"}
+    _cache_file(cache, run.method.label, run.seed).write_bytes(pickle.dumps(state))
+
+
+def _load_run(cache: Path, method: Method, seed: int) -> Run | None:
+    import pickle
+
+    path = _cache_file(cache, method.label, seed)
+    if not path.exists():
+        return None
+    return Run(method=method, **pickle.loads(path.read_bytes()))
 
 
 def run_experiment(
@@ -207,11 +293,20 @@ def run_experiment(
     trace_every: int | None = None,
     lr_schedule: str = "cosine",
     log: Callable[[str], None] = print,
+    cache: Path | None = None,
 ) -> list[Run]:
-    """Every method with every seed on one model; prints one line per fit."""
+    """Every method with every seed on one model; prints one line per fit.
+
+    ``cache`` (see :func:`run_cache`): fits found there are loaded, new ones saved.
+    """
     runs = []
     for method in methods:
         for seed in seeds:
+            run = None if cache is None else _load_run(cache, method, seed)
+            if run is not None:
+                runs.append(run)
+                log(f"  {method.label:<16} seed {seed}: loss {run.loss:,.2f}  (cached)")
+                continue
             run = fit_one(
                 model,
                 method,
@@ -223,6 +318,8 @@ def run_experiment(
                 trace_every=trace_every,
                 lr_schedule=lr_schedule,
             )
+            if cache is not None:
+                _save_run(cache, run)
             runs.append(run)
             extra = " DIVERGED" if run.diverged else ""
             log(
@@ -242,6 +339,7 @@ def refine_with_fvi(
     score: Callable[[Params], dict],
     lr_schedule: str = "cosine",
     log: Callable[[str], None] = print,
+    cache: Path | None = None,
 ) -> list[Run]:
     """The paper's diagnostic: F-VI started at each A-VI solution (its means and sds).
 
@@ -255,6 +353,11 @@ def refine_with_fvi(
         start = {name: mean for name, (mean, _) in run.params.items()}
         sigma = {name: sd for name, (_, sd) in run.params.items()}
         method = Method(label, "advi", options={"start": start, "start_sigma": sigma})
+        refined = None if cache is None else _load_run(cache, method, run.seed)
+        if refined is not None:
+            log(f"  {label:<16} seed {run.seed}: loss {refined.loss:,.2f}  (cached)")
+            out.append(refined)
+            continue
         refined = fit_one(
             model,
             method,
@@ -264,6 +367,8 @@ def refine_with_fvi(
             score=score,
             lr_schedule=lr_schedule,
         )
+        if cache is not None:
+            _save_run(cache, refined)
         log(f"  {label:<16} seed {run.seed}: loss {refined.loss:,.2f}")
         out.append(refined)
     return out
@@ -275,6 +380,11 @@ def refine_with_fvi(
 def _median(values) -> float | None:
     values = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.median(values)) if values else None
+
+
+def _extreme(pick, values):
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return pick(values) if values else None
 
 
 def summarize(
@@ -325,6 +435,8 @@ def summarize(
                 "within_1pct": len(within),
                 "diverged": sum(row["diverged"] for row in mine),
                 "steps_to_1pct_median": _median(row["steps_to_1pct"] for row in mine),
+                "steps_to_1pct_min": _extreme(min, (row["steps_to_1pct"] for row in mine)),
+                "steps_to_1pct_max": _extreme(max, (row["steps_to_1pct"] for row in mine)),
                 "wall_to_1pct_s_median": _median(row["wall_to_1pct_s"] for row in mine),
                 "wall_s_median": _median(row["wall_s"] for row in mine),
             }
@@ -398,10 +510,12 @@ def markdown_table(results: Mapping[str, Any], *, extra: Sequence[str] = ()) -> 
         "paper gap",
         "our loss",
         "our gap",
+        "our gap [min, max]",
         "paper ≤1%",
         "our ≤1%",
         "paper steps to 1%",
         "our steps to 1%",
+        "[min, max]",
         "our s to 1%",
         "diverged",
     ]
@@ -409,6 +523,13 @@ def markdown_table(results: Mapping[str, Any], *, extra: Sequence[str] = ()) -> 
         header += [f"paper {k}", f"our {k}"] if k in _PAPER_EXTRAS else [f"our {k}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fvi_paper = paper.get("F-VI", {}).get("loss")
+    target = results.get("fvi_target_loss")
+
+    def span(low, high, offset=0.0, digits=1):
+        if low is None or high is None or offset is None:
+            return "–"
+        return f"[{_fmt(low - offset, digits)}, {_fmt(high - offset, digits)}]"
+
     for s in results["summary"]:
         ref = paper.get(s["method"], {})
         paper_gap = (
@@ -422,10 +543,12 @@ def markdown_table(results: Mapping[str, Any], *, extra: Sequence[str] = ()) -> 
             _fmt(None if paper_gap is None else round(paper_gap)),
             _fmt(s["loss_median"]),
             _fmt(s["gap_median"]),
+            span(s.get("loss_min"), s.get("loss_max"), target),
             ref.get("within_1pct", "–"),
             f"{s['within_1pct']}/{s['seeds']}",
             _fmt(ref.get("steps_to_1pct")),
             _fmt(None if s["steps_to_1pct_median"] is None else round(s["steps_to_1pct_median"])),
+            span(s.get("steps_to_1pct_min"), s.get("steps_to_1pct_max"), 0, 0),
             _fmt(s["wall_to_1pct_s_median"]),
             f"{s['diverged']}/{s['seeds']}",
         ]
@@ -541,7 +664,13 @@ def parse_args(doc: str, argv: Sequence[str] | None, *, full: dict, quick: dict)
     )
     for key, value in full.items():
         kind = type(value)
-        if isinstance(value, list | tuple):
+        if isinstance(value, bool):
+            parser.add_argument(
+                f"--{key.replace('_', '-')}",
+                type=lambda text: text.lower() in ("1", "true", "yes", "on"),
+                metavar="{true,false}",
+            )
+        elif isinstance(value, list | tuple):
             parser.add_argument(f"--{key.replace('_', '-')}", type=type(value[0]), nargs="+")
         else:
             parser.add_argument(f"--{key.replace('_', '-')}", type=kind)
@@ -560,6 +689,42 @@ def result_name(experiment: str, settings: dict) -> str:
     return f"{experiment}_quick" if settings["quick"] else experiment
 
 
+_PROCESS_START = time.perf_counter()
+
+
+def run_info(experiment: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How the results were made: the command, the machine, the date and the wall times.
+
+    ``fits_s``: compilation plus fitting seconds summed over every run (runs loaded from a
+    :func:`run_cache` count with the seconds they took when fitted); ``process_s``: this process
+    from import to writing (scoring and figures included; cached runs cost nothing here).
+    """
+    import datetime
+    import os
+    import platform
+    import sys
+
+    def cpu_model() -> str:
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine()
+
+    fits = sum((r.get("compile_s") or 0.0) + (r.get("wall_s") or 0.0) for r in rows)
+    return {
+        "command": " ".join(["python -m", f"benchmarks.paper.{experiment}", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}), {platform.system()} "
+        f"{platform.machine()}, Python {platform.python_version()}",
+        "load_average_at_end": [round(v, 1) for v in os.getloadavg()],
+        "fits_s": round(fits, 1),
+        "process_s": round(time.perf_counter() - _PROCESS_START, 1),
+    }
+
+
 def finish(
     experiment: str,
     runs: Sequence[Run],
@@ -576,6 +741,7 @@ def finish(
     """Summarise, write the JSON/CSV and the figures, print the table; return the payload."""
     name = result_name(experiment, settings)
     rows, summary, target = summarize(runs, extra=extra_metrics)
+    extra = dict(extra or {}) | {"run": run_info(experiment, rows)}
     figures = {"curves": plot_curves(runs, target, out / f"{name}_curves.png", title=title).name}
     if sweep is not None:
         figures["sweep"] = plot_width_sweep(
@@ -590,7 +756,7 @@ def finish(
         target=target,
         paper=paper,
         notes=notes,
-        extra=dict(extra or {}) | {"figures": figures},
+        extra=extra | {"figures": figures},
     )
     payload = json.loads(path.read_text())
     print(markdown_table(payload, extra=extra_metrics))

@@ -104,6 +104,7 @@ def methods(model, n_images: int, settings: dict) -> list[common.Method]:
 
 def main(argv=None) -> dict:
     settings, out = common.parse_args(__doc__, argv, full=FULL, quick=QUICK)
+    cache = common.run_cache("dgm", settings)
     x = digits_data(settings["n_images"], scale=PIXEL_SCALE)
     model = digits_model(x, latent_dim=settings["latent_dim"], hidden=settings["hidden"])
     mc = common.mc_negative_elbo(model, n_draws=20)
@@ -126,6 +127,7 @@ def main(argv=None) -> dict:
         lr_schedule=settings["lr_schedule"],
         score=score,
         trace_every=settings["trace_every"],
+        cache=cache,
     )
     for run in runs:
         epochs_per_step = 1.0 if run.method.kind == "advi" else settings["batch_size"] / x.shape[0]

@@ -43,6 +43,28 @@ NOTES = """\
 display(Markdown("\\n".join(f"- {n}" for n in results["notes"])))"""
 
 
+COMMITTED = """\
+import json
+
+committed = Path.cwd().parent / "docs" / "paper" / "{name}.json"
+if committed.exists():
+    full = json.loads(committed.read_text())
+    print("settings:", {{k: v for k, v in full["settings"].items() if k != "quick"}})
+    if "run" in full:
+        print("command:", full["run"]["command"])
+    if {extra} is None:
+        from benchmarks.paper.scaling import scaling_table
+
+        display(Markdown(scaling_table(full)))
+    else:
+        from benchmarks.paper.report import CONDITIONAL_EXTRA, present_metrics
+
+        shown = tuple({extra}) + present_metrics(full, CONDITIONAL_EXTRA)
+        display(Markdown(common.markdown_table(full, extra=shown)))
+else:
+    print("No full-settings results committed yet.")"""
+
+
 EXPERIMENTS = {
     "linear": {
         "title": "1. The linear model: A-VI closes the amortization gap with three numbers",
@@ -245,6 +267,14 @@ def notebook(name: str, spec: dict) -> nbformat.NotebookNode:
     cells += [
         new_markdown_cell(f"## Reading the results\n\n{spec['reading']}\n\nNotes from the script:"),
         new_code_cell(NOTES),
+        new_markdown_cell(
+            "## The committed full-settings results\n\n"
+            f"`docs/paper/{name}.json`, written by `python -m benchmarks.paper.{name}` at the "
+            "paper's settings (or the largest that fitted the machine; the settings are printed) "
+            "and rendered with the machine and wall time in `docs/paper_results.md`. This cell "
+            "only reads the file."
+        ),
+        new_code_cell(COMMITTED.format(name=name, extra=repr(spec["extra"]))),
     ]
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {

@@ -20,8 +20,10 @@ FULL = {
     "widths_i1": [4, 6, 10, 20],
     "widths_i2": [2, 4, 6, 10],
     "learning_rate": 1e-3,
+    "conditional": True,
 }
 QUICK = FULL | {
+    "conditional": False,
     "steps": 4_000,
     "fvi_steps": 12_000,
     "seeds": [0, 1],
@@ -47,6 +49,16 @@ NOTES = [
     "code fixed θ = 3.4159 and never used the drawn z_n).",
     "The paper's i = 1 losses are 885–893 for every k; listed as 889.",
     "Quick settings: learning rate 1e-2 and 4,000 steps instead of 1e-3 and 30,000.",
+    '`conditional, local=x k=4`: `family="conditional"` (the structured family q(θ) ∏ q(z_n '
+    "| θ, x_n)) asked for with the encoder on x_n alone. `analyze_model` gives z the verdict "
+    "*expand* ('x_prev' holds 'x' of the previous unit) and pm.fit applies the conditional "
+    "family only to plates whose verdict is *amortize*, so the fit keeps the encoder family "
+    "(its summary: \"local family, plate 'unit': encoder q(z_n; f(x_n)) (the verdict on z is "
+    'not amortize)"): an encoder-family fit on x_n alone like `A-VI i=1 k=4` (seed 0: loss '
+    "2,159.06 against 2,158.49, gap ≈ 506 nats). The family does not close the gap without the "
+    "expanded domain, because it is not applied. (Given θ the saw's units are "
+    "independent — a unit's terms read its neighbour's data, not its latent — so a Newton step "
+    "per unit would be exact here; the package's rule is stricter than the family needs.)",
 ]
 
 
@@ -66,11 +78,23 @@ def methods(n_units: int, settings: dict) -> list[common.Method]:
             )
             for k in widths
         ]
+    if settings["conditional"]:
+        # The structured family asked for on x_n alone; pm.fit applies it only to plates whose
+        # verdict is "amortize", and saw's z gets "expand" (x_prev is the previous unit's x), so
+        # this fit keeps the encoder family (see NOTES).
+        out.append(
+            common.Method(
+                "conditional, local=x k=4",
+                "amortized",
+                options={"family": "conditional", "local": {"z": "x"}, "encoder_widths": (4, 4)},
+            )
+        )
     return out
 
 
 def main(argv=None) -> dict:
     settings, out = common.parse_args(__doc__, argv, full=FULL, quick=QUICK)
+    cache = common.run_cache("saw", settings)
     x = saw_data(settings["n_units"], random_seed=0)
     logjoint = saw_logjoint(x)
     optimum_loss = -logjoint.elbo(*logjoint.optimum())
@@ -90,6 +114,7 @@ def main(argv=None) -> dict:
         learning_rate=settings["learning_rate"],
         lr_schedule=settings["lr_schedule"],
         score=score,
+        cache=cache,
     )
     return common.finish(
         "saw",
