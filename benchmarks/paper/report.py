@@ -241,14 +241,14 @@ def main(argv=None) -> Path:
         "## What ran short of the full settings",
         "",
         "The full settings are each script's `FULL` (the paper's N, steps, widths and 10 seeds). "
-        "On the shared 2-core machine these runs did not all fit; what ran instead:",
-        "",
-        "They ran at `nice -n 19`, two to four studies at a time, beside other jobs that kept the "
+        "These runs ran at `nice -n 19`, two to four studies at a time, beside other jobs that kept the "
         "load average near 10 on the 2 cores, so their wall times are several times those of "
         "the same fits on an idle machine (linear F-VI, 20,000 steps: 16 s in a timing run at "
         "load ≈ 1, 70–128 s in the 10-seed run). Fits are filed in a run cache "
         "(`PAPER_RUN_CACHE=/path`), so rerunning a command with more seeds adds only the new "
         "ones.",
+        "",
+        "On the shared 2-core machine the full settings did not all fit; what ran instead:",
         "",
         *shortfalls(args.results),
         "",
