@@ -489,8 +489,8 @@ class BatchUnitGraph:
     Attributes
     ----------
     draws : dict of str to TensorVariable
-        Placeholders of the draws, by value name: (S, *shape) of every free variable but the
-        plate's local latents, (S, B, *event_shape) of those.
+        Placeholders of the draws, by value name: ``(S, *shape)`` of every free variable but the
+        plate's local latents, ``(S, B, *event_shape)`` of those.
     units, rows, slot : TensorVariable
         int64 placeholders: the batch's units (B,), their rows (R,) and each row's batch slot.
     per_unit : TensorVariable
