@@ -76,6 +76,17 @@ class Method:
     scorer: Callable[[Any], dict] | None = None
 
 
+#: The conditional family's exactness checks a run records beside its loss (linear model).
+CONDITIONAL_METRICS = (
+    "gap_to_evidence",
+    "theta_sd_ratio",
+    "train_loss_tail",
+    "cond_resid_mean",
+    "cond_resid_var",
+    "cond_unit_rms",
+)
+
+
 def fvi(*, steps: int | None = None, **options) -> Method:
     """F-VI: PyMC's mean-field ADVI, a separate Gaussian per unit."""
     return Method("F-VI", "advi", options=options, steps=steps)

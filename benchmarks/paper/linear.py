@@ -136,15 +136,7 @@ def methods(x: np.ndarray, fvi_steps: int, conditional_score=None) -> list[commo
 
 
 #: Columns of the conditional family's exactness checks (empty for the mean-field methods).
-EXTRA = (
-    "gap_to_optimum",
-    "gap_to_evidence",
-    "theta_sd_ratio",
-    "train_loss_tail",
-    "cond_resid_mean",
-    "cond_resid_var",
-    "cond_unit_rms",
-)
+EXTRA = ("gap_to_optimum", *common.CONDITIONAL_METRICS)
 
 
 def main(argv=None) -> dict:

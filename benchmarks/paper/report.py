@@ -32,14 +32,7 @@ def load(results: Path, name: str) -> dict | None:
 
 
 #: Per-run metrics shown when a result file has them (the conditional family's checks).
-CONDITIONAL_EXTRA = (
-    "gap_to_evidence",
-    "theta_sd_ratio",
-    "train_loss_tail",
-    "cond_resid_mean",
-    "cond_resid_var",
-    "cond_unit_rms",
-)
+CONDITIONAL_EXTRA = common.CONDITIONAL_METRICS
 
 
 def present_metrics(payload: dict, keys) -> tuple[str, ...]:
