@@ -45,6 +45,13 @@ def radon_minibatch_inference():
         return AmortizedVI(batch_size=5, random_seed=1)
 
 
+def conditional_minibatch_inference():
+    """The conditional family q(z_n | θ, x_n): its Newton and quadrature steps (batched Cholesky
+    factors and triangular solves) under JAX, on a padded minibatch of counties."""
+    with radon_model(radon_data(random_seed=0)):
+        return AmortizedVI(batch_size=5, random_seed=1, family="conditional")
+
+
 def unit_observation_inference():
     """Indexed plate minibatched, its encoder also reading a county-level observation: JAX once
     failed on the split of the encoder's concatenated inputs (their width was not static)."""
@@ -63,8 +70,9 @@ def unit_observation_inference():
         radon_minibatch_inference,
         unit_observation_inference,
         streamed_inference,
+        pytest.param(conditional_minibatch_inference, marks=pytest.mark.slow),
     ],
-    ids=["rows", "indexed", "indexed-minibatch", "unit-observation", "unit_data"],
+    ids=["rows", "indexed", "indexed-minibatch", "unit-observation", "unit_data", "conditional"],
 )
 def test_loss_and_gradient_match_numba_for_the_same_draws(build):
     inference = build()
