@@ -84,6 +84,7 @@ def main(argv=None) -> None:
         started = time.perf_counter()
         approx = pm.fit(
             args.steps,
+            family="encoder",
             method="amortized",
             model=model,
             local=local,

@@ -33,7 +33,7 @@ def rows(**options):
 
 def indexed():
     with radon_model(radon_data(random_seed=0)):
-        return AmortizedVI(random_seed=1)
+        return AmortizedVI(family="encoder", random_seed=1)
 
 
 def relative(a, b) -> float:
@@ -71,6 +71,7 @@ def same_seed_fit() -> dict[str, list[float]]:
         with linear_model(linear_data(1_000, random_seed=0)):
             approx = pm.fit(
                 3,
+                family="encoder",
                 method="amortized",
                 batch_size=100,
                 random_seed=1,

@@ -28,7 +28,9 @@ from pymc_amortize.fitting.host_noise import HostNoiseStep
 
 def run(devices, *, steps: int = 200) -> dict:
     with linear_model(linear_data(1_000, random_seed=0)):
-        inference = AmortizedVI(batch_size=100, encoder_widths=(8,), random_seed=1)
+        inference = AmortizedVI(
+            family="encoder", batch_size=100, encoder_widths=(8,), random_seed=1
+        )
     mesh = Mesh(np.array(devices), ("batch",))
     step = HostNoiseStep(
         inference, obj_optimizer=pm.adam(learning_rate=1e-2), noise_seed=3, mesh=mesh

@@ -46,7 +46,12 @@ def main(argv=None):
 
     rows = []
     for label, method, steps, options in [
-        ("A-VI (affine encoder)", "amortized", args.avi_steps, {"encoder_widths": ()}),
+        (
+            "A-VI (affine encoder)",
+            "amortized",
+            args.avi_steps,
+            {"encoder_widths": (), "family": "encoder"},
+        ),
         ("F-VI (pm.fit advi)", "advi", args.advi_steps, {}),
     ]:
         fit = functools.partial(fit_vi, model, method, steps, lr=args.lr, seed=args.seed, **options)

@@ -29,7 +29,7 @@ print(
 )
 x = linear_data(1_000, random_seed=0)
 model = linear_model(x)
-inf = AmortizedVI(model=model, encoder_widths=(), random_seed=1)
+inf = AmortizedVI(family="encoder", model=model, encoder_widths=(), random_seed=1)
 inf.fit(3000, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
 approx = inf.fit(1000, obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
 print(
@@ -57,9 +57,9 @@ xs = saw_data(200, random_seed=0)
 xp = np.concatenate([[0.0], xs[:-1]])
 sm = saw_model(xs)
 for label, inputs in (("x only", "x"), ("x_prev and x", ["x_prev", "x"])):
-    a = AmortizedVI({"z": inputs}, model=sm, encoder_widths=(), random_seed=1).fit(
-        1500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False
-    )
+    a = AmortizedVI(
+        {"z": inputs}, family="encoder", model=sm, encoder_widths=(), random_seed=1
+    ).fit(1500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
     dd = psis_diagnostic(a, draws=1000, random_seed=0)
     m = a.globals.mean_and_scale()[0][0]
     prec = 1 + t.SAW_ALPHA**2

@@ -50,7 +50,7 @@ def run_one(n_counties: int, batch: int, steps: int, advi: bool, seed: int) -> d
         "data_mb": (data.log_radon.nbytes + data.floor.nbytes + data.county_idx.nbytes) / 2**20,
         "advi_params": 2 * (n_counties + 4),
     }
-    inference = AmortizedVI(model=model, batch_size=batch, random_seed=seed)
+    inference = AmortizedVI(family="encoder", model=model, batch_size=batch, random_seed=seed)
     approx = inference.approx
     out["avi_params"] = n_params(approx)
     step = inference.objective.step_function(obj_optimizer=pm.adam(learning_rate=1e-2))

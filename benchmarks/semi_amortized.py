@@ -28,7 +28,9 @@ def exact_trace(exact: ExactMeanField, every: int, offset: int = 0) -> ScoreTrac
 
 def semi_vs_fvi(model, *, widths, avi_steps, refine_steps, fvi_steps, lr, every, seed):
     exact = ExactMeanField(model)
-    approx = fit_vi(model, "amortized", avi_steps, lr=lr, seed=seed, encoder_widths=widths)
+    approx = fit_vi(
+        model, "amortized", avi_steps, lr=lr, seed=seed, encoder_widths=widths, family="encoder"
+    )
     avi_elbo = exact.elbo(meanfield_of(approx))
     tracker = exact_trace(exact, every, offset=avi_steps)
     semi = semi_amortize(

@@ -64,6 +64,7 @@ def _model_with(extra: Callable[[pm.Model], None]) -> pm.Model:
 
 
 def _fit(model: pm.Model | None = None, n: int = 5, **options):
+    options.setdefault("family", "encoder")
     return pm.fit(
         n,
         method="amortized",
@@ -390,14 +391,18 @@ CASES: list[BadInputCase] = [
     _case(
         "fit-amortized-unknown-option",
         "`fit_amortized` with a misspelt option",
-        lambda: pymc_amortize.fit_amortized(unit_model(), n=5, progressbar=False, drawz=10),
+        lambda: pymc_amortize.fit_amortized(
+            unit_model(), family="encoder", n=5, progressbar=False, drawz=10
+        ),
         r"unknown option\(s\) \['drawz'\]",
         exception=TypeError,
     ),
     _case(
         "fit-amortized-draws-zero",
         "`fit_amortized(draws=0)`",
-        lambda: pymc_amortize.fit_amortized(unit_model(), n=5, progressbar=False, draws=0),
+        lambda: pymc_amortize.fit_amortized(
+            unit_model(), family="encoder", n=5, progressbar=False, draws=0
+        ),
         r"draws must be a positive integer; got 0",
     ),
     # -- unit_data= (units read from a dataset) --------------------------------------------------

@@ -16,6 +16,7 @@ from pymc_amortize.fitting.host_noise import HostNoiseStep, compile_noise_loss
 
 
 def linear_inference(*, batch_size=100, **options):
+    options.setdefault("family", "encoder")
     with linear_model(linear_data(1_000, random_seed=0)):
         return AmortizedVI(batch_size=batch_size, random_seed=1, **options)
 
@@ -23,7 +24,7 @@ def linear_inference(*, batch_size=100, **options):
 def radon_inference():
     """Indexed plate, pooled (DeepSets) encoder over each county's houses, full batch."""
     with radon_model(radon_data(random_seed=0)):
-        return AmortizedVI(random_seed=1)
+        return AmortizedVI(family="encoder", random_seed=1)
 
 
 def streamed_inference():
@@ -33,7 +34,9 @@ def streamed_inference():
     x = linear_data(1_000, random_seed=0)
     unit_data = xr.Dataset({"x": ("unit", x)}).chunk({"unit": 300})
     with linear_model(x[:50]):
-        inference = AmortizedVI(batch_size=100, random_seed=1, unit_data=unit_data)
+        inference = AmortizedVI(
+            family="encoder", batch_size=100, random_seed=1, unit_data=unit_data
+        )
     inference.objective.step_function()  # its sampler fills the buffers
     inference.objective.guard.feed()
     return inference
@@ -42,7 +45,7 @@ def streamed_inference():
 def radon_minibatch_inference():
     """Indexed plate minibatched: B = 5 counties with all their houses (padded under JAX)."""
     with radon_model(radon_data(random_seed=0)):
-        return AmortizedVI(batch_size=5, random_seed=1)
+        return AmortizedVI(family="encoder", batch_size=5, random_seed=1)
 
 
 def conditional_minibatch_inference():
@@ -59,7 +62,7 @@ def unit_observation_inference():
     w = np.random.default_rng(1).normal(size=30)
     with radon_model(data):
         pm.Normal("w", pm.modelcontext(None)["a"], 0.5, observed=w, dims="county")
-        return AmortizedVI(batch_size=5, random_seed=1)
+        return AmortizedVI(family="encoder", batch_size=5, random_seed=1)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +126,7 @@ def fit_linear_optimum(mode):
     Adam's last-iterate jitter (at 1e-3 the encoder's slope still wanders by about 3%)."""
     x = linear_data(1_000, random_seed=0)
     with linear_model(x):
-        inference = AmortizedVI(encoder_widths=(), batch_size=100, random_seed=1)
+        inference = AmortizedVI(family="encoder", encoder_widths=(), batch_size=100, random_seed=1)
     options = {"progressbar": False, "compile_kwargs": {"mode": mode}}
     inference.fit(3000, obj_optimizer=pm.adam(learning_rate=1e-2), **options)
     inference.fit(3000, obj_optimizer=pm.adam(learning_rate=1e-3), **options)
@@ -167,6 +170,7 @@ def test_pm_fit_minibatches_an_indexed_plate_under_jax():
     with radon_model(radon_data(random_seed=0)):
         approx = pm.fit(
             300,
+            family="encoder",
             method="amortized",
             batch_size=5,
             progressbar=False,

@@ -72,14 +72,19 @@ def test_rejects_bad_convergence_options():
         ELBOConvergence(decay=1.5)
     model, _ = _conjugate(20)
     with model, pytest.raises(AmortizationError, match="convergence must be"):
-        pm.fit(10, method="amortized", convergence="yes", progressbar=False)
+        pm.fit(10, family="encoder", method="amortized", convergence="yes", progressbar=False)
 
 
 def test_the_cap_warns_with_the_numbers_and_records_no_convergence():
     model, _ = _conjugate(50)
     with model, pytest.warns(ConvergenceWarning) as record:
         approx = pm.fit(
-            1_500, method="amortized", random_seed=0, progressbar=False, gap_check=False
+            1_500,
+            family="encoder",
+            method="amortized",
+            random_seed=0,
+            progressbar=False,
+            gap_check=False,
         )
     message = str(record[0].message)
     assert "cap of 1,500 steps" in message
@@ -97,6 +102,7 @@ def test_convergence_off_runs_all_n_steps_without_a_warning():
         warnings.simplefilter("error", ConvergenceWarning)
         approx = pm.fit(
             1_500,
+            family="encoder",
             method="amortized",
             convergence=False,
             random_seed=0,
@@ -113,6 +119,7 @@ def test_a_given_stop_is_used_and_a_users_optimizer_is_not_decayed():
     with model:
         approx = pm.fit(
             5_000,
+            family="encoder",
             method="amortized",
             callbacks=[stop],
             obj_optimizer=pm.adam(learning_rate=1e-2),
@@ -128,7 +135,7 @@ def test_a_given_stop_is_used_and_a_users_optimizer_is_not_decayed():
 @pytest.mark.slow
 def test_a_default_fit_converges_to_the_closed_form_and_refine_resumes():
     model, exact = _conjugate(200)
-    inference = AmortizedVI(model=model, random_seed=0)
+    inference = AmortizedVI(family="encoder", model=model, random_seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         approx = inference.fit(progressbar=False, gap_check=False)

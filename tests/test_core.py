@@ -11,7 +11,9 @@ from pymc_amortize.examples.paper import linear_elbo, linear_optimum
 def fit_linear(model, *, batch_size=None, seed=1, steps=(3000, 3000)):
     """Adam at 1e-2 then 1e-3, all steps of both (no convergence stop): the second phase damps
     Adam's last-iterate jitter."""
-    inference = AmortizedVI(model=model, encoder_widths=(), batch_size=batch_size, random_seed=seed)
+    inference = AmortizedVI(
+        family="encoder", model=model, encoder_widths=(), batch_size=batch_size, random_seed=seed
+    )
     fast, slow = steps
     for steps, rate in ((fast, 1e-2), (slow, 1e-3)):
         approx = inference.fit(
@@ -139,6 +141,7 @@ def test_default_encoder_does_not_collapse_on_factor_analysis(seed):
         pm.Normal("x", z @ w, s, observed=X, dims=("unit", "d"))
         approx = pm.fit(
             5000,
+            family="encoder",
             method="amortized",
             obj_optimizer=pm.adam(learning_rate=1e-2),
             random_seed=seed,

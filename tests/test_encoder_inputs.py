@@ -85,6 +85,7 @@ def balanced():
     model, g, y = balanced_model()
     approx = pm.fit(
         3000,
+        family="encoder",
         method="amortized",
         model=model,
         obj_optimizer=pm.adam(learning_rate=1e-2),
@@ -183,6 +184,7 @@ def test_censoring_bound_with_inf_is_encoded_and_fits(tmp_path):
     model = censored_model(clinic, time, upper, 40)
     approx = pm.fit(
         4000,
+        family="encoder",
         method="amortized",
         model=model,
         obj_optimizer=pm.adam(learning_rate=1e-2),
@@ -226,6 +228,7 @@ def test_absurd_new_unit_outputs_raise_naming_the_latent_and_units():
         pm.Poisson("counts", lam[:, None], observed=counts, dims=("user", "visit"))
     approx = pm.fit(
         800,
+        family="encoder",
         method="amortized",
         model=model,
         encoder_widths=(8,),

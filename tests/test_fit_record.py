@@ -21,7 +21,7 @@ FITTING = Path(pymc_amortize.__file__).parent / "fitting"
 @pytest.fixture(scope="module")
 def fitted():
     model = linear_model(linear_data(60, random_seed=0))
-    inference = AmortizedVI(model=model, encoder_widths=(), random_seed=1)
+    inference = AmortizedVI(family="encoder", model=model, encoder_widths=(), random_seed=1)
     approx = inference.fit(30, progressbar=False, gap_check=False, convergence=False)
     return inference, approx
 

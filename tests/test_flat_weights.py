@@ -20,8 +20,8 @@ def _step_arguments(inference):
 
 def test_step_arguments_do_not_grow_with_encoder_depth():
     model = unit_model()
-    shallow = AmortizedVI(model=model, encoder_widths=(), random_seed=0)
-    deep = AmortizedVI(model=model, encoder_widths=(8, 8, 8), random_seed=0)
+    shallow = AmortizedVI(family="encoder", model=model, encoder_widths=(), random_seed=0)
+    deep = AmortizedVI(family="encoder", model=model, encoder_widths=(8, 8, 8), random_seed=0)
     for inference in (shallow, deep):
         approx = inference.approx
         assert [p.name for p in approx.params] == ["mu", "rho", "encoder_weights"]
@@ -32,7 +32,9 @@ def test_step_arguments_do_not_grow_with_encoder_depth():
 
 
 def test_encoder_params_read_and_write_slices_of_the_flat_vector():
-    inference = AmortizedVI(model=unit_model(), encoder_widths=(4,), random_seed=0)
+    inference = AmortizedVI(
+        family="encoder", model=unit_model(), encoder_widths=(4,), random_seed=0
+    )
     approx = inference.approx
     names = [p.name for p in approx.encoder_params]
     assert len(set(names)) == len(names) and "z_encoder_mean_out_b" in names
@@ -59,7 +61,9 @@ def test_user_encoder_keeps_its_weights_and_trains_its_slice():
 
     model = unit_model()
     initial = [p.get_value().copy() for p in (head.W, head.b)]
-    inference = AmortizedVI({"z": "x"}, model=model, encoder=encoder, random_seed=0)
+    inference = AmortizedVI(
+        {"z": "x"}, family="encoder", model=model, encoder=encoder, random_seed=0
+    )
     approx = inference.approx
     # Before training, the flat vector holds the encoder's weights and encodes as the encoder does.
     x = approx.inputs["z"].units.get_value()

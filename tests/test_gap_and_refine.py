@@ -16,6 +16,7 @@ from pymc_amortize.examples.paper import linear_data, linear_elbo, linear_model
 def fit_avi(model, widths, steps=1500, seed=0, local=None):
     return pm.fit(
         steps,
+        family="encoder",
         method="amortized",
         model=model,
         local=local,
@@ -99,6 +100,7 @@ def test_pm_fit_refine_returns_semi_amortized_approximation():
     with pytest.warns(pymc_amortize.CouplingWarning, match="RandomWalk"):
         semi = pm.fit(
             800,
+            family="encoder",
             method="amortized",
             model=model,
             local={"z": "x"},

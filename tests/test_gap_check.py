@@ -16,6 +16,7 @@ from pymc_amortize.examples.paper import linear_data, linear_model
 
 
 def fit(model, steps, *, widths=(8,), local=None, **options):
+    options.setdefault("family", "encoder")
     return pm.fit(
         steps,
         method="amortized",

@@ -99,6 +99,7 @@ def test_full_rank_globals_round_trip_and_log_density(data, tmp_path):
     with _model(unit, x, y, n_units):
         approx = pm.fit(
             300,
+            family="encoder",
             method="amortized",
             global_family="fullrank",
             random_seed=0,
@@ -125,7 +126,7 @@ def test_full_rank_globals_round_trip_and_log_density(data, tmp_path):
     np.testing.assert_array_equal(loaded.globals.mean_and_scale()[1], chol)
     with pytest.raises(AmortizationError, match="global_family must be one of"):
         with _model(unit, x, y, n_units):
-            pm.fit(10, method="amortized", global_family="full")
+            pm.fit(10, family="encoder", method="amortized", global_family="full")
 
 
 def test_amortization_gap_refuses_a_full_rank_q_theta(data):
@@ -133,6 +134,7 @@ def test_amortization_gap_refuses_a_full_rank_q_theta(data):
     with _model(unit, x, y, n_units):
         approx = pm.fit(
             20,
+            family="encoder",
             method="amortized",
             global_family="fullrank",
             progressbar=False,

@@ -37,7 +37,9 @@ def log_evidence(x, tau=TAU, sigma=SIGMA):
 
 
 def fit(model, objective=None, seed=1):
-    inference = AmortizedVI(model=model, encoder_widths=(), objective=objective, random_seed=seed)
+    inference = AmortizedVI(
+        family="encoder", model=model, encoder_widths=(), objective=objective, random_seed=seed
+    )
     inference.fit(2500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
     approx = inference.fit(1500, obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
     return inference, approx
@@ -129,9 +131,9 @@ def test_iwae_fit_matches_closed_form(fitted):
 
 def test_iwae_refuses_minibatches_and_bad_particles(linear):
     with pytest.raises(AmortizationError, match="batch_size=None"):
-        AmortizedVI(model=linear, objective=IWAE(5), batch_size=100)
+        AmortizedVI(family="encoder", model=linear, objective=IWAE(5), batch_size=100)
     with pytest.raises(AmortizationError, match="positive integer"):
         IWAE(0)
     AmortizedVI(
-        model=linear, objective=IWAE(1), batch_size=100, encoder_widths=()
+        family="encoder", model=linear, objective=IWAE(1), batch_size=100, encoder_widths=()
     )  # K=1 is the ELBO

@@ -24,6 +24,7 @@ def row_fit():
     model = nonlinear_model(x)
     approx = pm.fit(
         30,
+        family="encoder",
         method="amortized",
         model=model,
         local={"z": "x"},
@@ -39,7 +40,13 @@ def row_fit():
 def indexed_fit():
     model = radon_model(radon_data(23, 120, random_seed=1))
     approx = pm.fit(
-        30, method="amortized", model=model, encoder_widths=(4,), batch_size=5, progressbar=False
+        30,
+        family="encoder",
+        method="amortized",
+        model=model,
+        encoder_widths=(4,),
+        batch_size=5,
+        progressbar=False,
     )
     return model, approx
 
@@ -105,7 +112,13 @@ def empty_county_fit():
         b = pm.Normal("b", 0, 2)
         pm.Normal("y", a[idx] + b * floor, pm.HalfNormal("sigma", 2), observed=y)
     approx = pm.fit(
-        200, method="amortized", model=model, encoder_widths=(4,), random_seed=0, progressbar=False
+        200,
+        family="encoder",
+        method="amortized",
+        model=model,
+        encoder_widths=(4,),
+        random_seed=0,
+        progressbar=False,
     )
     return model, approx
 
@@ -205,7 +218,7 @@ def test_sample_dataset_of_a_fit_on_unit_data_reads_every_unit_from_the_dataset(
     rng = np.random.default_rng(3)
     x = rng.normal(size=90)
     units = xr.Dataset({"x": ("unit", x)}).chunk({"unit": 40})
-    options = {"batch_size": 10, "encoder_widths": (4,), "random_seed": 1}
+    options = {"batch_size": 10, "encoder_widths": (4,), "random_seed": 1, "family": "encoder"}
     streamed = AmortizedVI(model=nonlinear_model(x[:20]), unit_data=units, **options).approx
     whole = AmortizedVI(model=nonlinear_model(x), **options).approx
     for mine, theirs in zip(streamed.params, whole.params, strict=True):
@@ -224,7 +237,9 @@ def kind_fits():
     transformed, indexed, non-centred, crossed, nested, covariates, Dirichlet): what is compared
     here does not depend on the weights, and fits' compilation would cost a minute."""
     return {
-        name: AmortizedVI(model=build().model, encoder_widths=(4,), random_seed=0).approx
+        name: AmortizedVI(
+            family="encoder", model=build().model, encoder_widths=(4,), random_seed=0
+        ).approx
         for name, build in plate_models.KINDS.items()
     }
 
@@ -320,7 +335,9 @@ def test_a_row_plate_fit_holds_its_data_once(row_fit):
 def test_the_compiled_step_reads_the_models_arrays(row_fit):
     model, _ = row_fit
     with model:
-        inference = AmortizedVI({"z": "x"}, encoder_widths=(8,), batch_size=10, random_seed=0)
+        inference = AmortizedVI(
+            {"z": "x"}, family="encoder", encoder_widths=(8,), batch_size=10, random_seed=0
+        )
     guard = inference.objective.step_function(obj_optimizer=pm.adam(learning_rate=1e-2))
     x = model.rvs_to_values[model["x"]].data
     shared = [i.variable.get_value(borrow=True) for i in guard.fn.maker.inputs if i.shared]
@@ -357,7 +374,7 @@ def test_encode_dataset_keeps_the_event_dims_labels():
     with pm.Model(coords={"unit": range(40), "k": ["a", "b", "c"]}) as model:
         z = pm.Normal("z", 0, 1, dims=("unit", "k"))
         pm.Normal("Y", z, 1, observed=Y, dims=("unit", "k"))
-    approx = pm.fit(20, method="amortized", model=model, progressbar=False)
+    approx = pm.fit(20, family="encoder", method="amortized", model=model, progressbar=False)
     ds = approx.encode_dataset(chunk_size=15, progressbar=False)
     assert ds["z_mean"].dims == ("unit", "k")
     assert ds["k"].values.tolist() == ["a", "b", "c"]

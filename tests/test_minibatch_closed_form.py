@@ -29,6 +29,7 @@ def test_indexed_rows_and_unit_observation_minibatched_match_the_closed_form():
         pm.Normal("u", a, 0.5, observed=u, dims="group")
         approx = pm.fit(
             4000,
+            family="encoder",
             method="amortized",
             batch_size=10,
             obj_optimizer=pm.adam(learning_rate=1e-2),
@@ -57,7 +58,9 @@ def test_plain_array_unit_covariate_minibatched_matches_advi():
         z = pm.Normal("z", 0, 1, dims="unit")
         pm.Normal("y", (mu + beta * c + tau * z)[:, None], sigma, observed=Y, dims=("unit", "rep"))
         options = {"obj_optimizer": pm.adam(learning_rate=1e-2), "progressbar": False}
-        avi = pm.fit(3000, method="amortized", batch_size=50, random_seed=1, **options)
+        avi = pm.fit(
+            3000, method="amortized", family="encoder", batch_size=50, random_seed=1, **options
+        )
         advi = pm.fit(10_000, method="advi", random_seed=1, **options)
     beta_avi = float(avi.sample(1000, random_seed=0).posterior["beta"].mean())
     beta_advi = float(advi.sample(1000, random_seed=0).posterior["beta"].mean())

@@ -17,7 +17,7 @@ def test_vector_latent_matches_closed_form_per_coordinate():
         theta = pm.Flat("theta", dims="k")
         z = pm.Normal("z", 0, 1, dims=("unit", "k"))
         pm.Normal("x", theta + tau * z, sigma, observed=x, dims=("unit", "k"))
-    inference = AmortizedVI(model=model, encoder_widths=(), random_seed=0)
+    inference = AmortizedVI(family="encoder", model=model, encoder_widths=(), random_seed=0)
     inference.fit(3000, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
     approx = inference.fit(2000, obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
     q = approx.encode()["z"]
@@ -46,6 +46,7 @@ def test_transformed_local_is_encoded_on_unconstrained_space():
     encoder_input = np.log(y.std(axis=1))[:, None]
     approx = pm.fit(
         3000,
+        family="encoder",
         method="amortized",
         model=model,
         local={"s": encoder_input},
@@ -81,6 +82,7 @@ def test_expanded_domain_takes_several_inputs():
     assert [mf.name for mf in analysis.mean_field] == ["theta"]
     approx = pm.fit(
         200,
+        family="encoder",
         method="amortized",
         model=model,
         local={"z": ["x_prev", "x"]},
@@ -98,6 +100,7 @@ def test_same_seed_same_history_and_draws(linear):
     def run(seed):
         approx = pm.fit(
             100,
+            family="encoder",
             method="amortized",
             model=linear,
             encoder_widths=(3,),
@@ -136,6 +139,7 @@ def test_user_model_data_and_encoder_are_not_mutated(linear_x):
     for _ in range(2):  # fitting twice in one model works
         approx = pm.fit(
             300,
+            family="encoder",
             method="amortized",
             model=model,
             local=local,

@@ -39,6 +39,7 @@ def radon():
     model = radon_model()
     approx = pm.fit(
         2500,
+        family="encoder",
         method="amortized",
         model=model,
         encoder_widths=(16,),
@@ -103,6 +104,7 @@ def test_fitted_unit_without_rows_is_its_prior_given_q_theta():
     with varying_intercept_model(county, floor, y, n_units):
         approx = pm.fit(
             2000,
+            family="encoder",
             method="amortized",
             encoder_widths=(16,),
             obj_optimizer=pm.adam(learning_rate=1e-2),
@@ -240,6 +242,7 @@ def poisson():
     counts = poisson_data()
     approx = pm.fit(
         2500,
+        family="encoder",
         method="amortized",
         model=poisson_model(counts),
         encoder_widths=(16,),
@@ -345,6 +348,7 @@ def test_units_mapping_leaves_the_other_plates_fitted_units_alone():
     block was made up from the new actor's rows, z_block 2.06 +- 0.11)."""
     approx = pm.fit(
         300,
+        family="encoder",
         method="amortized",
         model=crossed_gaussian(),
         encoder_widths=(8,),
@@ -387,7 +391,7 @@ def test_fitted_group_without_rows_non_centred_bernoulli_without_row_dims():
         b = pm.Normal("b", 0, 1)
         pm.Bernoulli("y", logit_p=(mu + s * z)[g] + b * x, observed=y)
         approx = pm.fit(
-            1500, method="amortized", obj_optimizer=pm.adam(learning_rate=1e-2), random_seed=0,
+            1500, family="encoder", method="amortized", obj_optimizer=pm.adam(learning_rate=1e-2), random_seed=0,
             progressbar=False,
         )  # fmt: skip
     q = approx.encode(prior_draws=20_000)["z"]
@@ -412,6 +416,7 @@ def _plate_and_chain(follows_rows: bool):
         pm.Normal("obs_walk", walk, 0.3, observed=rng.normal(size=20).cumsum())
         approx = pm.fit(
             300,
+            family="encoder",
             method="amortized",
             random_seed=1,
             progressbar=False,

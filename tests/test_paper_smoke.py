@@ -127,6 +127,7 @@ def test_digits_decoder_matches_the_model_and_fits_with_minibatches():
     assert residual_logp == pytest.approx(direct)
     approx = pm.fit(
         200,
+        family="encoder",
         method="amortized",
         model=model,
         local={"z": "x"},

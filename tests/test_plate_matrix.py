@@ -65,6 +65,7 @@ def cells(feature):
 
 
 def _fit(model, steps=FIT_STEPS, widths=WIDTHS, seed=0, **options):
+    options.setdefault("family", "encoder")
     return pm.fit(
         steps,
         method="amortized",
@@ -455,7 +456,9 @@ def test_plots(cache, name):
 def _long_fit(model, widths):
     """A full-batch fit run to its optimum: Adam at 1e-2, then 1e-3 to quiet its jitter (at 1e-2
     alone the encoder means of the indexed kind wander by up to 0.6 posterior sd)."""
-    inference = pymc_amortize.AmortizedVI(model=model, encoder_widths=widths, random_seed=0)
+    inference = pymc_amortize.AmortizedVI(
+        family="encoder", model=model, encoder_widths=widths, random_seed=0
+    )
     inference.fit(3000, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
     return inference.fit(3000, obj_optimizer=pm.adam(learning_rate=1e-3), progressbar=False)
 

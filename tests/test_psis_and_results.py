@@ -30,7 +30,7 @@ from pymc_amortize.psis import khat_verdict, pareto_khat, psis_diagnostic
 def linear_fit():
     x = linear_data(1_000, random_seed=0)
     model = linear_model(x)
-    inference = AmortizedVI(model=model, encoder_widths=(), random_seed=1)
+    inference = AmortizedVI(family="encoder", model=model, encoder_widths=(), random_seed=1)
     for steps, rate in ((3000, 1e-2), (1000, 1e-3)):  # all 4,000 steps: no convergence stop
         approx = inference.fit(
             steps,
@@ -48,7 +48,9 @@ def saw_fits():
     model = saw_model(x)
     fits = {}
     for label, inputs in (("x only", "x"), ("x_prev and x", ["x_prev", "x"])):
-        inference = AmortizedVI({"z": inputs}, model=model, encoder_widths=(), random_seed=1)
+        inference = AmortizedVI(
+            {"z": inputs}, family="encoder", model=model, encoder_widths=(), random_seed=1
+        )
         fits[label] = inference.fit(
             1500, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False
         )
@@ -183,7 +185,9 @@ def transformed_fit():
         noise = pm.HalfNormal("noise", 2.0)
         z = pm.Normal("z", group_mean[groups], 1.0, dims="unit")
         pm.Normal("x", z, noise, observed=x, dims="unit")
-        inference = AmortizedVI(local={"z": "x"}, encoder_widths=(4,), random_seed=0)
+        inference = AmortizedVI(
+            family="encoder", local={"z": "x"}, encoder_widths=(4,), random_seed=0
+        )
     inference.fit(150, progressbar=False)
     inference.fit(100, progressbar=False)
     inference.refine(50, progressbar=False)
@@ -219,7 +223,13 @@ def test_datatree_round_trips(transformed_fit, tmp_path, store):
 def test_fit_amortized_carries_the_method_groups():
     x = linear_data(50, random_seed=1)
     idata = fit_amortized(
-        linear_model(x), n=100, draws=20, encoder_widths=(), random_seed=0, progressbar=False
+        linear_model(x),
+        family="encoder",
+        n=100,
+        draws=20,
+        encoder_widths=(),
+        random_seed=0,
+        progressbar=False,
     )
     assert idata["amortized_fit"].sizes["step"] == 100
     assert idata["encoder_outputs"]["z"].sizes["unit"] == 50
@@ -322,6 +332,7 @@ def grouped_fits():
     return {
         kind: pm.fit(
             300,
+            family="encoder",
             method="amortized",
             model=model,
             encoder_widths=(8,),

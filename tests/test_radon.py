@@ -45,6 +45,7 @@ def nuts(radon):
 
 def fit_avi(model, *, steps=(4000, 2000), **options):
     """Adam at 1e-2, then 1e-3 to damp the last-iterate jitter."""
+    options.setdefault("family", "encoder")
     inference = AmortizedVI(model=model, random_seed=1, **options)
     inference.fit(steps[0], obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
     return inference, inference.fit(
@@ -256,7 +257,13 @@ def test_new_county_is_encoded_from_its_rows(radon, nuts, avi):
 def test_pm_fit_and_sample_give_arviz_data_under_model_dims(radon):
     _, model = radon
     approx = pm.fit(
-        200, method="amortized", model=model, batch_size=10, random_seed=0, progressbar=False
+        200,
+        family="encoder",
+        method="amortized",
+        model=model,
+        batch_size=10,
+        random_seed=0,
+        progressbar=False,
     )
     assert np.isfinite(approx.hist).all()
     post = approx.sample(100, random_seed=0).posterior
@@ -267,7 +274,9 @@ def test_pm_fit_and_sample_give_arviz_data_under_model_dims(radon):
 def test_unit_covariates_feed_the_encoder(radon):
     data, _ = radon
     model = _uranium_model(data)
-    approx = pm.fit(300, method="amortized", model=model, random_seed=0, progressbar=False)
+    approx = pm.fit(
+        300, family="encoder", method="amortized", model=model, random_seed=0, progressbar=False
+    )
     assert approx.encode()["a"].mean.shape == (85,)
     # The NumPy floor array in y's factor is a row input too, named after its factor.
     assert set(approx.analysis.latents[0].input_names) == {"uranium", "y", "y_input0"}
@@ -278,7 +287,9 @@ def test_unit_covariates_feed_the_encoder(radon):
     assert q.mean.shape == (3,) and np.isfinite(q.sd).all()  # the third county has no rows
     # An explicit covariate array instead of model data: new units pass theirs under 'a'.
     explicit = {"a": IndexedLocal(inputs=["y"], unit_covariates=np.ones((85, 2)))}
-    approx = pm.fit(50, method="amortized", model=model, local=explicit, progressbar=False)
+    approx = pm.fit(
+        50, family="encoder", method="amortized", model=model, local=explicit, progressbar=False
+    )
     assert approx.analysis.latents[0].input_matrix.shape == (85, 2)
     q = approx.encode({"y": np.array([1.0]), "a": np.ones((1, 2))})["a"]
     assert q.mean.shape == (1,)
@@ -293,7 +304,7 @@ def test_a_group_effect_by_index_and_a_per_row_local_are_two_plates():
         beta = pm.Normal("beta", 0, 1, dims="group")
         z = pm.Normal("z", 0, 1, dims="unit")
         pm.Normal("x", beta[group] + z, 1, observed=rng.normal(size=50), dims="unit")
-    plates = {p.name: p for p in AmortizedVI(model=model).approx.analysis.plates}
+    plates = {p.name: p for p in AmortizedVI(family="encoder", model=model).approx.analysis.plates}
     assert set(plates) == {"group", "unit"}
     assert plates["group"].latent_names == ("beta",) and plates["group"].size == 3
     assert plates["group"].n_rows == 50 and plates["group"].index is not None
@@ -324,4 +335,4 @@ def test_bad_indexed_specs_are_named(radon):
         a = pm.Normal("a", 0, 1, dims="county")
         pm.Normal("y", a[bad], 1, observed=data.log_radon)
         with pytest.raises(AmortizationError, match=r"values in \[0, 85\].*\[0, 84\]"):
-            AmortizedVI()
+            AmortizedVI(family="encoder")

@@ -51,13 +51,13 @@ def test_amortized_string_is_case_insensitive_and_returns_approximation():
 
 def test_unknown_option_is_rejected_by_name():
     with small_model(), pytest.raises(TypeError, match="encoder_width"):
-        pm.fit(10, method="amortized", encoder_width=(4,))
+        pm.fit(10, family="encoder", method="amortized", encoder_width=(4,))
 
 
 def test_fit_amortized_returns_datatree_with_loss():
     with small_model():
         idata = pymc_amortize.fit_amortized(
-            n=200, draws=100, encoder_widths=(), random_seed=0, progressbar=False
+            family="encoder", n=200, draws=100, encoder_widths=(), random_seed=0, progressbar=False
         )
     assert idata.posterior["z"].dims == ("chain", "draw", "unit")
     assert idata["amortized_fit"]["loss"].shape == (200,)
@@ -78,6 +78,7 @@ def test_pymc_callbacks_and_progressbar_work():
         tracker = Tracker(theta_mu=lambda: 0.0)
         approx = pm.fit(
             100,
+            family="encoder",
             method="amortized",
             encoder_widths=(4,),
             callbacks=[tracker, CheckParametersConvergence(every=10), stop_at_40],

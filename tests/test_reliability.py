@@ -59,7 +59,7 @@ def _elbo(inference):
 
 def test_huge_learning_rate_stops_keeps_start_and_resumes():
     model = unit_model()
-    inference = AmortizedVI(model=model, encoder_widths=(4,), random_seed=0)
+    inference = AmortizedVI(family="encoder", model=model, encoder_widths=(4,), random_seed=0)
     start = _param_values(inference.approx)
     with pytest.warns(DivergenceWarning, match=r"diverged at step \d+.*mean of theta") as record:
         approx = inference.fit(200, obj_optimizer=pm.adam(learning_rate=1e6), progressbar=False)
@@ -84,7 +84,7 @@ def test_huge_learning_rate_stops_keeps_start_and_resumes():
 
 def test_divergence_mid_fit_restores_best_snapshot_and_refine_resumes():
     model = unit_model(50)
-    inference = AmortizedVI(model=model, encoder_widths=(4,), random_seed=0)
+    inference = AmortizedVI(family="encoder", model=model, encoder_widths=(4,), random_seed=0)
     learning_rate = pytensor.shared(1e-2)
     seen = {0: _param_values(inference.approx)}
 
@@ -117,7 +117,7 @@ def test_divergence_mid_fit_restores_best_snapshot_and_refine_resumes():
 
 def test_divergence_in_a_short_fit_warns_instead_of_pymcs_index_error():
     # PyMC 6.4's loop raises IndexError when a run of fewer than 10 steps stops early.
-    inference = AmortizedVI(model=unit_model(), encoder_widths=(), random_seed=0)
+    inference = AmortizedVI(family="encoder", model=unit_model(), encoder_widths=(), random_seed=0)
     with pytest.warns(DivergenceWarning, match=r"diverged at step"):
         approx = inference.fit(5, obj_optimizer=pm.adam(learning_rate=1e6), progressbar=False)
     diverged_at = approx.divergence.step
@@ -134,7 +134,7 @@ def test_divergence_in_a_short_fit_warns_instead_of_pymcs_index_error():
 def test_non_finite_parameters_after_the_last_update_are_restored():
     # The last step's loss is that of the parameters before its update; an infinite step size
     # makes every parameter non-finite in that update while the reported loss stays finite.
-    inference = AmortizedVI(model=unit_model(), encoder_widths=(), random_seed=0)
+    inference = AmortizedVI(family="encoder", model=unit_model(), encoder_widths=(), random_seed=0)
     start = _param_values(inference.approx)
     with pytest.warns(DivergenceWarning, match=r"diverged at step 1\b.*mean of theta"):
         approx = inference.fit(1, obj_optimizer=pm.sgd(learning_rate=np.inf), progressbar=False)
@@ -148,6 +148,7 @@ def test_fit_amortized_same_seed_same_result_different_seed_different():
     def run(seed):
         return fit_amortized(
             unit_model(40),
+            family="encoder",
             n=150,
             draws=30,
             encoder_widths=(3,),
@@ -168,6 +169,7 @@ def test_fit_amortized_same_seed_same_result_different_seed_different():
 def test_new_unit_draws_and_elbo_estimate_follow_the_seed():
     approx = pm.fit(
         50,
+        family="encoder",
         method="amortized",
         model=unit_model(),
         encoder_widths=(),
@@ -236,6 +238,7 @@ def test_fit_changes_no_model_data_matrix_or_encoder_and_can_be_repeated():
     for _ in range(2):
         approx = pm.fit(
             200,
+            family="encoder",
             method="amortized",
             model=model,
             local=local,
@@ -283,7 +286,7 @@ def test_a_model_without_local_latent_fits_mean_field_like_advi():
         theta = pm.Normal("theta", 0, 1)
         w = pm.Normal("w", 0, 1, shape=3)
         pm.Normal("x", theta + w.sum(), 1, observed=x)
-    analysis = AmortizedVI(model=model).approx.analysis
+    analysis = AmortizedVI(family="encoder", model=model).approx.analysis
     assert analysis.plates == ()
     reasons = dict((mf.name, mf.reason) for mf in analysis.mean_field)
     assert (
@@ -294,7 +297,7 @@ def test_a_model_without_local_latent_fits_mean_field_like_advi():
     expected_mean, expected_sd = x.sum() / (1 + 4 * n), 1 / np.sqrt(1 + n)
     fitted = {}
     for method, inference in (
-        ("amortized", AmortizedVI(model=model, random_seed=0)),
+        ("amortized", AmortizedVI(family="encoder", model=model, random_seed=0)),
         ("advi", pm.ADVI(model=model, random_seed=0)),
     ):
         approx = _two_stage_fit(inference)
@@ -314,7 +317,7 @@ def test_latents_with_different_unit_counts_get_a_plate_each_and_the_closed_form
     # z_n | x_n ~ N(x_n / 2, 1 / 2) for 20 units and w_g | y_g ~ N(y_g / 2, 1 / 2) for 5 groups:
     # an affine encoder is exact for each.
     model = two_plates_model()
-    inference = AmortizedVI(local, model=model, encoder_widths=(), random_seed=0)
+    inference = AmortizedVI(local, family="encoder", model=model, encoder_widths=(), random_seed=0)
     plates = {p.name: (p.size, p.latent_names) for p in inference.approx.analysis.plates}
     assert plates == {"unit": (20, ("z",)), "group": (5, ("w",))}
     approx = _two_stage_fit(inference, steps=(3000, 2000))
@@ -330,7 +333,9 @@ def test_minibatch_elbo_is_unbiased(which):
     # At fixed parameters the B = 5 estimate averages to the full-batch ELBO: for a model without
     # dims (literal shapes), and for two plates where only the larger one is minibatched.
     model = unit_model(dims=False) if which == "literal shapes" else two_plates_model()
-    inference = AmortizedVI(model=model, encoder_widths=(3,), batch_size=5, random_seed=0)
+    inference = AmortizedVI(
+        family="encoder", model=model, encoder_widths=(3,), batch_size=5, random_seed=0
+    )
     assert inference.objective.batch_plate.size == 20
     inference.fit(300, obj_optimizer=pm.adam(learning_rate=1e-2), progressbar=False)
     full, full_se = inference.objective.estimate_elbo(500, repeats=4, random_seed=0)
@@ -350,8 +355,12 @@ def test_a_shape_constant_is_not_an_encoder_input():
     with pm.Model() as model:
         e = pm.Normal("e", 0, 1, shape=(3, 2))
         pm.Normal("y", e[..., None], 1, observed=y)
-    assert AmortizedVI(model=model).approx.analysis.latents[0].input_names == ("y",)
-    approx = pm.fit(3, method="amortized", model=model, batch_size=2, progressbar=False)
+    assert AmortizedVI(family="encoder", model=model).approx.analysis.latents[0].input_names == (
+        "y",
+    )
+    approx = pm.fit(
+        3, family="encoder", method="amortized", model=model, batch_size=2, progressbar=False
+    )
     assert np.isfinite(approx.hist).all()
 
 

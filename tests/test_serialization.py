@@ -19,6 +19,7 @@ def test_save_load_encodes_new_units_identically(tmp_path):
     model = linear_model(x)
     approx = pm.fit(
         300,
+        family="encoder",
         method="amortized",
         model=model,
         encoder_widths=(6,),
@@ -55,7 +56,12 @@ def test_save_load_encodes_new_units_identically(tmp_path):
 def test_load_refuses_a_different_model(tmp_path):
     x = linear_data(100, random_seed=5)
     approx = pm.fit(
-        50, method="amortized", model=linear_model(x), encoder_widths=(), progressbar=False
+        50,
+        family="encoder",
+        method="amortized",
+        model=linear_model(x),
+        encoder_widths=(),
+        progressbar=False,
     )
     save_approximation(approx, tmp_path / "fit")
     with pm.Model(coords={"unit": range(100)}) as other:
@@ -130,7 +136,13 @@ def test_round_trip_encodes_identically_on_every_plate_kind(kind, tmp_path):
     build, plates = KINDS[kind]
     model = build()
     approx = pm.fit(
-        60, method="amortized", model=model, encoder_widths=(4,), random_seed=1, progressbar=False
+        60,
+        family="encoder",
+        method="amortized",
+        model=model,
+        encoder_widths=(4,),
+        random_seed=1,
+        progressbar=False,
     )
     assert {p.latents[0].name: p.name for p in approx.analysis.plates} == plates
     save_approximation(approx, tmp_path / kind)
@@ -154,7 +166,13 @@ def test_round_trip_encodes_identically_on_every_plate_kind(kind, tmp_path):
 def test_indexed_fit_loaded_on_new_counties_keeps_its_scalings(tmp_path):
     model = _radon()
     approx = pm.fit(
-        80, method="amortized", model=model, encoder_widths=(4,), random_seed=0, progressbar=False
+        80,
+        family="encoder",
+        method="amortized",
+        model=model,
+        encoder_widths=(4,),
+        random_seed=0,
+        progressbar=False,
     )
     assert type(approx.encoders["a"]).__name__ == "PooledEncoder"
     save_approximation(approx, tmp_path / "radon")
@@ -180,7 +198,14 @@ def test_indexed_fit_loaded_on_new_counties_keeps_its_scalings(tmp_path):
 
 
 def test_indexed_save_refuses_other_structures(tmp_path):
-    approx = pm.fit(20, method="amortized", model=_radon(), encoder_widths=(), progressbar=False)
+    approx = pm.fit(
+        20,
+        family="encoder",
+        method="amortized",
+        model=_radon(),
+        encoder_widths=(),
+        progressbar=False,
+    )
     save_approximation(approx, tmp_path / "radon")
     with pytest.raises(AmortizationError, match=r"no variable\(s\) \['a'\]"):
         load_approximation(tmp_path / "radon", model=linear_model(linear_data(30, random_seed=0)))

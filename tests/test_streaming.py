@@ -84,6 +84,7 @@ def streamed_and_in_memory():
     x = np.sort(0.5 + z * (1 + np.sin(z)) + rng.normal(size=n))
     ds = _dataset(x, (60, 60, 60, 20))
     streamed = AmortizedVI(
+        family="encoder",
         model=nonlinear_model(x[:30]),
         unit_data=ds,
         batch_size=10,
@@ -91,7 +92,13 @@ def streamed_and_in_memory():
         random_seed=1,
         unit_data_pool_mib=2 * 60 * 8 / 2**20,  # a pool of 2 chunks, not the whole dataset
     )
-    whole = AmortizedVI(model=nonlinear_model(x), batch_size=10, encoder_widths=(8,), random_seed=1)
+    whole = AmortizedVI(
+        family="encoder",
+        model=nonlinear_model(x),
+        batch_size=10,
+        encoder_widths=(8,),
+        random_seed=1,
+    )
     for mine, theirs in zip(streamed.approx.params, whole.approx.params, strict=True):
         theirs.set_value(mine.get_value())
     return streamed, whole, x
@@ -181,6 +188,7 @@ def test_a_fit_from_a_zarr_store_matches_the_closed_form(tmp_path):
     assert stored["Y"].chunks is not None  # lazy
     approx = pm.fit(
         4_000,
+        family="encoder",
         method="amortized",
         model=repeated_measures_model(Y[:50]),
         unit_data=stored,
@@ -205,6 +213,7 @@ def test_a_fit_on_unit_data_holds_the_pool_it_is_given(pool_mib, held):
     10 chunks of 250 float64)."""
     ds = _dataset(np.random.default_rng(0).normal(size=5_000), 250)
     inference = AmortizedVI(
+        family="encoder",
         model=nonlinear_model(ds["x"].values[:40]),
         unit_data=ds,
         batch_size=20,
@@ -236,7 +245,7 @@ def indexed_streamed_and_in_memory():
     same data in memory, at the streamed fit's initial parameters."""
     data, ds = _sorted_radon()
     template = radon_model(radon_data(20, 300, random_seed=4))
-    options = {"batch_size": 5, "random_seed": 1, "encoder_widths": (8,)}
+    options = {"batch_size": 5, "random_seed": 1, "encoder_widths": (8,), "family": "encoder"}
     streamed = AmortizedVI(model=template, unit_data=ds, unit_data_pool_mib=0.001, **options)
     whole = AmortizedVI(model=radon_model(data), **options)
     for mine, theirs in zip(streamed.approx.params, whole.approx.params, strict=True):
@@ -300,7 +309,7 @@ def test_an_indexed_store_that_cannot_be_streamed_is_named(change, match):
     _, ds = _sorted_radon()
     template = radon_model(radon_data(20, 300, random_seed=4))
     with pytest.raises(AmortizationError, match=match):
-        AmortizedVI(model=template, unit_data=change(ds), batch_size=5)
+        AmortizedVI(family="encoder", model=template, unit_data=change(ds), batch_size=5)
 
 
 @pytest.mark.slow
@@ -323,6 +332,7 @@ def test_indexed_rows_and_a_unit_observation_from_zarr_match_the_closed_form(tmp
         pm.Normal("u", a, 0.5, observed=u[:20], dims="group")
     approx = pm.fit(
         4_000,
+        family="encoder",
         method="amortized",
         model=template,
         unit_data=stored,
@@ -353,6 +363,7 @@ def test_unit_data_that_does_not_match_the_model_is_named(change, match):
     ds = _dataset(np.zeros(100), 50)
     with pytest.raises(AmortizationError, match=match):
         AmortizedVI(
+            family="encoder",
             model=nonlinear_model(np.random.default_rng(0).normal(size=20)),
             unit_data=change(ds),
             batch_size=10,
@@ -362,7 +373,11 @@ def test_unit_data_that_does_not_match_the_model_is_named(change, match):
 def test_unit_data_needs_a_batch_size():
     ds = _dataset(np.zeros(100), 50)
     with pytest.raises(AmortizationError, match="batch_size"):
-        AmortizedVI(model=nonlinear_model(np.random.default_rng(0).normal(size=20)), unit_data=ds)
+        AmortizedVI(
+            family="encoder",
+            model=nonlinear_model(np.random.default_rng(0).normal(size=20)),
+            unit_data=ds,
+        )
 
 
 def test_counts_stored_as_floats_are_refused_for_an_integer_observed_variable():
@@ -372,10 +387,12 @@ def test_counts_stored_as_floats_are_refused_for_an_integer_observed_variable():
         pm.Poisson("counts", pm.math.exp(z), observed=counts[:20], dims="unit")
     ds = xr.Dataset({"counts": ("unit", counts.astype(float))})
     with pytest.raises(AmortizationError, match="integer"):
-        AmortizedVI(model=model, unit_data=ds, batch_size=10)
+        AmortizedVI(family="encoder", model=model, unit_data=ds, batch_size=10)
     # As integers they stream.
     ds["counts"] = ds["counts"].astype(np.int64)
-    AmortizedVI(model=model, unit_data=ds, batch_size=10).fit(5, progressbar=False)
+    AmortizedVI(family="encoder", model=model, unit_data=ds, batch_size=10).fit(
+        5, progressbar=False
+    )
 
 
 def test_scale_disk_benchmark_runs_on_a_tiny_store(tmp_path):
@@ -425,7 +442,9 @@ def test_trailing_dims_and_labels_are_read_by_name_not_by_position(layout):
     """A store whose trailing dims or labels are in another order than the model's is read in the
     model's order (it was read by position: a newcomer's fit found offsets near 0, not ±2)."""
     Y, ds = _sensor_data()
-    inference = AmortizedVI(model=_sensor_model(Y), unit_data=layout(ds), batch_size=20)
+    inference = AmortizedVI(
+        family="encoder", model=_sensor_model(Y), unit_data=layout(ds), batch_size=20
+    )
     np.testing.assert_array_equal(inference.approx.unit_source.read(10, 20)["Y"], Y[10:20])
 
 
@@ -433,11 +452,14 @@ def test_trailing_dims_or_labels_the_model_lacks_are_named():
     Y, ds = _sensor_data()
     with pytest.raises(AmortizationError, match=r"unit_data\['Y'\] has the dims"):
         AmortizedVI(
-            model=_sensor_model(Y), unit_data=ds.rename({"sensor": "channel"}), batch_size=20
+            family="encoder",
+            model=_sensor_model(Y),
+            unit_data=ds.rename({"sensor": "channel"}),
+            batch_size=20,
         )
     relabelled = ds.assign_coords(sensor=["a", "b", "d"])
     with pytest.raises(AmortizationError, match=r"labels \['a', 'b', 'd'\] along 'sensor'"):
-        AmortizedVI(model=_sensor_model(Y), unit_data=relabelled, batch_size=20)
+        AmortizedVI(family="encoder", model=_sensor_model(Y), unit_data=relabelled, batch_size=20)
 
 
 def test_nan_in_any_variable_read_is_named_before_the_fit():
@@ -452,7 +474,7 @@ def test_nan_in_any_variable_read_is_named_before_the_fit():
         pm.Normal("y", z, 1, observed=y[:20], dims="unit")
     ds = xr.Dataset({"c": ("unit", c), "y": ("unit", y)})
     with pytest.raises(AmortizationError, match=r"unit_data\['y'\] has NaN or inf at unit 321"):
-        AmortizedVI(model=model, local={"z": ["c"]}, unit_data=ds, batch_size=10)
+        AmortizedVI(family="encoder", model=model, local={"z": ["c"]}, unit_data=ds, batch_size=10)
 
 
 def test_variables_chunked_differently_are_read_together(tmp_path):
@@ -467,7 +489,7 @@ def test_variables_chunked_differently_are_read_together(tmp_path):
     encoding = {"c": {"chunks": (700,)}, "y": {"chunks": (1_000,)}}
     ds.to_zarr(tmp_path / "mixed.zarr", encoding=encoding, consolidated=False)
     stored = xr.open_zarr(tmp_path / "mixed.zarr", consolidated=False)
-    inference = AmortizedVI(model=model, unit_data=stored, batch_size=10)
+    inference = AmortizedVI(family="encoder", model=model, unit_data=stored, batch_size=10)
     piece = inference.approx.unit_source.read(650, 1_050)
     np.testing.assert_array_equal(piece["c"], c[650:1_050])
     np.testing.assert_array_equal(piece["y"], y[650:1_050])
@@ -477,7 +499,7 @@ def test_an_ordered_store_read_through_a_small_pool_warns():
     """Sorted units with a pool of a few chunks: neighbouring batches alike (a newcomer's global
     was 26 posterior sds off). Shuffled, or with the whole store in the pool, nothing to say."""
     x = np.sort(np.random.default_rng(1).normal(size=4_000))
-    small = {"batch_size": 20, "unit_data_pool_mib": 2 * 500 * 8 / 2**20}
+    small = {"batch_size": 20, "unit_data_pool_mib": 2 * 500 * 8 / 2**20, "family": "encoder"}
     template = nonlinear_model(np.random.default_rng(2).normal(size=40))
     with pytest.warns(pymc_amortize.ChunkOrderWarning, match="Store the units shuffled"):
         AmortizedVI(model=template, unit_data=_dataset(x, 500), **small).fit(5, progressbar=False)
@@ -487,9 +509,9 @@ def test_an_ordered_store_read_through_a_small_pool_warns():
         AmortizedVI(model=template, unit_data=_dataset(shuffled, 500), **small).fit(
             5, progressbar=False
         )
-        AmortizedVI(model=template, unit_data=_dataset(x, 500), batch_size=20).fit(
-            5, progressbar=False
-        )
+        AmortizedVI(
+            family="encoder", model=template, unit_data=_dataset(x, 500), batch_size=20
+        ).fit(5, progressbar=False)
 
 
 def test_a_saved_fit_loads_onto_its_unit_data(tmp_path):
@@ -497,6 +519,7 @@ def test_a_saved_fit_loads_onto_its_unit_data(tmp_path):
     ds = _dataset(x, 250)
     approx = pm.fit(
         50,
+        family="encoder",
         method="amortized",
         model=nonlinear_model(x[:40]),
         unit_data=ds,
@@ -534,9 +557,11 @@ def test_a_one_unit_template_is_refused_and_a_constant_covariate_still_read():
         return m
 
     with pytest.raises(AmortizationError, match="at least two units"):
-        AmortizedVI(model=template(1, uranium[:1]), unit_data=store, batch_size=5)
+        AmortizedVI(family="encoder", model=template(1, uranium[:1]), unit_data=store, batch_size=5)
     for covariate in (np.full(4, 0.3), uranium[:4]):
-        inference = AmortizedVI(model=template(4, covariate), unit_data=store, batch_size=5)
+        inference = AmortizedVI(
+            family="encoder", model=template(4, covariate), unit_data=store, batch_size=5
+        )
         source = inference.approx.unit_source
         assert "log_uranium" in source.unit_keys
         np.testing.assert_array_equal(source.read(10, 20)["log_uranium"], uranium[10:20])

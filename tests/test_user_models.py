@@ -155,6 +155,7 @@ REFERENCE = {'c01': {'mu': {'mean': 1.0591, 'sd': 0.028},
 
 
 def fit(model, n, **options):
+    options.setdefault("family", "encoder")
     with model:
         return pm.fit(
             n,

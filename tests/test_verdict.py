@@ -265,7 +265,7 @@ def test_an_unnamed_array_says_where_it_comes_from():
 def fit(model, method, steps=(4000, 2000)):
     """Adam at 1e-2, then (the same parameters) at 1e-3 to settle."""
     inference = (
-        pa.AmortizedVI(model=model, random_seed=0)
+        pa.AmortizedVI(family="encoder", model=model, random_seed=0)
         if method == "amortized"
         else pm.ADVI(model=model, random_seed=0)
     )

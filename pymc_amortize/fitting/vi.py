@@ -227,12 +227,16 @@ class AmortizedVI(Inference):
         Memory (MiB) for the chunks of ``unit_data`` held at once: all of it when it fits (then
         batches are uniform draws, as from memory), else as many chunks as fit, refreshed as the
         fit goes (see :class:`~pymc_amortize.data.sampler.ChunkedUnitSampler`).
-    family : {"encoder", "conditional"} or ConditionalGaussian, default "encoder"
-        The local family. ``"encoder"``: q(z_n; f_φ(x_n)), a Gaussian from the encoder alone,
-        mean-field between the globals and the locals. ``"conditional"``: q(z_n | θ, x_n), the
-        encoder's output corrected by a Newton step on the model's own log density given the draw
-        of the globals (see :mod:`pymc_amortize.guide.conditional`; exact for Gaussian-linear units,
-        whatever their number of rows). Under ``batch_size`` only the batch plate is conditional.
+    family : {"conditional", "encoder"} or ConditionalGaussian, default "conditional"
+        The local family. ``"conditional"`` (the default): q(z_n | θ, x_n), a Gaussian from
+        Newton and quadrature steps on the model's own log density given the draw of the globals,
+        linearised at the encoder's output (see :mod:`pymc_amortize.guide.conditional`; exact for
+        Gaussian-linear units, whatever their number of rows). It applies to a plate whose every
+        latent the analysis amortizes; the other plates get the encoder family, and the
+        analysis summary (``approx.settings["analysis"]``) names each plate's family and why.
+        Under ``batch_size`` only the batch plate is conditional; a fit on ``unit_data`` uses the
+        encoder family. ``"encoder"``: q(z_n; f_φ(x_n)), a Gaussian from the encoder alone,
+        mean-field between the globals and the locals (the family of Margossian & Blei, 2024).
     global_family : {"meanfield", "fullrank"}, default "meanfield"
         The family of q(θ), the globals' factor (and that of every latent fitted mean-field):
         ``"meanfield"``, independent Gaussians as ADVI (2D parameters); ``"fullrank"``, one
@@ -287,7 +291,7 @@ class AmortizedVI(Inference):
         start_sigma: Mapping[str, np.ndarray] | None = None,
         unit_data: xr.Dataset | None = None,
         unit_data_pool_mib: float = POOL_MIB,
-        family: str | ConditionalGaussian = "encoder",
+        family: str | ConditionalGaussian = "conditional",
         global_family: str = "meanfield",
     ):
         model = pm.modelcontext(model)
@@ -295,10 +299,6 @@ class AmortizedVI(Inference):
         if global_family not in GLOBAL_FAMILIES:
             raise AmortizationError(
                 f"global_family must be one of {sorted(GLOBAL_FAMILIES)}; got {global_family!r}."
-            )
-        if local_family is not None and unit_data is not None:
-            raise AmortizationError(
-                "family='conditional' does not read unit_data yet; fit it with family='encoder'."
             )
         analysis = analyze_model(model, local)
         source = buffers = None
@@ -346,7 +346,18 @@ class AmortizedVI(Inference):
         conditional_plates, family_lines = _conditional_plates(
             analysis, local_family, batch_plate if batch_size is not None else None
         )
-        if local_family is not None and start_sigma is None:
+        if conditional_plates and source is not None:
+            # The Newton steps read a unit's rows through the model's log density, and a streamed
+            # fit holds only a template of a few units there: the encoder family, said so.
+            conditional_plates = []
+            family_lines = [
+                f"local family, plate '{plate.name}': encoder q(z_n; f(x_n)) (the units stream "
+                "from unit_data; the conditional family reads them from the model)"
+                for plate in analysis.plates
+            ]
+        if not conditional_plates:
+            local_family = None  # no plate takes it: the fit (and its saved file) is the encoder's
+        if conditional_plates and start_sigma is None:
             # The conditional family's Newton steps are taken at draws of θ: PyMC's initial sd of
             # 0.69 on every global makes them wild (a Poisson GLMM's fit never recovered from it);
             # start q(θ) as narrow as the encoder family starts its q(z_n).
