@@ -366,9 +366,17 @@ def encode_new(
             shape = (request.labels.size, *latent.event_shape)
             out[latent.name] = (mean.reshape(shape), sd.reshape(shape))
     if warned:
+        conditional = sorted(set(requests) & guide.conditional_plates)
+        start_only = (
+            f" (for plate(s) {', '.join(conditional)} of the conditional family only the start "
+            "of the Newton steps on the units' own log density, which is exact for Gaussian-"
+            "linear units from any start)"
+            if conditional
+            else ""
+        )
         warnings.warn(
             f"{len(warned)} new unit(s) have encoder inputs outside what the encoder saw in "
-            "training, so their q(z) is an extrapolation: "
+            f"training, so their q(z) is an extrapolation{start_only}: "
             + "; ".join(warned)
             + ". Pass check_range=False to silence this warning.",
             OutOfTrainingRangeWarning,
