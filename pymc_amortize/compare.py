@@ -180,8 +180,12 @@ def compare(
     """Fit each method on the same model and tabulate ELBO, wall time, speed and size.
 
     Each method runs through ``pm.fit`` inside ``model`` (``"amortized"`` through this package,
-    ``"advi"`` through PyMC). All final solutions are scored by one :class:`MeanFieldELBO` on the
-    same draws, so their ELBOs are comparable to within the reported standard errors.
+    ``"advi"`` through PyMC). The mean-field solutions are scored by one :class:`MeanFieldELBO`
+    on the same draws, so their ELBOs are comparable to within the reported standard errors. An
+    amortized fit that is not mean-field (``family="conditional"``, ``global_family="fullrank"``)
+    is scored on its own joint draws (``approx.joint_density()``): the product of its marginals
+    would be another q. Its family is not a subset of ADVI's, so its ELBO can exceed ADVI's
+    optimum; ``difference`` gives the signed difference and which method is ahead.
 
     Parameters
     ----------

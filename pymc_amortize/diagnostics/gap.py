@@ -3,6 +3,12 @@ at the A-VI solution, raises the ELBO, in total, per plate and per unit.
 
 Both ELBOs are estimated by one :class:`~pymc_amortize.diagnostics.meanfield.MeanFieldELBO` on
 common random numbers, so the gain's standard error comes from the paired differences.
+
+That is the paper's setting: the encoder family with a mean-field q(θ) is a subset of F-VI's, so
+the gain is ≥ 0. A fit whose q is not the product of its marginals (the conditional family
+q(z_n | θ, x_n), a full-rank q(θ)) is not such a subset: its own joint ELBO
+(:class:`~pymc_amortize.posterior.joint.JointDensity`) is set beside F-VI's, started at its
+marginals, on separate draws, and the difference can have either sign.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class AmortizationGap:
     gain, standard_error : float
         ELBO(refined) − ELBO(amortized) in nats, from paired draws, and its Monte Carlo SE. A lower
         bound on the amortization gap plus A-VI's own optimisation gap (F-VI may stop short).
+        For a fit that is not mean-field (``paired`` False) the signed difference of its own
+        joint ELBO from F-VI's, on separate draws: negative where the fit is the better.
     elbo_amortized, elbo_refined : float
         The two ELBO estimates on the shared draws.
     per_plate : dict of str to xarray.Dataset
@@ -154,11 +162,16 @@ class AmortizationGap:
                     "not a subset of F-VI's, so it can do better than ADVI and there is no "
                     "amortization gap to close"
                 )
-            if not self.closed:
+            if self.better == "F-VI" and not self.closed:
                 return (
                     f"F-VI's optimum beats the fit: {difference}, above the tolerance "
                     f"{self.tolerance:g} per unit (the local network too weak, or the fit not "
                     "converged)"
+                )
+            if self.better == "F-VI":
+                return (
+                    f"F-VI's optimum is ahead of the fit, within the tolerance "
+                    f"{self.tolerance:g} per unit: {difference}"
                 )
             return f"no clear difference between the fit and F-VI's optimum: {difference}"
         if self.closed:
@@ -307,6 +320,13 @@ def amortization_gap(
     encoder is too weak for this model, or A-VI had not converged; otherwise the gap is closed.
     Per plate, each unit's KL and ELBO gain say which units the encoder serves worst.
 
+    For a fit that is not mean-field (``family="conditional"``, ``global_family="fullrank"``),
+    whose family is not a subset of F-VI's, F-VI starts at the fit's marginals
+    (:func:`~pymc_amortize.diagnostics.fvi_from_fit`) and its ELBO is compared with the fit's own
+    joint ELBO (``approx.joint_density()``) on separate draws (``paired`` False, SEs added): the
+    gain is then signed, negative where the fit beats F-VI's optimum, and ``better`` and the
+    verdict say which is ahead.
+
     Parameters
     ----------
     approx : AmortizedApproximation
@@ -328,7 +348,7 @@ def amortization_gap(
     -------
     AmortizationGap
         The gain with its standard error, the verdict, and per plate (``per_plate``, under each
-        plate's dim) every unit's KL and ELBO gain.
+        plate's dim) every unit's KL and ELBO gain; ``better`` says which ELBO is ahead.
 
     Examples
     --------

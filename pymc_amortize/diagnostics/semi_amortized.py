@@ -80,7 +80,9 @@ def _semi_amortized_meanfield(approx: SemiAmortizedApproximation) -> MeanField:
     return meanfield_of(approx.refined)
 
 
-def _advi_start(approx: AmortizedApproximation, factors: MeanField | None) -> tuple[dict, dict]:
+def _advi_start(
+    approx: AmortizedApproximation, factors: MeanField | None = None
+) -> tuple[dict, dict]:
     """ADVI's ``start`` (constrained space, by variable name) and ``start_sigma`` (by value name),
     from ``factors`` (value space), by default the fit's marginals.
 

@@ -90,7 +90,9 @@ class JointDensity:
     For every family: q(θ) mean-field or full-rank, each plate's locals from the encoder or from
     the conditional family q(z_n | θ, x_n). Full batch (every fitted unit), so the fit's units
     must be in the model. The compiled graph reads the fit's parameters (shared variables), so it
-    stays valid when they change (more training).
+    stays valid when they change (more training). The q is the one the fit trained: a unit
+    without rows of an encoder plate gets its encoder's output here, where ``sample()`` and
+    ``encode()`` report its prior given q(θ) instead.
 
     Parameters
     ----------
