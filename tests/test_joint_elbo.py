@@ -104,7 +104,7 @@ def conditional_linear():
 
 
 def test_conditional_elbo_is_log_evidence_minus_kl_of_q_theta(conditional_linear):
-    inference, approx, truth = conditional_linear
+    _, approx, truth = conditional_linear
     post_mean, post_sd = _posterior_of_theta(truth)
     # q(θ) off the posterior by 0.7 sd and 1.6 times too wide: KL(q(θ) ‖ p(θ | x)) ≈ 0.56 nats.
     mean, sd = post_mean + 0.7 * post_sd, 1.6 * post_sd
@@ -124,8 +124,17 @@ def test_conditional_elbo_is_log_evidence_minus_kl_of_q_theta(conditional_linear
         sample.log_q, sample.log_q_globals + sample.log_q_units["unit"].sum(axis=1), rtol=1e-12
     )
     assert sample.values["z"].shape == (4000, 50) and sample.values["theta"].shape == (4000,)
+
+
+@pytest.mark.slow
+def test_conditional_elbo_agrees_with_the_training_objective(conditional_linear):
+    inference, approx, truth = conditional_linear
+    post_mean, post_sd = _posterior_of_theta(truth)
+    _set_meanfield_q_theta(approx, post_mean + 0.7 * post_sd, 1.6 * post_sd)
+    elbo, se = approx.joint_density().elbo(4000, random_seed=0)
     # The training objective's estimates agree: log p − log q per draw (IWAE(1)), and
-    # log p + the exact entropy (the ELBO's own, of larger variance).
+    # log p + the exact entropy (the ELBO's own, of larger variance). Each compiles the step's
+    # Newton graph (about 30 s each).
     for objective, draws in ((IWAE(1), 1000), (None, 2000)):
         estimate, estimate_se = inference.objective.estimate_elbo(
             draws, random_seed=3, objective=objective
