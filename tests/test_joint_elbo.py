@@ -323,3 +323,21 @@ def test_compare_reports_the_conditional_family_beside_advi():
     assert exact > truth.fvi_optimum + 1.0
     assert difference["better"] == "amortized" and "not a subset" in difference["note"]
     assert "amortized better" in repr(result)
+
+
+@pytest.mark.slow
+def test_crossed_conditional_fit_psis_weights_and_elbo_are_the_joint_ones():
+    from gaussian_plate_models import crossed_gaussian
+
+    inference = AmortizedVI(model=crossed_gaussian(), family="conditional", random_seed=1)
+    approx = inference.approx
+    assert approx.conditional_plates == {"actor", "block"}
+    # The block's q(z | θ, z_actor) reads the actor draws: PSIS's per-plate decomposition of the
+    # weights must still add up to the joint log p − log q of the same draws.
+    psis = pymc_amortize.psis_diagnostic(approx, draws=300, random_seed=0)
+    sample = approx.joint_density().sample(300, np.random.default_rng(seed_sequence(0)))
+    np.testing.assert_allclose(psis.log_weights.values, sample.log_weights, rtol=1e-10)
+    assert set(psis.khat_per_plate) == {"actor", "block"}
+    elbo, se = sample.elbo
+    estimate, estimate_se = inference.objective.estimate_elbo(300, random_seed=2, objective=IWAE(1))
+    assert abs(estimate - elbo) < 4 * np.hypot(se, estimate_se)
