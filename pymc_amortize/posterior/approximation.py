@@ -33,6 +33,7 @@ from pymc_amortize.model.types import LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.posterior.datasets import encode_dataset, sample_dataset, unit_draws, unit_labels
 from pymc_amortize.posterior.datasets import unit_dim as plate_unit_dim
 from pymc_amortize.posterior.idata import sample_fitted
+from pymc_amortize.posterior.joint import JointDensity
 from pymc_amortize.posterior.local import QUANTILE_LEVELS, LocalPosterior, encode_fitted
 from pymc_amortize.posterior.new_units import encode_new_units, sample_new_units
 from pymc_amortize.posterior.record import FitRecord
@@ -54,6 +55,7 @@ class AmortizedApproximation:
         self.guide = guide
         #: The fit's record (a fresh, empty one before any fit).
         self.record = FitRecord() if record is None else record
+        self._joint_density: JointDensity | None = None
 
     # -- the fit's record (read-only: the fitting adapter updates ``record``) -------------------
     @property
@@ -183,10 +185,20 @@ class AmortizedApproximation:
         the conditional family, where it is not available yet."""
         self.guide.require_encoder_family(what)
 
-    def require_mean_field(self, what: str) -> None:
-        """Raise :class:`~pymc_amortize.AmortizationError` for ``what`` where q is not the product
-        of its marginals (a full-rank q(θ) or the conditional family)."""
-        self.guide.require_mean_field(what)
+    @property
+    def is_mean_field(self) -> bool:
+        """Whether q is the product of its marginals (the encoder family with a mean-field q(θ)):
+        then its ELBO is that of :func:`~pymc_amortize.diagnostics.meanfield_of`'s factors, and it
+        is a subset of F-VI's family; else only :meth:`joint_density` scores it."""
+        return self.guide.is_mean_field
+
+    def joint_density(self) -> JointDensity:
+        """log p(x, θ, z) and log q(θ, z) of joint draws from this fit's q, for every family
+        (compiled on the first call and kept; see :class:`~pymc_amortize.posterior.joint.
+        JointDensity`)."""
+        if self._joint_density is None:
+            self._joint_density = JointDensity(self.guide)
+        return self._joint_density
 
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""
