@@ -12,12 +12,25 @@ import pymc as pm
 import xarray as xr
 
 from pymc_amortize.diagnostics import MeanFieldELBO, meanfield_of
+from pymc_amortize.diagnostics.meanfield import standard_error
 from pymc_amortize.errors import AmortizationError
 
 __all__ = ["Comparison", "StepClock", "compare", "steps_to_within"]
 
 METHODS = ("amortized", "advi")
-COLUMNS = ("method", "elbo", "elbo_se", "wall_s", "steps", "steps_to_1pct", "n_params")
+COLUMNS = (
+    "method",
+    "elbo",
+    "elbo_se",
+    "wall_s",
+    "steps",
+    "steps_to_1pct",
+    "n_params",
+    "scored",
+)
+#: How a row's ELBO was scored (its ``scored`` column).
+SHARED = "shared draws"
+OWN = "own joint draws"
 
 
 class StepClock:
@@ -78,19 +91,29 @@ class Comparison:
         One row per method with the columns ``method``, ``elbo`` and ``elbo_se`` (final ELBO and
         its Monte Carlo SE, all methods scored on the same draws), ``wall_s`` (fit wall time,
         compilation included), ``steps``, ``steps_to_1pct`` (first step whose running-mean ELBO
-        estimate is within 1% of the best final ELBO) and ``n_params``.
+        estimate is within 1% of the best final ELBO), ``n_params`` and ``scored``: how the
+        ELBO was estimated, on the draws shared by all methods from the product of the fit's
+        marginals (``"shared draws"``, a mean-field q) or on the fit's own joint draws
+        (``"own joint draws"``: a full-rank q(θ) or the conditional family, whose marginals'
+        product would understate its ELBO).
     idata : dict of str to xarray.DataTree
         Posterior draws of each method.
     traces : dict of str to xarray.Dataset
         Per method, ``elbo`` (−loss per step) and ``wall_s`` (seconds since the start) by step.
     approximations : dict
         The fitted approximations.
+    difference : dict or None
+        With two methods: ``methods`` (first, second), ``elbo`` (ELBO(first) − ELBO(second)),
+        ``se`` (paired when both were scored on the shared draws), ``better`` (the method ahead
+        by more than 3 SE, or ``"neither"``) and ``note``: whether the amortized family is a
+        subset of ADVI's, so whether the difference can have either sign.
     """
 
     rows: list[dict[str, Any]]
     idata: dict[str, xr.DataTree]
     traces: dict[str, xr.Dataset]
     approximations: dict[str, Any] = field(repr=False)
+    difference: dict[str, Any] | None = None
 
     def to_dataset(self) -> xr.Dataset:
         """The table as an :class:`xarray.Dataset` indexed by method."""
@@ -123,14 +146,22 @@ class Comparison:
     def __repr__(self) -> str:
         header = (
             f"{'method':<12} {'ELBO':>14} {'± MC SE':>9} {'wall s':>8} {'steps':>7} "
-            f"{'to 1%':>7} {'params':>9}"
+            f"{'to 1%':>7} {'params':>9}  scored on"
         )
         lines = [header]
         for r in self.rows:
             to1 = "never" if r["steps_to_1pct"] is None else str(r["steps_to_1pct"])
             lines.append(
                 f"{r['method']:<12} {r['elbo']:>14.2f} {r['elbo_se']:>9.2f} {r['wall_s']:>8.2f} "
-                f"{r['steps']:>7} {to1:>7} {r['n_params']:>9}"
+                f"{r['steps']:>7} {to1:>7} {r['n_params']:>9}  {r['scored']}"
+            )
+        if self.difference is not None:
+            d = self.difference
+            first, second = d["methods"]
+            verdict = "no clear difference" if d["better"] == "neither" else f"{d['better']} better"
+            lines.append(
+                f"ELBO({first}) − ELBO({second}) = {d['elbo']:.3f} ± {d['se']:.2g}: {verdict}; "
+                f"{d['note']}."
             )
         return "\n".join(lines)
 
@@ -149,8 +180,12 @@ def compare(
     """Fit each method on the same model and tabulate ELBO, wall time, speed and size.
 
     Each method runs through ``pm.fit`` inside ``model`` (``"amortized"`` through this package,
-    ``"advi"`` through PyMC). All final solutions are scored by one :class:`MeanFieldELBO` on the
-    same draws, so their ELBOs are comparable to within the reported standard errors.
+    ``"advi"`` through PyMC). The mean-field solutions are scored by one :class:`MeanFieldELBO`
+    on the same draws, so their ELBOs are comparable to within the reported standard errors. An
+    amortized fit that is not mean-field (``family="conditional"``, ``global_family="fullrank"``)
+    is scored on its own joint draws (``approx.joint_density()``): the product of its marginals
+    would be another q. Its family is not a subset of ADVI's, so its ELBO can exceed ADVI's
+    optimum; ``difference`` gives the signed difference and which method is ahead.
 
     Parameters
     ----------
@@ -202,18 +237,6 @@ def compare(
     extra = set(options) - set(methods)
     if extra:
         raise AmortizationError(f"options= names methods not compared: {sorted(extra)}.")
-    amortized = options.get("amortized", {})
-    if (
-        amortized.get("family", "encoder") != "encoder"
-        or amortized.get("global_family", "meanfield") != "meanfield"
-    ):
-        # The scores below are ELBOs of the product of q's marginals: for these families that
-        # is not the fit's ELBO but a lower one, a wrong number.
-        raise AmortizationError(
-            "compare() scores the mean-field product of each fit's marginals; the amortized "
-            "options ask for a family whose q is not that product (family='conditional' or "
-            "global_family='fullrank'), whose ELBO it would understate."
-        )
     steps = {m: (n[m] if isinstance(n, Mapping) else n) for m in methods}
     approximations, clocks, walls = {}, {}, {}
     for method in methods:
@@ -231,7 +254,18 @@ def compare(
         walls[method] = time.perf_counter() - start
         clocks[method] = clock
     evaluator = MeanFieldELBO(model, n_draws=n_draws, random_seed=random_seed)
-    scores = {m: evaluator.estimate(meanfield_of(a)) for m, a in approximations.items()}
+    per_draw, scored = {}, {}
+    for method, approx in approximations.items():
+        if getattr(approx, "is_mean_field", True):
+            per_draw[method] = evaluator.per_draw(meanfield_of(approx))
+            scored[method] = SHARED
+        else:
+            # A full-rank q(θ) or the conditional family: the product of its marginals would
+            # understate its ELBO, so it is scored on its own joint draws.
+            sample = approx.joint_density().sample(n_draws, np.random.default_rng(random_seed))
+            per_draw[method] = sample.log_weights
+            scored[method] = OWN
+    scores = {m: (float(v.mean()), standard_error(v)) for m, v in per_draw.items()}
     best = max(elbo for elbo, _ in scores.values())
     rows, traces, idata = [], {}, {}
     for method, approx in approximations.items():
@@ -245,6 +279,7 @@ def compare(
                 "steps": int(hist.size),
                 "steps_to_1pct": steps_to_within(hist, -best, window=min(50, hist.size)),
                 "n_params": _n_params(approx),
+                "scored": scored[method],
             }
         )
         times = np.asarray(clocks[method].times)[: hist.size]
@@ -253,4 +288,38 @@ def compare(
             coords={"step": np.arange(1, times.size + 1)},
         )
         idata[method] = approx.sample(draws, random_seed=random_seed)
-    return Comparison(rows=rows, idata=idata, traces=traces, approximations=approximations)
+    difference = None
+    if len(methods) == 2:
+        difference = _difference(methods, per_draw, scored, approximations)
+    return Comparison(
+        rows=rows,
+        idata=idata,
+        traces=traces,
+        approximations=approximations,
+        difference=difference,
+    )
+
+
+def _difference(methods, per_draw, scored, approximations) -> dict[str, Any]:
+    """ELBO(first) − ELBO(second) with its SE (paired when both were scored on the same draws),
+    which is better beyond 3 SE, and why the sign can go either way."""
+    first, second = methods
+    a, b = per_draw[first], per_draw[second]
+    if scored[first] == scored[second] == SHARED:
+        value, se = float((a - b).mean()), standard_error(a - b)
+    else:
+        value = float(a.mean() - b.mean())
+        se = float(np.hypot(standard_error(a), standard_error(b)))
+    better = first if value > 3 * se else second if value < -3 * se else "neither"
+    amortized = approximations.get("amortized")
+    if amortized is not None and not amortized.is_mean_field:
+        note = (
+            f"the amortized fit's family ({amortized.guide.family_description()}) is not a "
+            "subset of ADVI's mean-field family, so its ELBO can exceed ADVI's optimum"
+        )
+    else:
+        note = (
+            "the amortized family is a subset of ADVI's mean-field family: at their optima "
+            "ADVI's ELBO is at least A-VI's (the amortization gap is ≥ 0)"
+        )
+    return {"methods": (first, second), "elbo": value, "se": se, "better": better, "note": note}

@@ -9,7 +9,10 @@ In a simple hierarchical model the log weights split over units,
     log w_s = [log p(θ_s) − log q(θ_s)] + Σ_n [log p(x_n, z_n,s | θ_s) − log q(z_n,s)],
 
 so, conditioning on the global draws, each unit's factor gives its own k̂: a unit whose q(z_n)
-the encoder got wrong has heavy-tailed weights, whatever the other units do.
+the encoder got wrong has heavy-tailed weights, whatever the other units do. For the conditional
+family the unit's factor is log p(x_n, z_n,s | θ_s) − log q(z_n,s | θ_s, x_n), and the joint draws
+and their log q come from :class:`~pymc_amortize.posterior.joint.JointDensity`: the weights are
+those of the fit's own joint q(θ) q(z | θ), never of the product of its marginals.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pymc_amortize.model.plates import UnitBatch
 from pymc_amortize.model.types import Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 from pymc_amortize.posterior.chunks import ChunkedPart, assemble_chunks, seed_sequence
+from pymc_amortize.posterior.joint import JointSample
 
 __all__ = [
     "BatchUnitGraph",
@@ -121,9 +125,11 @@ class PSISDiagnostic:
     Attributes
     ----------
     khat : float
-        k̂ of the whole approximation q(θ) ∏ q(z_n).
+        k̂ of the whole approximation q(θ) ∏ q(z_n) (or q(θ) ∏ q(z_n | θ, x_n), the conditional
+        family's joint).
     khat_per_plate : dict of str to xarray.DataArray
-        Per plate, k̂ of each unit's factor p(x_n, z_n | rest) / q(z_n), under the plate's dim;
+        Per plate, k̂ of each unit's factor p(x_n, z_n | rest) / q(z_n | rest), under the plate's
+        dim;
         NaN where the plate's factors couple its units (see ``notes``).
     log_weights : xarray.DataArray
         Unnormalised importance log weights along ``draw``.
@@ -252,7 +258,9 @@ def psis_diagnostic(
 ) -> PSISDiagnostic:
     """Pareto k̂ of the whole approximation and of each unit's q(z_n) (Yao et al., 2018).
 
-    Draws θ_s ~ q(θ) and z_n,s ~ q(z_n) and computes, on the unconstrained space where q lives,
+    Draws θ_s ~ q(θ) and z_n,s ~ q(z_n) (the conditional family: z_n,s ~ q(z_n | θ_s, x_n), from
+    the fit's :meth:`~pymc_amortize.AmortizedApproximation.joint_density`; a full-rank q(θ)
+    scores its own log density) and computes, on the unconstrained space where q lives,
     log p(x_n, z_n,s | θ_s) − log q(z_n,s) per unit and their sum plus
     log p(θ_s) − log q(θ_s) overall; arviz-stats fits the Pareto tail of each. A unit's k̂ is
     conditional on the global draws, so it judges the encoder's q(z_n) for that unit. Where a
@@ -277,6 +285,7 @@ def psis_diagnostic(
         A crossed model's other plates' draws are held whole. ``resample`` then has no draws to
         resample (the units' draws are not kept). None (default): all units at once, memory
         S × N (a few arrays of S × N floats).
+        Not for the conditional family, whose plate draws every unit at once.
     store : str, path or zarr store, optional
         With ``chunk_size``: write each plate's k̂ per unit, ``pareto_k_<plate>``, to this zarr
         store chunk by chunk, and read it back lazily (dask-backed) into ``khat_per_plate``.
@@ -305,19 +314,32 @@ def psis_diagnostic(
             f"psis_diagnostic needs an AmortizedApproximation (from pm.fit(method='amortized')); "
             f"got {type(approx).__name__}."
         )
-    approx.require_encoder_family("psis_diagnostic()")
     approx.require_units_in_memory("psis_diagnostic")
     draws = require_integer(draws, "draws", minimum=10)
     if chunk_size is not None:
         chunk_size = require_integer(chunk_size, "chunk_size")
     if store is not None and chunk_size is None:
         raise AmortizationError("store= writes k̂ chunk by chunk; give chunk_size= too.")
+    conditional = bool(approx.conditional_plates)
+    if conditional and chunk_size is not None:
+        raise AmortizationError(
+            "psis_diagnostic(chunk_size=...) draws a chunk of units at a time, and the "
+            f"conditional family's plate(s) {', '.join(sorted(approx.conditional_plates))} draw "
+            "every unit at once (each unit's q(z_n | θ, x_n) follows the same draws of θ, in one "
+            "graph over the plate). Pass chunk_size=None."
+        )
     seed = seed_sequence(random_seed)
-    values = approx.draw_globals(draws, np.random.default_rng(seed))
-
-    log_q_globals = np.zeros(draws)
-    if approx.globals is not None:
-        log_q_globals += approx.globals.log_density(values)
+    joint = None
+    if conditional:
+        # q(z_n | θ) follows the draws of θ: the joint draws and their log q come together.
+        joint = approx.joint_density().sample(draws, np.random.default_rng(seed))
+        values = dict(joint.values)
+        log_q_globals = joint.log_q_globals
+    else:
+        values = approx.draw_globals(draws, np.random.default_rng(seed))
+        log_q_globals = np.zeros(draws)
+        if approx.globals is not None:
+            log_q_globals += approx.globals.log_density(values)
     plates = approx.analysis.plates
     if not plates:  # every latent is mean-field
         fn, order = compile_log_terms(approx.model, approx.analysis, None)
@@ -326,8 +348,11 @@ def psis_diagnostic(
 
     # A unit without rows has q = the Monte Carlo moments of its prior given q(θ) (see encode).
     prior_only = any(p.index is not None and (np.asarray(p.row_counts) == 0).any() for p in plates)
-    encoded = approx.encode(summary=False) if prior_only else None
-    units = _PlateUnits(approx, draws, seed, encoded)
+    if joint is not None:
+        units = _JointUnits(approx, joint)
+    else:
+        encoded = approx.encode(summary=False) if prior_only else None
+        units = _PlateUnits(approx, draws, seed, encoded)
     # Every plate's draws and log q, whole, unless one plate is chunked: with several plates,
     # a plate's factors (a crossed likelihood) read the other plates' draws at every unit.
     whole = {
@@ -466,6 +491,23 @@ class _PlateUnits:
             values[latent.value_name] = value
             log_q += _log_normal(value, mean, sd).reshape(self.n_draws, stop - start, -1).sum(2)
         return values, log_q
+
+
+class _JointUnits:
+    """A plate's units ``start:stop`` of joint draws from q (the conditional family's), and their
+    log q given the rest (:class:`~pymc_amortize.posterior.joint.JointSample`)."""
+
+    def __init__(self, approx: AmortizedApproximation, sample: JointSample):
+        self.approx, self.sample = approx, sample
+
+    def draws(
+        self, plate: Plate, start: int, stop: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        values = {
+            latent.value_name: self.sample.values[latent.value_name][:, start:stop]
+            for latent in plate.latents
+        }
+        return values, self.sample.log_q_units[plate.name][:, start:stop]
 
 
 def draw_placeholders(logjoint: LogJoint) -> tuple[dict, dict, dict]:

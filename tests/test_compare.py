@@ -93,9 +93,3 @@ def test_compare_on_indexed_and_crossed_models(build, locals_):
     assert rows["amortized"]["n_params"] == 2 * n_global + sum(
         p.get_value().size for p in approx.encoder_params
     )
-
-
-@pytest.mark.parametrize("option", [{"family": "conditional"}, {"global_family": "fullrank"}])
-def test_compare_refuses_families_its_mean_field_score_would_understate(linear, option):
-    with pytest.raises(AmortizationError, match="mean-field product"):
-        pymc_amortize.compare(linear, n=10, options={"amortized": option})

@@ -167,9 +167,7 @@ def test_encode_save_load_and_what_is_not_yet_available(tmp_path):
         loaded.encode(prior_draws=500)["z"].mean, approx.encode(prior_draws=500)["z"].mean
     )
     with pytest.raises(AmortizationError, match="conditional family"):
-        approx.encode({"y": np.ones(3), "unit_idx": np.zeros(3, int)})
-    with pytest.raises(AmortizationError, match="conditional family"):
-        pymc_amortize.psis_diagnostic(approx)
+        pymc_amortize.semi_amortize(approx, 10)
     # A diverged fit's draws are refused, not handed back as a posterior of NaN.
     approx.globals.named_params["mu"].set_value(np.full(1, np.nan))
     with pytest.raises(AmortizationError, match=r"draws of 'z' are NaN or infinite for 6 of 6"):

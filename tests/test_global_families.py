@@ -127,19 +127,3 @@ def test_full_rank_globals_round_trip_and_log_density(data, tmp_path):
     with pytest.raises(AmortizationError, match="global_family must be one of"):
         with _model(unit, x, y, n_units):
             pm.fit(10, family="encoder", method="amortized", global_family="full")
-
-
-def test_amortization_gap_refuses_a_full_rank_q_theta(data):
-    unit, x, y, n_units = data
-    with _model(unit, x, y, n_units):
-        approx = pm.fit(
-            20,
-            family="encoder",
-            method="amortized",
-            global_family="fullrank",
-            progressbar=False,
-            convergence=False,
-            gap_check=False,
-        )
-    with pytest.raises(AmortizationError, match="fullrank: its correlations would be dropped"):
-        pymc_amortize.amortization_gap(approx, n=10)

@@ -3,7 +3,7 @@
 - :mod:`~pymc_amortize.diagnostics.meanfield`: the factorised Gaussian of a fit
   (:func:`meanfield_of`) and its ELBO on common random numbers (:class:`MeanFieldELBO`);
 - :mod:`~pymc_amortize.diagnostics.semi_amortized`: per-unit F-VI started at the A-VI solution
-  (:func:`semi_amortize`);
+  (:func:`semi_amortize`), or at any fit's marginals (:func:`fvi_from_fit`);
 - :mod:`~pymc_amortize.diagnostics.gap`: the amortization gap (:func:`amortization_gap`, the
   paper's §5 diagnostic), in total, per plate and per unit;
 - :mod:`~pymc_amortize.diagnostics.sampled_gap`: the cheap check after every fit
@@ -25,7 +25,11 @@ from pymc_amortize.diagnostics.sampled_gap import (
     PlateGapCheck,
     gap_check,
 )
-from pymc_amortize.diagnostics.semi_amortized import SemiAmortizedApproximation, semi_amortize
+from pymc_amortize.diagnostics.semi_amortized import (
+    SemiAmortizedApproximation,
+    fvi_from_fit,
+    semi_amortize,
+)
 
 __all__ = [
     "GAP_CHECK_DEFAULTS",
@@ -37,6 +41,7 @@ __all__ = [
     "PlateGapCheck",
     "SemiAmortizedApproximation",
     "amortization_gap",
+    "fvi_from_fit",
     "gap_check",
     "meanfield_of",
     "semi_amortize",

@@ -3,6 +3,12 @@ at the A-VI solution, raises the ELBO, in total, per plate and per unit.
 
 Both ELBOs are estimated by one :class:`~pymc_amortize.diagnostics.meanfield.MeanFieldELBO` on
 common random numbers, so the gain's standard error comes from the paired differences.
+
+That is the paper's setting: the encoder family with a mean-field q(θ) is a subset of F-VI's, so
+the gain is ≥ 0. A fit whose q is not the product of its marginals (the conditional family
+q(z_n | θ, x_n), a full-rank q(θ)) is not such a subset: its own joint ELBO
+(:class:`~pymc_amortize.posterior.joint.JointDensity`) is set beside F-VI's, started at its
+marginals, on separate draws, and the difference can have either sign.
 """
 
 from __future__ import annotations
@@ -23,10 +29,16 @@ from pymc_amortize.diagnostics.meanfield import (
     meanfield_of,
     standard_error,
 )
-from pymc_amortize.diagnostics.semi_amortized import SemiAmortizedApproximation, semi_amortize
+from pymc_amortize.diagnostics.semi_amortized import (
+    SemiAmortizedApproximation,
+    fvi_from_fit,
+    semi_amortize,
+)
 from pymc_amortize.errors import AmortizationError, as_clause, require_number
+from pymc_amortize.guide.globals import HALF_LOG_2PI_E
 from pymc_amortize.model.logjoint import build_logjoint, compile_log_terms, plate_factors
 from pymc_amortize.posterior.approximation import AmortizedApproximation
+from pymc_amortize.posterior.joint import JointSample
 from pymc_amortize.psis import draw_placeholders
 
 __all__ = ["AmortizationGap", "amortization_gap"]
@@ -46,6 +58,8 @@ class AmortizationGap:
     gain, standard_error : float
         ELBO(refined) − ELBO(amortized) in nats, from paired draws, and its Monte Carlo SE. A lower
         bound on the amortization gap plus A-VI's own optimisation gap (F-VI may stop short).
+        For a fit that is not mean-field (``paired`` False) the signed difference of its own
+        joint ELBO from F-VI's, on separate draws: negative where the fit is the better.
     elbo_amortized, elbo_refined : float
         The two ELBO estimates on the shared draws.
     per_plate : dict of str to xarray.Dataset
@@ -80,6 +94,15 @@ class AmortizationGap:
     refined: SemiAmortizedApproximation = field(repr=False)
     rest_gain: float = 0.0
     rest_standard_error: float = 0.0
+    #: Whether both ELBOs were scored on the same draws (the fit is mean-field, a subset of
+    #: F-VI's family: the gain is ≥ 0 up to F-VI's own optimisation). Else the fit's ELBO is its
+    #: own joint q's, on its own draws, and the gain can have either sign.
+    paired: bool = True
+    #: The fit's family in words.
+    family: str = ""
+    #: The Monte Carlo SEs of ``elbo_amortized`` and ``elbo_refined`` on their own.
+    elbo_amortized_se: float = float("nan")
+    elbo_refined_se: float = float("nan")
 
     @property
     def n_units(self) -> int:
@@ -116,7 +139,41 @@ class AmortizationGap:
         return np.argsort(self.per_plate[plate]["kl"].values, kind="stable")[::-1][:k]
 
     @property
+    def better(self) -> str:
+        """Which ELBO is higher beyond 3 standard errors: ``"amortized"`` (the fit),
+        ``"F-VI"`` or ``"neither"``."""
+        if self.gain > 3 * self.standard_error:
+            return "F-VI"
+        if self.gain < -3 * self.standard_error:
+            return "amortized"
+        return "neither"
+
+    @property
     def verdict(self) -> str:
+        if not self.paired:
+            # Not a subset of F-VI's family: both directions are possible.
+            difference = (
+                f"ELBO(F-VI) − ELBO(fit) = {self.gain:.4g} ± {self.standard_error:.2g} nats "
+                f"({self.gain_per_unit:.3g} per unit)"
+            )
+            if self.better == "amortized":
+                return (
+                    f"the fit beats F-VI's optimum: {difference}. Its family ({self.family}) is "
+                    "not a subset of F-VI's, so it can do better than ADVI and there is no "
+                    "amortization gap to close"
+                )
+            if self.better == "F-VI" and not self.closed:
+                return (
+                    f"F-VI's optimum beats the fit: {difference}, above the tolerance "
+                    f"{self.tolerance:g} per unit (the local network too weak, or the fit not "
+                    "converged)"
+                )
+            if self.better == "F-VI":
+                return (
+                    f"F-VI's optimum is ahead of the fit, within the tolerance "
+                    f"{self.tolerance:g} per unit: {difference}"
+                )
+            return f"no clear difference between the fit and F-VI's optimum: {difference}"
         if self.closed:
             return "gap closed: per-unit F-VI does not improve on the encoder"
         return (
@@ -131,6 +188,12 @@ class AmortizationGap:
             f"  verdict: {self.verdict}",
             f"  ELBO amortized {self.elbo_amortized:.6g}, refined {self.elbo_refined:.6g}",
         ]
+        if not self.paired:
+            lines[-1] = (
+                f"  ELBO of the fit's own joint q ({self.family}) {self.elbo_amortized:.6g} ± "
+                f"{self.elbo_amortized_se:.2g}; F-VI (ADVI from its marginals) "
+                f"{self.elbo_refined:.6g} ± {self.elbo_refined_se:.2g} (separate draws)"
+            )
         for name, ds in self.per_plate.items():
             dim = ds["kl"].dims[0]
             moved = ", ".join(
@@ -257,6 +320,13 @@ def amortization_gap(
     encoder is too weak for this model, or A-VI had not converged; otherwise the gap is closed.
     Per plate, each unit's KL and ELBO gain say which units the encoder serves worst.
 
+    For a fit that is not mean-field (``family="conditional"``, ``global_family="fullrank"``),
+    whose family is not a subset of F-VI's, F-VI starts at the fit's marginals
+    (:func:`~pymc_amortize.diagnostics.fvi_from_fit`) and its ELBO is compared with the fit's own
+    joint ELBO (``approx.joint_density()``) on separate draws (``paired`` False, SEs added): the
+    gain is then signed, negative where the fit beats F-VI's optimum, and ``better`` and the
+    verdict say which is ahead.
+
     Parameters
     ----------
     approx : AmortizedApproximation
@@ -278,7 +348,7 @@ def amortization_gap(
     -------
     AmortizationGap
         The gain with its standard error, the verdict, and per plate (``per_plate``, under each
-        plate's dim) every unit's KL and ELBO gain.
+        plate's dim) every unit's KL and ELBO gain; ``better`` says which ELBO is ahead.
 
     Examples
     --------
@@ -304,7 +374,6 @@ def amortization_gap(
             "amortization_gap() takes a fitted AmortizedApproximation; got "
             f"{type(approx).__name__}."
         )
-    approx.require_mean_field("amortization_gap()")
     approx.require_units_in_memory("amortization_gap")
     if not approx.analysis.plates:
         raise AmortizationError(
@@ -312,6 +381,8 @@ def amortization_gap(
             f"amortized and there is no amortization gap:\n{approx.analysis.summary()}"
         )
     seeds = np.random.SeedSequence(random_seed).generate_state(2)
+    if not approx.is_mean_field:
+        return _joint_gap(approx, n, n_draws, learning_rate, tolerance, seeds, progressbar)
     semi = semi_amortize(
         approx,
         n,
@@ -338,3 +409,135 @@ def amortization_gap(
         tolerance=float(tolerance),
         refined=semi,
     )
+
+
+def _fit_marginals(approx: AmortizedApproximation, sample: JointSample) -> MeanField:
+    """The fit's marginal Gaussians (value space): q(θ)'s exact marginals, the encoder's output
+    for the encoder plates, and the moments of the joint draws for the conditional plates."""
+    factors = {name: GaussianFactor(*f) for name, f in approx.global_factors().items()}
+    encoded = approx.fitted_encoder_outputs()
+    for plate in approx.analysis.plates:
+        for latent in plate.latents:
+            if plate.name in approx.conditional_plates:
+                draws = sample.values[latent.value_name]
+                factors[latent.value_name] = GaussianFactor(draws.mean(axis=0), draws.std(axis=0))
+            else:
+                factors[latent.value_name] = GaussianFactor(*encoded[latent.name])
+    return factors
+
+
+def _joint_gap(
+    approx: AmortizedApproximation,
+    n: int,
+    n_draws: int,
+    learning_rate: float,
+    tolerance: float,
+    seeds: np.ndarray,
+    progressbar: bool,
+) -> AmortizationGap:
+    """:func:`amortization_gap` of a fit whose q is not the product of its marginals (the
+    conditional family, a full-rank q(θ)): its own joint ELBO (``approx.joint_density()``) beside
+    F-VI's, started at its marginals, each on its own draws.
+
+    Both directions are possible: the fit's family is not a subset of F-VI's.
+    """
+    sample = approx.joint_density().sample(n_draws, np.random.default_rng(int(seeds[1])))
+    before = _fit_marginals(approx, sample)
+    semi = fvi_from_fit(
+        approx,
+        n,
+        start=before,
+        learning_rate=learning_rate,
+        random_seed=int(seeds[0]),
+        progressbar=progressbar,
+    )
+    after = meanfield_of(semi.refined)
+    evaluator = MeanFieldELBO(approx.model, n_draws=n_draws, random_seed=int(seeds[1]))
+    refined_draws, fit_draws = evaluator.per_draw(after), sample.log_weights
+    refined_se, fit_se = standard_error(refined_draws), standard_error(fit_draws)
+    per_plate, (rest_gain, rest_se) = _unpaired_plate_gap(
+        approx, before, after, sample, evaluator.draws(after)
+    )
+    return AmortizationGap(
+        gain=float(refined_draws.mean() - fit_draws.mean()),
+        standard_error=float(math.hypot(refined_se, fit_se)),
+        elbo_amortized=float(fit_draws.mean()),
+        elbo_refined=float(refined_draws.mean()),
+        per_plate=per_plate,
+        rest_gain=rest_gain,
+        rest_standard_error=rest_se,
+        steps=int(n),
+        tolerance=float(tolerance),
+        refined=semi,
+        paired=False,
+        family=approx.guide.family_description(),
+        elbo_amortized_se=fit_se,
+        elbo_refined_se=refined_se,
+    )
+
+
+def _unpaired(after: np.ndarray, before: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``after`` − mean of ``before`` along the draws (axis 0), and its SE, from two
+    independent sets of draws."""
+    se = np.sqrt(
+        after.var(axis=0, ddof=1) / after.shape[0] + before.var(axis=0, ddof=1) / before.shape[0]
+    )
+    return after.mean(axis=0) - before.mean(axis=0), se
+
+
+def _unpaired_plate_gap(
+    approx: AmortizedApproximation,
+    before: MeanField,
+    after: MeanField,
+    sample: JointSample,
+    values_after: Mapping[str, np.ndarray],
+) -> tuple[dict[str, xr.Dataset], tuple[float, float]]:
+    """:func:`_per_plate_gap` for a fit scored on its own joint draws ``sample``: its ELBO terms
+    per unit are log p(x_n, z_n | rest) − log q(z_n | rest) (the conditional family's log q given
+    θ), F-VI's log p(x_n, z_n | rest) + H[q(z_n)]; each side on its own draws, so the SEs add."""
+    totals_fn, totals_order = _plate_totals(approx)
+    totals_fit = totals_fn(*(sample.values[name] for name in totals_order))
+    totals_after = totals_fn(*(values_after[name] for name in totals_order))
+    local = {lat.value_name for lat in approx.analysis.latents}
+    rest_entropy = sum(
+        float(np.log(after[name].sd).sum() + np.size(after[name].sd) * HALF_LOG_2PI_E)
+        for name in after
+        if name not in local
+    )
+    rest, rest_se = _unpaired(totals_after[0] + rest_entropy, totals_fit[0] - sample.log_q_globals)
+    out = {}
+    for position, plate in enumerate(approx.analysis.plates, start=1):
+        note = ""
+        log_q_fit = sample.log_q_units[plate.name]
+        entropy = np.zeros(plate.size)
+        kl = np.zeros(plate.size)
+        for latent in plate.latents:
+            q, p = after[latent.value_name], before[latent.value_name]
+            kl += _gaussian_kl(q, p).reshape(plate.size, -1).sum(axis=1)
+            entropy += (np.log(q.sd) + HALF_LOG_2PI_E).reshape(plate.size, -1).sum(axis=1)
+        try:
+            fn, order = compile_log_terms(approx.model, approx.analysis, plate)
+        except AmortizationError as error:
+            gain = gain_se = np.full(plate.size, np.nan)
+            note = f"no gain per unit: {as_clause(error)}"
+        else:
+            _, units_fit = fn(*(sample.values[name] for name in order))
+            _, units_after = fn(*(values_after[name] for name in order))
+            gain, gain_se = _unpaired(units_after + entropy, units_fit - log_q_fit)
+        plate_gain, plate_se = _unpaired(
+            totals_after[position] + entropy.sum(), totals_fit[position] - log_q_fit.sum(axis=1)
+        )
+        dim, labels = approx.unit_dim(plate), approx.unit_labels(plate)
+        coords = np.arange(plate.size) if labels is None else labels
+        out[plate.name] = xr.Dataset(
+            {
+                "kl": (dim, kl, {"long_name": "KL(F-VI q(z_n) ‖ the fit's marginal q(z_n))"}),
+                "gain": (dim, gain, {"long_name": "ELBO gain of the unit"}),
+                "gain_se": (dim, gain_se),
+                "plate_gain": ((), float(plate_gain), {"long_name": "ELBO gain of the plate"}),
+                "plate_gain_se": ((), float(plate_se)),
+            },
+            coords={dim: coords},
+            attrs={"note": note} if note else {},
+        )
+    return out, (float(rest), float(rest_se))

@@ -22,7 +22,7 @@ from pymc_amortize.errors import AmortizationError, require_integer
 from pymc_amortize.guide.globals import set_group_sds
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 
-__all__ = ["SemiAmortizedApproximation", "semi_amortize"]
+__all__ = ["SemiAmortizedApproximation", "fvi_from_fit", "semi_amortize"]
 
 
 @dataclass
@@ -80,14 +80,17 @@ def _semi_amortized_meanfield(approx: SemiAmortizedApproximation) -> MeanField:
     return meanfield_of(approx.refined)
 
 
-def _advi_start(approx: AmortizedApproximation) -> tuple[dict, dict]:
-    """ADVI's ``start`` (constrained space, by variable name) and ``start_sigma`` (by value name).
+def _advi_start(
+    approx: AmortizedApproximation, factors: MeanField | None = None
+) -> tuple[dict, dict]:
+    """ADVI's ``start`` (constrained space, by variable name) and ``start_sigma`` (by value name),
+    from ``factors`` (value space), by default the fit's marginals.
 
     PyMC maps ``start`` through the variable's forward transform (``make_initial_point_fn``), so a
     transformed variable's value-space mean goes through the backward transform first.
     """
     model = approx.model
-    factors = meanfield_of(approx)
+    factors = meanfield_of(approx) if factors is None else factors
     start, start_sigma = {}, {}
     for rv in model.free_RVs:
         value = model.rvs_to_values[rv]
@@ -159,6 +162,9 @@ def semi_amortize(
     Not to be confused with ``AmortizedVI.refine(n)`` (PyMC's ``Inference.refine``), which runs
     ``n`` more amortized steps of the same encoder.
 
+    Not for the conditional family q(z_n | θ, x_n): F-VI's factors cannot hold its dependence of
+    z_n on θ, so F-VI started there is not a refinement of it (see :func:`fvi_from_fit`).
+
     Parameters
     ----------
     approx : AmortizedApproximation
@@ -208,12 +214,77 @@ def semi_amortize(
         raise AmortizationError(
             f"semi_amortize() takes a fitted AmortizedApproximation; got {type(approx).__name__}."
         )
-    approx.require_encoder_family("semi_amortize()")
+    if approx.conditional_plates:
+        raise AmortizationError(
+            "semi_amortize() refines each unit's q(z_n) by per-unit F-VI, and the conditional "
+            f"family's q(z_n | θ, x_n) of plate(s) {', '.join(sorted(approx.conditional_plates))} "
+            "is not among F-VI's factors: F-VI drops the dependence of z_n on θ that this fit "
+            "holds, so started here it is ADVI's optimum, not a refinement of the fit (its ELBO "
+            "can be lower). pymc_amortize.amortization_gap(approx) runs it and reports both ELBOs; "
+            "pymc_amortize.diagnostics.fvi_from_fit(approx) returns it."
+        )
+    return fvi_from_fit(
+        approx,
+        n,
+        learning_rate=learning_rate,
+        average_last=average_last,
+        obj_optimizer=obj_optimizer,
+        obj_n_mc=obj_n_mc,
+        callbacks=callbacks,
+        random_seed=random_seed,
+        progressbar=progressbar,
+        progressbar_theme=progressbar_theme,
+    )
+
+
+def fvi_from_fit(
+    approx: AmortizedApproximation,
+    n: int = 2_000,
+    *,
+    start: MeanField | None = None,
+    learning_rate: float = 1e-2,
+    average_last: float = 0.5,
+    obj_optimizer: Callable | None = None,
+    obj_n_mc: int = 1,
+    callbacks: Sequence[Callable] | None = None,
+    random_seed: int | None = None,
+    progressbar: bool = True,
+    progressbar_theme=default_progress_theme,
+) -> SemiAmortizedApproximation:
+    """F-VI (PyMC's mean-field ADVI, a mean and sd per unit) started at a fit's marginals, for
+    any family: :func:`semi_amortize` without its check of the family.
+
+    For the encoder family with a mean-field q(θ) this is :func:`semi_amortize`, a refinement of
+    the fit. For a family that is not a subset of F-VI's (the conditional family, a full-rank
+    q(θ)) it is ADVI's optimum, started near the fit: :func:`~pymc_amortize.amortization_gap`
+    compares its ELBO with the fit's own.
+
+    Parameters
+    ----------
+    approx : AmortizedApproximation
+        A fitted A-VI solution.
+    n : int
+        F-VI steps.
+    start : dict of str to GaussianFactor, optional
+        The start (value space, by value name); :func:`meanfield_of` ``(approx)``, the fit's
+        marginals, when omitted.
+    learning_rate, average_last, obj_optimizer, obj_n_mc, callbacks, random_seed, progressbar
+        As for :func:`semi_amortize`.
+
+    Returns
+    -------
+    SemiAmortizedApproximation
+        ``refined`` is ADVI's mean-field approximation.
+    """
+    if not isinstance(approx, AmortizedApproximation):
+        raise AmortizationError(
+            f"fvi_from_fit() takes a fitted AmortizedApproximation; got {type(approx).__name__}."
+        )
     approx.require_units_in_memory("semi_amortize")
     n = require_integer(n, "n (the refinement steps)")
     if not 0 <= average_last < 1:
         raise AmortizationError(f"average_last must be in [0, 1); got {average_last!r}.")
-    start, start_sigma = _advi_start(approx)
+    start, start_sigma = _advi_start(approx, start)
     advi = pm.ADVI(model=approx.model, start=start, random_seed=random_seed)
     set_group_sds(advi.approx.groups[0], start_sigma)
     optimizer = obj_optimizer if obj_optimizer is not None else _default_optimizer(n, learning_rate)

@@ -403,17 +403,25 @@ class AmortizedGuide:
                 "family='encoder' for it; sample() and encode() of the fitted units work."
             )
 
-    def require_mean_field(self, what: str) -> None:
-        """Raise :class:`AmortizationError` for ``what``, an ELBO of the product of q's marginals,
-        on a fit whose q is not that product (a full-rank q(θ), or locals conditioned on θ):
-        there it would report a lower ELBO than the fit's own, a wrong number."""
-        self.require_encoder_family(what)
-        if self.globals is not None and self.globals.kind != "meanfield":
-            raise AmortizationError(
-                f"{what} scores the mean-field product of q's marginals, and this fit's q(θ) is "
-                f"{self.globals.kind}: its correlations would be dropped and the ELBO understated. "
-                "Fit with global_family='meanfield' to compare it this way."
-            )
+    @property
+    def is_mean_field(self) -> bool:
+        """Whether q is the product of its marginals: the encoder family on every plate and a
+        mean-field q(θ) (or none). Only then is q a subset of F-VI's (ADVI's) family, and its
+        ELBO that of its marginals; a full-rank q(θ) or the conditional family q(z_n | θ, x_n)
+        is scored through its joint density (``pymc_amortize.posterior.joint``)."""
+        globals_ok = self.globals is None or self.globals.kind == "meanfield"
+        return globals_ok and not self.conditional_plates
+
+    def family_description(self) -> str:
+        """q's family in words, e.g. for a diagnostic's verdict."""
+        local = (
+            f"the conditional family q(z_n | θ, x_n) on plate(s) "
+            f"{', '.join(sorted(self.conditional_plates))}"
+            if self.conditional_plates
+            else "the encoder family q(z_n; f(x_n))"
+        )
+        kind = "no globals" if self.globals is None else f"a {self.globals.kind} q(θ)"
+        return f"{local} with {kind}"
 
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""

@@ -33,6 +33,7 @@ from pymc_amortize.model.types import LocalLatent, ModelAnalysis, Plate
 from pymc_amortize.posterior.datasets import encode_dataset, sample_dataset, unit_draws, unit_labels
 from pymc_amortize.posterior.datasets import unit_dim as plate_unit_dim
 from pymc_amortize.posterior.idata import sample_fitted
+from pymc_amortize.posterior.joint import JointDensity
 from pymc_amortize.posterior.local import QUANTILE_LEVELS, LocalPosterior, encode_fitted
 from pymc_amortize.posterior.new_units import encode_new_units, sample_new_units
 from pymc_amortize.posterior.record import FitRecord
@@ -54,6 +55,7 @@ class AmortizedApproximation:
         self.guide = guide
         #: The fit's record (a fresh, empty one before any fit).
         self.record = FitRecord() if record is None else record
+        self._joint_density: JointDensity | None = None
 
     # -- the fit's record (read-only: the fitting adapter updates ``record``) -------------------
     @property
@@ -183,10 +185,20 @@ class AmortizedApproximation:
         the conditional family, where it is not available yet."""
         self.guide.require_encoder_family(what)
 
-    def require_mean_field(self, what: str) -> None:
-        """Raise :class:`~pymc_amortize.AmortizationError` for ``what`` where q is not the product
-        of its marginals (a full-rank q(θ) or the conditional family)."""
-        self.guide.require_mean_field(what)
+    @property
+    def is_mean_field(self) -> bool:
+        """Whether q is the product of its marginals (the encoder family with a mean-field q(θ)):
+        then its ELBO is that of :func:`~pymc_amortize.diagnostics.meanfield_of`'s factors, and it
+        is a subset of F-VI's family; else only :meth:`joint_density` scores it."""
+        return self.guide.is_mean_field
+
+    def joint_density(self) -> JointDensity:
+        """log p(x, θ, z) and log q(θ, z) of joint draws from this fit's q, for every family
+        (compiled on the first call and kept; see :class:`~pymc_amortize.posterior.joint.
+        JointDensity`)."""
+        if self._joint_density is None:
+            self._joint_density = JointDensity(self.guide)
+        return self._joint_density
 
     def nonfinite_params(self) -> tuple[str, ...]:
         """Names of the parameters with a NaN or infinite entry, globals by variable."""
@@ -310,7 +322,11 @@ class AmortizedApproximation:
             unconstrained (value) space; with ``summary``, ``<name>`` ``(unit dim, *dims)`` the
             posterior mean on the latent's own scale and ``<name>_quantiles`` ``(quantile, unit
             dim, *dims)``. The unit dim is the plate's dim (its coords when the model has them).
-            Equal to :meth:`encode` whatever ``chunk_size``.
+            Equal to :meth:`encode` whatever ``chunk_size``. For a plate of the conditional
+            family, the moments of the mixture over q(θ) as :meth:`encode` gives them for new
+            units (its default 4,000 draws of q(θ), seed 0), computed on each chunk's own data;
+            :meth:`encode` of the fitted units gives them from draws, equal within their Monte
+            Carlo error.
 
         Examples
         --------
@@ -369,7 +385,7 @@ class AmortizedApproximation:
             Levels of the constrained-scale quantiles.
         prior_draws : int, default 4000
             Draws of (θ, z) behind a zero-row unit's summary (its Monte Carlo error is about
-            sd / sqrt(prior_draws)).
+            sd / sqrt(prior_draws)), and of θ behind a conditional plate's moments.
         random_seed : int, optional
             Seed of those draws (fixed by default, so that ``encode`` is deterministic).
         summary : bool, default True
@@ -383,7 +399,11 @@ class AmortizedApproximation:
         -------
         dict of str to LocalPosterior
             Per local latent: ``mean`` and ``sd`` of shape ``(M, *event_shape)`` on the latent's
-            unconstrained (value) space, the Gaussian the encoder outputs; ``constrained_mean``
+            unconstrained (value) space, the Gaussian the encoder outputs (for a plate of the
+            conditional family, the moments of the mixture ∫ q(z_n | θ, x_n) q(θ) dθ over
+            ``prior_draws`` draws of q(θ): for new units the mean E_θ m_n(θ) and the variance
+            E_θ Var(z_n | θ) + Var_θ m_n(θ) of the Newton steps on their own data, for the
+            fitted units Monte Carlo moments of joint draws); ``constrained_mean``
             ``(M, *shape)`` and ``quantiles`` ``(len(quantiles), M, *shape)`` on the latent's own
             scale (e.g. a positive rate, a simplex); ``prior_only`` (M,) marks zero-row units,
             whose summaries are Monte Carlo moments of their prior given q(θ).
@@ -525,7 +545,10 @@ class AmortizedApproximation:
         """Posterior draws for units the model never saw, and optionally predictions of their rows.
 
         One forward pass of the encoder gives q(z_n) for each new unit with data; a zero-row unit
-        (see ``units`` in :meth:`encode`) gets draws of its prior given each draw of q(θ).
+        (see ``units`` in :meth:`encode`) gets draws of its prior given each draw of q(θ). A
+        plate of the conditional family draws (θ, z_n) jointly: z_n from q(z_n | θ_s, x_n), the
+        fit's Newton steps on the new units' own data (every array of the plate's log density,
+        the observations included, must be in ``new_data``) for each draw θ_s.
 
         Parameters
         ----------

@@ -18,6 +18,13 @@ from pymc_amortize.guide.compiled import compile_once
 from pymc_amortize.guide.state import AmortizedGuide
 from pymc_amortize.model.types import LocalLatent, Plate
 from pymc_amortize.posterior.chunks import ChunkedPart, assemble_chunks, seed_sequence, unit_noise
+from pymc_amortize.posterior.conditional_units import (
+    fitted_unit_data,
+    mixture_moments,
+    other_plate_values,
+    plate_conditional,
+    split_entries,
+)
 from pymc_amortize.posterior.local import (
     QUANTILE_LEVELS,
     local_posterior,
@@ -26,6 +33,10 @@ from pymc_amortize.posterior.local import (
 )
 
 __all__ = [
+    "CONDITIONAL_DRAWS",
+    "CONDITIONAL_SEED",
+    "conditional_unit_draws",
+    "conditioning_draws",
     "draws_dataset",
     "encode_dataset",
     "globals_dataset",
@@ -37,6 +48,12 @@ __all__ = [
     "unit_labels",
     "variable_dims",
 ]
+
+#: Draws of q(θ), and their seed, behind the moments of a conditional plate's q(z_n) in
+#: :func:`encode_dataset`: ``encode()``'s defaults (``prior_draws``, ``random_seed``), so that a
+#: chunk's moments equal those ``encode()`` gives the same units passed as new units.
+CONDITIONAL_DRAWS = 4000
+CONDITIONAL_SEED = 0
 
 
 def variable_dims(
@@ -106,11 +123,20 @@ def encode_dataset(
 ) -> xr.Dataset:
     """:meth:`~pymc_amortize.AmortizedApproximation.encode_dataset`."""
 
-    guide.require_encoder_family("encode_dataset()")
     if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
         raise AmortizationError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
     chunk_size = int(chunk_size)
     levels = tuple(float(q) for q in quantiles)
+    conditional = {}
+    if guide.conditional_plates:
+        # The draws of q(θ) behind every chunk's mixture moments, drawn once.
+        rng = np.random.default_rng(CONDITIONAL_SEED)
+        global_values = guide.draw_globals(CONDITIONAL_DRAWS, rng)
+        for plate in guide.analysis.plates:
+            if plate.name in guide.conditional_plates:
+                conditional[plate.name] = dict(global_values) | other_plate_values(
+                    guide, plate, global_values, rng
+                )
     parts = [
         ChunkedPart(
             unit_dim(plate),
@@ -122,6 +148,7 @@ def encode_dataset(
                 summary=summary,
                 levels=levels,
                 labels=unit_labels(guide.model, plate, guide.unit_source),
+                conditional=conditional.get(plate.name),
             ),
         )
         for plate in guide.analysis.plates
@@ -144,16 +171,30 @@ def unit_dataset(
     summary: bool,
     levels: tuple[float, ...],
     labels: np.ndarray | None,
+    conditional: Mapping[str, np.ndarray] | None = None,
 ) -> xr.Dataset:
     """The posterior of the fitted units ``start:stop`` of ``plate``, whose coords are
-    ``labels`` (see :func:`encode_dataset` and :func:`unit_labels`)."""
+    ``labels`` (see :func:`encode_dataset` and :func:`unit_labels`); for a conditional plate,
+    the moments of the marginal q(z_n) over the draws ``conditional`` of everything else
+    (:func:`~pymc_amortize.posterior.conditional_units.mixture_moments`)."""
     dim = unit_dim(plate)
     coords = {}
     if labels is not None:
         coords[dim] = labels[start:stop]
     data_vars = {}
+    encoded = {lat.name: guide.encode_units(lat.name, start, stop) for lat in plate.latents}
+    if conditional is not None:
+        starts = [encoded[lat.name][0].reshape(stop - start, -1) for lat in plate.latents]
+        mean, sd = mixture_moments(
+            plate_conditional(guide, plate),
+            fitted_unit_data(guide, plate, start, stop),
+            starts,
+            conditional,
+        )
+        means, sds = split_entries(plate, mean), split_entries(plate, sd)
+        encoded = {name: (means[name], sds[name]) for name in encoded}
     for latent in plate.latents:
-        mean, sd = guide.encode_units(latent.name, start, stop)
+        mean, sd = encoded[latent.name]
         value_dims, value_coords = variable_dims(guide.model, latent.name, mean.shape[1:])
         data_vars[f"{latent.name}_mean"] = ([dim, *value_dims], mean)
         data_vars[f"{latent.name}_sd"] = ([dim, *value_dims], sd)
@@ -188,7 +229,6 @@ def sample_dataset(
 ) -> xr.Dataset:
     """:meth:`~pymc_amortize.AmortizedApproximation.sample_dataset`."""
 
-    guide.require_encoder_family("sample_dataset()")
     if not isinstance(draws, int | np.integer) or draws <= 0:
         raise AmortizationError(f"draws must be a positive integer; got {draws!r}.")
     if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
@@ -211,6 +251,11 @@ def sample_dataset(
                 np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, plate_number))
             )
             prior = zero_row_prior(guide, plate, mask, global_values, rng)
+        conditional = None
+        if plate.name in guide.conditional_plates:
+            conditional = dict(global_values) | conditioning_draws(
+                guide, plate, global_values, draws, seed
+            )
         build = functools.partial(
             draws_dataset,
             guide,
@@ -220,6 +265,7 @@ def sample_dataset(
             labels=unit_labels(guide.model, plate, guide.unit_source),
             empty=empty,
             prior=prior,
+            conditional=conditional,
         )
         parts.append(ChunkedPart(unit_dim(plate), plate.size, build))
     return assemble_chunks(
@@ -284,18 +330,27 @@ def draws_dataset(
     labels: np.ndarray | None,
     empty: np.ndarray,
     prior: Mapping[str, np.ndarray],
+    conditional: Mapping[str, np.ndarray] | None = None,
 ) -> xr.Dataset:
     """Draws of the fitted units ``start:stop`` of ``plate`` (coords ``labels``) on their own
     scale (see :func:`sample_dataset`); ``empty`` are the plate's units without rows and
-    ``prior`` their constrained prior draws ``(draws, empty.size, ...)``."""
+    ``prior`` their constrained prior draws ``(draws, empty.size, ...)``; a conditional plate's
+    from q(z_n | θ_s, ...) given the draws ``conditional`` of everything else
+    (:func:`conditional_unit_draws`)."""
     dim = unit_dim(plate)
     coords = {"chain": [0], "draw": np.arange(draws)}
     if labels is not None:
         coords[dim] = labels[start:stop]
     inside = (empty >= start) & (empty < stop)
     data_vars = {}
+    drawn = None
+    if conditional is not None:
+        drawn = conditional_unit_draws(guide, plate, start, stop, draws, seed, conditional)
     for latent in plate.latents:
-        value, _, _ = unit_draws(guide, latent, start, stop, draws, seed)
+        if drawn is not None:
+            value = drawn[latent.value_name]
+        else:
+            value, _, _ = unit_draws(guide, latent, start, stop, draws, seed)
         own = guide.transforms.to_constrained(latent, value)
         if inside.any():
             own[:, empty[inside] - start] = prior[latent.name][:, inside]
@@ -303,3 +358,60 @@ def draws_dataset(
         data_vars[latent.name] = (["chain", "draw", dim, *dims], own[None])
         coords |= dim_coords
     return xr.Dataset(data_vars, coords=coords)
+
+
+def conditional_unit_draws(
+    guide: AmortizedGuide,
+    plate: Plate,
+    start: int,
+    stop: int,
+    draws: int,
+    seed: np.random.SeedSequence,
+    values: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Value-space draws ``(draws, stop - start, *event_shape)`` of a conditional plate's fitted
+    units ``start:stop`` from q(z_n | θ_s, ...) given the draws ``values`` of the globals and the
+    other plates' locals, by value name; the same whatever chunk asks (the noise of the plate's
+    stacked locals is :func:`~pymc_amortize.posterior.chunks.unit_noise` of the stream of its first
+    latent)."""
+    conditional = plate_conditional(guide, plate)
+    stream = guide.analysis.latent_names.index(plate.latents[0].name)
+    noise = unit_noise(seed, stream, draws, start, stop, (conditional.size,))
+    starts = [
+        guide.encode_units(lat.name, start, stop)[0].reshape(stop - start, -1)
+        for lat in plate.latents
+    ]
+    drawn, _, _ = conditional(fitted_unit_data(guide, plate, start, stop), starts, values, noise)
+    return drawn
+
+
+def conditioning_draws(
+    guide: AmortizedGuide,
+    plate: Plate,
+    global_values: Mapping[str, np.ndarray],
+    draws: int,
+    seed: np.random.SeedSequence,
+) -> dict[str, np.ndarray]:
+    """The other plates' draws (S, N, ...) that a conditional plate's units are drawn given in
+    :func:`sample_dataset`: those the dataset reports for them (an encoder plate's
+    :func:`unit_draws`, a conditional plate drawn before ``plate`` in the fit's order its
+    :func:`conditional_unit_draws`), a conditional plate drawn after it at its encoder mean, as
+    in the training step. Each holds S × N of its latents for a moment."""
+    order = [p.name for p in guide.analysis.plates]
+    out: dict[str, np.ndarray] = {}
+    for other in guide.analysis.plates:
+        if other.name == plate.name or not other.latents:
+            continue
+        if other.name not in guide.conditional_plates:
+            for latent in other.latents:
+                out[latent.value_name] = unit_draws(guide, latent, 0, other.size, draws, seed)[0]
+        elif order.index(other.name) < order.index(plate.name):
+            given = dict(global_values) | conditioning_draws(
+                guide, other, global_values, draws, seed
+            )
+            out |= conditional_unit_draws(guide, other, 0, other.size, draws, seed, given)
+        else:
+            for latent in other.latents:
+                mean = guide.encode_units(latent.name, 0, other.size)[0]
+                out[latent.value_name] = np.broadcast_to(mean, (draws, *mean.shape))
+    return out

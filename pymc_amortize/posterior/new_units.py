@@ -26,6 +26,13 @@ from pymc_amortize.guide.inputs import check_width, checked_matrix, stack_inputs
 from pymc_amortize.guide.state import AmortizedGuide
 from pymc_amortize.model.forward import forward_draws, posterior_dataset, resized_model
 from pymc_amortize.model.types import DataInput, LocalLatent, Plate
+from pymc_amortize.posterior.conditional_units import (
+    UnitData,
+    mixture_moments,
+    other_plate_values,
+    plate_conditional,
+    split_entries,
+)
 from pymc_amortize.posterior.local import (
     QUANTILE_LEVELS,
     LocalPosterior,
@@ -46,12 +53,15 @@ __all__ = [
     "NewUnits",
     "check_new_observations",
     "check_new_outputs",
+    "conditional_new_draws",
+    "conditional_new_moments",
     "data_under",
     "encode_new",
     "encode_new_units",
     "fitted_output_range",
     "fmt_value",
     "new_inputs",
+    "new_unit_data",
     "predict",
     "resized_for",
     "sample_new_units",
@@ -356,9 +366,17 @@ def encode_new(
             shape = (request.labels.size, *latent.event_shape)
             out[latent.name] = (mean.reshape(shape), sd.reshape(shape))
     if warned:
+        conditional = sorted(set(requests) & guide.conditional_plates)
+        start_only = (
+            f" (for plate(s) {', '.join(conditional)} of the conditional family only the start "
+            "of the Newton steps on the units' own log density, which is exact for Gaussian-"
+            "linear units from any start)"
+            if conditional
+            else ""
+        )
         warnings.warn(
             f"{len(warned)} new unit(s) have encoder inputs outside what the encoder saw in "
-            "training, so their q(z) is an extrapolation: "
+            f"training, so their q(z) is an extrapolation{start_only}: "
             + "; ".join(warned)
             + ". Pass check_range=False to silence this warning.",
             OutOfTrainingRangeWarning,
@@ -524,6 +542,149 @@ def resized_for(guide: AmortizedGuide, plate: Plate, request: NewUnits, new_data
     )
 
 
+def _conditional_requests(guide: AmortizedGuide, requests: Mapping[str, NewUnits]) -> bool:
+    """Whether the call gives new units of a conditional plate; refuses new units of several
+    plates then (their rows' log density would need the other plate's new units' draws)."""
+    conditional = [name for name in requests if name in guide.conditional_plates]
+    if conditional and len(requests) > 1:
+        raise AmortizationError(
+            f"This call gives new units of plates {sorted(requests)}; with the conditional "
+            f"family of plate(s) {', '.join(sorted(conditional))}, give new units of one plate "
+            "at a time (units={plate: ...}, whose rows may name the other plates' fitted units)."
+        )
+    return bool(conditional)
+
+
+def new_unit_data(
+    guide: AmortizedGuide, plate: Plate, new_data, request: NewUnits, keep: np.ndarray
+) -> UnitData:
+    """The data of the new units ``keep`` (a bool mask over the request's units, every row's
+    unit among them) that the plate's log density reads: every array a minibatch of the plate
+    slices (``plate.batched_units`` and ``batched_rows``, the observations included)."""
+    if not isinstance(new_data, Mapping):
+        raise AmortizationError(
+            f"The conditional family's q(z | θ, x) of new units of plate '{plate.name}' runs on "
+            "their log density; pass their data as {data name: array}."
+        )
+    n_units = request.labels.size
+    n_rows = n_units if request.unit_of_row is None else request.unit_of_row.size
+    missing, units, rows = [], {}, {}
+    for group, length, out in (
+        (plate.batched_units, n_units, units),
+        (plate.batched_rows, n_rows, rows),
+    ):
+        for item in group:
+            if item.key not in new_data:
+                missing.append(item)
+                continue
+            value = np.asarray(new_data[item.key])
+            if value.ndim == 0 or value.shape[0] != length:
+                what = "unit" if group is plate.batched_units else "row"
+                raise AmortizationError(
+                    f"new_data['{item.key}'] must have one entry per new {what} ({length}); got "
+                    f"shape {value.shape}."
+                )
+            value = value.astype(item.node.dtype, copy=False)
+            out[item.key] = value[keep] if group is plate.batched_units else value
+    if missing:
+        names = ", ".join(
+            f"'{item.key}'" + (f" ({item.source})" if item.source else "") for item in missing
+        )
+        raise AmortizationError(
+            f"The conditional family draws the new units of plate '{plate.name}' from their own "
+            f"log density, which reads {names}: pass {'it' if len(missing) == 1 else 'them'} in "
+            "new_data, one entry per new row (or unit)."
+        )
+    for other in guide.analysis.plates:
+        # A crossed model's rows name fitted units of the other grouping.
+        if other.index is None or other.name == plate.name or other.index.key not in rows:
+            continue
+        ids = rows[other.index.key]
+        if ids.size and (ids.min() < 0 or ids.max() >= other.size):
+            raise AmortizationError(
+                f"new_data['{other.index.key}'] names units of plate '{other.name}' outside its "
+                f"{other.size} fitted units (0..{other.size - 1})."
+            )
+    unit_of_row = None
+    if request.unit_of_row is not None:
+        position = np.cumsum(keep) - 1
+        unit_of_row = position[request.unit_of_row]
+    return UnitData(units, rows, unit_of_row, int(keep.sum()))
+
+
+def _conditional_inputs(
+    guide: AmortizedGuide,
+    plate: Plate,
+    request: NewUnits,
+    new_data,
+    encoded: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, UnitData, list[np.ndarray]]:
+    """The new units with rows, their data, and the encoder's means there (the start)."""
+    keep = ~request.prior_only
+    data = new_unit_data(guide, plate, new_data, request, keep)
+    starts = [encoded[lat.name][0].reshape(request.labels.size, -1)[keep] for lat in plate.latents]
+    return keep, data, starts
+
+
+def conditional_new_moments(
+    guide: AmortizedGuide,
+    plate: Plate,
+    request: NewUnits,
+    new_data,
+    encoded: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    global_values: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Value-space mean and sd ``(M, *event_shape)`` of the marginal q(z_n) = ∫ q(z_n | θ, x_n)
+    q(θ) dθ of the new units of a conditional plate, over the draws ``global_values`` of q(θ)
+    (see :func:`~pymc_amortize.posterior.conditional_units.mixture_moments`); NaN for zero-row
+    units, as :func:`encode_new` gives them."""
+    keep, data, starts = _conditional_inputs(guide, plate, request, new_data, encoded)
+    n = request.labels.size
+    out = {}
+    for latent in plate.latents:
+        nan = np.full((n, *latent.event_shape), np.nan)
+        out[latent.name] = (nan, nan.copy())
+    if not keep.any():
+        return out
+    values = dict(global_values) | other_plate_values(guide, plate, global_values, rng)
+    mean, sd = mixture_moments(plate_conditional(guide, plate), data, starts, values)
+    for name, value in split_entries(plate, mean).items():
+        out[name][0][keep] = value
+    for name, value in split_entries(plate, sd).items():
+        out[name][1][keep] = value
+    return out
+
+
+def conditional_new_draws(
+    guide: AmortizedGuide,
+    plate: Plate,
+    request: NewUnits,
+    new_data,
+    encoded: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    global_values: Mapping[str, np.ndarray],
+    other_values: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Value-space draws ``(S, M, *event_shape)`` of the new units of a conditional plate from
+    q(z_n | θ_s, x_n), one per draw θ_s of ``global_values`` (and of the other plates' locals
+    ``other_values``); zeros for zero-row units, whose prior the caller fills in."""
+    keep, data, starts = _conditional_inputs(guide, plate, request, new_data, encoded)
+    draws = len(next(iter(global_values.values()))) if global_values else 1
+    out = {
+        lat.value_name: np.zeros((draws, request.labels.size, *lat.event_shape))
+        for lat in plate.latents
+    }
+    if not keep.any():
+        return out
+    conditional = plate_conditional(guide, plate)
+    noise = rng.standard_normal((draws, data.n_units, conditional.size))
+    drawn, _, _ = conditional(data, starts, dict(global_values) | dict(other_values), noise)
+    for name, value in drawn.items():
+        out[name][:, keep] = value
+    return out
+
+
 def encode_new_units(
     guide: AmortizedGuide,
     new_data: Mapping[str, np.ndarray] | np.ndarray | None,
@@ -537,7 +698,6 @@ def encode_new_units(
 ) -> dict[str, LocalPosterior]:
     """:meth:`~pymc_amortize.AmortizedApproximation.encode` of new units."""
     out = {}
-    guide.require_encoder_family("encode() of new units")
     encoded, requests = encode_new(guide, new_data, units, check_range)
     if not encoded:
         keys = sorted({k for lat in guide.analysis.latents for k in lat.input_names})
@@ -546,14 +706,22 @@ def encode_new_units(
             f"{sorted(new_data) if isinstance(new_data, Mapping) else type(new_data).__name__}."
         )
     rng = np.random.default_rng(random_seed)
+    shared = None
+    if _conditional_requests(guide, requests):
+        # One set of draws of q(θ) for the mixture over θ and the zero-row units' prior.
+        shared = guide.draw_globals(prior_draws, rng)
     for plate in guide.analysis.plates:
         request = requests.get(plate.name)
         if request is None:
             continue
+        if plate.name in guide.conditional_plates:
+            encoded |= conditional_new_moments(
+                guide, plate, request, new_data, encoded, shared, rng
+            )
         prior = {}
         if request.prior_only.any():
             clone = resized_for(guide, plate, request, new_data)
-            global_values = guide.draw_globals(prior_draws, rng)
+            global_values = shared if shared is not None else guide.draw_globals(prior_draws, rng)
             prior = zero_row_prior(
                 guide, plate, request.prior_only, global_values, rng, model=clone
             )
@@ -588,7 +756,6 @@ def sample_new_units(
     check_range: bool = True,
 ) -> xr.DataTree:
     """:meth:`~pymc_amortize.AmortizedApproximation.sample_new_units`."""
-    guide.require_encoder_family("sample_new_units()")
     rng = np.random.default_rng(random_seed)
     encoded, requests = encode_new(guide, new_data, units, check_range)
     if not encoded:
@@ -598,13 +765,23 @@ def sample_new_units(
         )
     global_values = guide.draw_globals(draws, rng)
     local_values: dict[str, np.ndarray] = {}
+    other_values = None
     for plate in guide.analysis.plates:
         request = requests.get(plate.name)
         if request is None:
             continue
-        plate_latents = [lat for lat in plate.latents if lat.name in encoded]
-        q = {lat.name: LocalPosterior(*encoded[lat.name]) for lat in plate_latents}
-        local_values |= draw_locals(guide, draws, rng, q)
+        if plate.name in guide.conditional_plates:
+            # (θ, z_new) jointly: the new units' draws given each draw θ_s, and the other
+            # plates' draws they were conditioned on, which the predictions then read.
+            _conditional_requests(guide, requests)
+            other_values = other_plate_values(guide, plate, global_values, rng)
+            local_values |= conditional_new_draws(
+                guide, plate, request, new_data, encoded, global_values, other_values, rng
+            )
+        else:
+            plate_latents = [lat for lat in plate.latents if lat.name in encoded]
+            q = {lat.name: LocalPosterior(*encoded[lat.name]) for lat in plate_latents}
+            local_values |= draw_locals(guide, draws, rng, q)
         if request.prior_only.any():
             clone = resized_for(guide, plate, request, new_data)
             empty = request.prior_only
@@ -612,7 +789,15 @@ def sample_new_units(
             fill_prior(guide, plate, local_values, prior, empty)
     if predictions:
         return predict(
-            guide, requests, new_data, prediction_data, global_values, local_values, draws, rng
+            guide,
+            requests,
+            new_data,
+            prediction_data,
+            global_values,
+            local_values,
+            draws,
+            rng,
+            other_values=other_values,
         )
     posterior, dims = {}, {}
     for latent in guide.analysis.latents:
@@ -633,9 +818,13 @@ def predict(
     local_values: Mapping[str, np.ndarray],
     draws: int,
     rng: np.random.Generator,
+    *,
+    other_values: Mapping[str, np.ndarray] | None = None,
 ) -> xr.DataTree:
     """Draws of the observed variables of the new units' rows (``sample_new_units(...,
-    predictions=True)``), on a copy of the model resized to the new units and rows."""
+    predictions=True)``), on a copy of the model resized to the new units and rows; the other
+    plates' locals are ``other_values`` (those the new units' draws were conditioned on), else
+    drawn from their encoders."""
     if len(requests) != 1:
         raise AmortizationError(
             f"predictions=True predicts the new units of one plate; this call gives new units "
@@ -698,7 +887,11 @@ def predict(
         what=f"'{plate.latents[0].name}'",
     )
     values = dict(global_values) | dict(local_values)
-    values |= fitted_other_locals(guide, plate, draws, rng)
+    values |= (
+        dict(other_values)
+        if other_values is not None
+        else fitted_other_locals(guide, plate, draws, rng)
+    )
     for latent in plate.latents:  # latents of the plate left mean-field by the analysis
         if latent.value_name not in values:
             raise AmortizationError(f"No draws of '{latent.name}' for the new units.")
