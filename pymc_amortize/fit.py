@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import pymc as pm
 import xarray as xr
 
 from pymc_amortize.diagnostics import semi_amortize
-from pymc_amortize.errors import AmortizationError
+from pymc_amortize.errors import AmortizationError, DivergenceWarning
 from pymc_amortize.fitting.vi import DEFAULT_MAX_STEPS, AmortizedVI
 from pymc_amortize.guide.encoders import Encoder
 from pymc_amortize.model.types import EncoderInputSpec
@@ -56,7 +57,7 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
     if semi_amortize_steps is not None:
         # Every unit gets its own parameters next: the check for a gap they would close is moot.
         fit_options.setdefault("gap_check", False)
-    approx = AmortizedVI(**constructor).fit(n, **fit_options)
+    approx = _fit(constructor, n, fit_options)
     if semi_amortize_steps is None:
         return approx
     return semi_amortize(
@@ -65,6 +66,41 @@ def fit_from_pm_fit(arguments: dict[str, Any]) -> AmortizedApproximation:
         random_seed=constructor.get("random_seed"),
         progressbar=fit_options.get("progressbar", True),
     )
+
+
+def _fit(
+    constructor: dict[str, Any], n: int, fit_options: dict[str, Any]
+) -> AmortizedApproximation:
+    """``AmortizedVI(**constructor).fit(n, **fit_options)``, with the default family's fallback.
+
+    With no ``family=`` given, plates the analysis amortizes get the conditional family, whose
+    Newton steps need a log density that is not far from concave in each unit's latents. Where
+    they fail on a model (the fit diverges: a curvature near zero or negative, as in the paper's
+    nonlinear model x_n ~ N(θ + z_n(1 + sin z_n), cos² z_n)), the default must still give an
+    answer: the encoder family is fitted instead, and a warning says why. A family the user
+    names is kept, diverged or not (the DivergenceWarning says what to do).
+    """
+    inference = AmortizedVI(**constructor)
+    if "family" in constructor or not inference.approx.conditional_plates:
+        return inference.fit(n, **fit_options)
+    with warnings.catch_warnings():
+        # Replaced by the fallback's own warning below; every other warning passes.
+        warnings.simplefilter("ignore", DivergenceWarning)
+        approx = inference.fit(n, **fit_options)
+    divergence = approx.divergence
+    if divergence is None:
+        return approx
+    params = ", ".join(divergence.nonfinite_params) or "the loss alone"
+    warnings.warn(
+        f"The conditional family (the default) diverged at step {divergence.step} on this model "
+        f"(non-finite: {params}): its Newton steps need a log density close to concave in each "
+        f"unit's latents (plates {', '.join(sorted(approx.conditional_plates))}). Fitted the "
+        "encoder family q(z_n; f(x_n)) instead. Pass family='encoder' to skip the attempt, or "
+        "family='conditional' to keep the conditional fit.",
+        DivergenceWarning,
+        stacklevel=4,
+    )
+    return AmortizedVI(**constructor, family="encoder").fit(n, **fit_options)
 
 
 def fit_amortized(
@@ -150,21 +186,19 @@ def fit_amortized(
         raise TypeError(f"fit_amortized got unknown option(s) {sorted(unknown)}.")
     if not isinstance(draws, int | np.integer) or draws <= 0:
         raise AmortizationError(f"draws must be a positive integer; got {draws!r}.")
-    inference = AmortizedVI(
-        local,
-        model=model,
-        encoder=encoder,
-        encoder_widths=encoder_widths,
-        activation=activation,
-        batch_size=batch_size,
-        random_seed=random_seed,
-        **constructor,
-    )
-    approx = inference.fit(
-        n,
-        progressbar=progressbar,
-        obj_n_mc=obj_n_mc,
-        obj_optimizer=obj_optimizer,
-        **fit_options,
-    )
+    constructor |= {
+        "local": local,
+        "model": model,
+        "encoder": encoder,
+        "encoder_widths": encoder_widths,
+        "activation": activation,
+        "batch_size": batch_size,
+        "random_seed": random_seed,
+    }
+    fit_options |= {
+        "progressbar": progressbar,
+        "obj_n_mc": obj_n_mc,
+        "obj_optimizer": obj_optimizer,
+    }
+    approx = _fit(constructor, n, fit_options)
     return approx.sample(draws, random_seed=random_seed)

@@ -187,7 +187,7 @@ def _fullrank_q(approx, truth):
 @pytest.fixture(scope="module")
 def fullrank_fit():
     model = _grouped([30, 1, 2, 5, 1, 8, 12], slope=True, seed=2)
-    inference = AmortizedVI(model=model, global_family="fullrank", random_seed=1)
+    inference = AmortizedVI(family="encoder", model=model, global_family="fullrank", random_seed=1)
     approx = inference.approx
     # q(θ) near the exact marginal posterior of (θ, β), whose correlation is strong (x is off
     # centre): the product of its marginals drops it.
