@@ -43,6 +43,7 @@ import pytensor.tensor as pt
 from pymc.pytensorf import compile as compile_pymc
 from pytensor.compile.mode import Mode
 from pytensor.gradient import zero_grad
+from pytensor.graph.replace import graph_replace
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.link.vm import VMLinker
 from pytensor.tensor.variable import TensorVariable
@@ -190,19 +191,47 @@ class ConditionalGaussian:
         precision = -0.5 * (hessian + pt.swapaxes(hessian, -1, -2))
         return grad, precision
 
+    def _derivatives(
+        self, log_joint: Callable[..., TensorVariable], scale, shape: tuple
+    ) -> Callable[..., tuple[TensorVariable, TensorVariable]]:
+        """``(z, copies=1) ->`` :meth:`_gradient_and_precision` at ``z``, its graph built once
+        per ``copies`` on a placeholder and the placeholder replaced by each step's ``z``.
+
+        Built afresh at every step, the log joint was vectorised and differentiated 5 times,
+        each vectorisation inferring static shapes through all the earlier steps' graphs (on
+        real radon the sampler's graph took 3.5 CPU s to build, 0.4–0.6 s so); ``z``'s shape is
+        given from the noise's for the same reason. The steps share the subgraphs that depend
+        on θ alone.
+        """
+        templates: dict[int, tuple[TensorVariable, TensorVariable, TensorVariable]] = {}
+
+        def at(z: TensorVariable, copies: int = 1) -> tuple[TensorVariable, TensorVariable]:
+            # The shape from the noise's (S, B, d), not from the earlier steps' graphs.
+            s, b, d = shape
+            z = pt.specify_shape(z, (s * copies if copies > 1 else s, b, d))
+            if copies not in templates:
+                placeholder = z.type("z")
+                templates[copies] = (
+                    placeholder,
+                    *self._gradient_and_precision(log_joint, placeholder, scale, copies),
+                )
+            placeholder, grad, precision = templates[copies]
+            return tuple(graph_replace([grad, precision], {placeholder: z}))
+
+        return at
+
     def _expected(
         self,
-        log_joint: Callable[..., TensorVariable],
+        derivatives: Callable[..., tuple[TensorVariable, TensorVariable]],
         mean: TensorVariable,
         chol: TensorVariable | None,
-        scale,
         d: int,
     ) -> tuple[TensorVariable, TensorVariable]:
         """E ∇ log p (S, B, d) and −E ∇² log p (S, B, d, d) under N(mean, (chol cholᵀ)⁻¹) by
         quadrature (at the mean alone when ``chol`` is None): all K points in one pass, the
-        draws of the globals tiled K times (``log_joint`` takes (K·S, B, d))."""
+        draws of the globals tiled K times (``derivatives`` of :meth:`_derivatives`)."""
         if chol is None:
-            return self._gradient_and_precision(log_joint, mean, scale)
+            return derivatives(mean)
         nodes, weights = self.nodes(d)
         k = nodes.shape[0]
         nodes = pt.as_tensor(nodes)  # (K, d)
@@ -219,7 +248,7 @@ class ConditionalGaussian:
             offsets = pt.linalg.solve_triangular(lt, eps, lower=False)[..., 0]
         points = mean[None] + offsets  # (K, S, B, d)
         flat = points.reshape((k * mean.shape[0], mean.shape[1], d))
-        grad, precision = self._gradient_and_precision(log_joint, flat, scale, copies=k)
+        grad, precision = derivatives(flat, copies=k)
         w = pt.as_tensor(weights)
         grad = pt.tensordot(w, grad.reshape((k, mean.shape[0], mean.shape[1], d)), axes=1)
         precision = pt.tensordot(
@@ -293,18 +322,19 @@ class ConditionalGaussian:
         # evaluated, never differentiated. First the Laplace steps toward the mode (damped, so
         # that a start far from it cannot overshoot), then, with quadrature, the variational
         # steps from the Laplace solution.
+        derivatives = self._derivatives(log_joint, scale, (eps.shape[0], eps.shape[1], d))
         z = zero_grad(start)
         chol = None
         variational = self.quadrature > 1
         for _ in range(self.newton_steps - 1):
-            grad, precision = self._gradient_and_precision(log_joint, z, scale)
+            grad, precision = derivatives(z)
             z = zero_grad(z + self._solve(self._damped(precision, grad), grad))
             chol = zero_grad(self._cholesky(self._safe(precision)))
         if variational and chol is None:
-            _, precision = self._gradient_and_precision(log_joint, z, scale)
+            _, precision = derivatives(z)
             chol = zero_grad(self._cholesky(self._safe(precision)))
         for _ in range(self.variational_steps if variational else 0):
-            grad, precision = self._expected(log_joint, z, chol, scale, d)
+            grad, precision = self._expected(derivatives, z, chol, d)
             precision = self._safe(precision)
             z = zero_grad(z + self._solve(precision, grad))
             chol = zero_grad(self._cholesky(precision))
@@ -318,7 +348,7 @@ class ConditionalGaussian:
         # stationary point of the unit's ELBO given θ, so that the paths through m and Λ add
         # nothing to the expected gradient there (Laplace: the mode's derivative, as before).
         # One graph of third derivatives, shared by the step and the precision.
-        grad, precision = self._expected(log_joint, z, chol if variational else None, scale, d)
+        grad, precision = self._expected(derivatives, z, chol if variational else None, d)
         precision = self._safe(precision)
         chol = self._cholesky(precision)
         mean = z + self._solve(precision, grad)
