@@ -158,9 +158,9 @@ DIFFERENCES = [
     "**Saw.** The data are simulated from the model as written (θ from its prior); the authors' "
     "code fixed θ = 3.4159, simulated x_n = α(θ + x_{n−1}) + ε (never using the drawn z_n), "
     "had no p(θ) term, and measured steps to 1 % against F-VI's loss at step 19,500. So the "
-    "losses are on other data: our i = 1 gap is 501–508 nats at every width and seed (paper "
+    "losses are on other data: our i = 1 gap is 499–508 nats at every width and seed (paper "
     "885–893 − 553 ≈ 336), i = 2 closes it for every width and seed to within 2.1 nats "
-    "(medians −0.06; paper: k ≥ 4 closes, k = 2 closes in 6/10 seeds and sticks at Const in "
+    "(medians −0.05 to −0.06 for k ≥ 4; paper: k ≥ 4 closes, k = 2 closes in 6/10 seeds and sticks at Const in "
     "4, which none of our seeds did). Our steps to 1 % are far fewer than the paper's 17,595 "
     "for F-VI because our band is wider (constants kept).",
     "**HMM.** The paper reports no numbers; its appendix's matrix (3 on the diagonal, −2 off "
