@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,15 @@ def test_notebook_has_no_outputs_and_a_title(path):
     first = notebook["cells"][0]
     # The docs use the first heading as the page title.
     assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# ")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_code_compiles_without_warnings(path):
+    # A generated cell once held `if ('gap_to_optimum',) is None:`, a SyntaxWarning at run time.
+    notebook = json.loads(path.read_text())
+    for i, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            compile("".join(cell["source"]), f"{path.name}, cell {i}", "exec")

@@ -724,7 +724,10 @@ def run_info(experiment: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, An
             pass
         return platform.processor() or platform.machine()
 
-    fits = sum((r.get("compile_s") or 0.0) + (r.get("wall_s") or 0.0) for r in rows)
+    def seconds(value) -> float:  # a fit that diverged at its first step has no clock
+        return value if value is not None and math.isfinite(value) else 0.0
+
+    fits = sum(seconds(r.get("compile_s")) + seconds(r.get("wall_s")) for r in rows)
     return {
         "command": " ".join(["python -m", f"benchmarks.paper.{experiment}", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -52,17 +52,21 @@ if committed.exists():
     print("settings:", {{k: v for k, v in full["settings"].items() if k != "quick"}})
     if "run" in full:
         print("command:", full["run"]["command"])
-    if {extra} is None:
-        from benchmarks.paper.scaling import scaling_table
-
-        display(Markdown(scaling_table(full)))
-    else:
-        from benchmarks.paper.report import CONDITIONAL_EXTRA, present_metrics
-
-        shown = tuple({extra}) + present_metrics(full, CONDITIONAL_EXTRA)
-        display(Markdown(common.markdown_table(full, extra=shown)))
+{show}
 else:
     print("No full-settings results committed yet.")"""
+
+# The body of COMMITTED's `if`, one per kind of study (chosen here, not by a test in the cell).
+COMMITTED_SCALING = """\
+    from benchmarks.paper.scaling import scaling_table
+
+    display(Markdown(scaling_table(full)))"""
+
+COMMITTED_TABLE = """\
+    from benchmarks.paper.report import CONDITIONAL_EXTRA, present_metrics
+
+    shown = {extra} + present_metrics(full, CONDITIONAL_EXTRA)
+    display(Markdown(common.markdown_table(full, extra=shown)))"""
 
 
 EXPERIMENTS = {
@@ -225,6 +229,10 @@ EXPERIMENTS = {
 
 
 def notebook(name: str, spec: dict) -> nbformat.NotebookNode:
+    if spec["extra"] is None:
+        committed_show = COMMITTED_SCALING
+    else:
+        committed_show = COMMITTED_TABLE.format(extra=repr(tuple(spec["extra"])))
     cells = [
         new_markdown_cell(
             f"# {spec['title']}\n\nMargossian & Blei, *Amortized Variational Inference: When "
@@ -274,8 +282,12 @@ def notebook(name: str, spec: dict) -> nbformat.NotebookNode:
             "and rendered with the machine and wall time in `docs/paper_results.md`. This cell "
             "only reads the file."
         ),
-        new_code_cell(COMMITTED.format(name=name, extra=repr(spec["extra"]))),
+        new_code_cell(COMMITTED.format(name=name, show=committed_show)),
     ]
+    for i, cell in enumerate(cells):
+        cell.id = (
+            f"{name}-{i:02d}"  # stable ids: regenerating an unchanged notebook changes nothing
+        )
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {
         "name": "python3",

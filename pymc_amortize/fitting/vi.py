@@ -37,7 +37,8 @@ from pymc_amortize.guide.conditional import ConditionalGaussian, resolve_family
 from pymc_amortize.guide.encoders import Encoder
 from pymc_amortize.guide.globals import GLOBAL_FAMILIES
 from pymc_amortize.guide.state import AmortizedGuide
-from pymc_amortize.model.analysis import analyze_model
+from pymc_amortize.model.analysis import analyze_model, factorized_terms, strip_sums
+from pymc_amortize.model.dataflow import unit_flow
 from pymc_amortize.model.types import EncoderInputSpec, ModelAnalysis, Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 from pymc_amortize.posterior.record import FitRecord
@@ -133,33 +134,66 @@ def _cap_message(stop: ELBOConvergence, n: int, run: int, *, total: int, refine:
 
 
 def _conditional_plates(
-    analysis: ModelAnalysis, family: ConditionalGaussian | None, batch_plate: Plate | None
+    model: pm.Model,
+    analysis: ModelAnalysis,
+    family: ConditionalGaussian | None,
+    batch_plate: Plate | None,
 ) -> tuple[list[str], list[str]]:
     """The plates that get the conditional family, and a summary line per plate.
 
     The family's Newton step needs a unit's terms to read no other unit's latents (a
-    block-diagonal Hessian): every latent of the plate must have the verdict *amortize*. Under a
-    minibatch only the batch plate is conditional: the other plates' rows would enter a unit's
-    Newton step only through the batch's rows.
+    block-diagonal Hessian given θ). The verdict *amortize* says so; *expand* does when it comes
+    from a unit's terms reading its neighbours' *data* (the saw series: x_{n−1} in z_n's prior),
+    which leaves the units' latents independent given θ, so each of the plate's latents is
+    checked for a term that reads another unit's latent (a chain's, an HMM's): such plates, and
+    those with any other verdict, keep the encoder. Under a minibatch only the batch plate is
+    conditional: the other plates' rows would enter a unit's Newton step only through the
+    batch's rows.
     """
     if family is None:
         return [], []
+    terms = None
     names, lines = [], []
     for plate in analysis.plates:
-        coupled = [lat.name for lat in plate.latents if lat.verdict != "amortize"]
-        if coupled:
-            why = f"the verdict on {', '.join(coupled)} is not amortize"
+        expand = [lat for lat in plate.latents if lat.verdict == "expand"]
+        if expand and terms is None:
+            terms = factorized_terms(model)
+        coupled = [lat.name for lat in plate.latents if lat.verdict not in ("amortize", "expand")]
+        chained = [lat.name for lat in expand if _reads_other_units(model, terms, lat.name)]
+        if coupled or chained:
+            why = "; ".join(
+                [f"the verdict on {', '.join(coupled)} is not amortize"] * bool(coupled)
+                + [f"a term reads other units' values of {', '.join(chained)}"] * bool(chained)
+            )
         elif batch_plate is not None and plate is not batch_plate:
             why = f"batch_size minibatches plate '{batch_plate.name}' only"
         else:
             names.append(plate.name)
+            also = (
+                f"; verdict expand on {', '.join(lat.name for lat in expand)}, but given θ no term "
+                "reads two units' latents, so its units are independent"
+                if expand
+                else ""
+            )
             lines.append(
                 f"local family, plate '{plate.name}': conditional q(z_n | θ, x_n), "
-                f"{family.newton_steps} Newton step(s) on the model's log density"
+                f"{family.newton_steps} Newton step(s) on the model's log density{also}"
             )
             continue
         lines.append(f"local family, plate '{plate.name}': encoder q(z_n; f(x_n)) ({why})")
     return names, lines
+
+
+def _reads_other_units(model: pm.Model, terms: Mapping, name: str) -> bool:
+    """Whether a log-density term reads latent ``name`` other than unit by unit or row by row
+    through one index array (a neighbour's value, all units at once): the Newton step's Hessian
+    would not be block diagonal."""
+    value = model.rvs_to_values[model[name]]
+    for term in terms.values():
+        state = unit_flow(strip_sums(term), value)
+        if state is not None and state != ("unit", 0) and not (state[0] == "row" and state[1] == 0):
+            return True
+    return False
 
 
 def _describe_optimizer(optimizer: Callable | None) -> str:
@@ -344,7 +378,7 @@ class AmortizedVI(Inference):
                 "gives a biased estimate of it. Use the ELBO with batch_size, or the full batch."
             )
         conditional_plates, family_lines = _conditional_plates(
-            analysis, local_family, batch_plate if batch_size is not None else None
+            model, analysis, local_family, batch_plate if batch_size is not None else None
         )
         if conditional_plates and source is not None:
             # The Newton steps read a unit's rows through the model's log density, and a streamed
