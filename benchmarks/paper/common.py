@@ -202,7 +202,8 @@ def fit_one(
     if method.kind == "amortized":
         # The paper's protocol: a fixed number of steps on the (cosine) schedule. pm.fit's
         # amortized default stops on convergence and then runs a gap check; neither belongs here.
-        options = {"convergence": False, "gap_check": False} | options
+        # The paper's family is the encoder's, not pm.fit's default (the conditional family).
+        options = {"convergence": False, "gap_check": False, "family": "encoder"} | options
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DivergenceWarning)
         try:

@@ -35,6 +35,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 # -- step builders ----------------------------------------------------------------------------
 def avi_inference(bench, *, batch_size=None, random_seed=0, **kwargs) -> AmortizedVI:
+    kwargs.setdefault("family", "encoder")  # the step these benchmarks measure
     with bench.model:
         return AmortizedVI(
             bench.local,

@@ -58,7 +58,7 @@ def _measure(model: str, n_groups: int, method: str) -> dict:
     builder = getattr(importlib.import_module(module), name)
     with builder(n_groups):
         started = time.perf_counter()
-        inference = AmortizedVI(batch_size=100, random_seed=0) if method == "A-VI" else pm.ADVI()
+        inference = AmortizedVI(family="encoder", batch_size=100, random_seed=0) if method == "A-VI" else pm.ADVI()
         setup = time.perf_counter() - started
         started = time.perf_counter()
         step = inference.objective.step_function(

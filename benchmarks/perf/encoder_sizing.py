@@ -126,7 +126,7 @@ def run(quick: bool) -> None:
                 with model:
                     started = time.perf_counter()
                     approx = pm.fit(
-                        n_steps,
+                        n_steps, family="encoder",
                         method="amortized",
                         encoder_widths=widths,
                         obj_optimizer=pm.adam(learning_rate=1e-2),

@@ -163,7 +163,12 @@ def against_memory(store_dir: Path, n_units: int, *, sort: bool = False) -> dict
     path = store_dir / "against.zarr"
     write_store(path, n_units, sort=sort)
     store = xr.open_zarr(path, consolidated=False)
-    options = {"local": {"z": "x"}, "encoder_widths": (16, 16), "batch_size": BATCH}
+    options = {
+        "local": {"z": "x"},
+        "encoder_widths": (16, 16),
+        "batch_size": BATCH,
+        "family": "encoder",
+    }
     whole_model = nonlinear_model(
         store["x"].values, variance_floor=models.NONLINEAR_FLOOR, coords=False
     )

@@ -56,7 +56,7 @@ def one_size(n_units: int, steps: int) -> dict:
 
     def fit(model, n_steps):
         return pm.fit(
-            n_steps,
+            n_steps, family="encoder",
             method="amortized",
             model=model,
             local={"z": "x"},
