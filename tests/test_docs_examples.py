@@ -29,9 +29,12 @@ def test_getting_started_page_runs_and_matches_closed_form():
     ns = run_python_blocks("getting_started.md")
     x, opt = ns["x"], linear_optimum(ns["x"])
     assert ns["idata"].posterior["z"].sizes["unit"] == x.size
-    # The encoder's q(z_n) for fitted and for new units is the closed-form optimum.
-    np.testing.assert_allclose(ns["q"].mean, opt.z_mean(x), atol=0.03)
-    np.testing.assert_allclose(ns["q"].sd, opt.z_sd, atol=0.03)
+    # q(z_n) for fitted and for new units is the closed-form optimum (the default conditional
+    # family's marginal over q(θ) has the same mean; encode() of the fitted units takes it from
+    # 4,000 draws, hence the Monte Carlo term).
+    mc = 4.5 * opt.z_sd / np.sqrt(4_000)
+    np.testing.assert_allclose(ns["q"].mean, opt.z_mean(x), atol=0.03 + mc)
+    np.testing.assert_allclose(ns["q"].sd, opt.z_sd, atol=0.03 + mc / np.sqrt(2))
     np.testing.assert_allclose(ns["q_new"].mean, opt.z_mean(np.array([0.3, 4.0])), atol=0.03)
     assert ns["new"].posterior["z"].shape == (1, 500, 2)
     # Predictions for new units: mean and sd of the replicated x against the closed form under q.
@@ -47,7 +50,8 @@ def test_index_page_example_runs_and_matches_closed_form():
     ns = run_python_blocks("index.md")
     x, opt = ns["x"], linear_optimum(ns["x"])
     q = ns["approx"].encode()["z"]
-    np.testing.assert_allclose(q.mean, opt.z_mean(x), atol=0.03)
-    np.testing.assert_allclose(q.sd, opt.z_sd, atol=0.03)
+    mc = 4.5 * opt.z_sd / np.sqrt(4_000)  # encode()'s draws, as above
+    np.testing.assert_allclose(q.mean, opt.z_mean(x), atol=0.03 + mc)
+    np.testing.assert_allclose(q.sd, opt.z_sd, atol=0.03 + mc / np.sqrt(2))
     theta = ns["idata"].posterior["theta"]
     assert abs(float(theta.mean()) - opt.theta_mean) < 4 * opt.theta_sd
