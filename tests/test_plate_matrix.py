@@ -484,6 +484,24 @@ def conditional_cells(feature):
     return params
 
 
+def _conditional_new_units(kind, approx, plate, k):
+    """``encode`` arguments for the first ``k`` units of ``plate`` as new units of the
+    conditional family: its Newton steps read the plate's log density, so with several plates
+    the rows also carry the other plates' indices (naming their fitted units), and ``units=``
+    says which plate's units are new."""
+    new_data = dict(kind.new_units(k)[plate.name])
+    if len(approx.analysis.plates) == 1:
+        return new_data, {}
+    model = approx.model
+    index = next(name for name in new_data if name in model.named_vars and "idx" in name)
+    keep = np.asarray(model[index].get_value()) < k
+    for var in model.data_vars:
+        values = np.asarray(var.get_value())
+        if var.name not in new_data and values.shape[:1] == keep.shape:
+            new_data[var.name] = values[keep]
+    return new_data, {"units": {plate.name: k}}
+
+
 def _mixture_z(a_mean, b_mean, sd, draws_a, draws_b):
     """|a − b| in standard errors of the difference of two Monte Carlo means of sd ``sd``."""
     return np.abs(a_mean - b_mean) / (sd * np.sqrt(1 / draws_a + 1 / draws_b))
@@ -564,19 +582,18 @@ def test_conditional_sample_new_units(cache, name):
     kind = cache.kind(name)
     model = approx.model
     fitted = approx.encode()
-    new = kind.new_units(NEW_UNITS)
     for plate in approx.analysis.plates:
-        new_data = new[plate.name]
+        new_data, units = _conditional_new_units(kind, approx, plate, NEW_UNITS)
         # The first k units' data as new units: the Newton steps on their own data give their
         # mixture moments, within the MC error of both (each over 4,000 draws of q(θ)).
-        encoded = approx.encode(new_data)
+        encoded = approx.encode(new_data, **units)
         for latent in plate.latents:
             q_new, q_fit = encoded[latent.name], fitted[latent.name]
             mean, sd = q_fit.mean[:NEW_UNITS], q_fit.sd[:NEW_UNITS]
             assert q_new.mean.shape == mean.shape
             assert _mixture_z(q_new.mean, mean, sd, ENCODE_DRAWS, ENCODE_DRAWS).max() < 5
             np.testing.assert_allclose(q_new.sd, sd, rtol=0.08)
-        idata = approx.sample_new_units(new_data, draws=DRAWS, random_seed=4)
+        idata = approx.sample_new_units(new_data, draws=DRAWS, random_seed=4, **units)
         for latent in plate.latents:
             draws = idata.posterior[latent.name]
             assert draws.dims[:3] == ("chain", "draw", "new_unit")
@@ -602,8 +619,8 @@ def test_conditional_save_load(cache, name, tmp_path):
             np.testing.assert_allclose(after[latent].mean, before[latent].mean, rtol=0, atol=1e-10)
             np.testing.assert_allclose(after[latent].sd, before[latent].sd, rtol=0, atol=1e-10)
     for plate in approx.analysis.plates:
-        new_data = kind.new_units(NEW_UNITS)[plate.name]
-        b, a = approx.encode(new_data), loaded.encode(new_data)
+        new_data, units = _conditional_new_units(kind, approx, plate, NEW_UNITS)
+        b, a = approx.encode(new_data, **units), loaded.encode(new_data, **units)
         for latent in plate.latent_names:
             np.testing.assert_allclose(a[latent].mean, b[latent].mean, rtol=0, atol=1e-10)
             np.testing.assert_allclose(a[latent].sd, b[latent].sd, rtol=0, atol=1e-10)
