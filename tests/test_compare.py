@@ -18,7 +18,11 @@ def test_compare_table_idata_and_plot():
         model,
         n={"amortized": 1500, "advi": 3000},
         options={
-            "amortized": {"encoder_widths": (), "obj_optimizer": pm.adam(learning_rate=1e-2)},
+            "amortized": {
+                "family": "encoder",
+                "encoder_widths": (),
+                "obj_optimizer": pm.adam(learning_rate=1e-2),
+            },
             "advi": {"obj_optimizer": pm.adam(learning_rate=1e-2)},
         },
         n_draws=300,
@@ -72,7 +76,11 @@ def test_compare_on_indexed_and_crossed_models(build, locals_):
         model,
         n=400,
         options={
-            "amortized": {"encoder_widths": (8,), "obj_optimizer": pm.adam(learning_rate=1e-2)},
+            "amortized": {
+                "family": "encoder",
+                "encoder_widths": (8,),
+                "obj_optimizer": pm.adam(learning_rate=1e-2),
+            },
             "advi": {"obj_optimizer": pm.adam(learning_rate=5e-2)},
         },
         n_draws=200,

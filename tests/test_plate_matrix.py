@@ -377,7 +377,15 @@ def test_compare(cache, name):
     result = pymc_amortize.compare(
         model,
         n=FIT_STEPS,
-        options={"amortized": {"encoder_widths": WIDTHS, **adam, **kind.fit_options}, "advi": adam},
+        options={
+            "amortized": {
+                "family": "encoder",
+                "encoder_widths": WIDTHS,
+                **adam,
+                **kind.fit_options,
+            },
+            "advi": adam,
+        },
         n_draws=100,
         draws=200,
         random_seed=0,
