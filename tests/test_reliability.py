@@ -421,7 +421,7 @@ def _random_model(setup):
         loc = z[..., None] if index is None else z[index]
         pm.Normal("y", loc, 1, observed=y, **shaped(y_dims, y.shape))
         if setup["discrete"]:
-            pm.Bernoulli("k", 0.5)
+            pm.Bernoulli("coin", 0.5)
     return model
 
 
