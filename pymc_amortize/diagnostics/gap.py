@@ -393,14 +393,50 @@ def amortization_gap(
     before, after = meanfield_of(approx), meanfield_of(semi.refined)
     evaluator = MeanFieldELBO(approx.model, n_draws=n_draws, random_seed=int(seeds[1]))
     refined_draws, amortized_draws = evaluator.per_draw(after), evaluator.per_draw(before)
-    diff = refined_draws - amortized_draws
-    per_plate, (rest_gain, rest_se) = _per_plate_gap(
+    plate_gaps = _per_plate_gap(
         approx, before, after, evaluator.draws(before), evaluator.draws(after)
     )
+    return _gap_result(
+        approx, semi, refined_draws, amortized_draws, plate_gaps, n, tolerance, paired=True
+    )
+
+
+def _gap_result(
+    approx: AmortizedApproximation,
+    semi: SemiAmortizedApproximation,
+    refined_draws: np.ndarray,
+    fit_draws: np.ndarray,
+    plate_gaps: tuple[dict[str, xr.Dataset], tuple[float, float]],
+    n: int,
+    tolerance: float,
+    *,
+    paired: bool,
+) -> AmortizationGap:
+    """The :class:`AmortizationGap` from the per-draw ELBOs, shape (draws,), of F-VI's refined q
+    and of the fit, and the per-plate gaps ``(per_plate, (rest_gain, rest_se))``.
+
+    ``paired``: both were scored on the same draws, and the gain's SE is that of the differences;
+    else they are independent, and the SEs add in quadrature.
+    """
+    per_plate, (rest_gain, rest_se) = plate_gaps
+    unpaired = {}
+    if paired:
+        diff = refined_draws - fit_draws
+        gain, gain_se = float(diff.mean()), standard_error(diff)
+    else:
+        refined_se, fit_se = standard_error(refined_draws), standard_error(fit_draws)
+        gain = float(refined_draws.mean() - fit_draws.mean())
+        gain_se = float(math.hypot(refined_se, fit_se))
+        unpaired = {
+            "paired": False,
+            "family": approx.guide.family_description(),
+            "elbo_amortized_se": fit_se,
+            "elbo_refined_se": refined_se,
+        }
     return AmortizationGap(
-        gain=float(diff.mean()),
-        standard_error=standard_error(diff),
-        elbo_amortized=float(amortized_draws.mean()),
+        gain=gain,
+        standard_error=gain_se,
+        elbo_amortized=float(fit_draws.mean()),
         elbo_refined=float(refined_draws.mean()),
         per_plate=per_plate,
         rest_gain=rest_gain,
@@ -408,6 +444,7 @@ def amortization_gap(
         steps=int(n),
         tolerance=float(tolerance),
         refined=semi,
+        **unpaired,
     )
 
 
@@ -454,25 +491,9 @@ def _joint_gap(
     after = meanfield_of(semi.refined)
     evaluator = MeanFieldELBO(approx.model, n_draws=n_draws, random_seed=int(seeds[1]))
     refined_draws, fit_draws = evaluator.per_draw(after), sample.log_weights
-    refined_se, fit_se = standard_error(refined_draws), standard_error(fit_draws)
-    per_plate, (rest_gain, rest_se) = _unpaired_plate_gap(
-        approx, before, after, sample, evaluator.draws(after)
-    )
-    return AmortizationGap(
-        gain=float(refined_draws.mean() - fit_draws.mean()),
-        standard_error=float(math.hypot(refined_se, fit_se)),
-        elbo_amortized=float(fit_draws.mean()),
-        elbo_refined=float(refined_draws.mean()),
-        per_plate=per_plate,
-        rest_gain=rest_gain,
-        rest_standard_error=rest_se,
-        steps=int(n),
-        tolerance=float(tolerance),
-        refined=semi,
-        paired=False,
-        family=approx.guide.family_description(),
-        elbo_amortized_se=fit_se,
-        elbo_refined_se=refined_se,
+    plate_gaps = _unpaired_plate_gap(approx, before, after, sample, evaluator.draws(after))
+    return _gap_result(
+        approx, semi, refined_draws, fit_draws, plate_gaps, n, tolerance, paired=False
     )
 
 

@@ -140,17 +140,7 @@ class _IterateAverage:
 
 
 def semi_amortize(
-    approx: AmortizedApproximation,
-    n: int = 2_000,
-    *,
-    learning_rate: float = 1e-2,
-    average_last: float = 0.5,
-    obj_optimizer: Callable | None = None,
-    obj_n_mc: int = 1,
-    callbacks: Sequence[Callable] | None = None,
-    random_seed: int | None = None,
-    progressbar: bool = True,
-    progressbar_theme=default_progress_theme,
+    approx: AmortizedApproximation, n: int = 2_000, **options
 ) -> SemiAmortizedApproximation:
     """Semi-amortized VI: per-unit F-VI (a mean and sd per unit) started at the encoder's output.
 
@@ -171,21 +161,10 @@ def semi_amortize(
         A fitted A-VI solution.
     n : int
         Refinement steps.
-    learning_rate : float
-        Initial rate of the default optimizer, Adam with a cosine decay to zero over ``n`` steps.
-    average_last : float
-        Fraction of the last steps whose parameters are averaged into the result (Polyak
-        averaging); 0 keeps the last iterate.
-    obj_optimizer : callable, optional
-        Any optimizer ``pm.fit`` takes; replaces the default.
-    obj_n_mc : int
-        Monte Carlo draws per step.
-    callbacks : sequence of callable, optional
-        PyMC callbacks, called as ``callback(approx, losses, i)``.
-    random_seed : int, optional
-        Seeds ADVI's draws.
-    progressbar : bool
-        Show PyMC's progress bar.
+    **options
+        ``learning_rate``, ``average_last``, ``obj_optimizer``, ``obj_n_mc``, ``callbacks``,
+        ``random_seed``, ``progressbar``, ``progressbar_theme``: as for :func:`fvi_from_fit`
+        (every option but its ``start``: the start here is the fit's own solution).
 
     Returns
     -------
@@ -223,18 +202,12 @@ def semi_amortize(
             "can be lower). pymc_amortize.amortization_gap(approx) runs it and reports both ELBOs; "
             "pymc_amortize.diagnostics.fvi_from_fit(approx) returns it."
         )
-    return fvi_from_fit(
-        approx,
-        n,
-        learning_rate=learning_rate,
-        average_last=average_last,
-        obj_optimizer=obj_optimizer,
-        obj_n_mc=obj_n_mc,
-        callbacks=callbacks,
-        random_seed=random_seed,
-        progressbar=progressbar,
-        progressbar_theme=progressbar_theme,
-    )
+    if "start" in options:
+        raise TypeError(
+            "semi_amortize() starts at the fit's own solution and takes no start=; "
+            "pymc_amortize.diagnostics.fvi_from_fit(approx, start=...) takes another start."
+        )
+    return fvi_from_fit(approx, n, **options)
 
 
 def fvi_from_fit(
@@ -268,8 +241,21 @@ def fvi_from_fit(
     start : dict of str to GaussianFactor, optional
         The start (value space, by value name); :func:`meanfield_of` ``(approx)``, the fit's
         marginals, when omitted.
-    learning_rate, average_last, obj_optimizer, obj_n_mc, callbacks, random_seed, progressbar
-        As for :func:`semi_amortize`.
+    learning_rate : float
+        Initial rate of the default optimizer, Adam with a cosine decay to zero over ``n`` steps.
+    average_last : float
+        Fraction of the last steps whose parameters are averaged into the result (Polyak
+        averaging); 0 keeps the last iterate.
+    obj_optimizer : callable, optional
+        Any optimizer ``pm.fit`` takes; replaces the default.
+    obj_n_mc : int
+        Monte Carlo draws per step.
+    callbacks : sequence of callable, optional
+        PyMC callbacks, called as ``callback(approx, losses, i)``.
+    random_seed : int, optional
+        Seeds ADVI's draws.
+    progressbar : bool
+        Show PyMC's progress bar.
 
     Returns
     -------

@@ -37,8 +37,7 @@ from pymc_amortize.guide.conditional import ConditionalGaussian, resolve_family
 from pymc_amortize.guide.encoders import Encoder
 from pymc_amortize.guide.globals import GLOBAL_FAMILIES
 from pymc_amortize.guide.state import AmortizedGuide
-from pymc_amortize.model.analysis import analyze_model, factorized_terms, strip_sums
-from pymc_amortize.model.dataflow import unit_flow
+from pymc_amortize.model.analysis import analyze_model, factorized_terms, reads_other_units
 from pymc_amortize.model.types import EncoderInputSpec, ModelAnalysis, Plate
 from pymc_amortize.posterior.approximation import AmortizedApproximation
 from pymc_amortize.posterior.record import FitRecord
@@ -159,7 +158,7 @@ def _conditional_plates(
         if expand and terms is None:
             terms = factorized_terms(model)
         coupled = [lat.name for lat in plate.latents if lat.verdict not in ("amortize", "expand")]
-        chained = [lat.name for lat in expand if _reads_other_units(model, terms, lat.name)]
+        chained = [lat.name for lat in expand if reads_other_units(model, terms, lat.name)]
         if coupled or chained:
             why = "; ".join(
                 [f"the verdict on {', '.join(coupled)} is not amortize"] * bool(coupled)
@@ -182,18 +181,6 @@ def _conditional_plates(
             continue
         lines.append(f"local family, plate '{plate.name}': encoder q(z_n; f(x_n)) ({why})")
     return names, lines
-
-
-def _reads_other_units(model: pm.Model, terms: Mapping, name: str) -> bool:
-    """Whether a log-density term reads latent ``name`` other than unit by unit or row by row
-    through one index array (a neighbour's value, all units at once): the Newton step's Hessian
-    would not be block diagonal."""
-    value = model.rvs_to_values[model[name]]
-    for term in terms.values():
-        state = unit_flow(strip_sums(term), value)
-        if state is not None and state != ("unit", 0) and not (state[0] == "row" and state[1] == 0):
-            return True
-    return False
 
 
 def _describe_optimizer(optimizer: Callable | None) -> str:

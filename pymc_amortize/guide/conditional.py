@@ -472,7 +472,11 @@ class ConditionalSampler:
 
     ``sample()`` and ``encode()`` of a fit with the conditional family call it with numpy draws of
     the globals (from q(θ)) and of the encoder plates' locals; it returns each conditional plate's
-    draws ``(S, N, *event_shape)``, drawn plate after plate as in the training step.
+    draws ``(S, N, *event_shape)``, drawn plate after plate as in the training step. The same
+    compiled function gives each plate's log q(z_n | ...) and the joint log p(x, θ, z) of the
+    draws (:meth:`draw`), which the fit's joint density
+    (:class:`~pymc_amortize.posterior.joint.JointDensity`) reads instead of compiling the Newton
+    steps again.
 
     Parameters
     ----------
@@ -511,7 +515,7 @@ class ConditionalSampler:
                     (n_draws, mean.shape[0], *latent.event_shape),
                 )
             self.noise[plate.name] = pt.tensor3(f"{plate.name}_noise")
-        outputs = []
+        outputs, log_q = [], []
         self.names = []
         for plate, means in pending:
             drawn = conditional_draws(
@@ -528,7 +532,9 @@ class ConditionalSampler:
                 local_draws[latent.value_name] = draws
                 outputs.append(draws)
                 self.names.append(latent.value_name)
+            log_q.append(drawn.log_q)
         self.plates = [plate for plate, _ in pending]
+        log_p = pt.broadcast_to(logjoint.per_draw(global_draws, local_draws, None), (n_draws,))
         # Draws per call, so that a call's arrays (quadrature points × draws × rows) stay near
         # 2 million numbers.
         size = max(
@@ -539,7 +545,7 @@ class ConditionalSampler:
         # Compiled once per fit, called on every sample() / encode() (see SAMPLER_MODE).
         self._fn = compile_pymc(
             [*self.inputs.values(), *self.noise.values(), n_draws],
-            outputs,
+            [*outputs, *log_q, log_p],
             on_unused_input="ignore",
             mode=SAMPLER_MODE,
         )
@@ -556,6 +562,44 @@ class ConditionalSampler:
             rng.standard_normal((n_draws, plate.size, sum(lat.event_size for lat in plate.latents)))
             for plate in self.plates
         ]
+        out, _, _ = self.draw(values, noise, n_draws)
+        for name, draws in out.items():
+            bad = ~np.isfinite(draws).reshape(n_draws, draws.shape[1], -1).all(axis=(0, 2))
+            if bad.any():
+                # Never hand back NaN draws as a posterior (a diverged fit, a Newton step into
+                # overflow): say which units, and what to do.
+                raise AmortizationError(
+                    f"The conditional family's draws of '{name}' are NaN or infinite for "
+                    f"{int(bad.sum())} of {bad.size} units (first: unit {int(np.argmax(bad))}): "
+                    "its Newton steps failed at these draws of the globals (a fit that diverged, "
+                    "or a unit whose log density is far from concave). Refit with "
+                    "family='encoder', or with pm.fit(method='advi')."
+                )
+        return out
+
+    def draw(
+        self, values: Mapping[str, np.ndarray], noise: Sequence[np.ndarray], n_draws: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+        """The conditional plates' draws for given noise, their log q and the joint log p.
+
+        Parameters
+        ----------
+        values : mapping
+            (S, ...) value-space draws of every other free variable, by value name.
+        noise : sequence of ndarray
+            Per conditional plate (:attr:`plates`), (S, N, d) standard normal noise.
+        n_draws : int
+            S.
+
+        Returns
+        -------
+        draws : dict
+            (S, N, *event_shape) per value name of the conditional plates' latents.
+        log_q : dict
+            (S, N) per conditional plate: log q(z_n | θ, the plates drawn before) of the draws.
+        log_p : ndarray
+            (S,) log p(x, θ, z) of the joint draws on the value space.
+        """
         args = [values[name] for name in self.inputs]
         # A block of draws at a time: the quadrature steps hold K × draws × rows arrays.
         block = self.block_draws
@@ -568,16 +612,7 @@ class ConditionalSampler:
             for start in range(0, n_draws, block)
         ]
         out = [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
-        for name, draws in zip(self.names, out, strict=True):
-            bad = ~np.isfinite(draws).reshape(n_draws, draws.shape[1], -1).all(axis=(0, 2))
-            if bad.any():
-                # Never hand back NaN draws as a posterior (a diverged fit, a Newton step into
-                # overflow): say which units, and what to do.
-                raise AmortizationError(
-                    f"The conditional family's draws of '{name}' are NaN or infinite for "
-                    f"{int(bad.sum())} of {bad.size} units (first: unit {int(np.argmax(bad))}): "
-                    "its Newton steps failed at these draws of the globals (a fit that diverged, "
-                    "or a unit whose log density is far from concave). Refit with "
-                    "family='encoder', or with pm.fit(method='advi')."
-                )
-        return dict(zip(self.names, out, strict=True))
+        n_names = len(self.names)
+        draws = dict(zip(self.names, out[:n_names], strict=True))
+        log_q = dict(zip([p.name for p in self.plates], out[n_names:-1], strict=True))
+        return draws, log_q, out[-1]

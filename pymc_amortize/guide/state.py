@@ -592,8 +592,14 @@ class AmortizedGuide:
         self, values: Mapping[str, np.ndarray], rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
         """Draws of the conditional plates' locals given (S, ...) draws ``values`` of every other
-        free variable (by value name), through a :class:`~pymc_amortize.guide.conditional.
-        ConditionalSampler` compiled on first use."""
+        free variable (by value name), through :meth:`compiled_conditional_sampler`."""
+        return self.compiled_conditional_sampler()(values, rng)
+
+    def compiled_conditional_sampler(self) -> ConditionalSampler:
+        """The fit's :class:`~pymc_amortize.guide.conditional.ConditionalSampler`, compiled on
+        first use and kept: one compile of the Newton steps for ``sample()``, ``encode()`` and
+        the joint density (it reads the parameters as shared variables, so it stays valid when
+        they change)."""
         if self._conditional_sampler is None:
             plates = [p for p in self.analysis.plates if p.name in self.conditional_plates]
             self._conditional_sampler = ConditionalSampler(
@@ -604,4 +610,4 @@ class AmortizedGuide:
                 self.symbolic_encode,
                 {p.name: self.layouts[p.name].full() for p in plates},
             )
-        return self._conditional_sampler(values, rng)
+        return self._conditional_sampler

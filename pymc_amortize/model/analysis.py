@@ -66,7 +66,14 @@ from pymc_amortize.model.types import (
     leaf_value,
 )
 
-__all__ = ["VERDICTS", "analyze_model", "data_value", "factorized_terms", "strip_sums"]
+__all__ = [
+    "VERDICTS",
+    "analyze_model",
+    "data_value",
+    "factorized_terms",
+    "reads_other_units",
+    "strip_sums",
+]
 
 #: The paper's classes (Margossian & Blei, UAI 2024) and "undecided" (the graph cannot say).
 VERDICTS = ("amortize", "expand", "cannot close", "undecided", "global")
@@ -377,6 +384,38 @@ def factorized_terms(model: pm.Model) -> dict[str, Variable]:
     varlist = model.free_RVs + model.observed_RVs + model.potentials
     terms = model.logp(vars=varlist, sum=False)
     return {var.name: term for var, term in zip(varlist, terms, strict=True)}
+
+
+def reads_other_units(model: pm.Model, terms: Mapping[str, Variable], name: str) -> bool:
+    """Whether a log-density term reads latent ``name`` other than unit by unit, or row by row
+    through one index array: a neighbour's value (a chain, an HMM) or all units at once.
+
+    The *expand* verdict also covers a unit's terms that read its neighbours' *data* only (the saw
+    series); those leave the units' latents independent given θ, and this tells the two apart
+    (the conditional family's Newton step needs a block-diagonal Hessian in the units' latents).
+
+    Parameters
+    ----------
+    model : pm.Model
+        The model.
+    terms : mapping of str to Variable
+        Its log-density factors by name, as :func:`factorized_terms` gives them; each term's
+        trailing full sums are removed first (:func:`strip_sums`).
+    name : str
+        A local latent of ``model``, shaped ``(units, *event_shape)``.
+
+    Returns
+    -------
+    bool
+        True where some term's :func:`~pymc_amortize.model.dataflow.unit_flow` from the latent's
+        value variable is neither ``("unit", 0)`` nor ``("row", 0, index)``.
+    """
+    value = model.rvs_to_values[model[name]]
+    for term in terms.values():
+        state = unit_flow(strip_sums(term), value)
+        if state is not None and state != ("unit", 0) and not (state[0] == "row" and state[1] == 0):
+            return True
+    return False
 
 
 def _data_input(model: pm.Model, leaf: Variable, owner: str, counter: dict) -> DataInput:

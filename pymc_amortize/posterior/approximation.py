@@ -325,8 +325,8 @@ class AmortizedApproximation:
             Equal to :meth:`encode` whatever ``chunk_size``. For a plate of the conditional
             family, the moments of the mixture over q(θ) as :meth:`encode` gives them for new
             units (its default 4,000 draws of q(θ), seed 0), computed on each chunk's own data;
-            :meth:`encode` of the fitted units gives them from draws, equal within their Monte
-            Carlo error.
+            :meth:`encode` of the fitted units gives the same moments, over its own draws of
+            q(θ), equal within their Monte Carlo error.
 
         Examples
         --------
@@ -401,9 +401,9 @@ class AmortizedApproximation:
             Per local latent: ``mean`` and ``sd`` of shape ``(M, *event_shape)`` on the latent's
             unconstrained (value) space, the Gaussian the encoder outputs (for a plate of the
             conditional family, the moments of the mixture ∫ q(z_n | θ, x_n) q(θ) dθ over
-            ``prior_draws`` draws of q(θ): for new units the mean E_θ m_n(θ) and the variance
-            E_θ Var(z_n | θ) + Var_θ m_n(θ) of the Newton steps on their own data, for the
-            fitted units Monte Carlo moments of joint draws); ``constrained_mean``
+            ``prior_draws`` draws of q(θ): the mean E_θ m_n(θ) and the variance
+            E_θ Var(z_n | θ) + Var_θ m_n(θ) of the Newton steps on the units' own data, exact
+            per draw of θ); ``constrained_mean``
             ``(M, *shape)`` and ``quantiles`` ``(len(quantiles), M, *shape)`` on the latent's own
             scale (e.g. a positive rate, a simplex); ``prior_only`` (M,) marks zero-row units,
             whose summaries are Monte Carlo moments of their prior given q(θ).

@@ -299,9 +299,8 @@ def globals_dataset(
     guide: AmortizedGuide, global_values: Mapping[str, np.ndarray], draws: int
 ) -> xr.Dataset:
     """The globals' value-space draws on their own scale, ``(chain, draw, *dims)``."""
-    coords = {"chain": [0], "draw": np.arange(draws)}
     if guide.globals is None:
-        return xr.Dataset(coords=coords)
+        return _chain_dataset(guide.model, {}, draws)
     local = set(guide.analysis.latent_names)
     rvs = [rv for rv in guide.model.free_RVs if rv.name not in local]
     value_vars = [guide.model.rvs_to_values[rv] for rv in rvs]
@@ -312,12 +311,9 @@ def globals_dataset(
     }
     own = vectorize_graph(guide.model.replace_rvs_by_values(rvs), batched)
     values = compile_once(list(batched.values()), own)(*(global_values[v.name] for v in value_vars))
-    data_vars = {}
-    for rv, value in zip(rvs, values, strict=True):
-        dims, dim_coords = variable_dims(guide.model, rv.name, value.shape[1:])
-        data_vars[rv.name] = (["chain", "draw", *dims], np.asarray(value)[None])
-        coords |= dim_coords
-    return xr.Dataset(data_vars, coords=coords)
+    return _chain_dataset(
+        guide.model, {rv.name: value for rv, value in zip(rvs, values, strict=True)}, draws
+    )
 
 
 def draws_dataset(
@@ -338,11 +334,8 @@ def draws_dataset(
     from q(z_n | θ_s, ...) given the draws ``conditional`` of everything else
     (:func:`conditional_unit_draws`)."""
     dim = unit_dim(plate)
-    coords = {"chain": [0], "draw": np.arange(draws)}
-    if labels is not None:
-        coords[dim] = labels[start:stop]
     inside = (empty >= start) & (empty < stop)
-    data_vars = {}
+    values = {}
     drawn = None
     if conditional is not None:
         drawn = conditional_unit_draws(guide, plate, start, stop, draws, seed, conditional)
@@ -354,8 +347,30 @@ def draws_dataset(
         own = guide.transforms.to_constrained(latent, value)
         if inside.any():
             own[:, empty[inside] - start] = prior[latent.name][:, inside]
-        dims, dim_coords = variable_dims(guide.model, latent.name, own.shape[2:])
-        data_vars[latent.name] = (["chain", "draw", dim, *dims], own[None])
+        values[latent.name] = own
+    units = {dim: None if labels is None else labels[start:stop]}
+    return _chain_dataset(guide.model, values, draws, units)
+
+
+def _chain_dataset(
+    model: pm.Model,
+    values: Mapping[str, np.ndarray],
+    draws: int,
+    units: Mapping[str, np.ndarray | None] | None = None,
+) -> xr.Dataset:
+    """One chain of draws as a Dataset: each of ``values`` (by variable name), shaped
+    ``(draws, *unit axes, *event_shape)``, under dims ``(chain, draw, *units, *event dims)``.
+
+    ``units`` maps the unit dims, in axis order, to their coords (None: no coords); the event
+    dims and their coords are :func:`variable_dims`.
+    """
+    units = dict(units or {})
+    coords = {"chain": [0], "draw": np.arange(draws)}
+    coords |= {dim: labels for dim, labels in units.items() if labels is not None}
+    data_vars = {}
+    for name, value in values.items():
+        dims, dim_coords = variable_dims(model, name, value.shape[1 + len(units) :])
+        data_vars[name] = (["chain", "draw", *units, *dims], np.asarray(value)[None])
         coords |= dim_coords
     return xr.Dataset(data_vars, coords=coords)
 

@@ -12,6 +12,9 @@ another, worse, distribution, whose ELBO understates the fit's.
 training objective (the same plate order; a conditional plate sees the encoder means of the
 conditional plates not drawn yet), and compiles it with the noise as inputs, so that it is
 seeded from NumPy and reused for any number of draws. ``approx.joint_density()`` keeps one per fit.
+The conditional plates' Newton steps are not compiled here again: the fit's
+:class:`~pymc_amortize.guide.conditional.ConditionalSampler` (which ``sample()`` and ``encode()``
+use) draws them and gives their log q and the joint log p.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pymc.pytensorf import compile as compile_pymc
 from scipy.special import logsumexp
 
 from pymc_amortize.errors import AmortizationError, require_integer
-from pymc_amortize.guide.conditional import SAMPLER_MODE, conditional_draws
+from pymc_amortize.guide.conditional import SAMPLER_MODE
 from pymc_amortize.guide.globals import HALF_LOG_2PI
 from pymc_amortize.guide.state import AmortizedGuide
 from pymc_amortize.model.logjoint import build_logjoint
@@ -113,11 +116,15 @@ class JointDensity:
         guide.require_units_in_memory("The fit's joint density")
         self.guide = guide
         model, analysis = guide.model, guide.analysis
-        logjoint = build_logjoint(model, analysis)
-        #: The noise inputs, in call order: (S, D) of q(θ), then (S, N, d) per encoder latent and
-        #: per conditional plate.
+        #: The noise, in call order: (S, D) of q(θ), then (S, N, d) per encoder latent and per
+        #: conditional plate.
         self.noise_shapes: list[tuple[int, ...]] = []
-        inputs = []
+        # The positions in ``noise_shapes`` of the conditional plates' noise: the fit's
+        # ConditionalSampler draws those plates, from the same compiled Newton steps that
+        # sample() and encode() use (compiled once per fit); this graph draws the rest.
+        self._conditional_noise: list[int] = []
+        n_draws = pt.lscalar("n_draws")
+        inputs = [n_draws]
         if guide.globals is not None:
             eps = pt.matrix("global_eps")
             inputs.append(eps)
@@ -125,26 +132,15 @@ class JointDensity:
             global_draws = guide.global_draws(eps)
             log_q_globals = guide.globals.log_q(eps)
         else:
-            global_draws, log_q_globals = {}, None
-        local_draws, unit_log_q, pending = {}, {}, []
+            global_draws, log_q_globals = {}, pt.zeros((n_draws,))
+        local_draws, unit_log_q = {}, {}
         for plate in analysis.plates:
-            full = guide.layouts[plate.name].full()
             if plate.name in guide.conditional_plates:
-                means = [guide.symbolic_encode(lat.name, full)[0] for lat in plate.latents]
-                eps = pt.tensor3(f"{plate.name}_eps")
-                inputs.append(eps)
+                self._conditional_noise.append(len(self.noise_shapes))
                 self.noise_shapes.append((plate.size, sum(lat.event_size for lat in plate.latents)))
-                pending.append((plate, means, eps))
-                for latent, mean in zip(plate.latents, means, strict=True):
-                    # Until the plate is drawn, the other plates condition on its encoder mean
-                    # (as in the training step).
-                    local_draws[latent.value_name] = pt.broadcast_to(
-                        mean.reshape((1, mean.shape[0], *latent.event_shape)),
-                        (eps.shape[0], mean.shape[0], *latent.event_shape),
-                    )
                 continue
             for latent in plate.latents:
-                mean, log_sd = guide.symbolic_encode(latent.name, full)
+                mean, log_sd = guide.symbolic_encode(latent.name, guide.layouts[plate.name].full())
                 eps = pt.tensor3(f"{latent.name}_eps")
                 inputs.append(eps)
                 self.noise_shapes.append((plate.size, latent.event_size))
@@ -154,46 +150,32 @@ class JointDensity:
                 )
                 log_q = (-0.5 * eps**2 - log_sd - HALF_LOG_2PI).sum(axis=2)
                 unit_log_q[plate.name] = unit_log_q.get(plate.name, 0.0) + log_q
-        for plate, means, eps in pending:
-            drawn = conditional_draws(
-                guide.local_family,
-                plate,
-                logjoint,
-                global_draws,
-                local_draws,
-                means,
-                eps,
-                batch=None,
-            )
-            for latent, draws in zip(plate.latents, drawn.draws, strict=True):
-                local_draws[latent.value_name] = draws
-            unit_log_q[plate.name] = drawn.log_q
-        if not inputs:
+        if not self.noise_shapes:
             raise AmortizationError("The model has no free variable: there is no q to draw from.")
-        n_draws = inputs[0].shape[0]
-        log_p = logjoint.per_draw(global_draws, local_draws, None)
-        log_p = pt.broadcast_to(log_p, (n_draws,))
-        if log_q_globals is None:
-            log_q_globals = pt.zeros((n_draws,))
         self.plate_names = [p.name for p in analysis.plates]
         self.value_names = [v.name for v in model.value_vars]
         values = {**global_draws, **local_draws}
-        outputs = [log_p, log_q_globals]
-        outputs += [unit_log_q[name] for name in self.plate_names]
-        outputs += [values[name] for name in self.value_names]
-        # The conditional family's Newton steps: PyTensor's fast-compile rewrites and NumPy's ops
-        # (see guide.conditional.SAMPLER_MODE); the encoder family's graph compiles as usual.
+        #: The plates and value names this graph draws; the conditional plates' are the sampler's.
+        self._own_plates = [name for name in self.plate_names if name in unit_log_q]
+        self._own_values = [name for name in self.value_names if name in values]
+        outputs = [log_q_globals]
+        outputs += [unit_log_q[name] for name in self._own_plates]
+        outputs += [values[name] for name in self._own_values]
+        self._sampler = None
+        if guide.conditional_plates:
+            self._sampler = guide.compiled_conditional_sampler()
+        else:
+            logjoint = build_logjoint(model, analysis)
+            log_p = logjoint.per_draw(global_draws, local_draws, None)
+            outputs.append(pt.broadcast_to(log_p, (n_draws,)))
+        # With the conditional family this graph is q(θ) and the encoder plates' draws alone,
+        # compiled as the sampler is (see guide.conditional.SAMPLER_MODE).
         mode = SAMPLER_MODE if guide.conditional_plates else None
         self._fn = compile_pymc(inputs, outputs, on_unused_input="ignore", mode=mode)
-        # Draws per call, so that one call's arrays stay near BLOCK_NUMBERS numbers.
-        size = 1
-        for plate in analysis.plates:
-            points = 1
-            if plate.name in guide.conditional_plates:
-                d = sum(lat.event_size for lat in plate.latents)
-                points = len(guide.local_family.nodes(d)[1])
-            size = max(size, (plate.n_rows or plate.size) * points)
-        self.block_draws = max(1, BLOCK_NUMBERS // size)
+        # Draws per call, so that one call's arrays stay near BLOCK_NUMBERS numbers (the
+        # sampler blocks its own calls).
+        size = max((p.n_rows or p.size) for p in analysis.plates) if analysis.plates else 1
+        self.block_draws = max(1, BLOCK_NUMBERS // max(size, 1))
 
     def noise(self, draws: int, rng: np.random.Generator) -> list[np.ndarray]:
         """Standard normal noise for ``draws`` joint draws, one array per input of the graph."""
@@ -216,15 +198,27 @@ class JointDensity:
         """
         draws = require_integer(draws, "draws")
         noise = self.noise(draws, rng)
+        own = [e for i, e in enumerate(noise) if i not in self._conditional_noise]
+        block = self.block_draws
         pieces = [
-            self._fn(*(e[start : start + self.block_draws] for e in noise))
-            for start in range(0, draws, self.block_draws)
+            self._fn(np.int64(min(block, draws - start)), *(e[start : start + block] for e in own))
+            for start in range(0, draws, block)
         ]
         out = [np.concatenate([np.asarray(p[i]) for p in pieces]) for i in range(len(pieces[0]))]
-        log_p, log_q_globals = out[0], out[1]
-        n_plates = len(self.plate_names)
-        log_q_units = dict(zip(self.plate_names, out[2 : 2 + n_plates], strict=True))
-        values = dict(zip(self.value_names, out[2 + n_plates :], strict=True))
+        log_q_globals = out[0]
+        n_own = len(self._own_plates)
+        log_q_units = dict(zip(self._own_plates, out[1 : 1 + n_own], strict=True))
+        end = 1 + n_own + len(self._own_values)
+        values = dict(zip(self._own_values, out[1 + n_own : end], strict=True))
+        if self._sampler is None:
+            log_p = out[end]
+        else:
+            conditional = [noise[i] for i in self._conditional_noise]
+            drawn, drawn_log_q, log_p = self._sampler.draw(values, conditional, draws)
+            values |= drawn
+            log_q_units |= drawn_log_q
+        values = {name: values[name] for name in self.value_names}
+        log_q_units = {name: log_q_units[name] for name in self.plate_names}
         log_q = log_q_globals + sum((q.sum(axis=1) for q in log_q_units.values()), 0.0)
         for name, value in (("log p", log_p), ("log q", log_q)):
             if not np.isfinite(value).all():

@@ -17,9 +17,11 @@ from pymc.distributions.transforms import LogTransform
 
 from pymc_amortize.errors import AmortizationError
 from pymc_amortize.guide.compiled import first_line
+from pymc_amortize.guide.conditional import ConditionalSampler
 from pymc_amortize.guide.state import AmortizedGuide
 from pymc_amortize.model.forward import forward_draws, posterior_dataset
 from pymc_amortize.model.types import LocalLatent, Plate
+from pymc_amortize.posterior.conditional_units import split_entries
 
 __all__ = [
     "QUANTILE_LEVELS",
@@ -266,6 +268,23 @@ def local_posterior(
     return LocalPosterior(mean, sd, prior_only, constrained_mean, quantiles, levels)
 
 
+def _stacked_draws(
+    sampler: ConditionalSampler,
+    values: Mapping[str, np.ndarray],
+    noise: list[np.ndarray],
+    i: int,
+    own: np.ndarray,
+) -> np.ndarray:
+    """The draws (S, N, d) of the sampler's plate ``i``, its latents stacked, with its noise
+    ``own``, the plates drawn before it at their noise ``noise`` (the later ones do not matter)."""
+    plate = sampler.plates[i]
+    trial = [*noise[:i], own, *(np.zeros_like(e) for e in noise[i + 1 :])]
+    out, _, _ = sampler.draw(values, trial, own.shape[0])
+    return np.concatenate(
+        [out[lat.value_name].reshape(*own.shape[:2], -1) for lat in plate.latents], axis=-1
+    )
+
+
 def conditional_moments(
     guide: AmortizedGuide,
     draws: int,
@@ -273,24 +292,66 @@ def conditional_moments(
     encoded: Mapping[str, tuple[np.ndarray, np.ndarray]],
     block: int = 250,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Value-space mean and sd of the conditional plates' marginal q(z_n), from ``draws``
-    joint draws taken ``block`` at a time (memory ``block`` x N)."""
-    moments: dict[str, list[np.ndarray]] = {}
+    """Value-space mean and sd of the conditional plates' marginal q(z_n) over ``draws`` draws
+    of q(θ) and of the other plates' locals (as ``sample()`` draws them), ``block`` at a time
+    (memory ``block`` × N).
+
+    The conditional moments are exact per draw: mean E m_n(θ), variance E Var(z_n | θ) +
+    Var m_n(θ) (the law of total variance), so only the draws of θ (and of the plates drawn
+    before) carry Monte Carlo error, not those of z_n. The fit's ConditionalSampler (compiled once
+    per fit, shared with ``sample()`` and the joint density) draws z_n = m_n + A_n ε, linear in
+    the plate's noise ε given everything else: it gives m_n at ε = 0 and A_n's column k at
+    ε = e_k, so Var(z_n | θ) = Σ_k (A_n)_{·k}², one call per entry of the plate's latents.
+    """
+    sampler = guide.compiled_conditional_sampler()
     q = {name: LocalPosterior(mean, sd) for name, (mean, sd) in encoded.items()}
-    done = 0
-    while done < draws:
-        size = min(block, draws - done)
+    sizes = [sum(lat.event_size for lat in p.latents) for p in sampler.plates]
+    # Per plate: draws so far, the running mean of m_n and the sum of squared deviations of m_n
+    # (Chan et al.'s pairwise update, block by block), and the sum of Var(z_n | θ).
+    count = 0
+    first = [np.zeros((p.size, d)) for p, d in zip(sampler.plates, sizes, strict=True)]
+    spread = [np.zeros_like(f) for f in first]
+    within = [np.zeros_like(f) for f in first]
+    while count < draws:
+        size = min(block, draws - count)
         values = guide.draw_globals(size, rng) | draw_locals(guide, size, rng, q)
-        for name, value in guide.conditional_sampler(values, rng).items():
-            total = moments.setdefault(name, [0.0, 0.0])
-            total[0] = total[0] + value.sum(axis=0)
-            total[1] = total[1] + (value**2).sum(axis=0)
-        done += size
+        noise = [
+            rng.standard_normal((size, p.size, d))
+            for p, d in zip(sampler.plates, sizes, strict=True)
+        ]
+        for i, d in enumerate(sizes):
+            zero = np.zeros_like(noise[i])
+            mean = _stacked_draws(sampler, values, noise, i, zero)
+            variance = np.zeros_like(mean)
+            for k in range(d):
+                unit = zero.copy()
+                unit[..., k] = 1.0
+                variance += (_stacked_draws(sampler, values, noise, i, unit) - mean) ** 2
+            block_first = mean.mean(axis=0)
+            delta = block_first - first[i]
+            total = count + size
+            first[i] = first[i] + delta * size / total
+            spread[i] = (
+                spread[i]
+                + ((mean - block_first) ** 2).sum(axis=0)
+                + delta**2 * count * size / total
+            )
+            within[i] = within[i] + variance.sum(axis=0)
+        count += size
     out = {}
-    for latent in guide.analysis.latents:
-        if latent.value_name in moments:
-            first, second = (m / draws for m in moments[latent.value_name])
-            out[latent.name] = (first, np.sqrt(np.maximum(second - first**2, 0.0)))
+    for i, plate in enumerate(sampler.plates):
+        sd = np.sqrt(within[i] / count + spread[i] / count)
+        bad = ~(np.isfinite(first[i]).all(axis=1) & np.isfinite(sd).all(axis=1))
+        if bad.any():
+            raise AmortizationError(
+                f"The conditional family's q(z | θ, x) of plate '{plate.name}' is NaN or infinite "
+                f"for {int(bad.sum())} of {bad.size} units (first: unit {int(np.argmax(bad))}): "
+                "its Newton steps failed at these draws of the globals (a fit that diverged, or a "
+                "unit whose log density is far from concave). Refit with family='encoder', or "
+                "with pm.fit(method='advi')."
+            )
+        means, sds = split_entries(plate, first[i]), split_entries(plate, sd)
+        out |= {lat.name: (means[lat.name], sds[lat.name]) for lat in plate.latents}
     return out
 
 
@@ -308,7 +369,7 @@ def encode_fitted(
     encoded = guide.fitted_encoder_outputs(chunk_size)
     rng = np.random.default_rng(random_seed)
     if guide.conditional_plates:
-        # q(z_n) = ∫ q(z_n | θ) q(θ) dθ: its moments from draws, not the encoder's output.
+        # q(z_n) = ∫ q(z_n | θ) q(θ) dθ: its moments over draws of q(θ), not the encoder's output.
         encoded |= conditional_moments(guide, prior_draws, rng, encoded)
     for plate in guide.analysis.plates:
         empty = units_without_rows(plate)
