@@ -25,7 +25,8 @@ from pymc_amortize import AmortizedVI
 # Printed by (PyMC's NUTS, draws=1000, tune=1000, chains=2, random_seed=0):
 #   source scripts/env.sh && cd tests && PYTHONPATH=.. python test_default_user_models.py
 # fmt: off
-REFERENCE = {'bambi': {'1|g': {'mean': [-0.4408, 0.7949, -0.2432, -0.2182, 0.3605, -0.0209, 1.2308, -0.1676,
+REFERENCE = {
+ 'bambi': {'1|g': {'mean': [-0.4408, 0.7949, -0.2432, -0.2182, 0.3605, -0.0209, 1.2308, -0.1676,
                             0.3072, -0.4033, 0.7769, 0.3317, -0.6367, -0.1665, -0.5193, 0.0756,
                             -0.1641, 0.2383, -0.4709, 0.0122, -0.2552, 0.6599, -0.1062, -1.1352,
                             0.3052],
@@ -274,9 +275,9 @@ def test_bambi_names_fit_and_sample_default():
     assert "conditional q(z_n | θ, x_n)" in "\n".join(family_lines(approx))
     assert "DivergenceWarning" not in caught
     post = posterior(approx)
-    assert_groups_close(post, ref, "1|g", 0.3, 0.75)
+    assert_groups_close(post, ref, "1|g", 0.2, 0.4)  # measured 0.06, 0.12; ADVI 0.21, 0.46
     for name in ("Intercept", "x", "1|g_sigma"):
-        assert abs(global_z(post, ref, name)) < 1.0
+        assert abs(global_z(post, ref, name)) < 0.75
 
 
 @pytest.mark.slow
@@ -288,7 +289,7 @@ def test_gamma_rows_without_dims_default():
     assert "conditional q(z_n | θ, x_n)" in "\n".join(family_lines(approx))
     assert "DivergenceWarning" not in caught
     post = posterior(approx)
-    assert_groups_close(post, ref, "a", 0.15, 0.3)
+    assert_groups_close(post, ref, "a", 0.15, 0.3)  # measured 0.04, 0.12
     for name in ("m0", "b", "sd", "shape"):
         assert abs(global_z(post, ref, name)) < 0.75
 
@@ -297,12 +298,13 @@ def test_gamma_rows_without_dims_default():
 @pytest.mark.parametrize("centred", [True, False], ids=["centred", "non_centred"])
 def test_unbalanced_binomial_default(centred):
     """Binomial logit, 35 groups of 1-6 rows and 5 of 100-300: group effects at NUTS's, centred
-    or non-centred (same posterior of a = mu + sd z)."""
+    or non-centred (same posterior of a = mu + sd z). ADVI at 30,000 steps: RMS 0.15-0.16 NUTS
+    sd, max 0.43-0.62."""
     ref = REFERENCE["binomial"]
     approx, caught = fit(cases.unbalanced_binomial_model(centred))
     print("\n".join(family_lines(approx)), caught)
     post = posterior(approx)
-    assert_groups_close(post, ref, "a", 0.3, 1.0)
+    assert_groups_close(post, ref, "a", 0.15, 0.3)  # centred: 0.03, 0.06
     for name in ("mu", "sd"):
         assert abs(global_z(post, ref, name)) < 1.0
 
