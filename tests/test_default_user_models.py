@@ -304,7 +304,7 @@ def test_unbalanced_binomial_default(centred):
     approx, caught = fit(cases.unbalanced_binomial_model(centred))
     print("\n".join(family_lines(approx)), caught)
     post = posterior(approx)
-    assert_groups_close(post, ref, "a", 0.15, 0.3)  # centred: 0.03, 0.06
+    assert_groups_close(post, ref, "a", 0.15, 0.3)  # measured 0.03, 0.06 (non-centred 0.07)
     for name in ("mu", "sd"):
         assert abs(global_z(post, ref, name)) < 1.0
 
