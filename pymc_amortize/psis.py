@@ -515,7 +515,7 @@ def draw_placeholders(logjoint: LogJoint) -> tuple[dict, dict, dict]:
     name, in the order a compiled function takes them; and the same split into the globals' and
     the local latents' (the two arguments of ``LogJoint.terms_per_draw``)."""
     draws = {
-        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
+        name: pt.TensorType(var.dtype, shape=(None, *var.type.shape))(name=f"{name}_draws")
         for name, var in (logjoint.global_values | logjoint.local_values).items()
     }
     global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}

@@ -315,3 +315,132 @@ def crossed_bernoulli_model():
         z_block = pm.Deterministic("z_block", sd_block * z_block_raw, dims="block")
         pm.Bernoulli("y", logit_p=z_actor[ai] + z_block[bi], observed=y, dims="obs_id")
     return model
+
+
+# -- c11-c13 and new user models, fitted under the default family (test_default_user_models) -----
+
+
+def potential_second_index_model():
+    """c11: a[idx_obs] in an observed term and a[idx_pot] in a pm.Potential; units 30-44 appear
+    only in the Potential."""
+    rng = np.random.default_rng(11)
+    J = 45
+    a_true = rng.normal(0, 1, J)
+    idx_obs = rng.integers(0, 30, 300)
+    idx_pot = rng.integers(0, J, 200)
+    y_obs = a_true[idx_obs] + rng.normal(0, 0.5, idx_obs.size)
+    y_pot = a_true[idx_pot] + rng.normal(0, 0.5, idx_pot.size)
+    with pm.Model(coords={"unit": np.arange(J)}) as model:
+        tau = pm.HalfNormal("tau", 2)
+        s = pm.HalfNormal("s", 2)
+        a = pm.Normal("a", 0, tau, dims="unit")
+        pm.Normal("y_obs", a[idx_obs], s, observed=y_obs)
+        pm.Potential("second_term", pm.logp(pm.Normal.dist(a[idx_pot], s), y_pot).sum())
+    return model
+
+
+def zerosum_contrast_model():
+    """c12: a ZeroSumNormal group effect and a treatment-coded factor concatenate([0], b)[k]."""
+    import pytensor.tensor as pt
+
+    rng = np.random.default_rng(12)
+    G, K, n = 30, 3, 500
+    g, k = rng.integers(0, G, n), rng.integers(0, K, n)
+    eff = rng.normal(0, 0.5, G)
+    eff -= eff.mean()
+    y = 1.0 + np.array([0.0, 0.4, -0.4])[k] + eff[g] + rng.normal(0, 0.6, n)
+    with pm.Model(coords={"grp": np.arange(G), "level": [1, 2], "obs": np.arange(n)}) as model:
+        gi, ki = pm.Data("g", g, dims="obs"), pm.Data("k", k, dims="obs")
+        e = pm.ZeroSumNormal("e", sigma=pm.HalfNormal("s", 1), dims="grp")
+        b = pm.Normal("b", 0, 2, dims="level")
+        mu = pm.Normal("mu", 0, 5) + pt.concatenate([pt.zeros(1), b])[ki] + e[gi]
+        pm.Normal("y", mu, pm.HalfNormal("sy", 1), observed=y, dims="obs")
+    return model
+
+
+def censored_frailty_model():
+    """c13: right-censored Weibull times, pm.Censored with upper=inf for uncensored rows, a
+    per-clinic frailty f[clinic_idx]."""
+    rng = np.random.default_rng(13)
+    C, n = 40, 400
+    clinic = rng.integers(0, C, n)
+    frailty = rng.normal(0, 0.5, C)
+    t = rng.weibull(1.5, n) * np.exp(1.0 + frailty[clinic])
+    cap = rng.uniform(1.0, 6.0, n)
+    upper = np.where(t > cap, cap, np.inf)
+    with pm.Model(coords={"clinic": np.arange(C), "obs": np.arange(n)}) as model:
+        ci = pm.Data("clinic_idx", clinic, dims="obs")
+        f = pm.Normal("f", 0, pm.HalfNormal("sd_f", 1), dims="clinic")
+        scale = pm.math.exp(pm.Normal("b0", 0, 2) + f[ci])
+        pm.Censored(
+            "time",
+            pm.Weibull.dist(alpha=pm.HalfNormal("shape", 2), beta=scale),
+            lower=None,
+            upper=upper,
+            observed=np.minimum(t, cap),
+            dims="obs",
+        )
+    return model
+
+
+def bambi_named_poisson_model():
+    """What Bambi builds for ``y ~ x + (1|g)``, family poisson (its names, non-centred group
+    effect, an unnamed index array), written by hand: Bambi is not a dependency."""
+    rng = np.random.default_rng(31)
+    G = 25
+    sizes = rng.integers(2, 40, G)
+    g = np.repeat(np.arange(G), sizes)
+    x = rng.normal(size=g.size)
+    y = rng.poisson(np.exp(0.5 + 0.4 * x + rng.normal(0, 0.6, G)[g]))
+    with pm.Model(coords={"g__factor_dim": [f"g{i:02d}" for i in range(G)]}) as model:
+        intercept = pm.Normal("Intercept", 0, 2.5)
+        slope = pm.Normal("x", 0, 2.5)
+        sigma = pm.HalfNormal("1|g_sigma", 2.5)
+        offset = pm.Normal("1|g_offset", 0, 1, dims="g__factor_dim")
+        effect = pm.Deterministic("1|g", sigma * offset, dims="g__factor_dim")
+        pm.Poisson("y", pm.math.exp(intercept + slope * x + effect[g]), observed=y)
+    return model
+
+
+def gamma_rows_without_dims_model():
+    """No dims at all, plain numpy arrays: a Gamma likelihood with a log link, a[g] per group."""
+    rng = np.random.default_rng(32)
+    G = 30
+    g = rng.integers(0, G, 400)
+    x = rng.normal(size=400)
+    mean = np.exp(1.0 + 0.3 * x + rng.normal(0, 0.5, G)[g])
+    y = rng.gamma(3.0, mean / 3.0)
+    with pm.Model() as model:
+        m0 = pm.Normal("m0", 0, 2)
+        b = pm.Normal("b", 0, 1)
+        a = pm.Normal("a", 0, pm.HalfNormal("sd", 1), shape=G)
+        shape = pm.HalfNormal("shape", 5)
+        pm.Gamma("y", alpha=shape, beta=shape / pm.math.exp(m0 + b * x + a[g]), observed=y)
+    return model
+
+
+def unbalanced_binomial_data():
+    """35 groups of 1-6 rows and 5 of 100-300 rows, 5-19 trials a row."""
+    rng = np.random.default_rng(36)
+    G = 40
+    sizes = np.concatenate([rng.integers(1, 7, 35), rng.integers(100, 301, 5)])
+    eff = rng.normal(0, 0.8, G)
+    trials = rng.integers(5, 20, sizes.sum())
+    g = np.repeat(np.arange(G), sizes)
+    k = rng.binomial(trials, 1 / (1 + np.exp(-(-0.5 + eff[g]))))
+    return G, g, trials, k
+
+
+def unbalanced_binomial_model(centred: bool = True):
+    """Binomial logit, a[g] ~ N(mu, sd) centred or mu + sd z non-centred (a Deterministic)."""
+    G, g, trials, k = unbalanced_binomial_data()
+    with pm.Model(coords={"grp": range(G), "obs": range(g.size)}) as model:
+        gi = pm.Data("gi", g, dims="obs")
+        mu = pm.Normal("mu", 0, 2)
+        sd = pm.HalfNormal("sd", 1)
+        if centred:
+            a = pm.Normal("a", mu, sd, dims="grp")
+        else:
+            a = pm.Deterministic("a", mu + sd * pm.Normal("z", 0, 1, dims="grp"), dims="grp")
+        pm.Binomial("k", n=trials, logit_p=a[gi], observed=k, dims="obs")
+    return model

@@ -495,7 +495,7 @@ class ConditionalSampler:
         logjoint = build_logjoint(model, analysis)
         conditional = {p.name for p in plates}
         self.inputs = {
-            name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
+            name: pt.TensorType(var.dtype, shape=(None, *var.type.shape))(name=f"{name}_draws")
             for name, var in (logjoint.global_values | logjoint.local_values).items()
             if name not in {lat.value_name for p in plates for lat in p.latents}
         }

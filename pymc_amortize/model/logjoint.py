@@ -328,27 +328,29 @@ def build_logjoint(
         )
 
     replace: dict[Variable, Variable] = {}
+    # Placeholders are made by TensorType(...)(name=...): pt.tensor first parses its name as a
+    # dtype and raises on names such as Bambi's "1|g_offset".
     for latent in batch_plate.latents:
         value_var = model.rvs_to_values[model[latent.name]]
-        placeholder = pt.tensor(
-            f"{latent.value_name}_batch", dtype=value_var.dtype, shape=(None, *latent.event_shape)
+        placeholder = pt.TensorType(value_var.dtype, shape=(None, *latent.event_shape))(
+            name=f"{latent.value_name}_batch"
         )
         replace[value_var] = placeholder
         local_values[latent.value_name] = placeholder
     unit_data, row_data = {}, {}
     for data in batch_plate.batched_units:
-        placeholder = pt.tensor(
-            f"{data.key}_units", dtype=data.node.dtype, shape=(None, *data.node.type.shape[1:])
+        placeholder = pt.TensorType(data.node.dtype, shape=(None, *data.node.type.shape[1:]))(
+            name=f"{data.key}_units"
         )
         replace[data.node], unit_data[placeholder] = placeholder, _batch_leaf(data, batch_buffers)
     for data in batch_plate.batched_rows:
-        placeholder = pt.tensor(
-            f"{data.key}_rows", dtype=data.node.dtype, shape=(None, *data.node.type.shape[1:])
+        placeholder = pt.TensorType(data.node.dtype, shape=(None, *data.node.type.shape[1:]))(
+            name=f"{data.key}_rows"
         )
         replace[data.node], row_data[placeholder] = placeholder, _batch_leaf(data, batch_buffers)
     slot = None
     if batch_plate.index is not None:
-        slot = pt.tensor(f"{batch_plate.index.key}_slot", dtype="int64", shape=(None,))
+        slot = pt.TensorType("int64", shape=(None,))(name=f"{batch_plate.index.key}_slot")
         replace[batch_plate.index.node] = slot.astype(batch_plate.index.node.dtype)
     # The dims' lengths follow the batch: the units' from the first local placeholder.
     n_units = local_values[batch_plate.latents[0].value_name].shape[0]
@@ -402,7 +404,7 @@ def compile_log_terms(
     """
     logjoint = build_logjoint(model, analysis)
     draws = {
-        name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
+        name: pt.TensorType(var.dtype, shape=(None, *var.type.shape))(name=f"{name}_draws")
         for name, var in (logjoint.global_values | logjoint.local_values).items()
     }
     global_draws = {k: v for k, v in draws.items() if k in logjoint.global_values}

@@ -94,7 +94,7 @@ class PlateConditional:
         self.slot = logjoint.slot
         own = {lat.value_name for lat in plate.latents}
         self.values = {
-            name: pt.tensor(f"{name}_draws", dtype=var.dtype, shape=(None, *var.type.shape))
+            name: pt.TensorType(var.dtype, shape=(None, *var.type.shape))(name=f"{name}_draws")
             for name, var in (logjoint.global_values | logjoint.local_values).items()
             if name not in own
         }

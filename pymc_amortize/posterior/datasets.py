@@ -306,7 +306,7 @@ def globals_dataset(
     value_vars = [guide.model.rvs_to_values[rv] for rv in rvs]
     # Each global on its own scale as a graph of the value variables, with a draw axis.
     batched = {
-        v: pt.tensor(f"{v.name}_draws", dtype=v.dtype, shape=(None, *v.type.shape))
+        v: pt.TensorType(v.dtype, shape=(None, *v.type.shape))(name=f"{v.name}_draws")
         for v in value_vars
     }
     own = vectorize_graph(guide.model.replace_rvs_by_values(rvs), batched)
