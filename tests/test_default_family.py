@@ -13,8 +13,9 @@ import numpy as np
 import pymc as pm
 import pytest
 import xarray as xr
+from gaussian_plate_models import crossed_gaussian
 
-import pymc_amortize  # noqa: F401  (registers method="amortized")
+import pymc_amortize
 from pymc_amortize import AmortizedVI, DivergenceWarning
 from pymc_amortize.examples.paper import linear_data, linear_model, nonlinear_data, nonlinear_model
 
@@ -58,3 +59,25 @@ def test_where_the_default_diverges_the_encoder_family_is_fitted_with_a_warning(
     assert kept.conditional_plates == {"unit"} and kept.divergence is not None
     # One warning for the attempt (the fallback's), not the diverged fit's own as well.
     assert sum(issubclass(w.category, DivergenceWarning) for w in caught) == 1
+
+
+def test_the_default_on_crossed_plates_warns_with_what_was_measured():
+    # Crossed plates (actors x blocks: one observed variable reads both plates' latents) are each
+    # conditioned on the other's draws, which was measured 3-4x further from NUTS than ADVI: the
+    # analysis lines and a CouplingWarning say so under the default; a named family keeps quiet.
+    model = crossed_gaussian()
+    with pytest.warns(pymc_amortize.CouplingWarning, match="actor, block.*ADVI 0.08"):
+        inference = AmortizedVI(model=model, random_seed=1)
+    assert inference.approx.conditional_plates == {"actor", "block"}
+    lines = inference.approx.settings["analysis"].splitlines()
+    for plate, other in (("actor", "block"), ("block", "actor")):
+        (line,) = [line for line in lines if f"local family, plate '{plate}'" in line]
+        assert f"crossed plates '{plate}', '{other}', drawn given each other" in line, line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pymc_amortize.CouplingWarning)
+        named = AmortizedVI(model=model, random_seed=1, family="conditional")
+        # One conditional plate: nothing crossed to say.
+        with linear_model(linear_data(50, random_seed=0)):
+            single = AmortizedVI(random_seed=1)
+    assert named.approx.conditional_plates == {"actor", "block"}
+    assert "drawn given each other" not in single.approx.settings["analysis"]
