@@ -13,6 +13,7 @@ Models:
 - ``unbalanced_normal`` / ``unbalanced_poisson``: 200 groups, most with 1–6 rows and five with
   300–3,000, a non-centred varying intercept and a row covariate;
 - ``crossed``: persons x items (150 x 40, 30 % of the pairs observed), Gaussian;
+- ``irt``: long-format 2PL IRT, persons x items (200 x 30, half the pairs observed), Bernoulli;
 - ``nested``: schools in authorities, the authority effect in the schools' prior;
 - ``lkj``: varying intercept and slope per group (an ``MvNormal`` with an LKJ Cholesky prior),
   with the per-group posterior correlation of intercept and slope against NUTS's.
@@ -74,6 +75,27 @@ def crossed() -> tuple[pm.Model, list[str]]:
     return model, ["theta", "beta"]
 
 
+def irt() -> tuple[pm.Model, list[str]]:
+    """Long-format 2PL IRT: logit P(correct) = exp(log_a_i) θ_p + b_i, 200 persons x 30 items,
+    half of the pairs observed; crossed plates, the items' with two latents each."""
+    rng = np.random.default_rng(5)
+    person, item = np.meshgrid(np.arange(200), np.arange(30), indexing="ij")
+    keep = (rng.random(person.size) < 0.5).reshape(person.shape)
+    person, item = person[keep], item[keep]
+    log_a, b = rng.normal(0, 0.4, 30), rng.normal(-0.3, 1.0, 30)
+    eta = np.exp(log_a)[item] * rng.normal(0, 1, 200)[person] + b[item]
+    y = rng.binomial(1, 1 / (1 + np.exp(-eta)))
+    coords = {"person": np.arange(200), "item": np.arange(30), "obs": np.arange(y.size)}
+    with pm.Model(coords=coords) as model:
+        p = pm.Data("p", person, dims="obs")
+        i = pm.Data("i", item, dims="obs")
+        theta = pm.Normal("theta", 0, 1, dims="person")
+        log_a = pm.Normal("log_a", 0, pm.HalfNormal("s_a", 0.5), dims="item")
+        b = pm.Normal("b", pm.Normal("mu_b", 0, 2), pm.HalfNormal("s_b", 1), dims="item")
+        pm.Bernoulli("y", logit_p=pm.math.exp(log_a)[i] * theta[p] + b[i], observed=y, dims="obs")
+    return model, ["theta", "log_a", "b"]
+
+
 def nested() -> tuple[pm.Model, list[str]]:
     rng = np.random.default_rng(3)
     authority = rng.integers(0, 8, 60)
@@ -118,6 +140,7 @@ MODELS = {
     "unbalanced_normal": lambda: unbalanced("normal"),
     "unbalanced_poisson": lambda: unbalanced("poisson"),
     "crossed": crossed,
+    "irt": irt,
     "nested": nested,
     "lkj": lkj,
 }
@@ -147,7 +170,7 @@ def _fit(model: pm.Model, method: str, steps: int, seed: int):
         return approx.sample(4000, random_seed=seed + 1)
 
 
-def _correlation(idata, name: str) -> np.ndarray:
+def correlation(idata, name: str) -> np.ndarray:
     """Per-unit posterior correlation of the two event entries of ``name`` (units, 2)."""
     draws = idata["posterior"][name].stack(sample=("chain", "draw")).to_numpy()
     a, b = draws[:, 0] - draws[:, 0].mean(-1, keepdims=True), draws[:, 1]
@@ -182,7 +205,7 @@ def run(names, *, steps: int, nuts_draws: int, seed: int) -> list[dict]:
                 flat_ref = {k: np.ravel(v) for k, v in ref.items()}
                 row |= {f"{effect}_{k}": v for k, v in agreement(flat, flat_ref, effect).items()}
                 if fit[f"{effect}_mean"].ndim == 2:
-                    diff = np.abs(_correlation(idata, effect) - _correlation(nuts, effect))
+                    diff = np.abs(correlation(idata, effect) - correlation(nuts, effect))
                     row[f"{effect}_corr_max_diff"] = float(diff.max())
             rows.append(row)
             print(
