@@ -594,7 +594,7 @@ class ConditionalSampler:
         Returns
         -------
         draws : dict
-            (S, N, *event_shape) per value name of the conditional plates' latents.
+            ``(S, N, *event_shape)`` per value name of the conditional plates' latents.
         log_q : dict
             (S, N) per conditional plate: log q(z_n | θ, the plates drawn before) of the draws.
         log_p : ndarray
